@@ -1,0 +1,3 @@
+from dvcflow.cli.app import main
+
+main()

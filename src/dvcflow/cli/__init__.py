@@ -1,0 +1,1 @@
+"""The `dvcflow` command line: parse, call one library function, render. Nothing else lives here."""

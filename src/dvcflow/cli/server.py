@@ -1,0 +1,92 @@
+"""`dvcflow server start|stop|status|env`: the local Prefect server every dvcflow command agrees with."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dvcflow.cli.common import JsonOption
+from dvcflow.settings import ServerConfig, resolve_server_config
+
+app = typer.Typer(help="Start, stop and inspect dvcflow's local Prefect server.", no_args_is_help=True)
+
+HostOption = Annotated[
+    str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1).", show_default=False)
+]
+PortOption = Annotated[
+    int | None, typer.Option("--port", help="Port to serve on (default 4200).", show_default=False)
+]
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="Where pid, log and database live (default ~/.dvcflow).",
+                 show_default=False),
+]
+
+
+def _config(host: str | None, port: int | None, home: Path | None, **extra: str | None) -> ServerConfig:
+    return resolve_server_config(host=host, port=port, home=home, **extra)  # type: ignore[arg-type]
+
+
+@app.command()
+def start(
+    host: HostOption = None,
+    port: PortOption = None,
+    home: HomeOption = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option("--database-url", help="e.g. postgresql+asyncpg://user:pass@host/db (default SQLite).",
+                     show_default=False),
+    ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option("--auth", help="USER:PASS required by the API; mandatory on a non-loopback host.",
+                     show_default=False),
+    ] = None,
+    foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops it.")] = False,
+) -> None:
+    """Start the local Prefect server in the background and wait until it is healthy."""
+    from dvcflow import render, server
+
+    config = _config(host, port, home, database_url=database_url, auth=auth)
+    if foreground:
+        render.info(f"Serving Prefect at {config.url} (Ctrl-C stops it)")
+        raise typer.Exit(server.run_foreground(config))
+    result = server.start(config)
+    if result.already_running:
+        render.out.print(f"Already running at {config.url} (pid {result.status.pid}).")
+    else:
+        render.out.print(f"Started Prefect server at {config.url} in {result.seconds:.1f} s.")
+    render.server_status(result.status)
+
+
+@app.command()
+def stop(host: HostOption = None, port: PortOption = None, home: HomeOption = None) -> None:
+    """Stop the server dvcflow started (by its recorded pid) and wait until it is gone."""
+    from dvcflow import render, server
+
+    pid = server.stop(_config(host, port, home))
+    render.out.print("No dvcflow server was running." if pid is None else f"Stopped server (pid {pid}).")
+
+
+@app.command()
+def status(
+    host: HostOption = None, port: PortOption = None, home: HomeOption = None, json: JsonOption = False
+) -> None:
+    """Whether the server runs, where, which Prefect version, and its database."""
+    from dvcflow import render, server
+
+    current = server.status(_config(host, port, home))
+    if json:
+        render.as_json(current.as_dict())
+    else:
+        render.server_status(current)
+
+
+@app.command()
+def env(host: HostOption = None, port: PortOption = None, home: HomeOption = None) -> None:
+    """Print `export` lines so `prefect` commands talk to the same server: eval "$(dvcflow server env)"."""
+    for key, value in _config(host, port, home).client_environment().items():
+        print(f"export {key}={shlex.quote(value)}")

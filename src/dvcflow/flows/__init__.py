@@ -1,0 +1,1 @@
+"""Prefect flows over a DVC repository. Importing any of these imports Prefect."""

@@ -1,0 +1,120 @@
+"""After a flow: its run and task runs read back from the Prefect API as plain records.
+
+Imported only once Prefect's settings are in the environment (see `dvcflow.api`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from dvcflow.metrics import MetricsSnapshot
+
+
+@dataclass(frozen=True)
+class TaskRunRecord:
+    name: str
+    state: str
+    attempts: int
+    seconds: float
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class FlowRunRecord:
+    id: str
+    name: str
+    flow_name: str
+    state: str
+    seconds: float
+    tasks: tuple[TaskRunRecord, ...]
+    ui_link: str | None
+    message: str | None = None
+    metrics: MetricsSnapshot | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.state == "Completed"
+
+    @property
+    def exit_code(self) -> int:
+        """0 Completed; 130 Cancelled (as after Ctrl-C); 1 otherwise."""
+        if self.completed:
+            return 0
+        return 130 if self.state == "Cancelled" else 1
+
+# Prefect names a task run "<task name>-<3 hex digits>" unless given a task_run_name.
+_DEFAULT_SUFFIX = re.compile(r"-[0-9a-f]{3}$")
+
+
+def _quiet_heartbeats() -> dict[str, Any]:
+    """The heartbeat thread costs ~1 s at the end of every flow run and nothing here consumes it."""
+    if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        return {}
+    return {"flows.heartbeat_frequency": None}
+
+
+def _state_message(state: Any) -> str | None:
+    message = getattr(state, "message", None)
+    return str(message) if message else None
+
+
+def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> FlowRunRecord:
+    """Run `flow`, wait for its end, and read the flow run and its task runs back."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+    from prefect.settings import get_current_settings, temporary_settings
+
+    with temporary_settings(updates=_quiet_heartbeats()):
+        state = flow(**parameters, return_state=True)
+        flow_run_id: UUID = state.state_details.flow_run_id
+        with get_client(sync_client=True) as client:
+            flow_run = client.read_flow_run(flow_run_id)
+            task_runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+            )
+        ui_url = get_current_settings().ui_url
+    tasks = tuple(
+        TaskRunRecord(
+            name=_DEFAULT_SUFFIX.sub("", run.name),
+            state=run.state_name or "Unknown",
+            attempts=run.run_count,
+            seconds=run.total_run_time.total_seconds(),
+            message=_state_message(run.state) if run.state and not run.state.is_completed() else None,
+        )
+        for run in task_runs
+    )
+    return FlowRunRecord(
+        id=str(flow_run_id),
+        name=flow_run.name,
+        flow_name=getattr(flow, "name", "flow"),
+        state=state.name or state.type.value,
+        seconds=flow_run.total_run_time.total_seconds() or _elapsed(flow_run),
+        tasks=tasks,
+        ui_link=f"{ui_url}/runs/flow-run/{flow_run_id}" if keep_link and ui_url else None,
+        message=_state_message(state) if not state.is_completed() else None,
+        metrics=_returned_metrics(state),
+    )
+
+
+def _returned_metrics(state: Any) -> MetricsSnapshot | None:
+    """The flow's return value, when it is the metrics snapshot of its `metrics summary` task."""
+    if not state.is_completed():
+        return None
+    try:
+        value = state.result(raise_on_failure=False)
+    except Exception:  # a result that cannot be read back is not worth failing the summary for
+        return None
+    return value if isinstance(value, MetricsSnapshot) else None
+
+
+def _elapsed(flow_run: Any) -> float:
+    if flow_run.start_time and flow_run.end_time:
+        return float((flow_run.end_time - flow_run.start_time).total_seconds())
+    return 0.0

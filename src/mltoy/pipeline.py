@@ -1,0 +1,109 @@
+"""The three stage functions. Each reads files, writes files atomically, and returns a small summary.
+
+They are the single implementation behind both `python -m mltoy.cli` (what `dvc.yaml` runs) and direct
+in-process calls (what an orchestrator may do instead).
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mltoy._atomic import atomic_path
+from mltoy.data import FEATURES, TARGET
+from mltoy.params import Params
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+class StageError(RuntimeError):
+    """A stage cannot run on its inputs (missing file, wrong columns, unreadable model)."""
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    import pandas as pd
+
+    if not path.exists():
+        raise StageError(f"{what} not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise StageError(f"{what} is not a readable CSV: {path} ({err})") from None
+    missing = [col for col in (*FEATURES, TARGET) if col not in frame.columns]
+    if missing:
+        raise StageError(f"{what} {path} lacks column(s): {', '.join(missing)}")
+    if frame.empty:
+        raise StageError(f"{what} {path} has no rows")
+    return frame
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def stage_prepare(raw_csv: Path, train_csv: Path, test_csv: Path, params: Params) -> dict[str, int]:
+    """Split the raw table into stratified train and test sets."""
+    from sklearn.model_selection import train_test_split
+
+    frame = _read_csv(Path(raw_csv), "raw data")
+    train, test = train_test_split(
+        frame,
+        test_size=params.split.test_size,
+        random_state=params.split.random_state,
+        stratify=frame[TARGET],
+    )
+    _write_csv(train, Path(train_csv))
+    _write_csv(test, Path(test_csv))
+    return {"train_rows": len(train), "test_rows": len(test)}
+
+
+def stage_train(train_csv: Path, model_path: Path, params: Params) -> dict[str, int]:
+    """Fit a logistic regression on the training set and save it with joblib."""
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    frame = _read_csv(Path(train_csv), "training data")
+    model = LogisticRegression(
+        C=params.train.C, max_iter=params.train.max_iter, random_state=params.train.random_state
+    )
+    model.fit(frame[list(FEATURES)], frame[TARGET])
+    with atomic_path(Path(model_path)) as tmp:
+        joblib.dump(model, tmp)
+    return {"train_rows": len(frame)}
+
+
+def _load_model(model_path: Path) -> Any:
+    import joblib
+
+    if not model_path.exists():
+        raise StageError(f"model not found: {model_path}")
+    try:
+        model = joblib.load(model_path)
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, OSError, AttributeError) as err:
+        raise StageError(f"model file is corrupted or not a joblib model: {model_path} ({err})") from None
+    if not hasattr(model, "predict"):
+        raise StageError(f"model file holds a {type(model).__name__}, not a model: {model_path}")
+    return model
+
+
+def stage_evaluate(
+    test_csv: Path, model_path: Path, metrics_path: Path, params: Params
+) -> dict[str, float]:
+    """Score the model on the test set; write `accuracy` and `f1_<average>` as JSON."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    frame = _read_csv(Path(test_csv), "test data")
+    model = _load_model(Path(model_path))
+    predicted = model.predict(frame[list(FEATURES)])
+    average = params.evaluate.average
+    metrics = {
+        "accuracy": float(accuracy_score(frame[TARGET], predicted)),
+        f"f1_{average}": float(f1_score(frame[TARGET], predicted, average=average)),
+    }
+    with atomic_path(Path(metrics_path)) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
