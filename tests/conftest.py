@@ -1,0 +1,62 @@
+"""Fixtures: one real Prefect server for the session (started through `dvcflow server start`),
+and fresh git+DVC repositories per test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import PROJECT, base_env, free_port, make_pipeline_repo
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    home: Path
+    port: int
+    env: dict[str, str]  # what a dvcflow client needs to use this server
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/api"
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real Prefect server on a free port, managed by dvcflow itself."""
+    home = tmp_path_factory.mktemp("dvcflow-home")
+    port = free_port()
+    env = base_env(home)
+    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(port))
+    started = subprocess.run(
+        [sys.executable, "-m", "dvcflow", "server", "start"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield LiveServer(home=home, port=port, env=env)
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "dvcflow", "server", "stop"],
+            cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60,
+        )
+
+
+@pytest.fixture
+def client_env(live_server: LiveServer) -> dict[str, str]:
+    """Environment for a dvcflow run against the session's server."""
+    return dict(live_server.env)
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path: Path, client_env: dict[str, str]) -> Path:
+    """A committed git+DVC copy of the demo pipeline with its raw data in place."""
+    return make_pipeline_repo(tmp_path / "repo", client_env)

@@ -1,0 +1,95 @@
+"""Builders shared by the tests: real DVC repositories in temporary folders, dvcflow as a process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+PIPELINE_FILES = (
+    "dvc.yaml",
+    "dvc.lock",
+    "params.yaml",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    "data/raw/iris.csv.dvc",
+    "data/raw/.gitignore",
+    "src/mltoy",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """A clean environment: no inherited Prefect settings, quiet DVC, a git identity."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "DVCFLOW_"))}
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(
+        PATH=os.pathsep.join([bin_dir, env.get("PATH", "")]),
+        DVC_NO_ANALYTICS="1",
+        DVC_SITE_CACHE_DIR=str(home / "dvc-site-cache"),
+        DVC_GLOBAL_CONFIG_DIR=str(home / "dvc-global"),
+        GIT_AUTHOR_NAME="dvcflow tests",
+        GIT_AUTHOR_EMAIL="tests@dvcflow.local",
+        GIT_COMMITTER_NAME="dvcflow tests",
+        GIT_COMMITTER_EMAIL="tests@dvcflow.local",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        NO_COLOR="1",
+        COLUMNS="200",
+        TERM="dumb",
+    )
+    return env
+
+
+def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=repo, env=env, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def make_pipeline_repo(root: Path, env: dict[str, str]) -> Path:
+    """A git+DVC copy of the demo pipeline, committed, with the raw data materialised."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PIPELINE_FILES:
+        source = PROJECT / name
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "mltoy.data", "--out", "data/raw/iris.csv"],
+        cwd=root, env=env, check=True, capture_output=True,
+    )
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "pipeline", env=env)
+    return root
+
+
+def dvcflow(
+    *args: str, cwd: Path, env: dict[str, str], timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m dvcflow ARGS` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "dvcflow", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def dvc(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=240,
+    )

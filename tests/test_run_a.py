@@ -1,0 +1,120 @@
+"""`dvcflow run-a` end to end: real `dvc repro` in a temporary git+DVC repo, real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import dvc, dvcflow
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("prepare", "train", "evaluate")
+
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '(\w+)'", output)
+
+
+def skipped_stages(output: str) -> list[str]:
+    return re.findall(r"Stage '(\w+)' didn't change, skipping", output)
+
+
+def summary_row(output: str, task: str) -> list[str]:
+    """The cells of one task's row in the run summary table."""
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in re.split(r"[│┃|]", line) if cell.strip()]
+        if cells and cells[0] == task:
+            return cells
+    raise AssertionError(f"no summary row for {task!r} in:\n{output}")
+
+
+def test_first_run_reproduces_all_stages_then_second_skips_them(
+    pipeline_repo: Path, client_env: dict[str, str]
+) -> None:
+    first = dvcflow("run-a", cwd=pipeline_repo, env=client_env)
+    assert first.returncode == 0, first.stderr
+    logs = first.stderr
+    assert "Beginning flow run" in logs and "'Prefect operates DVC pipeline'" in logs
+    assert "Running: dvc repro" in logs
+    assert f"CWD: {pipeline_repo}" in logs
+    assert ran_stages(logs) == list(STAGES)
+    metrics = json.loads((pipeline_repo / "reports/metrics.json").read_text())
+    assert set(metrics) == {"accuracy", "f1_macro"}
+    assert 0.5 < metrics["accuracy"] <= 1.0
+    logged = re.search(r"Metrics: (\{.*\})", logs)
+    assert logged is not None and json.loads(logged.group(1)) == metrics
+    assert summary_row(first.stdout, "dvc repro")[1:3] == ["Completed", "1"]
+    assert summary_row(first.stdout, "metrics summary")[1] == "Completed"
+    assert "finished in state Completed" in first.stdout
+    assert re.search(r"View it in the Prefect UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}",
+                     first.stdout)
+
+    second = dvcflow("run-a", cwd=pipeline_repo, env=client_env)
+    assert second.returncode == 0, second.stderr
+    assert ran_stages(second.stderr) == []
+    assert skipped_stages(second.stderr) == list(STAGES)
+    assert "Data and pipelines are up to date." in second.stderr
+    status = dvc("status", "--json", cwd=pipeline_repo, env=client_env)
+    assert json.loads(status.stdout) == {}
+
+
+def test_changed_split_param_reruns_every_stage(
+    pipeline_repo: Path, client_env: dict[str, str]
+) -> None:
+    assert dvcflow("run-a", cwd=pipeline_repo, env=client_env).returncode == 0
+    params_file = pipeline_repo / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["split"]["test_size"] = 0.3
+    params_file.write_text(yaml.safe_dump(params))
+
+    rerun = dvcflow("run-a", "--no-show-metrics", cwd=pipeline_repo, env=client_env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert ran_stages(rerun.stderr) == list(STAGES)
+    assert "metrics summary" not in rerun.stdout
+    lock = yaml.safe_load((pipeline_repo / "dvc.lock").read_text())
+    assert lock["stages"]["prepare"]["params"]["params.yaml"]["split"]["test_size"] == 0.3
+
+
+def test_fail_once_is_retried_and_completes(
+    pipeline_repo: Path, client_env: dict[str, str]
+) -> None:
+    result = dvcflow("run-a", "--fail-once", "--repo", str(pipeline_repo),
+                     cwd=pipeline_repo.parent, env=client_env)
+    assert result.returncode == 0, result.stderr
+    assert "RuntimeError('Intentional one-time failure to demonstrate retries.')" in result.stderr
+    assert "Retry 1/1 will start 2 second(s) from now" in result.stderr
+    assert summary_row(result.stdout, "dvc repro")[1:3] == ["Completed", "2"]
+
+
+def test_broken_stage_fails_the_run_with_dvcs_error(
+    pipeline_repo: Path, client_env: dict[str, str]
+) -> None:
+    dvc_yaml = pipeline_repo / "dvc.yaml"
+    spec = yaml.safe_load(dvc_yaml.read_text())
+    spec["stages"]["train"]["cmd"] = "python -c \"import sys; sys.exit('model exploded')\""
+    dvc_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
+    lock_before = (pipeline_repo / "dvc.lock").read_text()
+
+    result = dvcflow("run-a", cwd=pipeline_repo, env=client_env)
+    assert result.returncode == 1
+    assert "model exploded" in result.stderr
+    assert "failed to reproduce 'train'" in result.stdout
+    assert summary_row(result.stdout, "dvc repro")[1:3] == ["Failed", "2"]
+    assert "finished in state Failed" in result.stdout
+    assert "Traceback" not in result.stdout
+    lock_after = yaml.safe_load((pipeline_repo / "dvc.lock").read_text())
+    assert lock_after["stages"]["train"] == yaml.safe_load(lock_before)["stages"]["train"]
+
+
+def test_not_a_dvc_repo_is_a_one_line_error(tmp_path: Path, client_env: dict[str, str]) -> None:
+    result = dvcflow("run-a", cwd=tmp_path, env=client_env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"Error: {tmp_path} is not inside a DVC repository (no .dvc directory here or above)"
+    )
+    assert "Traceback" not in result.stderr
