@@ -38,7 +38,11 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(port))
     started = subprocess.run(
         [sys.executable, "-m", "dvcflow", "server", "start"],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=180,
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert started.returncode == 0, started.stdout + started.stderr
     try:
@@ -46,7 +50,11 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     finally:
         subprocess.run(
             [sys.executable, "-m", "dvcflow", "server", "stop"],
-            cwd=PROJECT, env=env, capture_output=True, text=True, timeout=60,
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
 

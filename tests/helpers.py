@@ -31,8 +31,7 @@ def free_port() -> int:
 
 def base_env(home: Path) -> dict[str, str]:
     """A clean environment: no inherited Prefect settings, quiet DVC, a git identity."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "DVCFLOW_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DVCFLOW_"))}
     bin_dir = str(Path(sys.executable).parent)
     env.update(
         PATH=os.pathsep.join([bin_dir, env.get("PATH", "")]),
@@ -71,7 +70,10 @@ def make_pipeline_repo(root: Path, env: dict[str, str]) -> Path:
     git(root, "init", "-q", "-b", "main", env=env)
     subprocess.run(
         [sys.executable, "-m", "mltoy.data", "--out", "data/raw/iris.csv"],
-        cwd=root, env=env, check=True, capture_output=True,
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
     )
     git(root, "add", "-A", env=env)
     git(root, "commit", "-q", "-m", "pipeline", env=env)
@@ -84,12 +86,20 @@ def dvcflow(
     """Run `python -m dvcflow ARGS` as a real process."""
     return subprocess.run(
         [sys.executable, "-m", "dvcflow", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def dvc(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "dvc", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=240,
     )

@@ -51,8 +51,9 @@ def test_first_run_reproduces_all_stages_then_second_skips_them(
     assert summary_row(first.stdout, "dvc repro")[1:3] == ["Completed", "1"]
     assert summary_row(first.stdout, "metrics summary")[1] == "Completed"
     assert "finished in state Completed" in first.stdout
-    assert re.search(r"View it in the Prefect UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}",
-                     first.stdout)
+    assert re.search(
+        r"View it in the Prefect UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", first.stdout
+    )
 
     second = dvcflow("run-a", cwd=pipeline_repo, env=client_env)
     assert second.returncode == 0, second.stderr
@@ -63,9 +64,7 @@ def test_first_run_reproduces_all_stages_then_second_skips_them(
     assert json.loads(status.stdout) == {}
 
 
-def test_changed_split_param_reruns_every_stage(
-    pipeline_repo: Path, client_env: dict[str, str]
-) -> None:
+def test_changed_split_param_reruns_every_stage(pipeline_repo: Path, client_env: dict[str, str]) -> None:
     assert dvcflow("run-a", cwd=pipeline_repo, env=client_env).returncode == 0
     params_file = pipeline_repo / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
@@ -80,20 +79,17 @@ def test_changed_split_param_reruns_every_stage(
     assert lock["stages"]["prepare"]["params"]["params.yaml"]["split"]["test_size"] == 0.3
 
 
-def test_fail_once_is_retried_and_completes(
-    pipeline_repo: Path, client_env: dict[str, str]
-) -> None:
-    result = dvcflow("run-a", "--fail-once", "--repo", str(pipeline_repo),
-                     cwd=pipeline_repo.parent, env=client_env)
+def test_fail_once_is_retried_and_completes(pipeline_repo: Path, client_env: dict[str, str]) -> None:
+    result = dvcflow(
+        "run-a", "--fail-once", "--repo", str(pipeline_repo), cwd=pipeline_repo.parent, env=client_env
+    )
     assert result.returncode == 0, result.stderr
     assert "RuntimeError('Intentional one-time failure to demonstrate retries.')" in result.stderr
     assert "Retry 1/1 will start 2 second(s) from now" in result.stderr
     assert summary_row(result.stdout, "dvc repro")[1:3] == ["Completed", "2"]
 
 
-def test_broken_stage_fails_the_run_with_dvcs_error(
-    pipeline_repo: Path, client_env: dict[str, str]
-) -> None:
+def test_broken_stage_fails_the_run_with_dvcs_error(pipeline_repo: Path, client_env: dict[str, str]) -> None:
     dvc_yaml = pipeline_repo / "dvc.yaml"
     spec = yaml.safe_load(dvc_yaml.read_text())
     spec["stages"]["train"]["cmd"] = "python -c \"import sys; sys.exit('model exploded')\""

@@ -64,9 +64,7 @@ def connect(
         return ApiConnection(mode, api_url, f"Prefect API: {api_url} (from PREFECT_API_URL)")
     if mode is ApiMode.EPHEMERAL:
         apply_environment(ephemeral_environment(config))
-        return ApiConnection(
-            mode, None, "Prefect API: a temporary server for this run only (--ephemeral)"
-        )
+        return ApiConnection(mode, None, "Prefect API: a temporary server for this run only (--ephemeral)")
     if server.recorded_pid(config) is None or not server.health(config.url):
         result = server.start(config)
         if on_server_start is not None and not result.already_running:

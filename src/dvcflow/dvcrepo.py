@@ -66,9 +66,7 @@ class CommandResult:
         return self.returncode == 0
 
 
-def stream_dvc(
-    args: Sequence[str], cwd: Path, on_line: Callable[[str], None]
-) -> CommandResult:
+def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -> CommandResult:
     """Run `dvc ARGS` in `cwd`, handing every non-blank output line to `on_line` as it arrives."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
@@ -100,9 +98,7 @@ def stream_dvc(
 def failure(result: CommandResult) -> PipelineError:
     """A readable error from a failed DVC command: its exit code and last lines."""
     shown = "\n".join(f"  {line}" for line in result.tail[-8:])
-    return PipelineError(
-        f"`dvc {' '.join(result.args)}` failed with exit code {result.returncode}:\n{shown}"
-    )
+    return PipelineError(f"`dvc {' '.join(result.args)}` failed with exit code {result.returncode}:\n{shown}")
 
 
 def _repo(root: Path) -> object:

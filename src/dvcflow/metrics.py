@@ -69,7 +69,5 @@ def read_metrics(repo_root: Path) -> MetricsSnapshot:
 def require_metrics(snapshot: MetricsSnapshot) -> MetricsSnapshot:
     if snapshot.empty:
         missing = ", ".join(path for path, _ in snapshot.errors) or "none declared in dvc.yaml"
-        raise MetricsError(
-            f"no metrics yet ({missing})", hint="run `dvcflow run-a` to produce them"
-        )
+        raise MetricsError(f"no metrics yet ({missing})", hint="run `dvcflow run-a` to produce them")
     return snapshot

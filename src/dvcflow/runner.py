@@ -36,6 +36,9 @@ def run_option_a(
     from dvcflow.runs import execute
 
     return execute(
-        dvc_pipeline_flow, keep_link=keep_link,
-        repo_root=root, fail_once=fail_once, show_metrics=show_metrics,
+        dvc_pipeline_flow,
+        keep_link=keep_link,
+        repo_root=root,
+        fail_once=fail_once,
+        show_metrics=show_metrics,
     )

@@ -5,6 +5,7 @@ Imported only once Prefect's settings are in the environment (see `dvcflow.api`)
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -47,6 +48,7 @@ class FlowRunRecord:
             return 0
         return 130 if self.state == "Cancelled" else 1
 
+
 # Prefect names a task run "<task name>-<3 hex digits>" unless given a task_run_name.
 _DEFAULT_SUFFIX = re.compile(r"-[0-9a-f]{3}$")
 
@@ -56,6 +58,35 @@ def _quiet_heartbeats() -> dict[str, Any]:
     if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
         return {}
     return {"flows.heartbeat_frequency": None}
+
+
+class _WithoutTraceback(logging.Formatter):
+    """Formats like the wrapped formatter, minus the traceback: the summary says what failed."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        bare = logging.makeLogRecord(record.__dict__)
+        bare.exc_info, bare.exc_text, bare.stack_info = None, None, None
+        return self.inner.format(bare)
+
+
+def hide_console_tracebacks() -> None:
+    """Prefect prints a task's traceback on the terminal; dvcflow shows one only with --debug.
+
+    The Prefect UI (the API log handler) still receives the full traceback.
+    """
+    if os.environ.get("DVCFLOW_DEBUG") == "1":
+        return
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
+    for logger in [logging.getLogger(), *loggers]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(
+                handler.formatter, _WithoutTraceback
+            ):
+                handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
 def _state_message(state: Any) -> str | None:
@@ -70,6 +101,7 @@ def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> 
     from prefect.client.schemas.sorting import TaskRunSort
     from prefect.settings import get_current_settings, temporary_settings
 
+    hide_console_tracebacks()
     with temporary_settings(updates=_quiet_heartbeats()):
         state = flow(**parameters, return_state=True)
         flow_run_id: UUID = state.state_details.flow_run_id

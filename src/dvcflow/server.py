@@ -167,8 +167,17 @@ def _start_lock(config: ServerConfig) -> Iterator[None]:
 
 
 def _command(config: ServerConfig) -> list[str]:
-    return [sys.executable, "-m", "prefect", "server", "start",
-            "--host", config.host, "--port", str(config.port)]
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+    ]
 
 
 def _environment(config: ServerConfig) -> dict[str, str]:
@@ -229,8 +238,7 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
             )
         _pid_file(config).write_text(f"{process.pid}\n")
         _state_file(config).write_text(
-            json.dumps({"pid": process.pid, "url": config.url,
-                        "database": config.database_location}) + "\n"
+            json.dumps({"pid": process.pid, "url": config.url, "database": config.database_location}) + "\n"
         )
         _wait_healthy(config, process, timeout)
     return StartResult(status(config), already_running=False, seconds=time.monotonic() - began)

@@ -15,7 +15,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -72,9 +72,7 @@ class ServerConfig:
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range (1-65535)")
         if not _is_loopback(self.host) and not self.auth:
-            raise UsageError(
-                f"refusing to serve on non-loopback host {self.host} without --auth USER:PASS"
-            )
+            raise UsageError(f"refusing to serve on non-loopback host {self.host} without --auth USER:PASS")
         if self.auth is not None and ":" not in self.auth:
             raise UsageError("--auth must look like USER:PASS")
 
@@ -182,7 +180,7 @@ def resolve_server_config(
     )
 
 
-class ApiMode(str, Enum):
+class ApiMode(StrEnum):
     """Which Prefect API a run talks to."""
 
     EXTERNAL = "external"  # PREFECT_API_URL was set by the user: used as is
@@ -206,8 +204,7 @@ def choose_api_mode(*, ephemeral: bool, environ: Mapping[str, str] | None = None
 
 
 def ephemeral_environment(config: ServerConfig) -> dict[str, str]:
-    return {**QUIET_ENV, "PREFECT_HOME": str(config.prefect_home),
-            "PREFECT_SERVER_EPHEMERAL_ENABLED": "true"}
+    return {**QUIET_ENV, "PREFECT_HOME": str(config.prefect_home), "PREFECT_SERVER_EPHEMERAL_ENABLED": "true"}
 
 
 def apply_environment(values: Mapping[str, str]) -> None:

@@ -43,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         if args.stage == "prepare":
-            result: dict[str, float] | dict[str, int] = stage_prepare(
-                args.raw, args.train, args.test, params
-            )
+            result: dict[str, float] | dict[str, int] = stage_prepare(args.raw, args.train, args.test, params)
         elif args.stage == "train":
             result = stage_train(args.train, args.model, params)
         else:

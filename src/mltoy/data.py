@@ -64,9 +64,7 @@ def materialize_iris(target: Path, dvc_file: Path | None = None) -> bool:
     if dvc_file is not None:
         expected, actual = tracked_md5(dvc_file), file_md5(target)
         if expected != actual:
-            raise DataError(
-                f"{target}: md5 {actual} does not match {expected} recorded in {dvc_file}"
-            )
+            raise DataError(f"{target}: md5 {actual} does not match {expected} recorded in {dvc_file}")
     return wrote
 
 

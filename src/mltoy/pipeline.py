@@ -90,9 +90,7 @@ def _load_model(model_path: Path) -> Any:
     return model
 
 
-def stage_evaluate(
-    test_csv: Path, model_path: Path, metrics_path: Path, params: Params
-) -> dict[str, float]:
+def stage_evaluate(test_csv: Path, model_path: Path, metrics_path: Path, params: Params) -> dict[str, float]:
     """Score the model on the test set; write `accuracy` and `f1_<average>` as JSON."""
     from sklearn.metrics import accuracy_score, f1_score
 

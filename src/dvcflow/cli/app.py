@@ -6,8 +6,8 @@ import os
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
+from typer import _click
 from typer.core import TyperGroup
 
 from dvcflow import __version__
@@ -20,7 +20,7 @@ class _ErrorBoundary(TyperGroup):
     With `--debug` (or DVCFLOW_DEBUG=1) the traceback is shown instead.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: _click.Context) -> Any:
         debug = bool(ctx.params.get("debug")) or os.environ.get("DVCFLOW_DEBUG") == "1"
         try:
             return super().invoke(ctx)
@@ -72,11 +72,13 @@ def root(
 
 
 def _register() -> None:
-    from dvcflow.cli import metrics, run, server
+    from dvcflow.cli import metrics, plan, run, server
 
     app.command("run-a")(run.run_a)
-    app.add_typer(server.app, name="server")
+    app.command("run-b")(run.run_b)
+    app.command("plan")(plan.plan)
     app.command("metrics")(metrics.metrics)
+    app.add_typer(server.app, name="server")
 
 
 _register()
@@ -91,6 +93,7 @@ def main() -> None:
     except Exception as exc:  # a bug, not bad input: short message unless --debug
         if os.environ.get("DVCFLOW_DEBUG") == "1":
             raise
-        print(f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(
+            f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr
+        )
         sys.exit(1)

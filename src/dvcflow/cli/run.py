@@ -25,10 +25,21 @@ def run_a(
     Example: dvcflow run-a --fail-once
     """
     from dvcflow import render, runner
+    from dvcflow.render.runs import run_summary
 
     record = runner.run_option_a(
-        repo, fail_once=fail_once, show_metrics=show_metrics, ephemeral=ephemeral,
+        repo,
+        fail_once=fail_once,
+        show_metrics=show_metrics,
+        ephemeral=ephemeral,
         announce=render.info,
     )
-    render.run_summary(record)
+    run_summary(record)
     raise typer.Exit(record.exit_code)
+
+
+def run_b(repo: RepoOption = None, ephemeral: EphemeralOption = False) -> None:
+    """Option B: Prefect owns the stage DAG; tasks call the stage functions directly."""
+    from dvcflow.errors import UsageError
+
+    raise UsageError("run-b is not implemented yet")

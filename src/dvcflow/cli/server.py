@@ -21,8 +21,7 @@ PortOption = Annotated[
 ]
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", help="Where pid, log and database live (default ~/.dvcflow).",
-                 show_default=False),
+    typer.Option("--home", help="Where pid, log and database live (default ~/.dvcflow).", show_default=False),
 ]
 
 
@@ -37,18 +36,25 @@ def start(
     home: HomeOption = None,
     database_url: Annotated[
         str | None,
-        typer.Option("--database-url", help="e.g. postgresql+asyncpg://user:pass@host/db (default SQLite).",
-                     show_default=False),
+        typer.Option(
+            "--database-url",
+            help="e.g. postgresql+asyncpg://user:pass@host/db (default SQLite).",
+            show_default=False,
+        ),
     ] = None,
     auth: Annotated[
         str | None,
-        typer.Option("--auth", help="USER:PASS required by the API; mandatory on a non-loopback host.",
-                     show_default=False),
+        typer.Option(
+            "--auth",
+            help="USER:PASS required by the API; mandatory on a non-loopback host.",
+            show_default=False,
+        ),
     ] = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops it.")] = False,
 ) -> None:
     """Start the local Prefect server in the background and wait until it is healthy."""
     from dvcflow import render, server
+    from dvcflow.render.server import server_status
 
     config = _config(host, port, home, database_url=database_url, auth=auth)
     if foreground:
@@ -59,7 +65,7 @@ def start(
         render.out.print(f"Already running at {config.url} (pid {result.status.pid}).")
     else:
         render.out.print(f"Started Prefect server at {config.url} in {result.seconds:.1f} s.")
-    render.server_status(result.status)
+    server_status(result.status)
 
 
 @app.command()
@@ -77,12 +83,13 @@ def status(
 ) -> None:
     """Whether the server runs, where, which Prefect version, and its database."""
     from dvcflow import render, server
+    from dvcflow.render.server import server_status
 
     current = server.status(_config(host, port, home))
     if json:
         render.as_json(current.as_dict())
     else:
-        render.server_status(current)
+        server_status(current)
 
 
 @app.command()
