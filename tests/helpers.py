@@ -103,3 +103,40 @@ def dvc(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProce
         text=True,
         timeout=240,
     )
+
+
+def make_tiny_repo(root: Path, env: dict[str, str], stages: str | None = None) -> Path:
+    """A committed git+DVC repo with a one-stage pipeline: any DVC repo, not only the demo."""
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
+    )
+    (root / "dvc.yaml").write_text(
+        stages
+        or (
+            "stages:\n"
+            "  hello:\n"
+            "    cmd: python -c \"open('out.txt', 'w').write('hello')\"\n"
+            "    outs:\n"
+            "      - out.txt\n"
+        )
+    )
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "tiny pipeline", env=env)
+    return root
+
+
+def api_post(api_url: str, path: str, body: dict[str, object], auth: str | None = None) -> object:
+    """POST JSON to the Prefect REST API, as a client independent of dvcflow would."""
+    import base64
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{api_url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

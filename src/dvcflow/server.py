@@ -125,6 +125,16 @@ def server_version(url: str, auth: str | None, timeout: float = 2.0) -> str | No
         return None
 
 
+def _installed_prefect() -> str | None:
+    """The server runs this interpreter's Prefect; used when the API needs credentials we lack."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prefect")
+    except PackageNotFoundError:
+        return None
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.settimeout(0.5)
@@ -147,7 +157,7 @@ def status(config: ServerConfig) -> ServerStatus:
         url=config.url,
         api_url=config.api_url,
         pid=pid,
-        prefect_version=server_version(config.url, config.auth) if running else None,
+        prefect_version=(server_version(config.url, config.auth) or _installed_prefect()) if running else None,
         database=config.database_location,
         log_file=log_file(config),
         home=config.home,
@@ -199,8 +209,9 @@ def _wait_healthy(config: ServerConfig, process: subprocess.Popen[bytes], timeou
             return
         time.sleep(0.2)
     _terminate(process.pid, timeout=5)
+    _pid_file(config).unlink(missing_ok=True)
     raise ServerError(
-        f"the Prefect server at {config.url} was not healthy within {timeout:.0f} s; "
+        f"the Prefect server at {config.url} was not healthy within {timeout:g} s; "
         f"last lines of {log_file(config)}:\n{_tail(log_file(config))}"
     )
 

@@ -50,6 +50,9 @@ def start(
             show_default=False,
         ),
     ] = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the server to become healthy.")
+    ] = 90.0,
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops it.")] = False,
 ) -> None:
     """Start the local Prefect server in the background and wait until it is healthy."""
@@ -60,7 +63,7 @@ def start(
     if foreground:
         render.info(f"Serving Prefect at {config.url} (Ctrl-C stops it)")
         raise typer.Exit(server.run_foreground(config))
-    result = server.start(config)
+    result = server.start(config, timeout=timeout)
     if result.already_running:
         render.out.print(f"Already running at {config.url} (pid {result.status.pid}).")
     else:
