@@ -170,7 +170,7 @@ POSTGRES_URL = os.environ.get("DVCFLOW_TEST_POSTGRES_URL", "")
 
 @pytest.mark.skipif(
     not POSTGRES_URL,
-    reason="no PostgreSQL: DVCFLOW_TEST_POSTGRES_URL is unset (.ci/run starts one via scripts/ci-postgres.sh)",
+    reason="no PostgreSQL: DVCFLOW_TEST_POSTGRES_URL unset (.ci/run starts one: scripts/ci-postgres.sh)",
 )
 def test_server_on_postgresql(tmp_path: Path) -> None:
     home, port = tmp_path / "home", free_port()
