@@ -135,6 +135,10 @@ def _installed_prefect() -> str | None:
         return None
 
 
+def _version(config: ServerConfig) -> str | None:
+    return server_version(config.url, config.auth) or _installed_prefect()
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.settimeout(0.5)
@@ -157,7 +161,7 @@ def status(config: ServerConfig) -> ServerStatus:
         url=config.url,
         api_url=config.api_url,
         pid=pid,
-        prefect_version=(server_version(config.url, config.auth) or _installed_prefect()) if running else None,
+        prefect_version=_version(config) if running else None,
         database=config.database_location,
         log_file=log_file(config),
         home=config.home,
