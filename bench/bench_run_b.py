@@ -1,0 +1,147 @@
+"""No-change runs, timed in one session: `dvcflow run-b` (Prefect caching) vs `dvcflow run-a` vs `dvc repro`.
+
+Target: a no-change `run-b` is no slower than a no-change `run-a`. Everything goes through the public
+command lines, as a user would type them, against a dvcflow server started for the benchmark (own
+DVCFLOW_HOME in a temporary folder, a free port) on a fresh git+DVC copy of the demo pipeline.
+
+    .venv/bin/python bench/bench_run_b.py [--repeat 7] [--keep]
+
+Prints medians and ratios against the bare `dvc repro`; writes the samples to bench/results/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
+
+RESULTS = PROJECT / "bench" / "results"
+UP_TO_DATE = "Data and pipelines are up to date."
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
+    start = time.perf_counter()
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return seconds, result
+
+
+def _run_b_cached(result: subprocess.CompletedProcess[str]) -> bool:
+    stages = ("prepare", "train", "evaluate")
+    return all(re.search(rf"│ {stage}\s+│ Cached ", result.stdout) for stage in stages)
+
+
+def _run_a_skipped(result: subprocess.CompletedProcess[str]) -> bool:
+    return UP_TO_DATE in result.stderr and "Running stage" not in result.stderr
+
+
+def _dvc_skipped(result: subprocess.CompletedProcess[str]) -> bool:
+    return UP_TO_DATE in result.stdout and "Running stage" not in result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=7, help="timed rounds (default 7)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    options = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="dvcflow-bench-run-b-"))
+    home = workdir / "home"
+    env = base_env(home)
+    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(free_port()), COLUMNS="120")
+    python = sys.executable
+    commands: dict[str, tuple[list[str], Callable[[subprocess.CompletedProcess[str]], bool]]] = {
+        "dvcflow run-b": ([python, "-m", "dvcflow", "run-b"], _run_b_cached),
+        "dvcflow run-a": ([python, "-m", "dvcflow", "run-a"], _run_a_skipped),
+        "dvc repro": ([python, "-m", "dvc", "repro"], _dvc_skipped),
+    }
+    try:
+        repo = make_pipeline_repo(workdir / "repo", env)
+        _run([python, "-m", "dvcflow", "server", "start"], PROJECT, env)
+        # Warm-up: DVC brings dvc.lock up to date, run-b fills its cache, every command then has no work.
+        for args, _ in commands.values():
+            _run(args, repo, env)
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        load_before = os.getloadavg()
+        for round_no in range(options.repeat):
+            names = list(commands)
+            names = names[round_no % 3 :] + names[: round_no % 3]  # rotate: no command always goes first
+            for name in names:
+                args, no_change = commands[name]
+                seconds, result = _run(args, repo, env)
+                if not no_change(result):
+                    output = f"{result.stdout}\n{result.stderr}"
+                    raise SystemExit(f"`{name}` did work on a no-change run:\n{output}")
+                samples[name].append(seconds)
+        load_after = os.getloadavg()
+    finally:
+        stop = [python, "-m", "dvcflow", "server", "stop"]
+        subprocess.run(stop, cwd=PROJECT, env=env, capture_output=True, timeout=120)
+        if not options.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    baseline = medians["dvc repro"]
+    print(f"No-change runs, {options.repeat} rounds each, interleaved (load {load_before[0]:.2f}):")
+    for name, values in samples.items():
+        print(
+            f"  {name:<14} median {medians[name]:6.2f}s  min {min(values):6.2f}s  max {max(values):6.2f}s"
+            f"  x{medians[name] / baseline:5.2f} vs dvc repro"
+        )
+    ratio = medians["dvcflow run-b"] / medians["dvcflow run-a"]
+    met = ratio <= 1.0
+    print(f"run-b / run-a = {ratio:.2f} → target (≤ 1.00) {'met' if met else 'NOT met'}")
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS / f"run_b-{stamp}.json"
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "no-change run-b vs run-a vs dvc repro",
+                "when": stamp,
+                "repeat": options.repeat,
+                "machine": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "load_before": load_before,
+                    "load_after": load_after,
+                },
+                "versions": {name: metadata.version(name) for name in ("prefect", "dvc", "dvcflow")},
+                "samples_s": samples,
+                "median_s": medians,
+                "ratio_vs_dvc_repro": {name: value / baseline for name, value in medians.items()},
+                "run_b_over_run_a": ratio,
+                "target_met": met,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"Wrote {out.relative_to(PROJECT)}")
+
+
+if __name__ == "__main__":
+    main()

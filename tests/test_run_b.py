@@ -1,0 +1,194 @@
+"""`dvcflow run-b` end to end: Prefect owns the stage DAG, a real Prefect server, real files in tmp.
+
+One repository goes through a sequence of runs, each checking what the previous one left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import LiveServer
+from tests.helpers import PROJECT, base_env, dvc, dvcflow
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("prepare", "train", "evaluate")
+OUTPUTS = (
+    "data/processed/train.csv",
+    "data/processed/test.csv",
+    "models/model.joblib",
+    "reports/metrics.json",
+)
+
+
+def task_states(stdout: str) -> dict[str, str]:
+    """Task → state, from the rows of the run summary table."""
+    states: dict[str, str] = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in re.split(r"[│┃|]", line) if cell.strip()]
+        if len(cells) == 4 and cells[0] in (*STAGES, "metrics summary"):
+            states[cells[0]] = cells[1]
+    return states
+
+
+def fingerprint(repo: Path) -> dict[str, tuple[str, int]]:
+    """md5 and mtime of every output: a cached run must leave both alone."""
+    return {
+        name: (hashlib.md5((repo / name).read_bytes()).hexdigest(), (repo / name).stat().st_mtime_ns)
+        for name in OUTPUTS
+    }
+
+
+def run_b(repo: Path, env: dict[str, str], *args: str) -> tuple[dict[str, str], str]:
+    result = dvcflow("run-b", *args, cwd=repo, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"finished in state Completed after", result.stdout)
+    return task_states(result.stdout), result.stderr
+
+
+def api_task_runs(server: LiveServer, stdout: str) -> dict[str, dict[str, Any]]:
+    """The flow run's task runs as the API has them, by task name."""
+    link = re.search(r"/runs/flow-run/([0-9a-f-]{36})", stdout)
+    assert link is not None, stdout
+    request = urllib.request.Request(
+        f"{server.api_url}/task_runs/filter",
+        data=json.dumps({"flow_runs": {"id": {"any_": [link.group(1)]}}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        runs = json.load(response)
+    return {re.sub(r"-[0-9a-f]{3}$", "", run["name"]): run for run in runs}
+
+
+def test_run_b_matches_dvc_then_caches_until_inputs_or_outputs_change(
+    pipeline_repo: Path, client_env: dict[str, str], live_server: LiveServer
+) -> None:
+    repo, env = pipeline_repo, client_env
+    # What the committed pipeline produces for these params, then a clean slate for run-b.
+    assert dvc("repro", cwd=repo, env=env).returncode == 0
+    expected = json.loads((repo / "reports/metrics.json").read_text())
+    for name in OUTPUTS:
+        (repo / name).unlink()
+
+    first = dvcflow("run-b", cwd=repo, env=env)
+    assert first.returncode == 0, first.stderr
+    assert "'Prefect owned stage DAG'" in first.stderr
+    assert "dvc repro" not in first.stderr
+    assert task_states(first.stdout) == dict.fromkeys((*STAGES, "metrics summary"), "Completed")
+    assert json.loads((repo / "reports/metrics.json").read_text()) == expected
+    logged = re.search(r"Metrics: (\{.*\})", first.stderr)
+    assert logged is not None and json.loads(logged.group(1)) == expected
+    assert re.search(r"reports/metrics\.json\s+│\s+accuracy", first.stdout)  # the summary's metrics table
+    runs = api_task_runs(live_server, first.stdout)
+    edges = {name: {edge["id"] for edge in runs[name]["task_inputs"].get("wait_for", [])} for name in STAGES}
+    assert edges == {
+        "prepare": set(),
+        "train": {runs["prepare"]["id"]},
+        "evaluate": {runs["prepare"]["id"], runs["train"]["id"]},
+    }
+
+    before = fingerprint(repo)
+    states, _ = run_b(repo, env)
+    assert states == {**dict.fromkeys(STAGES, "Cached"), "metrics summary": "Completed"}
+    assert fingerprint(repo) == before
+
+    # Another params file whose `train` section differs: prepare is reused, train and evaluate re-run.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["C"] = 0.5
+    (repo / "alt-params.yaml").write_text(yaml.safe_dump(params))
+    states, _ = run_b(repo, env, "--params", "alt-params.yaml")
+    assert [states[name] for name in STAGES] == ["Cached", "Completed", "Completed"]
+    assert fingerprint(repo)["data/processed/train.csv"] == before["data/processed/train.csv"]
+
+    # Deleted or edited outputs are not trusted: their stages re-run, the others stay cached.
+    model = (repo / "models/model.joblib").read_bytes()
+    (repo / "models/model.joblib").unlink()
+    (repo / "reports/metrics.json").write_text("{}\n")
+    states, logs = run_b(repo, env, "--params", "alt-params.yaml")
+    assert [states[name] for name in STAGES] == ["Cached", "Completed", "Completed"]
+    assert "Stage train: not reusing its cached result, models/model.joblib changed or went missing" in logs
+    assert "Stage evaluate: not reusing its cached result, reports/metrics.json changed or went" in logs
+    assert (repo / "models/model.joblib").read_bytes() == model
+    assert json.loads((repo / "reports/metrics.json").read_text()) != {}
+
+    # --force runs prepare although its cache is valid; a stage that keeps failing is retried once,
+    # the stage below it is never started, and the exit code follows the failed flow run.
+    (repo / "models/model.joblib").unlink()
+    (repo / "models/model.joblib").mkdir()  # the model cannot be written
+    failed = dvcflow("run-b", "--params", "alt-params.yaml", "--force", cwd=repo, env=env)
+    assert failed.returncode == 1
+    states = task_states(failed.stdout)
+    assert states == {"prepare": "Completed", "train": "Failed", "evaluate": "NotReady"}
+    assert "Stage prepare: --force, running it even if cached" in failed.stderr
+    assert "Retry 1/1 will start 2 second(s) from now" in failed.stderr
+    assert re.search(r"│ train\s+│ Failed\s+│\s+2 │", failed.stdout)
+    assert "train: Task run encountered an exception IsADirectoryError" in failed.stdout
+    assert "finished in state Failed" in failed.stdout
+    assert "Traceback" not in failed.stdout + failed.stderr
+
+
+@pytest.fixture
+def bare_repo(tmp_path: Path) -> Path:
+    """Just enough for run-b's pre-flight checks: `.dvc`, `dvc.yaml`, params and the raw data."""
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    shutil.copy2(PROJECT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy2(PROJECT / "params.yaml", repo / "params.yaml")
+    (repo / "data/raw").mkdir(parents=True)
+    (repo / "data/raw/iris.csv").write_text("sepal_length,sepal_width,petal_length,petal_width,species\n")
+    return repo
+
+
+def _params_with(**changes: Any) -> str:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        if value is None:
+            del params[section][key]
+        else:
+            params[section][key] = value
+    return yaml.safe_dump(params)
+
+
+@pytest.mark.parametrize(
+    ("params_file", "content", "error"),
+    [
+        pytest.param("nope.yaml", None, "{repo}/nope.yaml: params file not found", id="missing-file"),
+        pytest.param("p.yaml", "split: [\n", "{repo}/p.yaml: not valid YAML at line 2", id="bad-yaml"),
+        pytest.param(
+            "p.yaml", _params_with(train__C=None), "{repo}/p.yaml: missing key 'train.C'", id="missing-key"
+        ),
+        pytest.param(
+            "p.yaml",
+            _params_with(split__test_size=1.5),
+            "{repo}/p.yaml: split.test_size: input should be less than 1 (got 1.5)",
+            id="out-of-range",
+        ),
+        pytest.param(
+            "params.yaml", "RAW-MISSING", "{repo}/data/raw/iris.csv: raw data not found", id="no-raw-data"
+        ),
+    ],
+)
+def test_bad_inputs_are_one_line_errors_before_prefect_is_contacted(
+    bare_repo: Path, tmp_path: Path, params_file: str, content: str | None, error: str
+) -> None:
+    if content == "RAW-MISSING":
+        (bare_repo / "data/raw/iris.csv").unlink()
+    elif content is not None:
+        (bare_repo / params_file).write_text(content)
+    env = base_env(tmp_path)
+    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # nothing listens: contacting it would be another error
+    result = dvcflow("run-b", "--repo", "repo", "--params", params_file, cwd=tmp_path, env=env, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == "Error: " + error.format(repo=bare_repo)
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
