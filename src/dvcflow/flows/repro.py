@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from dvcflow import dvcrepo
-from dvcflow.metrics import MetricsSnapshot, read_metrics
+from dvcflow.metrics import MetricsSnapshot, artifact_key, publish_metrics_artifact, read_metrics
 
 FLOW_NAME = "Prefect operates DVC pipeline"
 FAIL_ONCE_MESSAGE = "Intentional one-time failure to demonstrate retries."
@@ -30,12 +30,19 @@ def dvc_repro_task(repo_root: Path, *, fail_once: bool = False) -> None:
 
 @task(name="metrics summary", cache_policy=NO_CACHE)
 def metrics_summary_task(repo_root: Path) -> MetricsSnapshot:
-    """Log the metrics the pipeline declares, as the JSON a script would read."""
+    """Log the metrics the pipeline declares, as the JSON a script would read, and publish them as a
+    table artifact (one key per repository) for the UI and `dvcflow metrics --history`."""
     snapshot = read_metrics(repo_root)
     logger = get_run_logger()
     logger.info("Metrics: %s", snapshot.to_json())
     for path, error in snapshot.errors:
         logger.warning("Metrics file %s unreadable: %s", path, error)
+    if not snapshot.empty:
+        key = artifact_key(repo_root)
+        try:
+            publish_metrics_artifact(snapshot, key, description=f"Metrics of `{repo_root}` after this run")
+        except Exception as exc:  # the metrics are logged above; a failed UI copy must not fail the run
+            logger.warning("Could not publish the metrics artifact %s: %s", key, exc)
     return snapshot
 
 
