@@ -63,6 +63,7 @@ def connect(
         _check_reachable(api_url)
         return ApiConnection(mode, api_url, f"Prefect API: {api_url} (from PREFECT_API_URL)")
     if mode is ApiMode.EPHEMERAL:
+        config.prefect_home.mkdir(parents=True, exist_ok=True)
         apply_environment(ephemeral_environment(config))
         return ApiConnection(mode, None, "Prefect API: a temporary server for this run only (--ephemeral)")
     if server.recorded_pid(config) is None or not server.health(config.url):

@@ -204,7 +204,13 @@ def choose_api_mode(*, ephemeral: bool, environ: Mapping[str, str] | None = None
 
 
 def ephemeral_environment(config: ServerConfig) -> dict[str, str]:
-    return {**QUIET_ENV, "PREFECT_HOME": str(config.prefect_home), "PREFECT_SERVER_EPHEMERAL_ENABLED": "true"}
+    return {
+        **QUIET_ENV,
+        "PREFECT_HOME": str(config.prefect_home),
+        "PREFECT_SERVER_EPHEMERAL_ENABLED": "true",
+        # Prefect's 20 s default is too tight for a fresh database on a busy 2-core machine.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    }
 
 
 def apply_environment(values: Mapping[str, str]) -> None:

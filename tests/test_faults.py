@@ -1,0 +1,223 @@
+"""Faults: real signals, processes and server. Each leaves the repo consistent; a re-run completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+import pytest
+import yaml
+
+from tests.helpers import api_post, base_env, dvc, dvcflow, free_port, make_tiny_repo
+
+pytestmark = pytest.mark.integration
+
+SLOW_STAGE = """stages:
+  slow:
+    cmd: python -c "import pathlib, time; time.sleep({seconds}); pathlib.Path('slow.txt').write_text('done')"
+    outs:
+      - slow.txt
+"""
+
+
+class Watched:
+    """A dvcflow process whose stderr is read as it arrives, so a test can act at the right moment."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dvcflow", *args],
+            cwd=cwd,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self.out: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.process.stderr, self.lines), daemon=True),
+            threading.Thread(target=self._read, args=(self.process.stdout, self.out), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: IO[str] | None, into: list[str]) -> None:
+        assert stream is not None
+        for line in stream:
+            into.append(line)
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"never saw {text!r}; stderr so far:\n{''.join(self.lines)}")
+
+    def finish(self, timeout: float = 120) -> tuple[int, str, str]:
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return code, "".join(self.out), "".join(self.lines)
+
+
+def dvc_processes_in(repo: Path) -> list[int]:
+    """Live `dvc` processes whose working directory is `repo`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"dvc" in b" ".join(cmdline) and Path(os.readlink(entry / "cwd")) == repo:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def slow_repo(tmp_path: Path, env: dict[str, str], seconds: int) -> Path:
+    return make_tiny_repo(tmp_path / "repo", env, SLOW_STAGE.format(seconds=seconds))
+
+
+def test_ctrl_c_during_a_stage_exits_130_and_the_next_run_finishes(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    repo = slow_repo(tmp_path, client_env, seconds=6)
+    run = Watched(["run-a"], repo, client_env)
+    run.wait_for("Running stage 'slow'")
+    time.sleep(0.5)
+    os.killpg(run.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    code, _, stderr = run.finish(timeout=60)
+    assert code == 130, stderr
+    assert "Interrupted" in stderr
+    assert "Traceback" not in stderr
+    assert not (repo / "slow.txt").exists()
+    assert not (repo / "dvc.lock").exists()
+    assert not list(repo.glob(".*.tmp"))
+
+    again = dvcflow("run-a", cwd=repo, env=client_env)
+    assert again.returncode == 0, again.stderr
+    assert (repo / "slow.txt").read_text() == "done"
+    assert json.loads(dvc("status", "--json", cwd=repo, env=client_env).stdout) == {}
+
+
+def test_sigkill_mid_stage_leaves_no_dvc_behind_and_a_rerun_completes(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    repo = slow_repo(tmp_path, client_env, seconds=4)
+    run = Watched(["run-a"], repo, client_env)
+    run.wait_for("Running stage 'slow'")
+    os.kill(run.process.pid, signal.SIGKILL)
+    run.finish(timeout=30)
+    deadline = time.monotonic() + 10
+    while dvc_processes_in(repo) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert dvc_processes_in(repo) == []  # DVC died with dvcflow instead of racing the next run
+
+    again = dvcflow("run-a", cwd=repo, env=client_env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(dvc("status", "--json", cwd=repo, env=client_env).stdout) == {}
+
+
+def test_two_runs_at_once_take_turns(tmp_path: Path, client_env: dict[str, str]) -> None:
+    counter = tmp_path / "executions.txt"
+    stage = (
+        "stages:\n  slow:\n"
+        f'    cmd: python -c "import pathlib, time; time.sleep(3); '
+        f"open(r'{counter}', 'a').write('x'); pathlib.Path('slow.txt').write_text('done')\"\n"
+        "    outs:\n      - slow.txt\n"
+    )
+    repo = make_tiny_repo(tmp_path / "repo", client_env, stage)
+    first = Watched(["run-a"], repo, client_env)
+    first.wait_for("Running stage 'slow'")
+    second = Watched(["run-a"], repo, client_env)
+    second_code, _, second_err = second.finish()
+    first_code, _, first_err = first.finish()
+    assert (first_code, second_code) == (0, 0), first_err + second_err
+    assert "Another dvcflow run is in progress" in second_err
+    assert "Stage 'slow' didn't change, skipping" in second_err
+    assert counter.read_text() == "x"  # the stage ran once, not twice at the same time
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert "slow" in lock["stages"]
+
+
+def test_server_killed_during_a_run(tmp_path: Path) -> None:
+    home, port = tmp_path / "home", free_port()
+    env = base_env(home)
+    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(port))
+    assert dvcflow("server", "start", cwd=tmp_path, env=env).returncode == 0
+    try:
+        repo = slow_repo(tmp_path, env, seconds=3)
+        run = Watched(["run-a"], repo, env)
+        run.wait_for("Running stage 'slow'")
+        pid = int((home / "server.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        code, _, stderr = run.finish(timeout=180)
+        assert code != 0
+        last = [line for line in stderr.splitlines() if line.startswith("Error: ")]
+        assert last and f"127.0.0.1:{port}" in last[-1], stderr
+        assert "Traceback" not in stderr
+        status = dvc("status", "--json", cwd=repo, env=env)
+        assert status.returncode == 0  # dvc.lock and the workspace are still readable by DVC
+
+        again = dvcflow("run-a", cwd=repo, env=env)  # the local server is started again on demand
+        assert again.returncode == 0, again.stderr
+        assert json.loads(dvc("status", "--json", cwd=repo, env=env).stdout) == {}
+    finally:
+        dvcflow("server", "stop", cwd=tmp_path, env=env)
+
+
+FLOW_SERIES = """
+import sys
+from prefect import flow
+from prefect.settings import temporary_settings
+
+@flow(name="load probe")
+def probe(i: int) -> int:
+    return i
+
+with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+    states = [probe(i, return_state=True) for i in range(int(sys.argv[1]))]
+print(sum(state.is_completed() for state in states))
+"""
+
+
+def test_load_fifty_in_a_row_and_eight_at_once(tmp_path: Path, client_env: dict[str, str]) -> None:
+    api_url = client_env_api(client_env)
+    env = {**client_env, "PREFECT_API_URL": api_url}
+    series = subprocess.run(
+        [sys.executable, "-c", FLOW_SERIES, "50"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert series.stdout.strip() == "50", series.stderr
+    assert "database is locked" not in series.stderr
+
+    repos = [make_tiny_repo(tmp_path / f"repo{i}", client_env) for i in range(8)]
+    runs = [Watched(["run-a", "--no-show-metrics"], repo, client_env) for repo in repos]
+    results = [run.finish(timeout=300) for run in runs]
+    assert [code for code, _, _ in results] == [0] * 8, [err for _, _, err in results]
+    assert not any("database is locked" in out + err for _, out, err in results)
+    flow_runs = api_post(
+        api_url,
+        "/flow_runs/filter",
+        {
+            "flows": {"name": {"any_": ["Prefect operates DVC pipeline", "load probe"]}},
+            "flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "SCHEDULED"]}}},
+        },
+    )
+    assert flow_runs == []  # nothing lost or stuck
+
+
+def client_env_api(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['DVCFLOW_PORT']}/api"
