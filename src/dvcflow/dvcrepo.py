@@ -7,15 +7,19 @@ line, and wraps DVC's failures as `PipelineError`s.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dvcflow.errors import NotADvcRepoError, PipelineError
 from dvcflow.settings import QUIET_ENV
+from dvcflow.stage_graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 
 TAIL_LINES = 15
 
@@ -43,6 +47,7 @@ def dvc_environment() -> dict[str, str]:
     env = dict(os.environ)
     env.update(QUIET_ENV)
     env["PYTHONUNBUFFERED"] = "1"  # lines arrive as they are printed, not when a buffer fills
+    env["DVCFLOW_PARENT_PID"] = str(os.getpid())
     bin_dir = str(Path(sys.executable).parent)
     path = env.get("PATH", "")
     if path.split(os.pathsep)[0] != bin_dir:
@@ -50,8 +55,21 @@ def dvc_environment() -> dict[str, str]:
     return env
 
 
+# A SIGKILLed dvcflow must not leave an orphan `dvc repro` behind that races the next run for the same
+# stage: on Linux DVC starts through a shim that asks the kernel to SIGTERM it when dvcflow dies
+# (PR_SET_PDEATHSIG survives exec; `preexec_fn` is not safe in a process with threads, as Prefect's is).
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys;"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM);"
+    "os.getppid() == int(os.environ.pop('DVCFLOW_PARENT_PID', '0')) or sys.exit(143);"
+    "os.execv(sys.executable, [sys.executable, '-m', 'dvc', *sys.argv[1:]])"
+)
+
+
 def dvc_command(*args: str) -> list[str]:
     """DVC from this interpreter, not whichever `dvc` comes first on PATH."""
+    if sys.platform.startswith("linux"):
+        return [sys.executable, "-c", _DIE_WITH_PARENT, *args]
     return [sys.executable, "-m", "dvc", *args]
 
 
@@ -87,18 +105,36 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
                 if line.strip():
                     tail.append(line)
                     on_line(line)
-        except BaseException:
-            process.terminate()
-            process.wait()
+        except BaseException:  # Ctrl-C, or the task was cancelled: let DVC stop cleanly first
+            _stop(process)
             raise
         returncode = process.wait()
     return CommandResult(tuple(args), returncode, tuple(tail))
 
 
+def _stop(process: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGINT first, as a terminal's Ctrl-C would, so DVC never dies halfway through writing dvc.lock."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=grace)
+        return
+    except subprocess.TimeoutExpired:
+        process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def failure(result: CommandResult) -> PipelineError:
-    """A readable error from a failed DVC command: its exit code and last lines."""
+    """A readable error from a failed DVC command: DVC's own ERROR line first, then its last lines."""
+    errors = [line for line in result.tail if line.startswith("ERROR:")]
+    headline = errors[-1].removeprefix("ERROR:").strip() if errors else f"exit code {result.returncode}"
     shown = "\n".join(f"  {line}" for line in result.tail[-8:])
-    return PipelineError(f"`dvc {' '.join(result.args)}` failed with exit code {result.returncode}:\n{shown}")
+    return PipelineError(f"`dvc {' '.join(result.args)}` failed: {headline}\n{shown}")
 
 
 def _repo(root: Path) -> object:
@@ -132,3 +168,168 @@ def metrics_show(root: Path) -> dict[str, dict[str, object] | str]:
         else:
             files[path] = entry.get("data", {})
     return files
+
+
+@dataclass(frozen=True)
+class DvcDiff:
+    """`dvc metrics diff` / `dvc params diff` as plain data, unchanged entries included."""
+
+    entries: dict[str, dict[str, dict[str, object]]]  # file → key → {"old", "new", "diff"}
+    errors: tuple[tuple[str, str, str], ...]  # (revision, file or "", problem)
+
+
+def _problem(error: object) -> str:
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    return f"{type(error).__name__}: {error}" if isinstance(error, Exception) else str(error)
+
+
+def _compare(root: Path, rev: str, kind: str) -> DvcDiff:
+    """The working tree against git revision `rev`; `kind` is "metrics" or "params"."""
+    from dvc.exceptions import DvcException
+    from dvc.scm import NoSCMError, RevError
+
+    from dvcflow.errors import MetricsError
+
+    repo = _repo(root)
+    try:
+        if repo.scm.no_commits:  # type: ignore[attr-defined]
+            raise MetricsError(
+                f"{root}: the git repository has no commits yet, nothing to compare with",
+                hint="commit your work first",
+            )
+        result = getattr(repo, kind).diff(a_rev=rev, all=True)
+    except NoSCMError:
+        raise MetricsError(
+            f"{root} is not a git repository: comparing with a revision needs git",
+            hint="run `git init` and commit, or show the current metrics without --diff",
+        ) from None
+    except RevError:
+        raise MetricsError(
+            f"unknown git revision {rev!r} in {root}", hint="pass a commit, branch or tag, e.g. HEAD~1"
+        ) from None
+    except DvcException as err:
+        raise MetricsError(f"DVC cannot compare the {kind} of {root} with {rev!r} ({err})") from None
+    finally:
+        repo.close()  # type: ignore[attr-defined]
+    errors: list[tuple[str, str, str]] = []
+    for revision, problem in result.get("errors", {}).items():
+        if isinstance(problem, dict):
+            errors.extend((revision, path, _problem(error)) for path, error in problem.items())
+        else:
+            errors.append((revision, "", _problem(problem)))
+    return DvcDiff(result.get("diff", {}), tuple(errors))
+
+
+def metrics_diff(root: Path, rev: str = "HEAD") -> DvcDiff:
+    """Like `dvc metrics diff --all REV`: every metric at `rev` and in the working tree."""
+    return _compare(root, rev, "metrics")
+
+
+def params_diff(root: Path, rev: str = "HEAD") -> DvcDiff:
+    """Like `dvc params diff --all REV`: every param at `rev` and in the working tree."""
+    return _compare(root, rev, "params")
+
+
+# Per-stage runs: the stage graph and `dvc status` read in-process once, then one `dvc repro -s` per stage.
+
+# What DVC logs for a stage (or a `.dvc` data source) it found up to date.
+_SKIPPED_LINE = re.compile(r"^(?:Stage )?'(?P<name>.+)' didn't change, skipping$")
+
+
+def _address(stage: Any, root_dir: str) -> str:
+    """What `dvc repro -s` accepts from the repository root: DVC's own `addressing` is relative to the
+    current directory, which need not be the root."""
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.stage import PipelineStage
+
+    path = Path(os.path.relpath(stage.path, root_dir)).as_posix()
+    if isinstance(stage, PipelineStage):
+        return stage.name if path == PROJECT_FILE else f"{path}:{stage.name}"
+    return path
+
+
+def _files(changes: dict[str, Any], shown: int = 3) -> str:
+    items = [
+        f"{path} ({', '.join(f'{key} {how}' for key, how in what.items())})"
+        if isinstance(what, dict)
+        else f"{path} ({what})"
+        for path, what in changes.items()
+    ]
+    more = f" +{len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def _status_reason(entries: list[Any]) -> str:
+    """One line from `dvc status`'s entries for a stage: `changed deps: raw.txt (modified)`."""
+    parts: list[str] = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            parts.extend(f"{what}: {_files(changes)}" for what, changes in entry.items())
+        else:
+            parts.append(str(entry))
+    return "; ".join(parts) or "changed"
+
+
+def read_pipeline(root: Path, *, with_status: bool = True) -> PipelineSnapshot:
+    """The stage graph (all `dvc.yaml` stages, `foreach`/`matrix` items and `.dvc` files) and, with
+    `with_status`, what `dvc status` reports: one in-process call instead of a process per stage.
+
+    Like `dvc repro`, a frozen stage is cut off from its upstream stages.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.stage import PipelineStage
+
+    repo: Any = _repo(root)
+    try:
+        graph = repo.index.graph  # edge (u, v): u depends on v
+        names = {stage: _address(stage, repo.root_dir) for stage in graph}
+        nodes = tuple(
+            StageNode(
+                name=names[stage],
+                upstream=() if stage.frozen else tuple(sorted(names[up] for up in graph.successors(stage))),
+                kind=StageKind.STAGE if isinstance(stage, PipelineStage) else StageKind.DATA_SOURCE,
+                cmd=stage.cmd,
+                frozen=bool(stage.frozen),
+            )
+            for stage in sorted(graph, key=names.__getitem__)
+        )
+        changed: dict[str, str] = {}
+        if with_status:
+            by_addressing = {stage.addressing: names[stage] for stage in graph}  # same cwd as status keys
+            for addressing, entries in repo.status().items():
+                if addressing in by_addressing:
+                    changed[by_addressing[addressing]] = _status_reason(entries)
+    except DvcException as err:
+        raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
+    finally:
+        repo.close()
+    return PipelineSnapshot(StageGraph(nodes), changed)
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One `dvc repro -s`: its result, and whether DVC found the stage up to date instead of running it."""
+
+    result: CommandResult
+    up_to_date: bool
+
+
+def repro_stage(root: Path, name: str, on_line: Callable[[str], None]) -> StageRun:
+    """`dvc --wait-for-lock repro -s NAME`: exactly this stage, if DVC says it changed.
+
+    DVC releases its repository lock while a stage's command runs and takes it again to write
+    `dvc.lock`; without `--wait-for-lock` a parallel stage could finish its command and then fail
+    to record it after ~3 s of retries.
+    """
+    skipped = False
+
+    def watch(line: str) -> None:
+        nonlocal skipped
+        match = _SKIPPED_LINE.match(line.strip())
+        if match and match["name"] == name:
+            skipped = True
+        on_line(line)
+
+    result = stream_dvc(["--wait-for-lock", "repro", "--single-item", name], cwd=root, on_line=watch)
+    return StageRun(result, up_to_date=result.ok and skipped)

@@ -7,19 +7,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dvcflow import dvcrepo
 from dvcflow.api import connect
 from dvcflow.runs import FlowRunRecord
 from dvcflow.settings import resolve_server_config
 
+if TYPE_CHECKING:
+    from dvcflow.stage_graph import Plan
+
 
 def _prepare(repo: Path | None, ephemeral: bool, announce: Callable[[str], None]) -> tuple[Path, bool]:
     root = dvcrepo.find_repo_root(repo)
+    return root, _connect(root, ephemeral, announce)
+
+
+def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
+    """Choose the Prefect API and export it; True when the run's UI link outlives this process."""
     config = resolve_server_config(start=root)
     connection = connect(config, ephemeral=ephemeral, on_server_start=announce)
     announce(connection.description)
-    return root, connection.links_survive
+    return connection.links_survive
 
 
 def run_option_a(
@@ -40,5 +49,116 @@ def run_option_a(
         keep_link=keep_link,
         repo_root=root,
         fail_once=fail_once,
+        show_metrics=show_metrics,
+    )
+
+
+def check_stage_inputs(root: Path, params_path: Path) -> Path:
+    """Option B's pre-flight: params valid, stage paths declared, raw data present; the params file path.
+
+    Runs before Prefect is contacted, so a typo costs a one-line error, not a failed flow run.
+    """
+    from dvcflow.errors import ConfigError
+    from dvcflow.stage_paths import load_stage_paths
+    from mltoy.params import ParamsError, load_params
+
+    resolved = params_path if params_path.is_absolute() else root / params_path
+    try:
+        load_params(resolved)
+    except ParamsError as err:
+        raise ConfigError(str(err)) from None
+    raw = load_stage_paths(root).raw
+    if not (root / raw).is_file():
+        raise ConfigError(
+            f"{root / raw}: raw data not found",
+            hint=f"fetch it with `dvc pull`, or regenerate the demo data: python -m mltoy.data --out {raw}",
+        )
+    return resolved
+
+
+def run_option_b(
+    repo: Path | None = None,
+    *,
+    params_path: Path = Path("params.yaml"),
+    force: bool = False,
+    ephemeral: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+) -> FlowRunRecord:
+    """Option B: Prefect owns the stage DAG and calls the stage functions; unchanged stages end Cached."""
+    root = dvcrepo.find_repo_root(repo)
+    resolved = check_stage_inputs(root, params_path)
+    keep_link = _connect(root, ephemeral, announce)
+    from dvcflow.flows.stages import stage_dag_flow
+    from dvcflow.runs import execute
+
+    return execute(stage_dag_flow, keep_link=keep_link, repo_root=root, params_path=resolved, force=force)
+
+
+def plan_stages(repo: Path | None = None) -> Plan:
+    """The waves of stages and which would run, from DVC's graph and one `dvc status`; runs nothing."""
+    from dvcflow.stage_graph import plan
+
+    return plan(dvcrepo.read_pipeline(dvcrepo.find_repo_root(repo)))
+
+
+def _check_dask_address(address: str) -> None:
+    """Fail in a second, before any flow run, when no Dask scheduler listens there."""
+    import importlib.util
+    import socket
+    from urllib.parse import urlsplit
+
+    from dvcflow.errors import ConfigError, UsageError
+
+    if importlib.util.find_spec("prefect_dask") is None:
+        raise UsageError(
+            "--dask-address needs prefect-dask, which is not installed", hint="pip install 'dvcflow[dask]'"
+        )
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+        raise UsageError(f"--dask-address must look like tcp://HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=3):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"no Dask scheduler answers at {address} ({err})", hint="start one with `dask scheduler`"
+        ) from None
+
+
+def run_per_stage(
+    repo: Path | None = None,
+    *,
+    jobs: int | None = None,
+    keep_going: bool = False,
+    retries: int = 1,
+    dask_address: str | None = None,
+    show_metrics: bool = True,
+    ephemeral: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+) -> FlowRunRecord:
+    """One Prefect task per DVC stage, at most `jobs` reproducing at once (default: the CPUs here;
+    on a Dask cluster, as many as it takes)."""
+    import os
+
+    from dvcflow.errors import UsageError
+
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    if retries < 0:
+        raise UsageError(f"--retries must be 0 or more, got {retries}")
+    if dask_address is not None:
+        _check_dask_address(dask_address)
+    root, keep_link = _prepare(repo, ephemeral, announce)
+    from dvcflow.flows.per_stage import per_stage_flow, task_runner
+    from dvcflow.runs import execute
+
+    limit = jobs or (os.cpu_count() or 1 if dask_address is None else 10_000)
+    return execute(
+        per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
+        keep_link=keep_link,
+        repo_root=root,
+        jobs=limit,
+        keep_going=keep_going,
+        retries=retries,
         show_metrics=show_metrics,
     )
