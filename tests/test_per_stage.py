@@ -14,6 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+# `import dvc` binds DVC's log handlers to the sys.stdout of that moment: import it before any
+# CliRunner swaps sys.stdout for a buffer that it closes afterwards.
+import dvc.logger as _dvc_logger  # noqa: F401
 import pytest
 import yaml
 from typer.testing import CliRunner
