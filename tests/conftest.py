@@ -29,6 +29,13 @@ class LiveServer:
         return f"{self.url}/api"
 
 
+@pytest.fixture(autouse=True)
+def _debug_flag_does_not_leak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dvcflow --debug` exports DVCFLOW_DEBUG=1 for the rest of its process; in-process CliRunner tests
+    share one process, so each test gets the variable restored afterwards."""
+    monkeypatch.setenv("DVCFLOW_DEBUG", "0")
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real Prefect server on a free port, managed by dvcflow itself."""

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from dvcflow import __version__
@@ -14,12 +13,6 @@ from dvcflow.cli.app import app
 from dvcflow.errors import NotADvcRepoError
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _no_debug_leak(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`--debug` exports DVCFLOW_DEBUG for the rest of the process; keep tests independent."""
-    monkeypatch.delenv("DVCFLOW_DEBUG", raising=False)
 
 
 def test_help_lists_every_command() -> None:

@@ -17,7 +17,7 @@ from dvcflow.cli.app import app
 from dvcflow.metrics import Change, Metric, MetricsSnapshot, artifact_key
 from dvcflow.render.metrics import CHANGED_STYLE, _changes_table, display_value, sparkline
 from tests.conftest import LiveServer
-from tests.helpers import PROJECT, dvcflow, git, make_pipeline_repo
+from tests.helpers import PROJECT, dvcflow, git, make_tiny_repo
 
 METRICS = "reports/metrics.json"
 FLOW = "Prefect operates DVC pipeline"
@@ -147,10 +147,31 @@ def test_errors_outside_a_git_dvc_repo(tmp_path: Path, client_env: dict[str, str
     )
 
 
+# A pipeline whose metrics follow `train.C` at once: history is about runs, not about scikit-learn.
+SCORE_PIPELINE = """stages:
+  score:
+    cmd: >-
+      python -c "import json, pathlib, yaml; c = yaml.safe_load(open('params.yaml'))['train']['C'];
+      pathlib.Path('reports').mkdir(exist_ok=True);
+      json.dump({'accuracy': c / (1 + c), 'f1_macro': c / (2 + c)}, open('reports/metrics.json', 'w'))"
+    params:
+      - train.C
+    metrics:
+      - reports/metrics.json:
+          cache: false
+"""
+
+
+def make_score_repo(root: Path, env: dict[str, str]) -> Path:
+    root.mkdir(parents=True)
+    (root / "params.yaml").write_text("train:\n  C: 1.0\n")
+    return make_tiny_repo(root, env, SCORE_PIPELINE)
+
+
 @pytest.mark.integration
 def test_history_of_three_real_flow_runs(tmp_path: Path, live_server: LiveServer) -> None:
     env = dict(live_server.env)
-    repo = make_pipeline_repo(tmp_path / "Iris_History", env)
+    repo = make_score_repo(tmp_path / "Iris_History", env)
     key = artifact_key(repo)
     assert re.fullmatch(r"dvcflow-metrics-iris-history-[0-9a-f]{6}", key)
     fails(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import dvc, dvcflow
+from tests.helpers import dvc, dvcflow, make_tiny_repo
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,10 @@ def summary_row(output: str, task: str) -> list[str]:
     raise AssertionError(f"no summary row for {task!r} in:\n{output}")
 
 
-def test_first_run_reproduces_all_stages_then_second_skips_them(
+def test_the_tour_first_run_no_change_retry_and_a_changed_param(
     pipeline_repo: Path, client_env: dict[str, str]
 ) -> None:
+    """The guided tour in one repository: each step depends on the state the previous one left."""
     first = dvcflow("run-a", cwd=pipeline_repo, env=client_env)
     assert first.returncode == 0, first.stderr
     logs = first.stderr
@@ -55,22 +56,25 @@ def test_first_run_reproduces_all_stages_then_second_skips_them(
         r"View it in the Prefect UI: http://127\.0\.0\.1:\d+/runs/flow-run/[0-9a-f-]{36}", first.stdout
     )
 
-    second = dvcflow("run-a", cwd=pipeline_repo, env=client_env)
-    assert second.returncode == 0, second.stderr
-    assert ran_stages(second.stderr) == []
-    assert skipped_stages(second.stderr) == list(STAGES)
-    assert "Data and pipelines are up to date." in second.stderr
+    # Nothing changed: DVC skips every stage; --fail-once fails the task once and Prefect retries it.
+    retried = dvcflow(
+        "run-a", "--fail-once", "--repo", str(pipeline_repo), cwd=pipeline_repo.parent, env=client_env
+    )
+    assert retried.returncode == 0, retried.stderr
+    assert "RuntimeError('Intentional one-time failure to demonstrate retries.')" in retried.stderr
+    assert "Retry 1/1 will start 2 second(s) from now" in retried.stderr
+    assert summary_row(retried.stdout, "dvc repro")[1:3] == ["Completed", "2"]
+    assert ran_stages(retried.stderr) == []
+    assert skipped_stages(retried.stderr) == list(STAGES)
+    assert "Data and pipelines are up to date." in retried.stderr
     status = dvc("status", "--json", cwd=pipeline_repo, env=client_env)
     assert json.loads(status.stdout) == {}
 
-
-def test_changed_split_param_reruns_every_stage(pipeline_repo: Path, client_env: dict[str, str]) -> None:
-    assert dvcflow("run-a", cwd=pipeline_repo, env=client_env).returncode == 0
+    # A changed split re-runs prepare, train and evaluate.
     params_file = pipeline_repo / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["split"]["test_size"] = 0.3
     params_file.write_text(yaml.safe_dump(params))
-
     rerun = dvcflow("run-a", "--no-show-metrics", cwd=pipeline_repo, env=client_env)
     assert rerun.returncode == 0, rerun.stderr
     assert ran_stages(rerun.stderr) == list(STAGES)
@@ -79,32 +83,28 @@ def test_changed_split_param_reruns_every_stage(pipeline_repo: Path, client_env:
     assert lock["stages"]["prepare"]["params"]["params.yaml"]["split"]["test_size"] == 0.3
 
 
-def test_fail_once_is_retried_and_completes(pipeline_repo: Path, client_env: dict[str, str]) -> None:
-    result = dvcflow(
-        "run-a", "--fail-once", "--repo", str(pipeline_repo), cwd=pipeline_repo.parent, env=client_env
-    )
-    assert result.returncode == 0, result.stderr
-    assert "RuntimeError('Intentional one-time failure to demonstrate retries.')" in result.stderr
-    assert "Retry 1/1 will start 2 second(s) from now" in result.stderr
-    assert summary_row(result.stdout, "dvc repro")[1:3] == ["Completed", "2"]
+BROKEN = """stages:
+  fine:
+    cmd: python -c "open('fine.txt', 'w').write('ok')"
+    outs: [fine.txt]
+  broken:
+    cmd: python -c "import sys; sys.exit('model exploded')"
+    deps: [fine.txt]
+    outs: [never.txt]
+"""
 
 
-def test_broken_stage_fails_the_run_with_dvcs_error(pipeline_repo: Path, client_env: dict[str, str]) -> None:
-    dvc_yaml = pipeline_repo / "dvc.yaml"
-    spec = yaml.safe_load(dvc_yaml.read_text())
-    spec["stages"]["train"]["cmd"] = "python -c \"import sys; sys.exit('model exploded')\""
-    dvc_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
-    lock_before = (pipeline_repo / "dvc.lock").read_text()
-
-    result = dvcflow("run-a", cwd=pipeline_repo, env=client_env)
+def test_broken_stage_fails_the_run_with_dvcs_error(tmp_path: Path, client_env: dict[str, str]) -> None:
+    repo = make_tiny_repo(tmp_path / "repo", client_env, BROKEN)
+    result = dvcflow("run-a", cwd=repo, env=client_env)
     assert result.returncode == 1
     assert "model exploded" in result.stderr
-    assert "failed to reproduce 'train'" in result.stdout
+    assert "failed to reproduce 'broken'" in result.stdout
     assert summary_row(result.stdout, "dvc repro")[1:3] == ["Failed", "2"]
     assert "finished in state Failed" in result.stdout
-    assert "Traceback" not in result.stdout
-    lock_after = yaml.safe_load((pipeline_repo / "dvc.lock").read_text())
-    assert lock_after["stages"]["train"] == yaml.safe_load(lock_before)["stages"]["train"]
+    assert "Traceback" not in result.stdout + result.stderr
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"fine"}  # the failed stage recorded nothing
 
 
 def test_not_a_dvc_repo_is_a_one_line_error(tmp_path: Path, client_env: dict[str, str]) -> None:

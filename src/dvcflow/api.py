@@ -74,4 +74,7 @@ def connect(
                 "it keeps run history between runs (stop it with `dvcflow server stop`)"
             )
     apply_environment(config.client_environment())
+    # Prefect retries a dead connection 5 times with 2**n s back-off (about a minute per request); on a
+    # loopback server that has died, three tries say so in about 14 s. An explicit setting wins.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "3")
     return ApiConnection(mode, config.api_url, f"Prefect API: {config.api_url} (dvcflow local server)")

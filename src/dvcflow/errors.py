@@ -36,6 +36,16 @@ class ApiUnreachableError(ServerError):
     """The configured Prefect API does not answer."""
 
 
+class ApiLostError(ApiUnreachableError):
+    """The Prefect API went away during a run.
+
+    Prefect's background workers would then spend minutes retrying to deliver logs and events at exit;
+    with the API gone there is nothing left to deliver, so the CLI exits at once.
+    """
+
+    abandon_background_work = True
+
+
 class PipelineError(DvcflowError):
     """A DVC command or a stage failed."""
 

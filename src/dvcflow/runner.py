@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dvcflow import dvcrepo
 from dvcflow.api import connect
+from dvcflow.runlock import exclusive_run
 from dvcflow.runs import FlowRunRecord
 from dvcflow.settings import resolve_server_config
 
@@ -21,6 +22,16 @@ if TYPE_CHECKING:
 def _prepare(repo: Path | None, ephemeral: bool, announce: Callable[[str], None]) -> tuple[Path, bool]:
     root = dvcrepo.find_repo_root(repo)
     return root, _connect(root, ephemeral, announce)
+
+
+def _execute_exclusively(
+    root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, **parameters: Any
+) -> FlowRunRecord:
+    """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow."""
+    from dvcflow.runs import execute
+
+    with exclusive_run(root, on_wait=announce):
+        return execute(flow, keep_link=keep_link, repo_root=root, **parameters)
 
 
 def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
@@ -42,14 +53,9 @@ def run_option_a(
     """Option A: one Prefect task runs `dvc repro`; DVC decides what is up to date."""
     root, keep_link = _prepare(repo, ephemeral, announce)
     from dvcflow.flows.repro import dvc_pipeline_flow
-    from dvcflow.runs import execute
 
-    return execute(
-        dvc_pipeline_flow,
-        keep_link=keep_link,
-        repo_root=root,
-        fail_once=fail_once,
-        show_metrics=show_metrics,
+    return _execute_exclusively(
+        root, announce, dvc_pipeline_flow, keep_link, fail_once=fail_once, show_metrics=show_metrics
     )
 
 
@@ -89,9 +95,8 @@ def run_option_b(
     resolved = check_stage_inputs(root, params_path)
     keep_link = _connect(root, ephemeral, announce)
     from dvcflow.flows.stages import stage_dag_flow
-    from dvcflow.runs import execute
 
-    return execute(stage_dag_flow, keep_link=keep_link, repo_root=root, params_path=resolved, force=force)
+    return _execute_exclusively(root, announce, stage_dag_flow, keep_link, params_path=resolved, force=force)
 
 
 def plan_stages(repo: Path | None = None) -> Plan:
@@ -150,13 +155,13 @@ def run_per_stage(
         _check_dask_address(dask_address)
     root, keep_link = _prepare(repo, ephemeral, announce)
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
-    from dvcflow.runs import execute
 
     limit = jobs or (os.cpu_count() or 1 if dask_address is None else 10_000)
-    return execute(
+    return _execute_exclusively(
+        root,
+        announce,
         per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
-        keep_link=keep_link,
-        repo_root=root,
+        keep_link,
         jobs=limit,
         keep_going=keep_going,
         retries=retries,

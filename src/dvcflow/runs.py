@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from dvcflow.errors import ApiLostError, ServerError
 from dvcflow.metrics import MetricsSnapshot
 
 
@@ -95,10 +97,32 @@ def _state_message(state: Any) -> str | None:
 
 
 def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> FlowRunRecord:
-    """Run `flow`, wait for its end, and read the flow run and its task runs back."""
+    """Run `flow`, wait for its end, and read the flow run and its task runs back.
+
+    Losing the API mid-run is a one-line `ApiUnreachableError`, not a client traceback: DVC writes
+    `dvc.lock` per finished stage, so the repository stays consistent and a re-run resumes.
+    """
+    import httpx
+
+    api = os.environ.get("PREFECT_API_URL") or "Prefect's temporary server"
+    try:
+        return _execute(flow, keep_link=keep_link, parameters=parameters)
+    except httpx.TransportError as err:
+        raise ApiLostError(
+            f"lost the Prefect API at {api} during the run ({type(err).__name__}: {err})",
+            hint="finished stages are recorded in dvc.lock; start the server again and re-run",
+        ) from None
+    except RuntimeError as err:
+        if "ephemeral Prefect API server" not in str(err):
+            raise
+        raise ServerError(
+            f"Prefect's temporary server did not start ({err})",
+            hint="run `dvcflow server start` and drop --ephemeral",
+        ) from None
+
+
+def _execute(flow: Callable[..., Any], *, keep_link: bool, parameters: dict[str, Any]) -> FlowRunRecord:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.client.schemas.sorting import TaskRunSort
     from prefect.settings import get_current_settings, temporary_settings
 
     hide_console_tracebacks()
@@ -107,10 +131,7 @@ def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> 
         flow_run_id: UUID = state.state_details.flow_run_id
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
-            task_runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-            )
+            task_runs = _final_task_runs(client, flow_run_id)
         ui_url = get_current_settings().ui_url
     tasks = tuple(
         TaskRunRecord(
@@ -133,6 +154,28 @@ def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> 
         message=_state_message(state) if not state.is_completed() else None,
         metrics=_returned_metrics(state),
     )
+
+
+def _final_task_runs(client: Any, flow_run_id: UUID, patience: float = 5.0) -> list[Any]:
+    """The flow run's task runs once the API shows each in its final state.
+
+    The server records task-run states from events, a moment after they happen; read too early and the
+    summary would show a stage still Running.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    deadline = time.monotonic() + patience
+    while True:
+        runs: list[Any] = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        )
+        if all(run.state is not None and run.state.is_final() for run in runs):
+            return runs
+        if time.monotonic() > deadline:
+            return runs
+        time.sleep(0.1)
 
 
 def _returned_metrics(state: Any) -> MetricsSnapshot | None:

@@ -30,6 +30,10 @@ class _ErrorBoundary(TyperGroup):
             from dvcflow import render
 
             render.error(exc)
+            if getattr(exc, "abandon_background_work", False):
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             if debug:

@@ -25,6 +25,8 @@ STATE_STYLES = {
     "Crashed": "red",
     "Cancelled": "yellow",
     "NotReady": "yellow",
+    "UpToDate": "cyan",
+    "NotRun": "yellow",
 }
 
 
