@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvcflow.errors import NotADvcRepoError, PipelineError
+from dvcflow.errors import ConfigError, NotADvcRepoError, PipelineError
 from dvcflow.settings import QUIET_ENV
 from dvcflow.stage_graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 
@@ -36,6 +36,52 @@ def find_repo_root(start: Path | None = None) -> Path:
         f"{origin} is not inside a DVC repository (no .dvc directory here or above)",
         hint="run `dvc init`, or pass --repo PATH",
     )
+
+
+DEFAULT_PARAMS_FILE = "params.yaml"  # DVC's default for a stage's `params:` entries
+
+
+def check_params_files(root: Path) -> None:
+    """Fail in milliseconds, before any flow run, on a params file DVC could not read.
+
+    Covers the root `params.yaml` and every file a stage of the root `dvc.yaml` names under `params:`.
+    Whether the values make sense is the pipeline's business (its stages validate them).
+    """
+    import yaml
+
+    files = {DEFAULT_PARAMS_FILE} if (root / DEFAULT_PARAMS_FILE).exists() else set()
+    try:
+        spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        spec = {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{root / 'dvc.yaml'}: not valid YAML ({_yaml_where(err)})") from None
+    for stage in (spec.get("stages") or {}).values():
+        body = stage.get("do", stage) if isinstance(stage, dict) else {}
+        for entry in body.get("params", []) if isinstance(body, dict) else []:
+            if isinstance(entry, dict):
+                files.update(str(name) for name in entry if "$" not in str(name))
+            elif isinstance(entry, str) and ":" not in entry:
+                files.add(DEFAULT_PARAMS_FILE)
+    for name in sorted(files):
+        path = root / name
+        if path.suffix not in (".yaml", ".yml"):
+            continue
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: params file not found (dvc.yaml's stages read it)") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_where(err)})") from None
+        if not isinstance(data, dict):
+            what = "empty" if data is None else f"a {type(data).__name__}, not a mapping of params"
+            raise ConfigError(f"{path}: params file is {what}")
+
+
+def _yaml_where(err: Exception) -> str:
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or "syntax error"
+    return f"{problem} at line {mark.line + 1}" if mark is not None else str(problem)
 
 
 def dvc_environment() -> dict[str, str]:

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 
 
 def _prepare(repo: Path | None, ephemeral: bool, announce: Callable[[str], None]) -> tuple[Path, bool]:
+    """Find the repo and check what DVC will read, then connect: bad input never becomes a flow run."""
     root = dvcrepo.find_repo_root(repo)
+    dvcrepo.check_params_files(root)
     return root, _connect(root, ephemeral, announce)
 
 

@@ -1,0 +1,140 @@
+"""Bad input, every command: one `Error:` line naming the problem, a non-zero exit, no traceback, no file
+changed — and no flow run, because the checks run before Prefect is contacted (the API below is dead)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import base_env, dvcflow, free_port, make_pipeline_repo
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("bad-input")
+    env = base_env(root)
+    env["PREFECT_API_URL"] = f"http://127.0.0.1:{free_port()}/api"  # nothing listens: a flow run would fail
+    return make_pipeline_repo(root / "pristine", env), env
+
+
+def snapshot(repo: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(repo)): hashlib.md5(path.read_bytes()).hexdigest()
+        for path in sorted(repo.rglob("*"))
+        if path.is_file() and ".git" not in path.parts and "tmp" not in path.relative_to(repo).parts
+    }
+
+
+def write(relative: str, text: str) -> Callable[[Path], None]:
+    return lambda repo: (repo / relative).write_text(text)
+
+
+def remove(relative: str) -> Callable[[Path], None]:
+    return lambda repo: (repo / relative).unlink()
+
+
+CASES = [
+    (
+        "run-a-empty-params",
+        write("params.yaml", ""),
+        ["run-a"],
+        1,
+        "Error: {repo}/params.yaml: params file is empty",
+    ),
+    (
+        "run-a-malformed-params",
+        write("params.yaml", "split: [0.2\n"),
+        ["run-a"],
+        1,
+        "Error: {repo}/params.yaml: not valid YAML (expected ',' or ']', but got '<stream end>' at line 2)",
+    ),
+    (
+        "run-a-params-is-a-list",
+        write("params.yaml", "- 1\n"),
+        ["run-a", "--per-stage"],
+        1,
+        "Error: {repo}/params.yaml: params file is a list, not a mapping of params",
+    ),
+    (
+        "run-b-unknown-params-path",
+        lambda repo: None,
+        ["run-b", "--params", "nope.yaml"],
+        1,
+        "Error: {repo}/nope.yaml: params file not found",
+    ),
+    (
+        "run-b-missing-key",
+        write(
+            "params.yaml", "split:\n  test_size: 0.2\ntrain:\n  C: 1.0\n  max_iter: 100\n  random_state: 1\n"
+        ),
+        ["run-b"],
+        1,
+        "Error: {repo}/params.yaml: missing key 'split.random_state'",
+    ),
+    (
+        "run-b-wrong-type",
+        write(
+            "params.yaml",
+            "split:\n  test_size: 0.2\n  random_state: 1\ntrain:\n  C: high\n  max_iter: 1\n"
+            "  random_state: 1\n",
+        ),
+        ["run-b"],
+        1,
+        "Error: {repo}/params.yaml: train.C: input should be a valid number (got 'high')",
+    ),
+    (
+        "run-b-out-of-range",
+        write(
+            "params.yaml",
+            "split:\n  test_size: 0\n  random_state: 1\ntrain:\n  C: 1.0\n  max_iter: 1\n  random_state: 1\n",
+        ),
+        ["run-b"],
+        1,
+        "Error: {repo}/params.yaml: split.test_size: input should be greater than 0 (got 0)",
+    ),
+    (
+        "run-b-missing-raw-data",
+        remove("data/raw/iris.csv"),
+        ["run-b"],
+        1,
+        "Error: {repo}/data/raw/iris.csv: raw data not found",
+    ),
+    (
+        "contradictory-flags",
+        lambda repo: None,
+        ["run-a", "--jobs", "2"],
+        2,
+        "Error: --jobs needs --per-stage",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "break_it", "args", "code", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_changes_nothing(
+    pristine: tuple[Path, dict[str, str]],
+    tmp_path: Path,
+    name: str,
+    break_it: Callable[[Path], None],
+    args: list[str],
+    code: int,
+    message: str,
+) -> None:
+    import shutil
+
+    source, env = pristine
+    repo = tmp_path / name
+    shutil.copytree(source, repo, symlinks=True)
+    break_it(repo)
+    before = snapshot(repo)
+    result = dvcflow(*args, cwd=repo, env=env, timeout=60)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert result.stderr.splitlines()[0] == message.format(repo=repo)
+    assert "Traceback" not in result.stderr
+    assert "unreachable" not in result.stderr  # rejected before Prefect was contacted
+    assert result.stdout == ""
+    assert snapshot(repo) == before
