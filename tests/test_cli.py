@@ -75,4 +75,4 @@ def test_debug_traceback_in_a_real_process(tmp_path: Path) -> None:
 def test_bad_port_in_environment_is_a_config_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["server", "status"], env={"DVCFLOW_PORT": "http"})
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: port: port must be a number, got 'http'")
+    assert result.stderr.startswith("Error: DVCFLOW_PORT: port must be a number, got 'http'")

@@ -231,10 +231,19 @@ def test_history_of_three_real_flow_runs(tmp_path: Path, live_server: LiveServer
         (["--params"], "Error: --params only works with --diff"),
         (["--history", "--params"], "Error: --params only works with --diff"),
         (["HEAD~1"], "Error: unexpected argument 'HEAD~1': a revision needs --diff, a count --history"),
-        (["--history", "0"], "Error: --history takes a number of flow runs (1 or more), got '0'"),
-        (["--history", "ten"], "Error: --history takes a number of flow runs (1 or more), got 'ten'"),
+        (["--history", "0"], "Error: --history takes a number of flow runs (1 to 200), got '0'"),
+        (["--history", "ten"], "Error: --history takes a number of flow runs (1 to 200), got 'ten'"),
+        (["--history", "201"], "Error: --history takes a number of flow runs (1 to 200), got '201'"),
     ],
-    ids=["diff+history", "params-alone", "params+history", "rev-without-diff", "zero-runs", "not-a-number"],
+    ids=[
+        "diff+history",
+        "params-alone",
+        "params+history",
+        "rev-without-diff",
+        "zero-runs",
+        "not-a-number",
+        "over-a-page",
+    ],
 )
 def test_contradictory_flags_are_usage_errors(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["metrics", *args])

@@ -64,7 +64,12 @@ def test_client_and_server_agree_on_the_url(tmp_path: Path) -> None:
 def test_explicit_prefect_api_url_wins() -> None:
     assert choose_api_mode(ephemeral=False, environ={"PREFECT_API_URL": "http://x/api"}) is ApiMode.EXTERNAL
     assert choose_api_mode(ephemeral=False, environ={}) is ApiMode.LOCAL
-    assert choose_api_mode(ephemeral=False, environ={"DVCFLOW_EPHEMERAL": "1"}) is ApiMode.EPHEMERAL
+    assert choose_api_mode(ephemeral=None, environ={"DVCFLOW_EPHEMERAL": "1"}) is ApiMode.EPHEMERAL
+    assert choose_api_mode(ephemeral=False, environ={"DVCFLOW_EPHEMERAL": "1"}) is ApiMode.LOCAL
+    assert (
+        choose_api_mode(ephemeral=None, environ={"PREFECT_API_URL": "u", "DVCFLOW_EPHEMERAL": "1"})
+        is ApiMode.EXTERNAL
+    )
     assert choose_api_mode(ephemeral=True, environ={}) is ApiMode.EPHEMERAL
     with pytest.raises(UsageError, match="--ephemeral contradicts PREFECT_API_URL"):
         choose_api_mode(ephemeral=True, environ={"PREFECT_API_URL": "http://x/api"})

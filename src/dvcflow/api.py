@@ -51,7 +51,7 @@ def _check_reachable(api_url: str) -> None:
 def connect(
     config: ServerConfig,
     *,
-    ephemeral: bool = False,
+    ephemeral: bool | None = None,
     on_server_start: Callable[[str], None] | None = None,
 ) -> ApiConnection:
     """Export the client settings for this run; start the local server on first use."""

@@ -184,7 +184,11 @@ def failure(result: CommandResult) -> PipelineError:
 
 
 def _repo(root: Path) -> object:
+    """An in-process DVC repository; DVC's own log lines stay out of dvcflow's output."""
+    import logging
+
     os.environ.update(QUIET_ENV)
+    logging.getLogger("dvc").setLevel(logging.ERROR)
     try:
         from dvc.repo import Repo
     except ImportError as err:  # pragma: no cover - dvc is a dependency
@@ -206,13 +210,14 @@ def metrics_show(root: Path) -> dict[str, dict[str, object] | str]:
         shown = repo.metrics.show()  # type: ignore[attr-defined]
     except DvcException as err:
         raise PipelineError(f"DVC cannot read the metrics of {root} ({err})") from None
+    finally:
+        repo.close()  # type: ignore[attr-defined]
+    workspace = shown.get("", {})
+    if "error" in workspace:  # dvc.yaml itself could not be read
+        raise PipelineError(f"DVC cannot read the metrics of {root} ({_problem(workspace['error'])})")
     files: dict[str, dict[str, object] | str] = {}
-    for path, entry in shown.get("", {}).get("data", {}).items():
-        if "error" in entry:
-            error = entry["error"]
-            files[path] = f"{type(error).__name__}: {error}" if isinstance(error, Exception) else str(error)
-        else:
-            files[path] = entry.get("data", {})
+    for path, entry in workspace.get("data", {}).items():
+        files[path] = _problem(entry["error"]) if "error" in entry else entry.get("data", {})
     return files
 
 

@@ -27,8 +27,12 @@ def exclusive_run(
 ) -> Iterator[None]:
     """Hold the repository's run lock for the block; wait (up to `timeout` s) if another run has it."""
     path = lock_path(repo_root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise PipelineError(f"cannot create the run lock {path} ({err.strerror})") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -16,6 +16,8 @@ from dvcflow.runs import FlowRunRecord
 from dvcflow.settings import resolve_server_config
 
 if TYPE_CHECKING:
+    from dvcflow.history import MetricsHistory
+    from dvcflow.metrics import MetricsDiff, MetricsSnapshot
     from dvcflow.stage_graph import Plan
 
 
@@ -39,7 +41,7 @@ def _execute_exclusively(
 def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
     """Choose the Prefect API and export it; True when the run's UI link outlives this process."""
     config = resolve_server_config(start=root)
-    connection = connect(config, ephemeral=ephemeral, on_server_start=announce)
+    connection = connect(config, ephemeral=ephemeral or None, on_server_start=announce)
     announce(connection.description)
     return connection.links_survive
 
@@ -169,3 +171,25 @@ def run_per_stage(
         retries=retries,
         show_metrics=show_metrics,
     )
+
+
+def metrics_view(
+    repo: Path | None,
+    *,
+    rev: str | None = None,
+    runs: int | None = None,
+    params: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+) -> MetricsSnapshot | MetricsDiff | MetricsHistory:
+    """What `dvcflow metrics` shows: the metrics now, against git revision `rev`, or over the last `runs`
+    flow runs (read back from the Prefect API)."""
+    if runs is not None:
+        from dvcflow.history import read_history
+
+        return read_history(repo, runs, announce=announce)
+    from dvcflow import metrics
+
+    root = dvcrepo.find_repo_root(repo)
+    if rev is not None:
+        return metrics.diff_metrics(root, rev, params=params)
+    return metrics.require_metrics(metrics.read_metrics(root))

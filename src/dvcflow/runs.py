@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from dvcflow.errors import ApiLostError, ServerError
+from dvcflow.errors import ApiLostError, ApiUnreachableError, ServerError
 from dvcflow.metrics import MetricsSnapshot
 
 
@@ -50,6 +50,8 @@ class FlowRunRecord:
             return 0
         return 130 if self.state == "Cancelled" else 1
 
+
+PAGE = 200  # the server's default and maximum page size
 
 # Prefect names a task run "<task name>-<3 hex digits>" unless given a task_run_name.
 _DEFAULT_SUFFIX = re.compile(r"-[0-9a-f]{3}$")
@@ -112,6 +114,13 @@ def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> 
             f"lost the Prefect API at {api} during the run ({type(err).__name__}: {err})",
             hint="finished stages are recorded in dvc.lock; start the server again and re-run",
         ) from None
+    except httpx.HTTPStatusError as err:
+        if err.response.status_code not in (401, 403):
+            raise
+        raise ApiUnreachableError(
+            f"the Prefect API at {api} refused the credentials ({err.response.status_code})",
+            hint="set DVCFLOW_AUTH (or PREFECT_API_AUTH_STRING) to the server's USER:PASS",
+        ) from None
     except RuntimeError as err:
         if "ephemeral Prefect API server" not in str(err):
             raise
@@ -167,10 +176,17 @@ def _final_task_runs(client: Any, flow_run_id: UUID, patience: float = 5.0) -> l
 
     deadline = time.monotonic() + patience
     while True:
-        runs: list[Any] = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-            sort=TaskRunSort.EXPECTED_START_TIME_ASC,
-        )
+        runs: list[Any] = []
+        while True:  # the API answers at most PAGE task runs per call
+            page = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+                limit=PAGE,
+                offset=len(runs),
+            )
+            runs.extend(page)
+            if len(page) < PAGE:
+                break
         if all(run.state is not None and run.state.is_final() for run in runs):
             return runs
         if time.monotonic() > deadline:

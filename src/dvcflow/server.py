@@ -171,8 +171,12 @@ def status(config: ServerConfig) -> ServerStatus:
 @contextlib.contextmanager
 def _start_lock(config: ServerConfig) -> Iterator[None]:
     """Two commands starting the server at once must not race for the port."""
-    config.home.mkdir(parents=True, exist_ok=True)
-    with open(config.home / "server.lock", "w") as handle:
+    try:
+        config.home.mkdir(parents=True, exist_ok=True)
+        handle = open(config.home / "server.lock", "w")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise ServerError(f"cannot use {config.home} as dvcflow's home ({err.strerror})") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -220,6 +224,15 @@ def _wait_healthy(config: ServerConfig, process: subprocess.Popen[bytes], timeou
     )
 
 
+def _await_health(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not health(url, timeout=2.0):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def _refuse_busy_port(config: ServerConfig) -> None:
     if not port_in_use(config.host, config.port):
         return
@@ -238,8 +251,15 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
     """Start the server in the background (or find it running) and wait until it is healthy."""
     began = time.monotonic()
     with _start_lock(config):
-        if recorded_pid(config) is not None and health(config.url):
-            return StartResult(status(config), already_running=True, seconds=0.0)
+        pid = recorded_pid(config)
+        if pid is not None:  # ours: healthy, or busy (a loaded machine, still starting) — wait for it
+            if not _await_health(config.url, timeout):
+                raise ServerError(
+                    f"dvcflow's server (pid {pid}) does not answer at {config.url} within {timeout:g} s; "
+                    f"last lines of {log_file(config)}:\n{_tail(log_file(config))}",
+                    hint="`dvcflow server stop`, then start it again",
+                )
+            return StartResult(status(config), already_running=True, seconds=time.monotonic() - began)
         _refuse_busy_port(config)
         config.prefect_home.mkdir(parents=True, exist_ok=True)
         with open(log_file(config), "ab") as log:

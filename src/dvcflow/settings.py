@@ -141,6 +141,13 @@ def _pyproject_table(start: Path) -> dict[str, Any]:
     return table
 
 
+def _source(flag: object, env: Mapping[str, str], env_name: str, key: str) -> str:
+    """Where a value came from, for error messages."""
+    if flag is not None:
+        return f"--{key}"
+    return env_name if env.get(env_name) else f"[tool.dvcflow] {key}"
+
+
 def _port(value: object, source: str) -> int:
     try:
         return int(str(value))
@@ -173,7 +180,7 @@ def resolve_server_config(
     raw_home = pick(home, ENV_HOME, "home")
     return ServerConfig(
         host=str(pick(host, ENV_HOST, "host") or DEFAULT_HOST),
-        port=DEFAULT_PORT if raw_port is None else _port(raw_port, "port"),
+        port=DEFAULT_PORT if raw_port is None else _port(raw_port, _source(port, env, ENV_PORT, "port")),
         home=Path(raw_home).expanduser() if raw_home else Path.home() / ".dvcflow",
         database_url=pick(database_url, ENV_DATABASE_URL, "database_url") or None,
         auth=pick(auth, ENV_AUTH, "auth") or None,
@@ -192,13 +199,14 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def choose_api_mode(*, ephemeral: bool, environ: Mapping[str, str] | None = None) -> ApiMode:
+def choose_api_mode(*, ephemeral: bool | None, environ: Mapping[str, str] | None = None) -> ApiMode:
+    """`ephemeral`: True (the flag), False (never: e.g. reading history), None (DVCFLOW_EPHEMERAL decides)."""
     env = os.environ if environ is None else environ
     if env.get("PREFECT_API_URL"):
         if ephemeral:
             raise UsageError("--ephemeral contradicts PREFECT_API_URL set in the environment")
         return ApiMode.EXTERNAL
-    if ephemeral or _truthy(env.get(ENV_EPHEMERAL)):
+    if ephemeral or (ephemeral is None and _truthy(env.get(ENV_EPHEMERAL))):
         return ApiMode.EPHEMERAL
     return ApiMode.LOCAL
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -18,13 +18,16 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should look like any other file
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_atomic(target: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)`, then move the finished file into place."""
-    with atomic_path(target) as tmp:
-        write(tmp)
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current

@@ -50,12 +50,17 @@ def stage_prepare(raw_csv: Path, train_csv: Path, test_csv: Path, params: Params
     from sklearn.model_selection import train_test_split
 
     frame = _read_csv(Path(raw_csv), "raw data")
-    train, test = train_test_split(
-        frame,
-        test_size=params.split.test_size,
-        random_state=params.split.random_state,
-        stratify=frame[TARGET],
-    )
+    try:
+        train, test = train_test_split(
+            frame,
+            test_size=params.split.test_size,
+            random_state=params.split.random_state,
+            stratify=frame[TARGET],
+        )
+    except ValueError as err:  # e.g. a test set too small to hold every class
+        raise StageError(
+            f"cannot split {raw_csv} with split.test_size={params.split.test_size}: {err}"
+        ) from None
     _write_csv(train, Path(train_csv))
     _write_csv(test, Path(test_csv))
     return {"train_rows": len(train), "test_rows": len(test)}
@@ -70,7 +75,10 @@ def stage_train(train_csv: Path, model_path: Path, params: Params) -> dict[str, 
     model = LogisticRegression(
         C=params.train.C, max_iter=params.train.max_iter, random_state=params.train.random_state
     )
-    model.fit(frame[list(FEATURES)], frame[TARGET])
+    try:
+        model.fit(frame[list(FEATURES)], frame[TARGET])
+    except ValueError as err:  # e.g. a single class, or non-numeric features
+        raise StageError(f"cannot train on {train_csv}: {err}") from None
     with atomic_path(Path(model_path)) as tmp:
         joblib.dump(model, tmp)
     return {"train_rows": len(frame)}

@@ -20,8 +20,8 @@ EphemeralOption = Annotated[
     bool,
     typer.Option(
         "--ephemeral",
-        envvar="DVCFLOW_EPHEMERAL",
-        help="Use Prefect's temporary per-process server instead of dvcflow's local server.",
+        help="Use Prefect's temporary per-process server instead of dvcflow's local server "
+        "(or set DVCFLOW_EPHEMERAL=1).",
         rich_help_panel="Prefect API",
     ),
 ]

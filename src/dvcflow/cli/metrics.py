@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from dvcflow.cli.common import JsonOption, RepoOption
-
-if TYPE_CHECKING:
-    from dvcflow.history import MetricsHistory
-    from dvcflow.metrics import MetricsDiff, MetricsSnapshot
 
 DEFAULT_REV = "HEAD"
 DEFAULT_RUNS = 10
@@ -25,6 +20,9 @@ class _Request:
     params: bool = False  # compare the params too
 
 
+MAX_RUNS = 200  # one page of the Prefect API
+
+
 def _request(target: str | None, diff: bool, history: bool, params: bool) -> _Request:
     """Check the flags against each other; `target` is REV with --diff and N with --history."""
     from dvcflow.errors import UsageError
@@ -34,8 +32,8 @@ def _request(target: str | None, diff: bool, history: bool, params: bool) -> _Re
     if params and not diff:
         raise UsageError("--params only works with --diff")
     if history:
-        if target is not None and (not target.isdigit() or int(target) < 1):
-            raise UsageError(f"--history takes a number of flow runs (1 or more), got {target!r}")
+        if target is not None and (not target.isdigit() or not 1 <= int(target) <= MAX_RUNS):
+            raise UsageError(f"--history takes a number of flow runs (1 to {MAX_RUNS}), got {target!r}")
         return _Request(None, int(target) if target else DEFAULT_RUNS)
     if diff:
         return _Request(target or DEFAULT_REV, None, params)
@@ -74,22 +72,13 @@ def metrics(
 
     Examples: dvcflow metrics --diff · dvcflow metrics --diff HEAD~1 --params · dvcflow metrics --history 5
     """
+    from dvcflow import render, runner
     from dvcflow.render.metrics import show
 
-    show(_fetch(repo, _request(target, diff, history, params)), json=json)
-
-
-def _fetch(repo: Path | None, request: _Request) -> MetricsSnapshot | MetricsDiff | MetricsHistory:
-    """One library call per mode."""
-    from dvcflow import dvcrepo, render
-
-    if request.runs is not None:
-        from dvcflow.history import read_history
-
-        return read_history(repo, request.runs, announce=render.info)
-    from dvcflow import metrics as lib
-
-    root = dvcrepo.find_repo_root(repo)
-    if request.rev is not None:
-        return lib.diff_metrics(root, request.rev, params=request.params)
-    return lib.require_metrics(lib.read_metrics(root))
+    request = _request(target, diff, history, params)
+    show(
+        runner.metrics_view(
+            repo, rev=request.rev, runs=request.runs, params=request.params, announce=render.info
+        ),
+        json=json,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -98,5 +97,6 @@ def status(
 @app.command()
 def env(host: HostOption = None, port: PortOption = None, home: HomeOption = None) -> None:
     """Print `export` lines so `prefect` commands talk to the same server: eval "$(dvcflow server env)"."""
-    for key, value in _config(host, port, home).client_environment().items():
-        print(f"export {key}={shlex.quote(value)}")
+    from dvcflow.render.server import exports
+
+    exports(_config(host, port, home).client_environment())

@@ -29,6 +29,8 @@ def run_summary(record: FlowRunRecord) -> None:
             out.print(Text(f"{task.name}: ", style="bold red") + Text(task.message), soft_wrap=True)
     if record.metrics is not None and not record.metrics.empty:
         metrics_table(record.metrics)
+    if record.message:
+        out.print(Text(record.message, style="red"), soft_wrap=True)
     verdict = Text(f"Flow run {record.name!r} finished in state ")
     verdict += Text(record.state, style=STATE_STYLES.get(record.state, "bold"))
     verdict += Text(f" after {seconds(record.seconds)}.")

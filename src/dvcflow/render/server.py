@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from rich.table import Table
 from rich.text import Text
 
@@ -22,3 +24,9 @@ def server_status(status: ServerStatus) -> None:
     table.add_row("Database", status.database)
     table.add_row("Log", str(status.log_file))
     out.print(table)
+
+
+def exports(variables: dict[str, str]) -> None:
+    """`export` lines for `eval "$(dvcflow server env)"`: plain text, quoted for the shell."""
+    for key, value in variables.items():
+        print(f"export {key}={shlex.quote(value)}")
