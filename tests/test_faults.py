@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -120,7 +121,9 @@ def test_sigkill_mid_stage_leaves_no_dvc_behind_and_a_rerun_completes(
     run = Watched(["run-a"], repo, client_env)
     run.wait_for("Running stage 'slow'")
     os.kill(run.process.pid, signal.SIGKILL)
-    run.finish(timeout=30)
+    _, _, killed_log = run.finish(timeout=30)
+    killed = re.search(r"/runs/flow-run/([0-9a-f-]{36})", killed_log)
+    assert killed is not None, killed_log
     deadline = time.monotonic() + 10
     while dvc_processes_in(repo) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -129,6 +132,11 @@ def test_sigkill_mid_stage_leaves_no_dvc_behind_and_a_rerun_completes(
     again = dvcflow("run-a", cwd=repo, env=client_env)
     assert again.returncode == 0, again.stderr
     assert json.loads(dvc("status", "--json", cwd=repo, env=client_env).stdout) == {}
+    # The killed run no longer shows as Running: the next run marked it Crashed.
+    assert "Marked 1 flow run(s) of this repository Crashed" in again.stderr
+    api_url = client_env_api(client_env)
+    ghost = api_post(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [killed.group(1)]}}})
+    assert isinstance(ghost, list) and ghost[0]["state_name"] == "Crashed"
 
 
 def test_two_runs_at_once_take_turns(tmp_path: Path, client_env: dict[str, str]) -> None:

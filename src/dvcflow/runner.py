@@ -32,10 +32,17 @@ def _execute_exclusively(
     root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, **parameters: Any
 ) -> FlowRunRecord:
     """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow."""
-    from dvcflow.runs import execute
+    from dvcflow.runs import crash_orphaned_runs, execute, repo_tag
 
     with exclusive_run(root, on_wait=announce):
-        return execute(flow, keep_link=keep_link, repo_root=root, **parameters)
+        # Holding the lock proves no other dvcflow process runs here: a Running flow run of this repo
+        # is the ghost of a killed process. Say so in the UI instead of leaving it Running forever.
+        orphans = crash_orphaned_runs(repo_tag(root))
+        if orphans:
+            announce(
+                f"Marked {orphans} flow run(s) of this repository Crashed: their dvcflow process had died"
+            )
+        return execute(flow, keep_link=keep_link, repo_root=root, tag=repo_tag(root), **parameters)
 
 
 def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:

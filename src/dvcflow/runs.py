@@ -5,12 +5,14 @@ Imported only once Prefect's settings are in the environment (see `dvcflow.api`)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -98,7 +100,43 @@ def _state_message(state: Any) -> str | None:
     return str(message) if message else None
 
 
-def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> FlowRunRecord:
+def repo_tag(repo_root: Path) -> str:
+    """A Prefect tag naming one repository (by its resolved path), set on every flow run dvcflow starts."""
+    digest = hashlib.sha1(str(repo_root.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
+    return f"dvcflow-repo:{digest}"
+
+
+def crash_orphaned_runs(tag: str) -> int:
+    """Set this repository's unfinished flow runs to Crashed; the caller holds the repo's run lock."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    unfinished = FlowRunFilter(
+        tags=FlowRunFilterTags(all_=[tag]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
+    )
+    try:
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=unfinished, limit=PAGE)
+            for run in runs:
+                client.set_flow_run_state(
+                    run.id, Crashed(message="its dvcflow process died; found by the next run"), force=True
+                )
+    except Exception:  # housekeeping only: never the reason a run does not start
+        return 0
+    return len(runs)
+
+
+def execute(
+    flow: Callable[..., Any], *, keep_link: bool, tag: str | None = None, **parameters: Any
+) -> FlowRunRecord:
     """Run `flow`, wait for its end, and read the flow run and its task runs back.
 
     Losing the API mid-run is a one-line `ApiUnreachableError`, not a client traceback: DVC writes
@@ -108,7 +146,7 @@ def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> 
 
     api = os.environ.get("PREFECT_API_URL") or "Prefect's temporary server"
     try:
-        return _execute(flow, keep_link=keep_link, parameters=parameters)
+        return _execute(flow, keep_link=keep_link, tag=tag, parameters=parameters)
     except httpx.TransportError as err:
         raise ApiLostError(
             f"lost the Prefect API at {api} during the run ({type(err).__name__}: {err})",
@@ -130,12 +168,15 @@ def execute(flow: Callable[..., Any], *, keep_link: bool, **parameters: Any) -> 
         ) from None
 
 
-def _execute(flow: Callable[..., Any], *, keep_link: bool, parameters: dict[str, Any]) -> FlowRunRecord:
+def _execute(
+    flow: Callable[..., Any], *, keep_link: bool, tag: str | None, parameters: dict[str, Any]
+) -> FlowRunRecord:
+    from prefect import tags
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings, temporary_settings
 
     hide_console_tracebacks()
-    with temporary_settings(updates=_quiet_heartbeats()):
+    with temporary_settings(updates=_quiet_heartbeats()), tags(*([tag] if tag else [])):
         state = flow(**parameters, return_state=True)
         flow_run_id: UUID = state.state_details.flow_run_id
         with get_client(sync_client=True) as client:
