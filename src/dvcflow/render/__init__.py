@@ -7,6 +7,7 @@ This package owns the two consoles; its submodules render one kind of thing each
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -47,5 +48,16 @@ def seconds(value: float) -> str:
 
 
 def as_json(data: Any) -> None:
-    """Plain JSON on stdout (no colour, no wrapping), for scripts."""
-    print(json.dumps(data, indent=2))
+    """Plain JSON on stdout (no colour, no wrapping), for scripts; NaN and infinities become null, as
+    strict parsers such as `jq` require."""
+    print(json.dumps(_strict(data), indent=2, allow_nan=False))
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(item) for item in value]
+    return value
