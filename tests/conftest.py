@@ -3,15 +3,13 @@ and fresh git+DVC repositories per test."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PROJECT, base_env, free_port, make_pipeline_repo
+from tests.helpers import PROJECT, base_env, dvcflow, free_port, make_pipeline_repo
 
 
 @dataclass(frozen=True)
@@ -43,26 +41,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer
     port = free_port()
     env = base_env(home)
     env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(port))
-    started = subprocess.run(
-        [sys.executable, "-m", "dvcflow", "server", "start"],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    started = dvcflow("server", "start", cwd=PROJECT, env=env, timeout=180)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         yield LiveServer(home=home, port=port, env=env)
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "dvcflow", "server", "stop"],
-            cwd=PROJECT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        dvcflow("server", "stop", cwd=PROJECT, env=env, timeout=60)
 
 
 @pytest.fixture
