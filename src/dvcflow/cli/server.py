@@ -8,24 +8,40 @@ from typing import Annotated
 import typer
 
 from dvcflow.cli.common import JsonOption
-from dvcflow.settings import ServerConfig, resolve_server_config
+from dvcflow.settings import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, resolve_server_config
 
 app = typer.Typer(help="Start, stop and inspect dvcflow's local Prefect server.", no_args_is_help=True)
 
 HostOption = Annotated[
-    str | None, typer.Option("--host", help="Interface to bind (default 127.0.0.1).", show_default=False)
+    str | None,
+    typer.Option(
+        "--host", help=f"Interface to bind (default {DEFAULT_HOST}; or DVCFLOW_HOST).", show_default=False
+    ),
 ]
 PortOption = Annotated[
-    int | None, typer.Option("--port", help="Port to serve on (default 4200).", show_default=False)
+    int | None,
+    typer.Option(
+        "--port", help=f"Port to serve on (default {DEFAULT_PORT}; or DVCFLOW_PORT).", show_default=False
+    ),
 ]
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", help="Where pid, log and database live (default ~/.dvcflow).", show_default=False),
+    typer.Option(
+        "--home",
+        help="Where pid, log and database live (default ~/.dvcflow; or DVCFLOW_HOME).",
+        show_default=False,
+    ),
 ]
 
 
-def _config(host: str | None, port: int | None, home: Path | None, **extra: str | None) -> ServerConfig:
-    return resolve_server_config(host=host, port=port, home=home, **extra)  # type: ignore[arg-type]
+def _config(
+    host: str | None,
+    port: int | None,
+    home: Path | None,
+    database_url: str | None = None,
+    auth: str | None = None,
+) -> ServerConfig:
+    return resolve_server_config(host=host, port=port, home=home, database_url=database_url, auth=auth)
 
 
 @app.command()
