@@ -35,18 +35,11 @@ import yaml
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from tests.helpers import base_env, free_port, git  # noqa: E402
+from tests.helpers import base_env, free_port, git, make_wide_repo  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 BRANCHES = 4
 CHAIN = 50
-BRANCH_PY = """\
-import json, sys, time
-start = time.time()
-time.sleep(float(sys.argv[2]))
-with open(f"out/branch-{sys.argv[1]}.json", "w") as f:
-    json.dump({"start": start, "end": time.time()}, f)
-"""
 
 
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
@@ -66,31 +59,6 @@ def _init(root: Path, spec: dict[str, object], env: dict[str, str]) -> Path:
     git(root, "add", "-A", env=env)
     git(root, "commit", "-q", "-m", "pipeline", env=env)
     return root
-
-
-def wide_repo(root: Path, env: dict[str, str], sleep: float) -> Path:
-    """`branch@0..3` (a `foreach`) sleep independently; `join` waits for all of them."""
-    root.mkdir(parents=True)
-    (root / "branch.py").write_text(BRANCH_PY)
-    items = list(range(BRANCHES))
-    spec = {
-        "stages": {
-            "branch": {
-                "foreach": items,
-                "do": {
-                    "cmd": f"python branch.py ${{item}} {sleep}",
-                    "deps": ["branch.py"],
-                    "outs": ["out/branch-${item}.json"],
-                },
-            },
-            "join": {
-                "cmd": "cat out/branch-*.json > out/joined.txt",
-                "deps": [f"out/branch-{i}.json" for i in items],
-                "outs": ["out/joined.txt"],
-            },
-        }
-    }
-    return _init(root, spec, env)
 
 
 def chain_repo(root: Path, env: dict[str, str]) -> Path:
@@ -143,7 +111,9 @@ def main() -> None:
     overlaps: list[float] = []
     try:
         _run([*dvcflow, "server", "start"], PROJECT, env)
-        template = wide_repo(workdir / "wide-template", env, options.sleep)
+        template = make_wide_repo(workdir / "wide-template", env, branches=BRANCHES, sleep=options.sleep)
+        git(template, "add", "-A", env=env)
+        git(template, "commit", "-q", "-m", "pipeline", env=env)
         chain = chain_repo(workdir / "chain", env)
         _run([python, "-m", "dvc", "repro"], chain, env)
         # Warm-up: the first flow run of each flow registers it and fills caches on both sides.

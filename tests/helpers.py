@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 PROJECT = Path(__file__).resolve().parents[1]
 PIPELINE_FILES = (
     "dvc.yaml",
@@ -140,3 +142,61 @@ def api_post(api_url: str, path: str, body: dict[str, object], auth: str | None 
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+BRANCH_PY = """\
+import json, os, sys, time
+name, seconds = sys.argv[1], float(sys.argv[2])
+start = time.time()
+if os.path.exists(f"fail-{name}"):
+    sys.exit(f"branch {name} was told to fail")
+time.sleep(seconds)
+with open(f"out/branch-{name}.json", "w") as f:
+    json.dump({"start": start, "end": time.time()}, f)
+"""
+
+JOIN_PY = """\
+import json, os, sys, time
+start = time.time()
+if os.path.exists("flaky-join"):
+    os.remove("flaky-join")
+    sys.exit("join: failing this once")
+parts = sorted(os.listdir("out"))
+with open("out/joined.json", "w") as f:
+    json.dump({"start": start, "parts": parts}, f)
+"""
+
+
+def make_wide_repo(root: Path, env: dict[str, str], *, branches: int, sleep: float) -> Path:
+    """`branch` is a `foreach` of K independent sleeping stages; `join` depends on all of them.
+
+    A branch fails when a file `fail-<item>` exists; the join fails once when `flaky-join` exists.
+    Each branch records when it slept in `out/branch-<item>.json`. Used by tests and `bench/`."""
+    root.mkdir(parents=True)
+    (root / "branch.py").write_text(BRANCH_PY)
+    (root / "join.py").write_text(JOIN_PY)
+    (root / "out").mkdir()
+    items = list(range(branches))
+    spec = {
+        "stages": {
+            "branch": {
+                "foreach": items,
+                "do": {
+                    "cmd": f"python branch.py ${{item}} {sleep}",
+                    "deps": ["branch.py"],
+                    "outs": ["out/branch-${item}.json"],
+                },
+            },
+            "join": {
+                "cmd": "python join.py",
+                "deps": ["join.py", *(f"out/branch-{i}.json" for i in items)],
+                "outs": ["out/joined.json"],
+            },
+        }
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
+    )
+    return root

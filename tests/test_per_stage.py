@@ -22,59 +22,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from tests.helpers import dvc, dvcflow, free_port, git
-
-BRANCH_PY = """\
-import json, os, sys, time
-name, seconds = sys.argv[1], float(sys.argv[2])
-start = time.time()
-if os.path.exists(f"fail-{name}"):
-    sys.exit(f"branch {name} was told to fail")
-time.sleep(seconds)
-with open(f"out/branch-{name}.json", "w") as f:
-    json.dump({"start": start, "end": time.time()}, f)
-"""
-
-JOIN_PY = """\
-import json, os, sys, time
-start = time.time()
-if os.path.exists("flaky-join"):
-    os.remove("flaky-join")
-    sys.exit("join: failing this once")
-parts = sorted(os.listdir("out"))
-with open("out/joined.json", "w") as f:
-    json.dump({"start": start, "parts": parts}, f)
-"""
-
-
-def make_wide_repo(root: Path, env: dict[str, str], *, branches: int, sleep: float) -> Path:
-    """`branch` is a `foreach` of K independent sleeping stages; `join` depends on all of them."""
-    root.mkdir(parents=True)
-    (root / "branch.py").write_text(BRANCH_PY)
-    (root / "join.py").write_text(JOIN_PY)
-    (root / "out").mkdir()
-    items = list(range(branches))
-    spec = {
-        "stages": {
-            "branch": {
-                "foreach": items,
-                "do": {
-                    "cmd": f"python branch.py ${{item}} {sleep}",
-                    "deps": ["branch.py"],
-                    "outs": ["out/branch-${item}.json"],
-                },
-            },
-            "join": {
-                "cmd": "python join.py",
-                "deps": ["join.py", *(f"out/branch-{i}.json" for i in items)],
-                "outs": ["out/joined.json"],
-            },
-        }
-    }
-    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    git(root, "init", "-q", "-b", "main", env=env)
-    assert dvc("init", "-q", cwd=root, env=env).returncode == 0
-    return root
+from tests.helpers import dvc, dvcflow, free_port, make_wide_repo
 
 
 def summary(output: str) -> dict[str, list[str]]:
