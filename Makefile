@@ -14,7 +14,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test lint format prefect-start prefect-stop bench clean help
+.PHONY: setup run test test-fast lint format prefect-start prefect-stop bench clean help
 
 help:
 	@echo "make run            set up, then dvcflow run-a (Prefect operates dvc repro)"
@@ -45,6 +45,10 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# The fast layer while you work: our own logic, no server, no real pipeline run.
+test-fast: setup
+	$(BIN)/pytest -m "not integration" -q
 
 format: setup
 	$(BIN)/ruff check --fix src tests bench

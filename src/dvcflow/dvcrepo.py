@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dvcflow.errors import ConfigError, NotADvcRepoError, PipelineError
+from dvcflow.selection import Selection
 from dvcflow.settings import QUIET_ENV
 from dvcflow.stage_graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 
@@ -384,3 +385,38 @@ def repro_stage(root: Path, name: str, on_line: Callable[[str], None]) -> StageR
 
     result = stream_dvc(["--wait-for-lock", "repro", "--single-item", name], cwd=root, on_line=watch)
     return StageRun(result, up_to_date=result.ok and skipped)
+
+
+def selected_stages(root: Path, selection: Selection) -> tuple[str, ...]:
+    """The stages `dvc repro` would visit for `selection`, upstream first, named as `read_pipeline`
+    names them.
+
+    Asks DVC's own `collect_stages` and `plan_repro` (as `Repo.reproduce` does), so the set is the one
+    `dvc repro` works through for the same arguments. Unknown targets and empty glob matches are a
+    `UsageError`, raised before anything runs.
+    """
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.exceptions import DvcException, NoOutputOrStageError
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+    from dvc.stage.exceptions import StageFileDoesNotExistError, StageNotFound
+
+    from dvcflow.errors import UsageError
+
+    repo: Any = _repo(root)
+    try:
+        targets = list(selection.targets) or [PROJECT_FILE]
+        try:
+            stages = collect_stages(repo, targets, glob=selection.glob)
+        except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
+            named = " ".join(selection.targets) or PROJECT_FILE
+            raise UsageError(f"unknown target {named!r}: {err}") from None
+        if not stages:
+            raise UsageError(f"no stage matches {' '.join(selection.targets)!r}")
+        steps = stages
+        if not selection.single_item:
+            steps = plan_repro(get_active_graph(repo.index.graph), stages, downstream=selection.downstream)
+        return tuple(dict.fromkeys(_address(stage, repo.root_dir) for stage in steps))
+    except DvcException as err:
+        raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
+    finally:
+        repo.close()
