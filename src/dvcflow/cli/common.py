@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from dvcflow.selection import Selection
 
 RepoOption = Annotated[
     Path | None,
@@ -26,3 +29,54 @@ EphemeralOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+
+# `dvc repro`'s selection arguments, declared once for run-a, run-b and plan (see `dvcflow.selection`).
+TargetsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Stages to reproduce, as `dvc repro` takes them (`train`, `sub/dvc.yaml:train`, "
+        "`data.dvc`); default: the whole pipeline.",
+        show_default=False,
+    ),
+]
+SingleItemOption = Annotated[
+    bool,
+    typer.Option(
+        "--single-item",
+        "-s",
+        help="Only the targets, not the stages they depend on.",
+        rich_help_panel="Select",
+    ),
+]
+DownstreamOption = Annotated[
+    bool,
+    typer.Option(
+        "--downstream", help="The targets and every stage that depends on them.", rich_help_panel="Select"
+    ),
+]
+GlobOption = Annotated[
+    bool,
+    typer.Option(
+        "--glob", help="Targets are shell-style patterns over stage names.", rich_help_panel="Select"
+    ),
+]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        "-f",
+        help="Reproduce the selected stages even if DVC finds them up to date.",
+        rich_help_panel="Select",
+    ),
+]
+
+
+def selection_from(
+    targets: list[str] | None, single_item: bool, downstream: bool, glob: bool, force: bool
+) -> Selection:
+    """The `Selection` the shared options describe (a `UsageError` for contradictions)."""
+    from dvcflow.selection import Selection
+
+    return Selection(
+        tuple(targets or ()), single_item=single_item, downstream=downstream, glob=glob, force=force
+    )
