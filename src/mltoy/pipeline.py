@@ -66,19 +66,35 @@ def stage_prepare(raw_csv: Path, train_csv: Path, test_csv: Path, params: Params
     return {"train_rows": len(train), "test_rows": len(test)}
 
 
+# The model's bytes (and so its md5 in dvc.lock) must not depend on the machine's BLAS kernel: lbfgs stops
+# wherever its tolerance is met, and the path there differs by kernel (coefficients differed by ~1e-4 across
+# OPENBLAS_CORETYPE values). Newton-Cholesky converges quadratically to the unique optimum (kernels then
+# differ by ~1e-14), and rounding to DECIMALS digits maps those to the same floats.
+SOLVER = "newton-cholesky"
+TOLERANCE = 1e-12
+DECIMALS = 8
+
+
 def stage_train(train_csv: Path, model_path: Path, params: Params) -> dict[str, int]:
-    """Fit a logistic regression on the training set and save it with joblib."""
+    """Fit a logistic regression on the training set and save it with joblib, byte-reproducibly."""
     import joblib
+    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     frame = _read_csv(Path(train_csv), "training data")
     model = LogisticRegression(
-        C=params.train.C, max_iter=params.train.max_iter, random_state=params.train.random_state
+        C=params.train.C,
+        max_iter=params.train.max_iter,
+        random_state=params.train.random_state,
+        solver=SOLVER,
+        tol=TOLERANCE,
     )
     try:
         model.fit(frame[list(FEATURES)], frame[TARGET])
     except ValueError as err:  # e.g. a single class, or non-numeric features
         raise StageError(f"cannot train on {train_csv}: {err}") from None
+    model.coef_ = np.round(model.coef_, DECIMALS)
+    model.intercept_ = np.round(model.intercept_, DECIMALS)
     with atomic_path(Path(model_path)) as tmp:
         joblib.dump(model, tmp)
     return {"train_rows": len(frame)}
