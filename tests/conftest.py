@@ -28,10 +28,9 @@ class LiveServer:
 
 
 @pytest.fixture(autouse=True)
-def _debug_flag_does_not_leak(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`dvcflow --debug` exports DVCFLOW_DEBUG=1 for the rest of its process; in-process CliRunner tests
-    share one process, so each test gets the variable restored afterwards."""
-    monkeypatch.setenv("DVCFLOW_DEBUG", "0")
+def _no_debug_from_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's DVCFLOW_DEBUG=1 (read by the CLI boundary) must not change what in-process tests see."""
+    monkeypatch.delenv("DVCFLOW_DEBUG", raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -43,28 +43,28 @@ CASES = [
         "run-a-empty-params",
         write("params.yaml", ""),
         ["run-a"],
-        1,
+        3,
         "Error: {repo}/params.yaml: params file is empty",
     ),
     (
         "run-a-malformed-params",
         write("params.yaml", "split: [0.2\n"),
         ["run-a"],
-        1,
+        3,
         "Error: {repo}/params.yaml: not valid YAML (expected ',' or ']', but got '<stream end>' at line 2)",
     ),
     (
         "run-a-params-is-a-list",
         write("params.yaml", "- 1\n"),
         ["run-a", "--per-stage"],
-        1,
+        3,
         "Error: {repo}/params.yaml: params file is a list, not a mapping of params",
     ),
     (
         "run-b-unknown-params-path",
         lambda repo: None,
         ["run-b", "--params", "nope.yaml"],
-        1,
+        3,
         "Error: {repo}/nope.yaml: params file not found",
     ),
     (
@@ -73,7 +73,7 @@ CASES = [
             "params.yaml", "split:\n  test_size: 0.2\ntrain:\n  C: 1.0\n  max_iter: 100\n  random_state: 1\n"
         ),
         ["run-b"],
-        1,
+        3,
         "Error: {repo}/params.yaml: missing key 'split.random_state'",
     ),
     (
@@ -84,7 +84,7 @@ CASES = [
             "  random_state: 1\n",
         ),
         ["run-b"],
-        1,
+        3,
         "Error: {repo}/params.yaml: train.C: input should be a valid number (got 'high')",
     ),
     (
@@ -94,14 +94,14 @@ CASES = [
             "split:\n  test_size: 0\n  random_state: 1\ntrain:\n  C: 1.0\n  max_iter: 1\n  random_state: 1\n",
         ),
         ["run-b"],
-        1,
+        3,
         "Error: {repo}/params.yaml: split.test_size: input should be greater than 0 (got 0)",
     ),
     (
         "run-b-missing-raw-data",
         remove("data/raw/iris.csv"),
         ["run-b"],
-        1,
+        3,
         "Error: {repo}/data/raw/iris.csv: raw data not found",
     ),
     (

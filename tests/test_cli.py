@@ -47,7 +47,7 @@ def test_version() -> None:
 
 def test_not_a_dvc_repo_is_one_line_on_stderr(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run-a", "--repo", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         f"Error: {tmp_path} is not inside a DVC repository (no .dvc directory here or above)",
@@ -55,10 +55,18 @@ def test_not_a_dvc_repo_is_one_line_on_stderr(tmp_path: Path) -> None:
     ]
 
 
-def test_debug_shows_the_exception(tmp_path: Path) -> None:
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--debug", "run-a", "--repo", str(tmp_path)])
-    assert result.exit_code == 1
-    assert isinstance(result.exception, NotADvcRepoError)
+    assert result.exit_code == 3
+    assert "Traceback (most recent call last)" in result.stderr
+    assert f"{NotADvcRepoError.__module__}.NotADvcRepoError: {tmp_path} is not inside" in result.stderr
+    assert result.stderr.splitlines()[-2].startswith("Error: ")
+
+
+def test_dvcflow_debug_variable_is_the_flag(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run-a", "--repo", str(tmp_path)], env={"DVCFLOW_DEBUG": "1"})
+    assert result.exit_code == 3
+    assert "Traceback (most recent call last)" in result.stderr
 
 
 def test_debug_traceback_in_a_real_process(tmp_path: Path) -> None:
@@ -68,11 +76,11 @@ def test_debug_traceback_in_a_real_process(tmp_path: Path) -> None:
     debug = subprocess.run(
         [sys.executable, "-m", "dvcflow", "--debug", "run-a"], cwd=tmp_path, capture_output=True, text=True
     )
-    assert plain.returncode == 1 and "Traceback" not in plain.stderr
-    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert plain.returncode == 3 and "Traceback" not in plain.stderr
+    assert debug.returncode == 3 and "Traceback (most recent call last)" in debug.stderr
 
 
 def test_bad_port_in_environment_is_a_config_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["server", "status"], env={"DVCFLOW_PORT": "http"})
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.stderr.startswith("Error: DVCFLOW_PORT: port must be a number, got 'http'")

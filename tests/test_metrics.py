@@ -59,8 +59,8 @@ def test_from_no_metrics_to_a_diff_against_real_commits(
 ) -> None:
     repo, env = pipeline_repo, client_env
     no_metrics = ("Error: no metrics yet (reports/metrics.json)", "Hint: run `dvcflow run-a` to produce them")
-    fails(dvcflow("metrics", cwd=repo, env=env), 1, *no_metrics)
-    fails(dvcflow("metrics", "--diff", cwd=repo, env=env), 1, *no_metrics)
+    fails(dvcflow("metrics", cwd=repo, env=env), 3, *no_metrics)
+    fails(dvcflow("metrics", "--diff", cwd=repo, env=env), 3, *no_metrics)
 
     write_metrics(repo, accuracy=0.9, f1_macro=0.85)
     first = dvcflow("metrics", "--diff", cwd=repo, env=env)  # not in git yet: every metric is new
@@ -103,7 +103,7 @@ def test_from_no_metrics_to_a_diff_against_real_commits(
     assert "2 changed since HEAD." in diff.stdout
     fails(
         dvcflow("metrics", "--diff", "no-such-rev", cwd=repo, env=env),
-        1,
+        3,
         f"Error: unknown git revision 'no-such-rev' in {repo}",
         "Hint: pass a commit, branch or tag, e.g. HEAD~1",
     )
@@ -126,7 +126,7 @@ def test_errors_outside_a_git_dvc_repo(tmp_path: Path, client_env: dict[str, str
     plain.mkdir()
     fails(
         dvcflow("metrics", "--repo", str(plain), cwd=PROJECT, env=env),
-        1,
+        3,
         f"Error: {plain} is not inside a DVC repository (no .dvc directory here or above)",
         "Hint: run `dvc init`, or pass --repo PATH",
     )
@@ -141,7 +141,7 @@ def test_errors_outside_a_git_dvc_repo(tmp_path: Path, client_env: dict[str, str
     }
     fails(
         dvcflow("metrics", "--diff", cwd=no_git, env=env),
-        1,
+        3,
         f"Error: {no_git} is not a git repository: comparing with a revision needs git",
         "Hint: run `git init` and commit, or show the current metrics without --diff",
     )
@@ -176,7 +176,7 @@ def test_history_of_three_real_flow_runs(tmp_path: Path, live_server: LiveServer
     assert re.fullmatch(r"dvcflow-metrics-iris-history-[0-9a-f]{6}", key)
     fails(
         dvcflow("metrics", "--history", cwd=repo, env=env),
-        1,
+        3,
         f"Prefect API: {live_server.api_url} (dvcflow local server)",
         f"Error: no flow run has published metrics for {repo} yet (artifact key {key})",
         "Hint: run `dvcflow run-a`; each run records its metrics",

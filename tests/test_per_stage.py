@@ -203,6 +203,6 @@ def test_dask_address_without_a_scheduler_is_a_one_line_error(tmp_path: Path) ->
     result = CliRunner().invoke(
         app, ["run-a", "--per-stage", "--dask-address", address, "--repo", str(tmp_path)]
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.output.startswith(f"Error: no Dask scheduler answers at {address} (")
     assert time.monotonic() - started < 5

@@ -228,7 +228,7 @@ def test_plan_command_prints_waves_and_json(odd_repo: Path) -> None:
 
 def test_plan_outside_a_repo_is_a_one_line_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["plan", "--repo", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3
     assert result.output.splitlines() == [
         f"Error: {tmp_path} is not inside a DVC repository (no .dvc directory here or above)",
         "Hint: run `dvc init`, or pass --repo PATH",

@@ -109,7 +109,7 @@ def test_broken_stage_fails_the_run_with_dvcs_error(tmp_path: Path, client_env: 
 
 def test_not_a_dvc_repo_is_a_one_line_error(tmp_path: Path, client_env: dict[str, str]) -> None:
     result = dvcflow("run-a", cwd=tmp_path, env=client_env)
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stderr.splitlines()[0] == (
         f"Error: {tmp_path} is not inside a DVC repository (no .dvc directory here or above)"
     )

@@ -188,7 +188,7 @@ def test_bad_inputs_are_one_line_errors_before_prefect_is_contacted(
     env = base_env(tmp_path)
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # nothing listens: contacting it would be another error
     result = dvcflow("run-b", "--repo", "repo", "--params", params_file, cwd=tmp_path, env=env, timeout=60)
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert result.stderr.splitlines()[0] == "Error: " + error.format(repo=bare_repo)
     assert "Traceback" not in result.stderr
     assert result.stdout == ""

@@ -128,7 +128,7 @@ def test_port_taken_by_another_program(tmp_path: Path) -> None:
         blocker.listen()
         port = blocker.getsockname()[1]
         result = dvcflow("server", "start", cwd=tmp_path, env=server_env(tmp_path / "home", port))
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert result.stderr.splitlines()[0] == f"Error: port {port} on 127.0.0.1 is taken by another program"
 
 
@@ -136,7 +136,7 @@ def test_unhealthy_start_reports_the_log_and_leaves_nothing_running(tmp_path: Pa
     env = server_env(tmp_path / "home", free_port())
     began = time.monotonic()
     result = dvcflow("server", "start", "--timeout", "0.5", cwd=tmp_path, env=env)
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert "was not healthy within 0.5 s" in result.stderr
     assert "last lines of" in result.stderr
     assert time.monotonic() - began < 30
@@ -160,7 +160,7 @@ def test_unreachable_api_url_fails_fast(tmp_path: Path) -> None:
     began = time.monotonic()
     result = dvcflow("run-a", cwd=repo, env=env)
     assert time.monotonic() - began < 10
-    assert result.returncode == 1
+    assert result.returncode == 4
     assert result.stderr.splitlines()[0].startswith(f"Error: the Prefect API at {api_url} is unreachable")
     assert not (repo / "out.txt").exists()
 

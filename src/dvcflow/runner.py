@@ -29,7 +29,7 @@ def _prepare(repo: Path | None, ephemeral: bool, announce: Callable[[str], None]
 
 
 def _execute_exclusively(
-    root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, **parameters: Any
+    root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, debug: bool, **parameters: Any
 ) -> FlowRunRecord:
     """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow."""
     from dvcflow.runs import crash_orphaned_runs, execute, repo_tag
@@ -42,7 +42,9 @@ def _execute_exclusively(
             announce(
                 f"Marked {orphans} flow run(s) of this repository Crashed: their dvcflow process had died"
             )
-        return execute(flow, keep_link=keep_link, repo_root=root, tag=repo_tag(root), **parameters)
+        return execute(
+            flow, keep_link=keep_link, repo_root=root, tag=repo_tag(root), debug=debug, **parameters
+        )
 
 
 def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
@@ -59,6 +61,7 @@ def run_option_a(
     fail_once: bool = False,
     show_metrics: bool = True,
     ephemeral: bool = False,
+    debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
     """Option A: one Prefect task runs `dvc repro`; DVC decides what is up to date."""
@@ -66,7 +69,13 @@ def run_option_a(
     from dvcflow.flows.repro import dvc_pipeline_flow
 
     return _execute_exclusively(
-        root, announce, dvc_pipeline_flow, keep_link, fail_once=fail_once, show_metrics=show_metrics
+        root,
+        announce,
+        dvc_pipeline_flow,
+        keep_link,
+        debug,
+        fail_once=fail_once,
+        show_metrics=show_metrics,
     )
 
 
@@ -99,6 +108,7 @@ def run_option_b(
     params_path: Path = Path("params.yaml"),
     force: bool = False,
     ephemeral: bool = False,
+    debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
     """Option B: Prefect owns the stage DAG and calls the stage functions; unchanged stages end Cached."""
@@ -107,7 +117,9 @@ def run_option_b(
     keep_link = _connect(root, ephemeral, announce)
     from dvcflow.flows.stages import stage_dag_flow
 
-    return _execute_exclusively(root, announce, stage_dag_flow, keep_link, params_path=resolved, force=force)
+    return _execute_exclusively(
+        root, announce, stage_dag_flow, keep_link, debug, params_path=resolved, force=force
+    )
 
 
 def plan_stages(repo: Path | None = None) -> Plan:
@@ -150,6 +162,7 @@ def run_per_stage(
     dask_address: str | None = None,
     show_metrics: bool = True,
     ephemeral: bool = False,
+    debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
     """One Prefect task per DVC stage, at most `jobs` reproducing at once (default: the CPUs here;
@@ -173,6 +186,7 @@ def run_per_stage(
         announce,
         per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
         keep_link,
+        debug,
         jobs=limit,
         keep_going=keep_going,
         retries=retries,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from dvcflow.errors import ApiLostError, ApiUnreachableError, ServerError
+from dvcflow.errors import ApiLostError, ApiUnreachableError, ExitCode, ServerError, exit_code_for_state
 from dvcflow.metrics import MetricsSnapshot
 
 
@@ -46,11 +46,9 @@ class FlowRunRecord:
         return self.state == "Completed"
 
     @property
-    def exit_code(self) -> int:
-        """0 Completed; 130 Cancelled (as after Ctrl-C); 1 otherwise."""
-        if self.completed:
-            return 0
-        return 130 if self.state == "Cancelled" else 1
+    def exit_code(self) -> ExitCode:
+        """From the final state, by the one exit-code table (`dvcflow.errors`)."""
+        return exit_code_for_state(self.state)
 
 
 PAGE = 200  # the server's default and maximum page size
@@ -84,8 +82,6 @@ def hide_console_tracebacks() -> None:
 
     The Prefect UI (the API log handler) still receives the full traceback.
     """
-    if os.environ.get("DVCFLOW_DEBUG") == "1":
-        return
     loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)]
     for logger in [logging.getLogger(), *loggers]:
         for handler in getattr(logger, "handlers", []):
@@ -135,7 +131,12 @@ def crash_orphaned_runs(tag: str) -> int:
 
 
 def execute(
-    flow: Callable[..., Any], *, keep_link: bool, tag: str | None = None, **parameters: Any
+    flow: Callable[..., Any],
+    *,
+    keep_link: bool,
+    tag: str | None = None,
+    debug: bool = False,
+    **parameters: Any,
 ) -> FlowRunRecord:
     """Run `flow`, wait for its end, and read the flow run and its task runs back.
 
@@ -146,7 +147,7 @@ def execute(
 
     api = os.environ.get("PREFECT_API_URL") or "Prefect's temporary server"
     try:
-        return _execute(flow, keep_link=keep_link, tag=tag, parameters=parameters)
+        return _execute(flow, keep_link=keep_link, tag=tag, debug=debug, parameters=parameters)
     except httpx.TransportError as err:
         raise ApiLostError(
             f"lost the Prefect API at {api} during the run ({type(err).__name__}: {err})",
@@ -169,13 +170,14 @@ def execute(
 
 
 def _execute(
-    flow: Callable[..., Any], *, keep_link: bool, tag: str | None, parameters: dict[str, Any]
+    flow: Callable[..., Any], *, keep_link: bool, tag: str | None, debug: bool, parameters: dict[str, Any]
 ) -> FlowRunRecord:
     from prefect import tags
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings, temporary_settings
 
-    hide_console_tracebacks()
+    if not debug:
+        hide_console_tracebacks()
     with temporary_settings(updates=_quiet_heartbeats()), tags(*([tag] if tag else [])):
         state = flow(**parameters, return_state=True)
         flow_run_id: UUID = state.state_details.flow_run_id

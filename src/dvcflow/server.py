@@ -279,8 +279,9 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
     return StartResult(status(config), already_running=False, seconds=time.monotonic() - began)
 
 
-def run_foreground(config: ServerConfig) -> int:
-    """Serve attached to the terminal until Ctrl-C; still recorded so `status` sees it."""
+def run_foreground(config: ServerConfig) -> None:
+    """Serve attached to the terminal until Ctrl-C (re-raised once the server is down: the CLI boundary
+    owns exit codes); still recorded so `status` sees it. A server that exits by itself is a `ServerError`."""
     with _start_lock(config):
         if recorded_pid(config) is not None and health(config.url):
             raise ServerError(f"a dvcflow server is already running at {config.url}")
@@ -289,12 +290,14 @@ def run_foreground(config: ServerConfig) -> int:
         process = subprocess.Popen(_command(config), env=_environment(config))
         _pid_file(config).write_text(f"{process.pid}\n")
     try:
-        return process.wait()
+        code = process.wait()
     except KeyboardInterrupt:
         _terminate(process.pid, timeout=10)
-        return 130
+        raise
     finally:
         _pid_file(config).unlink(missing_ok=True)
+    if code != 0:
+        raise ServerError(f"the Prefect server exited with code {code} (its output is above)")
 
 
 def _terminate(pid: int, timeout: float) -> None:

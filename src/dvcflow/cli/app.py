@@ -1,9 +1,10 @@
-"""The root `dvcflow` app: command groups joined here, and the one place errors become exit codes."""
+"""The root `dvcflow` app: command groups joined here, and the one place outcomes become exit codes."""
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 from typing import Annotated, Any
 
 import typer
@@ -11,24 +12,32 @@ from typer import _click
 from typer.core import TyperGroup
 
 from dvcflow import __version__
-from dvcflow.errors import DvcflowError
+from dvcflow.errors import DvcflowError, ExitCode, exit_code_table
+
+DEBUG_ENV = "DVCFLOW_DEBUG"  # user input, read once here: `DVCFLOW_DEBUG=1 dvcflow` is `dvcflow --debug`
+
+
+def _debug_requested(ctx: _click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get(DEBUG_ENV) == "1"
 
 
 class _ErrorBoundary(TyperGroup):
-    """Turns a `DvcflowError` raised anywhere below into `Error: ...` and its exit code.
+    """Turns whatever a command raises into one `Error: ...` line and its `ExitCode`.
 
-    With `--debug` (or DVCFLOW_DEBUG=1) the traceback is shown instead.
+    With `--debug` (or DVCFLOW_DEBUG=1) the traceback is printed too; the exit code stays the same.
+    Commands read the flag through `dvcflow.cli.common.debug_requested`, never through the environment.
     """
 
     def invoke(self, ctx: _click.Context) -> Any:
-        debug = bool(ctx.params.get("debug")) or os.environ.get("DVCFLOW_DEBUG") == "1"
+        debug = _debug_requested(ctx)
+        ctx.meta["dvcflow.debug"] = debug
         try:
             return super().invoke(ctx)
         except DvcflowError as exc:
-            if debug:
-                raise
             from dvcflow import render
 
+            if debug:
+                traceback.print_exc()
             render.error(exc)
             if getattr(exc, "abandon_background_work", False):
                 sys.stdout.flush()
@@ -36,18 +45,31 @@ class _ErrorBoundary(TyperGroup):
                 os._exit(exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            if debug:
-                raise
             from dvcflow import render
 
+            if debug:
+                traceback.print_exc()
             render.err.print("Interrupted.")
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
+        except (typer.Exit, typer.Abort, typer.TyperException):  # Typer's own: usage errors, --help
+            raise
+        except Exception as exc:  # a bug, not bad input: short message unless --debug
+            if debug:
+                traceback.print_exc()
+            print(
+                f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)",
+                file=sys.stderr,
+            )
+            raise typer.Exit(ExitCode.INTERNAL) from None
 
+
+EPILOG = "Exit codes:\n" + exit_code_table()
 
 app = typer.Typer(
     cls=_ErrorBoundary,
     name="dvcflow",
     help="Prefect on top of DVC: run history, retries, a UI and parallel stages for a DVC pipeline.",
+    epilog=EPILOG,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -63,7 +85,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     debug: Annotated[
-        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+        bool,
+        typer.Option("--debug", help="Show tracebacks as well as one-line errors (or DVCFLOW_DEBUG=1)."),
     ] = False,
     version: Annotated[
         bool,
@@ -71,8 +94,6 @@ def root(
     ] = False,
 ) -> None:
     """Prefect on top of DVC: run history, retries, a UI and parallel stages for a DVC pipeline."""
-    if debug:
-        os.environ["DVCFLOW_DEBUG"] = "1"
 
 
 def _register() -> None:
@@ -90,14 +111,4 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
-    try:
-        app()
-    except DvcflowError:  # raised with --debug: let Python print the traceback
-        raise
-    except Exception as exc:  # a bug, not bad input: short message unless --debug
-        if os.environ.get("DVCFLOW_DEBUG") == "1":
-            raise
-        print(
-            f"Error: unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", file=sys.stderr
-        )
-        sys.exit(1)
+    app()

@@ -28,6 +28,16 @@ EphemeralOption = Annotated[
         rich_help_panel="Prefect API",
     ),
 ]
+
+
+def debug_requested() -> bool:
+    """`--debug` (or DVCFLOW_DEBUG=1), as the root command read it once for this invocation."""
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get("dvcflow.debug"))
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 
 # `dvc repro`'s selection arguments, declared once for run-a, run-b and plan (see `dvcflow.selection`).

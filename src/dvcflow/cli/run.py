@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dvcflow.cli.common import EphemeralOption, RepoOption
+from dvcflow.cli.common import EphemeralOption, RepoOption, debug_requested
 
 PerStageOption = Annotated[
     bool,
@@ -119,11 +119,17 @@ def run_a(
             dask_address=dask_address,
             show_metrics=show_metrics,
             ephemeral=ephemeral,
+            debug=debug_requested(),
             announce=render.info,
         )
     else:
         record = runner.run_option_a(
-            repo, fail_once=fail_once, show_metrics=show_metrics, ephemeral=ephemeral, announce=render.info
+            repo,
+            fail_once=fail_once,
+            show_metrics=show_metrics,
+            ephemeral=ephemeral,
+            debug=debug_requested(),
+            announce=render.info,
         )
     run_summary(record)
     raise typer.Exit(record.exit_code)
@@ -147,7 +153,12 @@ def run_b(
     from dvcflow.render.runs import run_summary
 
     record = runner.run_option_b(
-        repo, params_path=params, force=force, ephemeral=ephemeral, announce=render.info
+        repo,
+        params_path=params,
+        force=force,
+        ephemeral=ephemeral,
+        debug=debug_requested(),
+        announce=render.info,
     )
     run_summary(record)
     raise typer.Exit(record.exit_code)

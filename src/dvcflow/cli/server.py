@@ -77,7 +77,8 @@ def start(
     config = _config(host, port, home, database_url=database_url, auth=auth)
     if foreground:
         render.info(f"Serving Prefect at {config.url} (Ctrl-C stops it)")
-        raise typer.Exit(server.run_foreground(config))
+        server.run_foreground(config)
+        return
     result = server.start(config, timeout=timeout)
     if result.already_running:
         render.out.print(f"Already running at {config.url} (pid {result.status.pid}).")
