@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from dvcflow.metrics import Change, Metric, MetricsSnapshot, artifact_key
+from dvcflow.metrics import Change, Metric, MetricsSnapshot, artifact_key, legacy_artifact_key
 from dvcflow.render.metrics import CHANGED_STYLE, _changes_table, display_value, sparkline
 from tests.conftest import LiveServer
 from tests.helpers import PROJECT, dvcflow, git, make_tiny_repo
@@ -173,7 +173,7 @@ def test_history_of_three_real_flow_runs(tmp_path: Path, live_server: LiveServer
     env = dict(live_server.env)
     repo = make_score_repo(tmp_path / "Iris_History", env)
     key = artifact_key(repo)
-    assert re.fullmatch(r"dvcflow-metrics-iris-history-[0-9a-f]{6}", key)
+    assert re.fullmatch(r"dvcflow-metrics-[0-9a-f]{12}", key)
     fails(
         dvcflow("metrics", "--history", cwd=repo, env=env),
         3,
@@ -265,11 +265,10 @@ def test_changed_rows_are_highlighted_and_noise_rounded() -> None:
     assert [next(iter(column.cells)) for column in table.columns] == ["m.json", "a", "0.9", "0.95", "+0.05"]
 
 
-def test_artifact_rows_round_trip_and_key_is_stable(tmp_path: Path) -> None:
+def test_artifact_rows_round_trip_and_the_legacy_key_is_unchanged(tmp_path: Path) -> None:
+    """The path-based key of older versions, still read by `--history`, must keep its exact shape."""
     snapshot = MetricsSnapshot((Metric("r/m.json", "accuracy", 0.9), Metric("r/m.json", "test.f1", 0.8)))
     assert MetricsSnapshot.from_rows(json.loads(json.dumps(snapshot.table_rows()))) == snapshot
     one, two = tmp_path / "My Repo.v2", tmp_path / "other" / "My Repo.v2"
-    assert artifact_key(one) == artifact_key(one)
-    assert artifact_key(one).startswith("dvcflow-metrics-my-repo-v2-") and artifact_key(one) != artifact_key(
-        two
-    )
+    assert legacy_artifact_key(one) == legacy_artifact_key(one) != legacy_artifact_key(two)
+    assert re.fullmatch(r"dvcflow-metrics-my-repo-v2-[0-9a-f]{6}", legacy_artifact_key(one))

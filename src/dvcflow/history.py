@@ -1,7 +1,8 @@
 """The metrics of past flow runs, read back from the Prefect API.
 
 Every `metrics summary` task publishes a table artifact under the repository's key
-(`metrics.artifact_key`); this module reads the newest ones back as plain records.
+(`metrics.artifact_key`); this module reads the newest ones back as plain records, including those
+published under the older path-based key (`metrics.legacy_artifact_key`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from dvcflow import dvcrepo
 from dvcflow.api import connect
 from dvcflow.errors import MetricsError, ServerError
-from dvcflow.metrics import MetricsSnapshot, Scalar, artifact_key
+from dvcflow.metrics import MetricsSnapshot, Scalar, artifact_key, legacy_artifact_key
 from dvcflow.settings import resolve_server_config
 
 
@@ -78,7 +79,7 @@ def _table(data: object) -> object:
     return data
 
 
-def _read(key: str, limit: int) -> tuple[HistoryEntry, ...]:
+def _read(keys: list[str], limit: int) -> tuple[HistoryEntry, ...]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -92,7 +93,7 @@ def _read(key: str, limit: int) -> tuple[HistoryEntry, ...]:
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
             sort=ArtifactSort.CREATED_DESC,
             limit=limit,
         )
@@ -139,7 +140,9 @@ def read_history(
     import httpx
 
     try:
-        entries = _read(key, limit)
+        # One query for both keys: runs recorded before repository identities existed stay in the history
+        # (as long as the repository has not moved since).
+        entries = _read([key, legacy_artifact_key(root)], limit)
     except httpx.HTTPError as err:
         raise ServerError(f"cannot read the metrics history from the Prefect API ({err})") from None
     if not entries:

@@ -192,10 +192,15 @@ def diff_metrics(repo_root: Path, rev: str = "HEAD", *, params: bool = False) ->
 
 
 def artifact_key(repo_root: Path) -> str:
-    """`dvcflow-metrics-<folder>-<6 hex>`: stable for one repository, distinct for two named alike.
+    """`dvcflow-metrics-<repository identity>`: the same after a move or on another clone, distinct for two
+    repositories (`dvcflow.identity`). Prefect allows only lowercase letters, digits and dashes in keys."""
+    from dvcflow.identity import repo_identity
 
-    Prefect allows only lowercase letters, digits and dashes in artifact keys.
-    """
+    return f"{ARTIFACT_PREFIX}-{repo_identity(repo_root).id}"
+
+
+def legacy_artifact_key(repo_root: Path) -> str:
+    """The path-based key dvcflow used before repository identities, read (never written) by the history."""
     resolved = repo_root.resolve()
     slug = re.sub(r"[^a-z0-9]+", "-", resolved.name.lower()).strip("-")[:40].strip("-") or "repo"
     digest = hashlib.sha1(str(resolved).encode(), usedforsecurity=False).hexdigest()[:6]

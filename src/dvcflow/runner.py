@@ -31,20 +31,28 @@ def _prepare(repo: Path | None, ephemeral: bool, announce: Callable[[str], None]
 def _execute_exclusively(
     root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, debug: bool, **parameters: Any
 ) -> FlowRunRecord:
-    """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow."""
-    from dvcflow.runs import crash_orphaned_runs, execute, repo_tag
+    """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow.
+
+    The flow run is tagged with the repository, host and process (`runs.run_tags`) and watched by a
+    watchdog that marks it Crashed if this process dies (`dvcflow.watchdog`; not with a temporary server,
+    which dies too).
+    """
+    import os
+
+    from dvcflow.runs import crash_orphaned_runs, execute, run_tags
+    from dvcflow.watchdog import watching
 
     with exclusive_run(root, on_wait=announce):
-        # Holding the lock proves no other dvcflow process runs here: a Running flow run of this repo
-        # is the ghost of a killed process. Say so in the UI instead of leaving it Running forever.
-        orphans = crash_orphaned_runs(repo_tag(root))
+        # A run of this repository left Running by a process of this host that is gone (one that died
+        # before its watchdog could act, e.g. with the machine): say so instead of leaving it Running.
+        orphans = crash_orphaned_runs(root)
         if orphans:
             announce(
                 f"Marked {orphans} flow run(s) of this repository Crashed: their dvcflow process had died"
             )
-        return execute(
-            flow, keep_link=keep_link, repo_root=root, tag=repo_tag(root), debug=debug, **parameters
-        )
+        tags = run_tags(root)
+        with watching(os.environ.get("PREFECT_API_URL") if keep_link else None, tags):
+            return execute(flow, keep_link=keep_link, repo_root=root, tags=tags, debug=debug, **parameters)
 
 
 def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:

@@ -5,7 +5,6 @@ Imported only once Prefect's settings are in the environment (see `dvcflow.api`)
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -96,14 +95,35 @@ def _state_message(state: Any) -> str | None:
     return str(message) if message else None
 
 
+REPO_TAG = "dvcflow-repo:"
+HOST_TAG = "dvcflow-host:"
+PID_TAG = "dvcflow-pid:"
+
+
 def repo_tag(repo_root: Path) -> str:
-    """A Prefect tag naming one repository (by its resolved path), set on every flow run dvcflow starts."""
-    digest = hashlib.sha1(str(repo_root.resolve()).encode(), usedforsecurity=False).hexdigest()[:12]
-    return f"dvcflow-repo:{digest}"
+    """The Prefect tag naming one repository (`dvcflow.identity`), set on every flow run dvcflow starts.
+
+    The one door to that fact: notifications and history filter flow runs by it.
+    """
+    from dvcflow.identity import repo_identity
+
+    return f"{REPO_TAG}{repo_identity(repo_root).id}"
 
 
-def crash_orphaned_runs(tag: str) -> int:
-    """Set this repository's unfinished flow runs to Crashed; the caller holds the repo's run lock."""
+def run_tags(repo_root: Path) -> tuple[str, ...]:
+    """Every tag of a flow run started here: the repository, and the host and process that run it."""
+    from dvcflow import liveness
+
+    return (repo_tag(repo_root), f"{HOST_TAG}{liveness.host_id()}", f"{PID_TAG}{liveness.process_token()}")
+
+
+def _tag_value(tags: list[str], prefix: str) -> str | None:
+    return next((tag.removeprefix(prefix) for tag in tags if tag.startswith(prefix)), None)
+
+
+def crash_orphaned_runs(repo_root: Path) -> int:
+    """Set this repository's unfinished flow runs to Crashed when they ran on this host and their process
+    is gone. A run of another host (same repository on a shared server) is never touched."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -114,27 +134,33 @@ def crash_orphaned_runs(tag: str) -> int:
     from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
 
+    from dvcflow import liveness
+
+    here = liveness.host_id()
     unfinished = FlowRunFilter(
-        tags=FlowRunFilterTags(all_=[tag]),
+        tags=FlowRunFilterTags(all_=[repo_tag(repo_root), f"{HOST_TAG}{here}"]),
         state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
     )
+    crashed = 0
     try:
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(flow_run_filter=unfinished, limit=PAGE)
-            for run in runs:
-                client.set_flow_run_state(
-                    run.id, Crashed(message="its dvcflow process died; found by the next run"), force=True
-                )
+            for run in client.read_flow_runs(flow_run_filter=unfinished, limit=PAGE):
+                token = _tag_value(run.tags, PID_TAG)
+                if token is None or liveness.alive(token):
+                    continue
+                message = f"its dvcflow process ({token} on {here}) is gone; found by the next run"
+                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+                crashed += 1
     except Exception:  # housekeeping only: never the reason a run does not start
-        return 0
-    return len(runs)
+        return crashed
+    return crashed
 
 
 def execute(
     flow: Callable[..., Any],
     *,
     keep_link: bool,
-    tag: str | None = None,
+    tags: tuple[str, ...] = (),
     debug: bool = False,
     **parameters: Any,
 ) -> FlowRunRecord:
@@ -147,7 +173,7 @@ def execute(
 
     api = os.environ.get("PREFECT_API_URL") or "Prefect's temporary server"
     try:
-        return _execute(flow, keep_link=keep_link, tag=tag, debug=debug, parameters=parameters)
+        return _execute(flow, keep_link=keep_link, tags=tags, debug=debug, parameters=parameters)
     except httpx.TransportError as err:
         raise ApiLostError(
             f"lost the Prefect API at {api} during the run ({type(err).__name__}: {err})",
@@ -170,15 +196,20 @@ def execute(
 
 
 def _execute(
-    flow: Callable[..., Any], *, keep_link: bool, tag: str | None, debug: bool, parameters: dict[str, Any]
+    flow: Callable[..., Any],
+    *,
+    keep_link: bool,
+    tags: tuple[str, ...],
+    debug: bool,
+    parameters: dict[str, Any],
 ) -> FlowRunRecord:
-    from prefect import tags
+    from prefect import tags as prefect_tags
     from prefect.client.orchestration import get_client
     from prefect.settings import get_current_settings, temporary_settings
 
     if not debug:
         hide_console_tracebacks()
-    with temporary_settings(updates=_quiet_heartbeats()), tags(*([tag] if tag else [])):
+    with temporary_settings(updates=_quiet_heartbeats()), prefect_tags(*tags):
         state = flow(**parameters, return_state=True)
         flow_run_id: UUID = state.state_details.flow_run_id
         with get_client(sync_client=True) as client:

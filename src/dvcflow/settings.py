@@ -127,7 +127,8 @@ def find_pyproject(start: Path) -> Path | None:
     return None
 
 
-def _pyproject_table(start: Path) -> dict[str, Any]:
+def pyproject_table(start: Path) -> dict[str, Any]:
+    """`[tool.dvcflow]` of the nearest `pyproject.toml` at or above `start` (empty when there is none)."""
     path = find_pyproject(start)
     if path is None:
         return {}
@@ -167,7 +168,7 @@ def resolve_server_config(
 ) -> ServerConfig:
     """Flags (the keyword arguments) > `DVCFLOW_*` > `[tool.dvcflow]` > defaults."""
     env = os.environ if environ is None else environ
-    table = _pyproject_table(start or Path.cwd())
+    table = pyproject_table(start or Path.cwd())
 
     def pick(flag: Any, env_name: str, key: str) -> Any:
         if flag is not None:
