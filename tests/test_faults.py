@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -252,3 +253,33 @@ def unfinished_runs(api_url: str) -> set[str]:
 
 def client_env_api(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{env['DVCFLOW_PORT']}/api"
+
+
+def test_ctrl_c_with_the_temporary_server_exits_130_within_5_s(tmp_path: Path) -> None:
+    """--ephemeral: the terminal's SIGINT stops Prefect's temporary server too; dvcflow must not spend
+    minutes retrying to record the run on it."""
+    env = base_env(tmp_path / "home")
+    env["DVCFLOW_HOME"] = str(tmp_path / "home")
+    repo = slow_repo(tmp_path, env, seconds=60)
+    with (tmp_path / "output.txt").open("w") as output:  # a file: a pipe would wait for the server's exit
+        run = subprocess.Popen(
+            [sys.executable, "-m", "dvcflow", "run-a", "--ephemeral"],
+            cwd=repo,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            wait_for_file(repo / "started", timeout=240)  # the temporary server starts slowly on 2 cores
+            os.killpg(run.pid, signal.SIGINT)
+            interrupted = time.monotonic()
+            code = run.wait(timeout=60)
+            took = time.monotonic() - interrupted
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)  # the temporary server and the stage, if still there
+    text = (tmp_path / "output.txt").read_text()
+    assert code == 130, text
+    assert took < 5, f"exited {took:.1f} s after Ctrl-C"
+    assert "Interrupted" in text and "Traceback" not in text

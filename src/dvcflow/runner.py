@@ -5,7 +5,10 @@ The CLI calls these and renders what they return; they never print.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,31 @@ def _prepare(repo: Path | None, ephemeral: bool, announce: Callable[[str], None]
     return root, _connect(root, ephemeral, announce)
 
 
+@contextlib.contextmanager
+def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
+    """With Prefect's temporary server, Ctrl-C ends the process at once (exit 130).
+
+    That server is a child in dvcflow's process group, so the terminal's SIGINT stops it too; Prefect would
+    then retry for minutes to record the interrupted run on a server that is gone. Nothing can be recorded
+    any more, so nothing is lost. DVC, in the same group, got the signal as well and cleans up its stage.
+    """
+    import signal
+
+    from dvcflow.errors import ExitCode
+
+    def stop(signum: int, frame: object) -> None:
+        announce("Interrupted (Prefect's temporary server stopped with it; nothing more to record).")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ExitCode.INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _execute_exclusively(
     root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, debug: bool, **parameters: Any
 ) -> FlowRunRecord:
@@ -37,8 +65,6 @@ def _execute_exclusively(
     watchdog that marks it Crashed if this process dies (`dvcflow.watchdog`; not with a temporary server,
     which dies too).
     """
-    import os
-
     from dvcflow.runs import crash_orphaned_runs, execute, run_tags
     from dvcflow.watchdog import watching
 
@@ -51,7 +77,8 @@ def _execute_exclusively(
                 f"Marked {orphans} flow run(s) of this repository Crashed: their dvcflow process had died"
             )
         tags = run_tags(root)
-        with watching(os.environ.get("PREFECT_API_URL") if keep_link else None, tags):
+        guard = watching(os.environ["PREFECT_API_URL"], tags) if keep_link else _ctrl_c_ends_at_once(announce)
+        with guard:
             return execute(flow, keep_link=keep_link, repo_root=root, tags=tags, debug=debug, **parameters)
 
 
