@@ -14,13 +14,14 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test test-fast lint format prefect-start prefect-stop bench clean help
+.PHONY: setup run test test-fast lint format docs prefect-start prefect-stop bench clean help
 
 help:
 	@echo "make run            set up, then dvcflow run-a (Prefect operates dvc repro)"
 	@echo "make test           set up, then ruff, mypy and pytest"
 	@echo "make prefect-start  start dvcflow's local Prefect server (UI at http://127.0.0.1:4200)"
 	@echo "make bench          run the benchmarks in bench/"
+	@echo "make docs           regenerate docs/cli.md from the CLI (make test fails while it is stale)"
 
 setup: $(STAMP)
 	@$(BIN)/python -m mltoy.data --out data/raw/iris.csv
@@ -40,7 +41,7 @@ run: setup
 	$(BIN)/dvcflow run-a
 
 lint: setup
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/mypy
 
 test: lint
@@ -51,14 +52,18 @@ test-fast: setup
 	$(BIN)/pytest -m "not integration" -q
 
 format: setup
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench scripts
+	$(BIN)/ruff format src tests bench scripts
 
 prefect-start: setup
 	$(BIN)/dvcflow server start
 
 prefect-stop: setup
 	$(BIN)/dvcflow server stop
+
+# docs/cli.md is generated from the Typer app; tests/test_docs.py fails `make test` when it is stale.
+docs: setup
+	$(BIN)/python scripts/gen_cli_docs.py
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -61,6 +61,13 @@ CASES = [
         "Error: {repo}/params.yaml: params file is a list, not a mapping of params",
     ),
     (
+        "run-a-params-file-missing",
+        remove("params.yaml"),
+        ["run-a"],
+        3,
+        "Error: {repo}/params.yaml: params file not found (dvc.yaml's stages read it)",
+    ),
+    (
         "run-b-unknown-params-path",
         lambda repo: None,
         ["run-b", "--params", "nope.yaml"],
