@@ -1,0 +1,142 @@
+"""Every CLI option reaches the library call as the right keyword argument (the fast layer: no server, no
+DVC). The runner functions are replaced by autospecced mocks, so a renamed or missing parameter fails here.
+
+One row per option: command line -> the library function it must call, with which arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+from typer.testing import CliRunner
+
+from dvcflow import runner, server
+from dvcflow.cli.app import app
+from dvcflow.metrics import MetricsSnapshot
+from dvcflow.runs import FlowRunRecord
+from dvcflow.settings import ServerConfig
+
+RUN_A = {"fail_once": False, "show_metrics": True, "ephemeral": False, "debug": False, "announce": mock.ANY}
+PER_STAGE = {
+    "jobs": None,
+    "keep_going": False,
+    "retries": 1,
+    "dask_address": None,
+    "show_metrics": True,
+    "ephemeral": False,
+    "debug": False,
+    "announce": mock.ANY,
+}
+RUN_B = {
+    "params_path": Path("params.yaml"),
+    "force": False,
+    "ephemeral": False,
+    "debug": False,
+    "announce": mock.ANY,
+}
+METRICS = {"rev": None, "runs": None, "params": False, "announce": mock.ANY}
+DONE = FlowRunRecord("id", "name", "flow", "Completed", 0.0, (), None)
+
+# (command line, runner function, positional repo, keyword arguments)
+CASES: list[tuple[list[str], str, Path | None, dict[str, Any]]] = [
+    (["run-a"], "run_option_a", None, RUN_A),
+    (["run-a", "--repo", "r"], "run_option_a", Path("r"), RUN_A),
+    (["run-a", "--fail-once"], "run_option_a", None, {**RUN_A, "fail_once": True}),
+    (["run-a", "--no-show-metrics"], "run_option_a", None, {**RUN_A, "show_metrics": False}),
+    (["run-a", "--ephemeral"], "run_option_a", None, {**RUN_A, "ephemeral": True}),
+    (["--debug", "run-a"], "run_option_a", None, {**RUN_A, "debug": True}),
+    (["run-a", "--per-stage"], "run_per_stage", None, PER_STAGE),
+    (["run-a", "--per-stage", "-j", "3"], "run_per_stage", None, {**PER_STAGE, "jobs": 3}),
+    (["run-a", "--per-stage", "--jobs", "2"], "run_per_stage", None, {**PER_STAGE, "jobs": 2}),
+    (["run-a", "--per-stage", "--keep-going"], "run_per_stage", None, {**PER_STAGE, "keep_going": True}),
+    (["run-a", "--per-stage", "--retries", "0"], "run_per_stage", None, {**PER_STAGE, "retries": 0}),
+    (
+        ["run-a", "--per-stage", "--dask-address", "tcp://h:1"],
+        "run_per_stage",
+        None,
+        {**PER_STAGE, "dask_address": "tcp://h:1"},
+    ),
+    (
+        ["run-a", "--per-stage", "--no-show-metrics", "--ephemeral"],
+        "run_per_stage",
+        None,
+        {**PER_STAGE, "show_metrics": False, "ephemeral": True},
+    ),
+    (["run-a", "--per-stage", "--dry-run", "--repo", "r"], "plan_stages", Path("r"), {}),
+    (["run-b"], "run_option_b", None, RUN_B),
+    (["run-b", "--params", "p.yaml"], "run_option_b", None, {**RUN_B, "params_path": Path("p.yaml")}),
+    (["run-b", "--force"], "run_option_b", None, {**RUN_B, "force": True}),
+    (["run-b", "--ephemeral", "--repo", "r"], "run_option_b", Path("r"), {**RUN_B, "ephemeral": True}),
+    (["plan", "--repo", "r"], "plan_stages", Path("r"), {}),
+    (["metrics"], "metrics_view", None, METRICS),
+    (["metrics", "--repo", "r"], "metrics_view", Path("r"), METRICS),
+    (["metrics", "--diff"], "metrics_view", None, {**METRICS, "rev": "HEAD"}),
+    (
+        ["metrics", "--diff", "HEAD~2", "--params"],
+        "metrics_view",
+        None,
+        {**METRICS, "rev": "HEAD~2", "params": True},
+    ),
+    (["metrics", "--history"], "metrics_view", None, {**METRICS, "runs": 10}),
+    (["metrics", "--history", "5"], "metrics_view", None, {**METRICS, "runs": 5}),
+]
+
+
+def _returned(name: str) -> object:
+    if name == "metrics_view":
+        return MetricsSnapshot(())
+    if name == "plan_stages":
+        return mock.sentinel.plan
+    return DONE
+
+
+@pytest.mark.parametrize(("argv", "function", "repo", "kwargs"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_each_option_reaches_the_runner(
+    argv: list[str], function: str, repo: Path | None, kwargs: dict[str, Any]
+) -> None:
+    with (
+        mock.patch.object(runner, function, autospec=True, return_value=_returned(function)) as called,
+        mock.patch("dvcflow.render.plan.plan_view", autospec=True),
+        mock.patch("dvcflow.render.metrics.show", autospec=True),
+    ):
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    called.assert_called_once_with(repo, **kwargs)
+
+
+SERVER = ServerConfig()
+
+# (command line, function in dvcflow.server, the configuration it must receive)
+SERVER_CASES: list[tuple[list[str], str, ServerConfig]] = [
+    (["server", "status"], "status", SERVER),
+    (["server", "status", "--port", "4999"], "status", ServerConfig(port=4999)),
+    (["server", "stop", "--host", "localhost"], "stop", ServerConfig(host="localhost")),
+    (["server", "stop", "--home", "h"], "stop", ServerConfig(home=Path("h"))),
+    (
+        ["server", "start", "--database-url", "sqlite+aiosqlite:///x.db", "--auth", "u:p"],
+        "start",
+        ServerConfig(database_url="sqlite+aiosqlite:///x.db", auth="u:p"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "function", "config"), SERVER_CASES, ids=[" ".join(c[0]) for c in SERVER_CASES]
+)
+def test_each_server_option_reaches_the_configuration(
+    argv: list[str], function: str, config: ServerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml here: defaults, then flags
+    for name in ("DVCFLOW_HOST", "DVCFLOW_PORT", "DVCFLOW_HOME", "DVCFLOW_DATABASE_URL", "DVCFLOW_AUTH"):
+        monkeypatch.delenv(name, raising=False)
+    with (
+        mock.patch.object(server, function, autospec=True) as called,
+        mock.patch("dvcflow.render.server.server_status", autospec=True),
+    ):
+        CliRunner().invoke(app, argv)
+    assert called.call_args.args[0] == config
+    if function == "start":
+        assert called.call_args.kwargs == {"timeout": 90.0}
