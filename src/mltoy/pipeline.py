@@ -77,11 +77,11 @@ DECIMALS = 8
 
 def stage_train(train_csv: Path, model_path: Path, params: Params) -> dict[str, int]:
     """Fit a logistic regression on the training set and save it with joblib, byte-reproducibly."""
+    frame = _read_csv(Path(train_csv), "training data")  # bad input fails before scikit-learn loads
     import joblib
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    frame = _read_csv(Path(train_csv), "training data")
     model = LogisticRegression(
         C=params.train.C,
         max_iter=params.train.max_iter,
