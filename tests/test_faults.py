@@ -162,20 +162,25 @@ def test_sigkill_mid_stage_is_crashed_at_once_leaves_no_dvc_behind_and_a_rerun_c
 
 def test_two_runs_at_once_take_turns(tmp_path: Path, client_env: dict[str, str]) -> None:
     counter = tmp_path / "executions.txt"
-    stage = (
-        "stages:\n  slow:\n"
-        f'    cmd: python -c "import pathlib, time; time.sleep(3); '
-        f"open(r'{counter}', 'a').write('x'); pathlib.Path('slow.txt').write_text('done')\"\n"
-        "    outs:\n      - slow.txt\n"
-    )
+    # The stage holds on until the test releases it, so the second run surely arrives while it runs.
+    stage = "stages:\n  slow:\n    cmd: python hold.py\n    outs:\n      - slow.txt\n"
     repo = make_tiny_repo(tmp_path / "repo", client_env, stage)
+    (repo / "hold.py").write_text(
+        "import pathlib, time\n"
+        "deadline = time.monotonic() + 120\n"
+        "while not pathlib.Path('release').exists() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        f"open(r'{counter}', 'a').write('x')\n"
+        "pathlib.Path('slow.txt').write_text('done')\n"
+    )
     first = Watched(["run-a"], repo, client_env)
     first.wait_for("Running stage 'slow'")
     second = Watched(["run-a"], repo, client_env)
+    second.wait_for("Another dvcflow run is in progress")
+    (repo / "release").touch()
     second_code, _, second_err = second.finish()
     first_code, _, first_err = first.finish()
     assert (first_code, second_code) == (0, 0), first_err + second_err
-    assert "Another dvcflow run is in progress" in second_err
     assert "Stage 'slow' didn't change, skipping" in second_err
     assert counter.read_text() == "x"  # the stage ran once, not twice at the same time
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
