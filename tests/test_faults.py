@@ -21,13 +21,17 @@ from tests.helpers import api_post, base_env, dvc, dvcflow, free_port, make_tiny
 
 pytestmark = pytest.mark.integration
 
-# `started` tells the test the stage command itself runs (DVC logs "Running stage" just before it).
-SLOW_STAGE = """stages:
-  slow:
-    cmd: python -c "import pathlib, time; pathlib.Path('started').touch(); time.sleep({seconds});
-      pathlib.Path('slow.txt').write_text('done')"
-    outs:
-      - slow.txt
+# The stage says when its command runs (`started`), then holds on until the test creates `release` (or
+# `seconds` pass), and counts its completions: the tests act at known moments, not after guessed sleeps.
+SLOW_STAGE = "stages:\n  slow:\n    cmd: python hold.py {seconds}\n    outs:\n      - slow.txt\n"
+HOLD_PY = """import pathlib, sys, time
+pathlib.Path('started').touch()
+deadline = time.monotonic() + float(sys.argv[1])
+while not pathlib.Path('release').exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+with open('completions.txt', 'a') as completions:
+    completions.write('x')
+pathlib.Path('slow.txt').write_text('done')
 """
 
 
@@ -99,13 +103,15 @@ def dvc_processes_in(repo: Path) -> list[int]:
 
 
 def slow_repo(tmp_path: Path, env: dict[str, str], seconds: int) -> Path:
-    return make_tiny_repo(tmp_path / "repo", env, SLOW_STAGE.format(seconds=seconds))
+    repo = make_tiny_repo(tmp_path / "repo", env, SLOW_STAGE.format(seconds=seconds))
+    (repo / "hold.py").write_text(HOLD_PY)  # untracked: DVC does not look at it
+    return repo
 
 
 def test_ctrl_c_during_a_stage_exits_130_and_the_next_run_finishes(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
-    repo = slow_repo(tmp_path, client_env, seconds=6)
+    repo = slow_repo(tmp_path, client_env, seconds=60)
     run = Watched(["run-a"], repo, client_env)
     wait_for_file(repo / "started")
     os.killpg(run.process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
@@ -117,6 +123,7 @@ def test_ctrl_c_during_a_stage_exits_130_and_the_next_run_finishes(
     assert not (repo / "dvc.lock").exists()
     assert not list(repo.glob(".*.tmp"))
 
+    (repo / "release").touch()
     again = dvcflow("run-a", cwd=repo, env=client_env)
     assert again.returncode == 0, again.stderr
     assert (repo / "slow.txt").read_text() == "done"
@@ -129,7 +136,7 @@ CRASHED_WITHIN_S = 15.0  # the watchdog needs ~0.1 s; the margin is for a loaded
 def test_sigkill_mid_stage_is_crashed_at_once_leaves_no_dvc_behind_and_a_rerun_completes(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
-    repo = slow_repo(tmp_path, client_env, seconds=4)
+    repo = slow_repo(tmp_path, client_env, seconds=60)
     run = Watched(["run-a"], repo, client_env)
     wait_for_file(repo / "started")
     os.kill(run.process.pid, signal.SIGKILL)
@@ -154,6 +161,7 @@ def test_sigkill_mid_stage_is_crashed_at_once_leaves_no_dvc_behind_and_a_rerun_c
         time.sleep(0.1)
     assert dvc_processes_in(repo) == []  # DVC died with dvcflow instead of racing the next run
 
+    (repo / "release").touch()
     again = dvcflow("run-a", cwd=repo, env=client_env)
     assert again.returncode == 0, again.stderr
     assert json.loads(dvc("status", "--json", cwd=repo, env=client_env).stdout) == {}
@@ -161,28 +169,17 @@ def test_sigkill_mid_stage_is_crashed_at_once_leaves_no_dvc_behind_and_a_rerun_c
 
 
 def test_two_runs_at_once_take_turns(tmp_path: Path, client_env: dict[str, str]) -> None:
-    counter = tmp_path / "executions.txt"
-    # The stage holds on until the test releases it, so the second run surely arrives while it runs.
-    stage = "stages:\n  slow:\n    cmd: python hold.py\n    outs:\n      - slow.txt\n"
-    repo = make_tiny_repo(tmp_path / "repo", client_env, stage)
-    (repo / "hold.py").write_text(
-        "import pathlib, time\n"
-        "deadline = time.monotonic() + 120\n"
-        "while not pathlib.Path('release').exists() and time.monotonic() < deadline:\n"
-        "    time.sleep(0.05)\n"
-        f"open(r'{counter}', 'a').write('x')\n"
-        "pathlib.Path('slow.txt').write_text('done')\n"
-    )
+    repo = slow_repo(tmp_path, client_env, seconds=120)
     first = Watched(["run-a"], repo, client_env)
-    first.wait_for("Running stage 'slow'")
+    wait_for_file(repo / "started")
     second = Watched(["run-a"], repo, client_env)
-    second.wait_for("Another dvcflow run is in progress")
+    second.wait_for("Another dvcflow run is in progress")  # while the first one's stage still runs
     (repo / "release").touch()
     second_code, _, second_err = second.finish()
     first_code, _, first_err = first.finish()
     assert (first_code, second_code) == (0, 0), first_err + second_err
     assert "Stage 'slow' didn't change, skipping" in second_err
-    assert counter.read_text() == "x"  # the stage ran once, not twice at the same time
+    assert (repo / "completions.txt").read_text() == "x"  # the stage ran once, not twice at the same time
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert "slow" in lock["stages"]
 
@@ -194,11 +191,12 @@ def test_server_killed_during_a_run(tmp_path: Path) -> None:
     env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(port), PREFECT_CLIENT_MAX_RETRIES="1")
     assert dvcflow("server", "start", cwd=tmp_path, env=env).returncode == 0
     try:
-        repo = slow_repo(tmp_path, env, seconds=3)
+        repo = slow_repo(tmp_path, env, seconds=120)
         run = Watched(["run-a"], repo, env)
-        run.wait_for("Running stage 'slow'")
+        wait_for_file(repo / "started")
         pid = int((home / "server.pid").read_text())
         os.kill(pid, signal.SIGKILL)
+        (repo / "release").touch()  # the stage ends after the server is gone
         code, _, stderr = run.finish(timeout=180)
         assert code != 0
         last = [line for line in stderr.splitlines() if line.startswith("Error: ")]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,8 @@ from dvcflow.errors import ConfigError
 from dvcflow.identity import repo_identity
 from dvcflow.metrics import artifact_key
 from dvcflow.runs import REPO_TAG, repo_tag
-from tests.helpers import base_env, git
+from tests.conftest import LiveServer
+from tests.helpers import api_post, base_env, dvcflow, git
 
 
 @pytest.fixture
@@ -94,3 +98,22 @@ def test_tag_and_artifact_key_are_derived_from_the_identity(tmp_path: Path, env:
     repo = committed(tmp_path / "repo", env)
     assert repo_tag(repo) == f"{REPO_TAG}{ident(repo)}"
     assert artifact_key(repo) == f"dvcflow-metrics-{ident(repo)}"
+
+
+@pytest.mark.integration
+def test_history_still_reads_metrics_published_under_the_old_path_key(
+    tmp_path: Path, live_server: LiveServer
+) -> None:
+    from dvcflow.metrics import legacy_artifact_key
+
+    env = dict(live_server.env)
+    repo = committed(tmp_path / "repo", env)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, env=env, check=True)
+    rows = [{"file": "m.json", "metric": "accuracy", "value": 0.5}]
+    old = {"key": legacy_artifact_key(repo), "type": "table", "data": json.dumps(rows)}
+    api_post(live_server.api_url, "/artifacts/", old)  # what an older dvcflow published
+    history = dvcflow("metrics", "--history", "--json", cwd=repo, env=env)
+    assert history.returncode == 0, history.stderr
+    data = json.loads(history.stdout)
+    assert data["key"] == artifact_key(repo)
+    assert [run["metrics"] for run in data["runs"]] == [{"m.json": {"accuracy": 0.5}}]
