@@ -63,6 +63,11 @@ def spawn_cost(repeat: int) -> tuple[list[float], list[float]]:
     return walls, cpus
 
 
+def _server(action: str, env: dict[str, str]) -> None:
+    command = [sys.executable, "-m", "dvcflow", "server", action]
+    subprocess.run(command, env=env, cwd=PROJECT, check=True, capture_output=True, timeout=300)
+
+
 def crash_latency(kills: int) -> list[float]:
     workdir = Path(tempfile.mkdtemp(prefix="dvcflow-bench-watchdog-"))
     home = workdir / "home"
@@ -73,14 +78,7 @@ def crash_latency(kills: int) -> list[float]:
     python = sys.executable
     latencies = []
     try:
-        subprocess.run(
-            [python, "-m", "dvcflow", "server", "start"],
-            env=env,
-            cwd=PROJECT,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+        _server("start", env)
         for number in range(kills):
             repo = make_tiny_repo(workdir / f"repo{number}", env, SLOW)
             run = subprocess.Popen(
@@ -108,13 +106,7 @@ def crash_latency(kills: int) -> list[float]:
             latencies.append(time.monotonic() - killed)
             os.killpg(run.pid, signal.SIGKILL)  # the orphaned stage command
     finally:
-        subprocess.run(
-            [python, "-m", "dvcflow", "server", "stop"],
-            env=env,
-            cwd=PROJECT,
-            capture_output=True,
-            timeout=120,
-        )
+        _server("stop", env)
         shutil.rmtree(workdir, ignore_errors=True)
     return latencies
 

@@ -40,6 +40,7 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
     any more, so nothing is lost. DVC, in the same group, got the signal as well and cleans up its stage.
     """
     import signal
+    import threading
 
     from dvcflow.errors import ExitCode
 
@@ -49,6 +50,9 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
         sys.stderr.flush()
         os._exit(ExitCode.INTERRUPTED)
 
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
     previous = signal.signal(signal.SIGINT, stop)
     try:
         yield
