@@ -84,3 +84,10 @@ def test_bad_port_in_environment_is_a_config_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["server", "status"], env={"DVCFLOW_PORT": "http"})
     assert result.exit_code == 3
     assert result.stderr.startswith("Error: DVCFLOW_PORT: port must be a number, got 'http'")
+
+
+def test_debug_does_not_travel_through_the_environment(tmp_path: Path) -> None:
+    import os
+
+    runner.invoke(app, ["--debug", "run-a", "--repo", str(tmp_path)])
+    assert "DVCFLOW_DEBUG" not in os.environ
