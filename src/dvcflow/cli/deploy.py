@@ -1,0 +1,97 @@
+"""`dvcflow deploy`, `trigger`, `runs`, `notify`: the pipeline running without a person at the keyboard."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dvcflow.cli.common import RepoOption
+from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption
+
+NameOption = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Deployment name (default: the repository's folder name).", show_default=False
+    ),
+]
+
+
+def deploy(
+    repo: RepoOption = None,
+    name: NameOption = None,
+    cron: Annotated[
+        str | None,
+        typer.Option("--cron", help="Run on this cron schedule, e.g. '0 3 * * *'.", show_default=False),
+    ] = None,
+    interval: Annotated[
+        float | None,
+        typer.Option("--interval", help="Run every SECONDS seconds.", metavar="SECONDS", show_default=False),
+    ] = None,
+    per_stage: PerStageOption = False,
+    jobs: JobsOption = None,
+    keep_going: KeepGoingOption = False,
+    pool: Annotated[
+        str | None,
+        typer.Option(
+            "--pool",
+            help="Register with this Prefect process work pool instead of serving; "
+            "`prefect worker start --pool NAME` runs it.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Register this repository's pipeline as a Prefect deployment and serve it until Ctrl-C.
+
+    Its runs start on the schedule, from the UI's Run button, `prefect deployment run` or
+    `dvcflow trigger NAME`. Without --cron/--interval it runs on demand only.
+
+    Example: dvcflow deploy --cron '0 3 * * *'; dvcflow deploy --interval 600 --per-stage --jobs 2
+    """
+    from dvcflow import deploy as library
+    from dvcflow import render
+    from dvcflow.render.deploy import deployment_view, run_event
+
+    request = library.check_request(
+        repo,
+        name=name,
+        cron=cron,
+        interval=interval,
+        per_stage=per_stage,
+        jobs=jobs,
+        keep_going=keep_going,
+        pool=pool,
+    )
+    library.connect_lasting(request.root, render.info)
+    if request.pool is not None:
+        deployment_view(library.register_to_pool(request, announce=render.info), serving=False)
+        return
+    library.serve(request, on_registered=lambda info: deployment_view(info, serving=True), on_run=run_event)
+    render.info("Stopped serving.")
+
+
+def trigger(
+    name: Annotated[str, typer.Argument(help="The deployment's name (as given to `dvcflow deploy --name`).")],
+    repo: RepoOption = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the run to end; exit 1 unless it Completed.")
+    ] = False,
+) -> None:
+    """Start a run of a deployment now.
+
+    Example: dvcflow trigger my-repo --wait
+    """
+    from dvcflow import deploy as library
+    from dvcflow import dvcrepo, render
+    from dvcflow.render.deploy import triggered_view
+
+    library.connect_lasting(dvcrepo.find_repo_root(repo), render.info)
+    run = library.trigger(name, wait=wait)
+    triggered_view(run)
+    raise typer.Exit(run.exit_code if wait else 0)
+
+
+def register(app: typer.Typer) -> None:
+    """The root app's one line for this module's commands."""
+    app.command("deploy")(deploy)
+    app.command("trigger")(trigger)

@@ -1,0 +1,423 @@
+"""Pipelines that run without a person: a deployment of this repository's pipeline flow.
+
+Provides:
+- `check_request`: every flag checked before anything is registered (a `UsageError` otherwise).
+- `serve`: registers the deployment and runs its runs from this process until Ctrl-C, reporting each
+  run as it starts and ends through a callback.
+- `register_to_pool`: registers the deployment with a Prefect process work pool; Prefect's own
+  `prefect worker start --pool NAME` runs it.
+- `trigger`: starts a run of a deployment now (optionally waiting for its end).
+
+The flow is `dvcflow.flows.deployed.deployed_pipeline_flow`; its runs carry the repository's tag
+(`runs.repo_tag`) from the deployment, so `dvcflow runs` and `dvcflow notify` see them.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from dvcflow import dvcrepo
+from dvcflow.errors import UsageError
+from dvcflow.runs import PAGE
+
+POLL_S = 1.0  # how often the serving process looks at its deployment's runs
+RUNNER_POLL_S = 2.0  # how often it asks for runs to start (Prefect's default, 10 s, delays the Run button)
+FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+# Served flow runs write their logs to the Prefect API; the terminal gets one line per run start and end.
+QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What `dvcflow deploy` was asked for, checked."""
+
+    root: Path
+    name: str
+    cron: str | None = None
+    interval: float | None = None
+    per_stage: bool = False
+    jobs: int | None = None
+    keep_going: bool = False
+    pool: str | None = None
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The deployment's default parameters; a custom run may override all but the repository."""
+        return {
+            "repo_root": str(self.root),
+            "per_stage": self.per_stage,
+            "jobs": self.jobs,
+            "keep_going": self.keep_going,
+        }
+
+    @property
+    def schedule(self) -> str:
+        if self.cron is not None:
+            return f"cron {self.cron!r}"
+        if self.interval is not None:
+            return f"every {self.interval:g} s"
+        return "on demand only"
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    id: str
+    name: str
+    flow_name: str
+    schedule: str
+    pool: str | None
+    ui_link: str | None
+
+    @property
+    def full_name(self) -> str:
+        """What `prefect deployment run` takes."""
+        return f"{self.flow_name}/{self.name}"
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """A served run started or ended."""
+
+    ended: bool
+    run_name: str
+    state: str
+    seconds: float
+    ui_link: str | None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class TriggeredRun:
+    id: str
+    name: str
+    deployment: str
+    state: str
+    ui_link: str | None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.state in ("Completed", "Scheduled", "Pending", "Running") else 1
+
+
+def connect_lasting(root: Path, announce: Callable[[str], None]) -> None:
+    """Use the configured API, or dvcflow's local server (started if need be): schedules, runs started
+    from the UI and automations need a server that outlives this process, never a temporary one."""
+    from dvcflow.api import connect
+    from dvcflow.settings import resolve_server_config
+
+    connection = connect(resolve_server_config(start=root), ephemeral=False, on_server_start=announce)
+    announce(connection.description)
+
+
+def check_request(
+    repo: Path | None,
+    *,
+    name: str | None,
+    cron: str | None,
+    interval: float | None,
+    per_stage: bool,
+    jobs: int | None,
+    keep_going: bool,
+    pool: str | None,
+) -> DeployRequest:
+    """Refuse contradictions and nonsense before Prefect is contacted."""
+    if cron is not None and interval is not None:
+        raise UsageError("--cron and --interval exclude each other: give one schedule")
+    if interval is not None and not interval > 0:
+        raise UsageError(f"--interval must be more than 0 seconds, got {interval:g}")
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    if (jobs is not None or keep_going) and not per_stage:
+        raise UsageError(f"{'--jobs' if jobs is not None else '--keep-going'} needs --per-stage")
+    if pool is not None and not pool.strip():
+        raise UsageError("--pool needs a work pool name")
+    root = dvcrepo.find_repo_root(repo)
+    chosen = name if name is not None else root.name
+    if not chosen or "/" in chosen or "%" in chosen:
+        raise UsageError(f"--name must be non-empty and contain no '/' or '%', got {chosen!r}")
+    return DeployRequest(root, chosen, cron, interval, per_stage, jobs, keep_going, pool)
+
+
+def _check_cron(cron: str | None) -> None:
+    """Prefect's own cron validation; needs Prefect imported, so it runs after `connect`."""
+    if cron is None:
+        return
+    from prefect._internal.schemas.validators import validate_cron_string
+
+    try:
+        validate_cron_string(cron)
+    except ValueError as err:
+        raise UsageError(
+            f"--cron: {err}", hint="five fields: minute hour day month weekday, e.g. '0 3 * * *'"
+        ) from None
+
+
+def _description(request: DeployRequest) -> str:
+    return f"The DVC pipeline of {request.root}, registered by `dvcflow deploy`."
+
+
+def _to_deployment(request: DeployRequest) -> Any:
+    from prefect.types.entrypoint import EntrypointType
+
+    from dvcflow.flows.deployed import deployed_pipeline_flow
+    from dvcflow.runs import repo_tag
+
+    return deployed_pipeline_flow.to_deployment(
+        name=request.name,
+        interval=request.interval,
+        cron=request.cron,
+        paused=False,
+        parameters=request.parameters,
+        tags=[repo_tag(request.root)],
+        description=_description(request),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+        job_variables={"working_dir": str(request.root)} if request.pool else None,
+        work_pool_name=request.pool,
+    )
+
+
+def _info(deployment_id: Any, request: DeployRequest) -> DeploymentInfo:
+    from prefect.settings import get_current_settings
+
+    from dvcflow.flows.deployed import FLOW_NAME
+
+    ui = get_current_settings().ui_url
+    return DeploymentInfo(
+        id=str(deployment_id),
+        name=request.name,
+        flow_name=FLOW_NAME,
+        schedule=request.schedule,
+        pool=request.pool,
+        ui_link=f"{ui}/deployments/deployment/{deployment_id}" if ui else None,
+    )
+
+
+def register_to_pool(request: DeployRequest, *, announce: Callable[[str], None]) -> DeploymentInfo:
+    """Register the deployment with a process work pool (created if missing); a worker runs it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    assert request.pool is not None
+    _check_cron(request.cron)
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(request.pool)
+            if pool.type != "process":
+                raise UsageError(
+                    f"work pool {request.pool!r} is of type {pool.type!r}; dvcflow registers with "
+                    "'process' pools only"
+                )
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=request.pool, type="process"))
+            announce(f"Created the process work pool {request.pool!r}")
+    deployment_id = _to_deployment(request).apply()
+    return _info(deployment_id, request)
+
+
+class _RunWatcher:
+    """Reports the deployment's runs as they start and end, from the API (polled every `POLL_S`)."""
+
+    def __init__(self, deployment_id: Any, on_run: Callable[[RunEvent], None]) -> None:
+        self.deployment_id = deployment_id
+        self.on_run = on_run
+        self.stop = threading.Event()
+        self.started: set[Any] = set()
+        self.ended: set[Any] = set()
+        self.thread = threading.Thread(target=self._loop, name="dvcflow-run-watcher", daemon=True)
+
+    def _loop(self) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.settings import get_current_settings
+
+        ui = get_current_settings().ui_url
+        first = True
+        with get_client(sync_client=True) as client:
+            while not self.stop.is_set():
+                try:
+                    self._poll(client, ui, report=not first)
+                    first = False
+                except Exception:  # a hiccup of the API must not end serving
+                    pass
+                self.stop.wait(POLL_S)
+
+    def _poll(self, client: Any, ui: str | None, report: bool) -> None:
+        from prefect.client.schemas.filters import (
+            DeploymentFilter,
+            DeploymentFilterId,
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        begun = FlowRunFilter(
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING, *(StateType(kind) for kind in FINAL)])
+            )
+        )
+        runs = client.read_flow_runs(
+            flow_run_filter=begun,
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[self.deployment_id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=20,
+        )
+        for run in reversed(runs):
+            state = run.state
+            if state is None:
+                continue
+            kind = state.type.value
+            link = f"{ui}/runs/flow-run/{run.id}" if ui else None
+            if kind in FINAL and run.id in self.ended:
+                continue
+            if not report:  # what was there before serving began is history, not news
+                if kind in FINAL:
+                    self.ended.add(run.id)
+                elif kind == "RUNNING":
+                    self.started.add(run.id)
+                continue
+            if kind in ("RUNNING", *FINAL) and run.id not in self.started and run.start_time:
+                self.started.add(run.id)
+                self.on_run(RunEvent(False, run.name, "Running", 0.0, link))
+            if kind in FINAL:
+                self.ended.add(run.id)
+                message = state.message if kind != "COMPLETED" else None
+                seconds = run.total_run_time.total_seconds()
+                self.on_run(RunEvent(True, run.name, state.name or kind.title(), seconds, link, message))
+
+    def __enter__(self) -> _RunWatcher:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def serve(
+    request: DeployRequest,
+    *,
+    on_registered: Callable[[DeploymentInfo], None],
+    on_run: Callable[[RunEvent], None],
+) -> None:
+    """Register the deployment and run its runs in this process until Ctrl-C (KeyboardInterrupt).
+
+    One run at a time (runs of one repository would wait for each other anyway); the schedule is
+    paused when serving stops, so runs do not pile up while nobody serves them.
+    """
+    import asyncio
+
+    for key, value in QUIET_CONSOLE.items():
+        os.environ.setdefault(key, value)
+    _check_cron(request.cron)
+    from prefect.runner import Runner
+    from prefect.types.entrypoint import EntrypointType
+
+    from dvcflow.flows.deployed import deployed_pipeline_flow
+    from dvcflow.runs import repo_tag
+
+    runner = Runner(
+        name=f"dvcflow-{request.name}", query_seconds=RUNNER_POLL_S, limit=1, pause_on_shutdown=True
+    )
+    deployment_id = runner.add_flow(
+        deployed_pipeline_flow,
+        name=request.name,
+        interval=request.interval,
+        cron=request.cron,
+        paused=False,
+        parameters=request.parameters,
+        tags=[repo_tag(request.root)],
+        description=_description(request),
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+    _drop_scheduled_runs(deployment_id, late_only=True)
+    on_registered(_info(deployment_id, request))
+    try:
+        with _RunWatcher(deployment_id, on_run):
+            asyncio.run(runner.start())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _drop_scheduled_runs(deployment_id, late_only=False)
+
+
+def _drop_scheduled_runs(deployment_id: Any, *, late_only: bool) -> None:
+    """Delete the schedule's runs nobody will serve: all of them when serving stops, the late ones when
+    it starts (left by a serving process that was killed). Missed runs are not made up: a pipeline run
+    later reproduces what changed meanwhile anyway. Runs started by hand stay, to run when served."""
+    from datetime import datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    now = datetime.now(UTC)
+    scheduled = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+    )
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=scheduled,
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+            limit=PAGE,
+        )
+        for run in runs:
+            late = run.expected_start_time is not None and run.expected_start_time < now
+            if run.auto_scheduled and (late or not late_only):
+                client.delete_flow_run(run.id)
+
+
+def trigger(
+    name: str,
+    *,
+    parameters: dict[str, Any] | None = None,
+    wait: bool = False,
+    timeout: float | None = None,
+) -> TriggeredRun:
+    """Start a run of deployment `name` (of dvcflow's pipeline flow) now; with `wait`, until it ends."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import get_current_settings
+
+    from dvcflow.flows.deployed import FLOW_NAME
+
+    full_name = f"{FLOW_NAME}/{name}"
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(full_name)
+        except ObjectNotFound:
+            raise UsageError(
+                f"no deployment named {name!r}", hint="register one with `dvcflow deploy --name NAME`"
+            ) from None
+        run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {})
+        if wait:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not (run.state and run.state.is_final()):
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                time.sleep(1.0)
+                run = client.read_flow_run(run.id)
+    ui = get_current_settings().ui_url
+    return TriggeredRun(
+        id=str(run.id),
+        name=run.name,
+        deployment=full_name,
+        state=(run.state.name if run.state else None) or "Unknown",
+        ui_link=f"{ui}/runs/flow-run/{run.id}" if ui else None,
+        parameters=dict(run.parameters),
+    )

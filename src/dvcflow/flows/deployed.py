@@ -1,0 +1,56 @@
+"""The one flow `dvcflow deploy` registers: this repository's pipeline, run the way `run-a` runs it.
+
+Its parameters are what the Prefect UI's "Custom run" form offers (typed, with the descriptions below).
+It runs the bodies of the existing flows (`dvc repro` in one task, or one task per stage) inside its
+own flow run, so a deployment run is one flow run with the same tasks, logs and metrics artifact as a
+`run-a` run. The repository's tag comes from the deployment, which Prefect puts on every run it makes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from dvcflow.metrics import MetricsSnapshot
+
+FLOW_NAME = "dvcflow pipeline"
+ENTRYPOINT = "dvcflow.flows.deployed.deployed_pipeline_flow"
+
+
+@flow(name=FLOW_NAME)
+def deployed_pipeline_flow(
+    repo_root: str, per_stage: bool = False, jobs: int | None = None, keep_going: bool = False
+) -> MetricsSnapshot | Any:
+    """Reproduce this repository's DVC pipeline; DVC decides what is out of date.
+
+    Args:
+        repo_root: The DVC repository, an absolute path on the machine that runs the flow.
+        per_stage: One task per DVC stage, independent stages in parallel (like `run-a --per-stage`).
+        jobs: With per_stage: stages reproducing at once (empty: the CPUs of the machine).
+        keep_going: With per_stage: after a failure, finish the independent branches.
+    """
+    from dvcflow.errors import UsageError
+    from dvcflow.runlock import exclusive_run
+    from dvcflow.runs import crash_orphaned_runs
+
+    root = Path(repo_root)
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"jobs must be at least 1, got {jobs}")
+    logger = get_run_logger()
+    with exclusive_run(root, on_wait=logger.info):  # one dvcflow run per repository at a time
+        if orphans := crash_orphaned_runs(root):
+            logger.warning(
+                "Marked %d flow run(s) of this repository Crashed: their process had died", orphans
+            )
+        if per_stage:
+            from dvcflow.flows.per_stage import per_stage_flow
+
+            return per_stage_flow.fn(
+                root, jobs=jobs or os.cpu_count() or 1, keep_going=keep_going, retries=1, show_metrics=True
+            )
+        from dvcflow.flows.repro import dvc_pipeline_flow
+
+        return dvc_pipeline_flow.fn(root, fail_once=False, show_metrics=True)

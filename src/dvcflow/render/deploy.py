@@ -1,0 +1,50 @@
+"""What `dvcflow deploy`, `trigger`, `runs` and `notify` print."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+
+from dvcflow.deploy import DeploymentInfo, RunEvent, TriggeredRun
+from dvcflow.render import STATE_STYLES, out, seconds
+
+
+def deployment_view(info: DeploymentInfo, *, serving: bool) -> None:
+    """Where the deployment is and how to start a run of it."""
+    where = "served from this process" if serving else f"in work pool {info.pool!r}"
+    out.print(f"Deployment '{info.full_name}' ({info.schedule}), {where}.", soft_wrap=True)
+    if info.ui_link:
+        out.print(f"In the Prefect UI: {info.ui_link}", soft_wrap=True)
+    out.print(
+        f"Start a run: dvcflow trigger {info.name}  (or: prefect deployment run '{info.full_name}')",
+        soft_wrap=True,
+    )
+    if serving:
+        out.print("Serving; Ctrl-C stops.", soft_wrap=True)
+    else:
+        out.print(f"Runs start where a worker runs: prefect worker start --pool {info.pool}", soft_wrap=True)
+
+
+def run_event(event: RunEvent) -> None:
+    """One line as a served run starts, one as it ends."""
+    stamp = datetime.now().strftime("%H:%M:%S")
+    line = Text(f"{stamp} {event.run_name}: ")
+    if not event.ended:
+        line += Text("started", style="bold")
+    else:
+        line += Text(event.state, style=STATE_STYLES.get(event.state, "bold"))
+        line += Text(f" after {seconds(event.seconds)}")
+        if event.message:
+            line += Text(f" ({event.message})", style="red")
+    if event.ui_link:
+        line += Text(f"  {event.ui_link}", style="dim")
+    out.print(line, soft_wrap=True)
+
+
+def triggered_view(run: TriggeredRun) -> None:
+    text = Text(f"Flow run {run.name!r} of '{run.deployment}': ")
+    text += Text(run.state, style=STATE_STYLES.get(run.state, "bold"))
+    out.print(text, soft_wrap=True)
+    if run.ui_link:
+        out.print(f"View it in the Prefect UI: {run.ui_link}", soft_wrap=True)

@@ -1,0 +1,135 @@
+"""`dvcflow deploy`, `trigger`, `runs`, `notify` against the session's real Prefect server, with real
+serving processes, a real `prefect worker` and a real HTTP receiver."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import make_tiny_repo
+
+pytestmark = pytest.mark.integration
+
+# a -> b -> c, and d on its own. Each stage appends its name to ran.log (untracked) when it runs and
+# fails while a file `break-<name>` exists.
+STAGE_PY = """\
+import os, sys
+name, deps = sys.argv[1], sys.argv[2:]
+with open("ran.log", "a") as log:
+    log.write(name + "\\n")
+if os.path.exists(f"break-{name}"):
+    sys.exit(f"stage {name} is broken")
+with open(f"{name}.txt", "w") as out:
+    out.write("".join(open(f"{dep}.txt").read() for dep in deps) + name)
+"""
+CHAIN = """\
+stages:
+  a: {cmd: python stage.py a, deps: [stage.py], outs: [a.txt]}
+  b: {cmd: python stage.py b a, deps: [stage.py, a.txt], outs: [b.txt]}
+  c: {cmd: python stage.py c b, deps: [stage.py, b.txt], outs: [c.txt]}
+  d: {cmd: python stage.py d, deps: [stage.py], outs: [d.txt]}
+"""
+
+
+class Served:
+    """A `dvcflow deploy` process: its stdout lines as they come, and Ctrl-C as a terminal sends it."""
+
+    def __init__(self, process: subprocess.Popen[str], marker: str) -> None:
+        self.process = process
+        self.marker = marker
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert process.stdout is not None
+        threading.Thread(target=self._read, args=(process.stdout,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_for(self, predicate: Any, timeout: float) -> list[str]:
+        """Lines until `predicate(lines so far)` holds; fails after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.seen):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.process.poll() is not None and self.lines.empty()):
+                raise AssertionError(f"gave up after {timeout} s; output so far:\n" + "\n".join(self.seen))
+            try:
+                self.seen.append(self.lines.get(timeout=remaining))
+            except queue.Empty:
+                continue
+        return self.seen
+
+    def interrupt(self) -> int:
+        """SIGINT to the whole process group, as Ctrl-C in a terminal does."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=60)
+
+    def survivors(self) -> list[int]:
+        """Processes still alive that this serving process started (they inherit its marker)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if f"DVCFLOW_TEST_MARK={self.marker}".encode() in environ.split(b"\0"):
+                found.append(int(entry.name))
+        return found
+
+
+@contextmanager
+def serving(repo: Path, env: dict[str, str], *args: str) -> Iterator[Served]:
+    marker = uuid.uuid4().hex
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvcflow", "deploy", *args],
+        cwd=repo,
+        env={**env, "DVCFLOW_TEST_MARK": marker},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal's foreground job
+    )
+    served = Served(process, marker)
+    try:
+        yield served
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def completed(lines: list[str]) -> int:
+    return sum(": Completed after " in line for line in lines)
+
+
+def test_interval_schedule_runs_twice_and_ctrl_c_leaves_no_process(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    repo = make_tiny_repo(tmp_path / "repo", client_env)
+    name = unique("every5")
+    with serving(repo, client_env, "--interval", "5", "--name", name) as served:
+        lines = served.wait_for(lambda seen: completed(seen) >= 2, timeout=60)
+        assert f"Deployment 'dvcflow pipeline/{name}' (every 5 s), served from this process." in lines
+        assert any(line.endswith("started") or " started  http" in line for line in lines)
+        code = served.interrupt()
+        assert code == 0, served.process.stderr.read() if served.process.stderr else code
+        assert served.survivors() == []
+    assert (repo / "out.txt").read_text() == "hello"
