@@ -3,6 +3,7 @@ serving processes, a real `prefect worker` and a real HTTP receiver."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -133,3 +134,77 @@ def test_interval_schedule_runs_twice_and_ctrl_c_leaves_no_process(
         assert code == 0, served.process.stderr.read() if served.process.stderr else code
         assert served.survivors() == []
     assert (repo / "out.txt").read_text() == "hello"
+
+
+def api(live_server: LiveServer, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """The Prefect REST API, as a client independent of dvcflow (the UI, a script) uses it."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{live_server.api_url}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text else None
+
+
+def deployment_id(lines: list[str]) -> str:
+    for line in lines:
+        if "/deployments/deployment/" in line:
+            return line.rsplit("/", 1)[1].strip()
+    raise AssertionError("no deployment link in:\n" + "\n".join(lines))
+
+
+def make_chain_repo(root: Path, env: dict[str, str]) -> Path:
+    root.mkdir(parents=True)
+    (root / "stage.py").write_text(STAGE_PY)
+    (root / ".gitignore").write_text("ran.log\nbreak-*\n")
+    return make_tiny_repo(root, env, stages=CHAIN)
+
+
+def ran(repo: Path) -> list[str]:
+    path = repo / "ran.log"
+    return path.read_text().split() if path.exists() else []
+
+
+def test_api_run_with_overridden_parameters_fails_then_a_retry_redoes_only_what_is_out_of_date(
+    tmp_path: Path, client_env: dict[str, str], live_server: LiveServer
+) -> None:
+    """The deployment defaults to one `dvc repro` task; a run started through the API asks for
+    per-stage with 2 jobs and gets it. Stage b fails, so the run ends Failed with c not run; b is
+    fixed and the run retried as the UI's Retry does it: only b and c run again."""
+    repo = make_chain_repo(tmp_path / "repo", client_env)
+    (repo / "break-b").write_text("")
+    with serving(repo, client_env, "--name", unique("chain")) as served:
+        lines = served.wait_for(lambda seen: any("Serving; Ctrl-C stops." in line for line in seen), 60)
+        assert "(on demand only)" in lines[0]
+        run = api(
+            live_server,
+            "POST",
+            f"/deployments/{deployment_id(lines)}/create_flow_run",
+            {"parameters": {"per_stage": True, "jobs": 2}},
+        )
+        served.wait_for(lambda seen: any(": Failed after " in line for line in seen), 60)
+        assert any("1 stage(s) failed: b" in line for line in served.seen)
+        flow_run = api(live_server, "GET", f"/flow_runs/{run['id']}")
+        assert flow_run["parameters"]["per_stage"] is True and flow_run["parameters"]["jobs"] == 2
+        tasks = api(live_server, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        states = {task["name"]: task["state"]["name"] for task in tasks if task["name"] in "abcd"}
+        assert states == {"a": "Completed", "b": "Failed", "c": "NotRun", "d": "Completed"}
+        before = ran(repo)
+        assert sorted(set(before)) == ["a", "b", "d"]
+
+        (repo / "break-b").unlink()
+        api(
+            live_server,
+            "POST",
+            f"/flow_runs/{run['id']}/set_state",
+            {"state": {"type": "SCHEDULED", "name": "AwaitingRetry", "message": "Retry from the UI"}},
+        )
+        served.wait_for(lambda seen: completed(seen) >= 1, 60)
+        assert ran(repo)[len(before) :] == ["b", "c"]
+        assert (repo / "c.txt").read_text() == "abc"
+        assert served.interrupt() == 0

@@ -230,8 +230,9 @@ class _RunWatcher:
         self.deployment_id = deployment_id
         self.on_run = on_run
         self.stop = threading.Event()
-        self.started: set[Any] = set()
-        self.ended: set[Any] = set()
+        # (flow run id, attempt): a retried run (the UI's Retry) starts and ends again
+        self.started: set[tuple[Any, int]] = set()
+        self.ended: set[tuple[Any, int]] = set()
         self.thread = threading.Thread(target=self._loop, name="dvcflow-run-watcher", daemon=True)
 
     def _loop(self) -> None:
@@ -277,19 +278,20 @@ class _RunWatcher:
                 continue
             kind = state.type.value
             link = f"{ui}/runs/flow-run/{run.id}" if ui else None
-            if kind in FINAL and run.id in self.ended:
+            attempt = (run.id, run.run_count)
+            if kind in FINAL and attempt in self.ended:
                 continue
             if not report:  # what was there before serving began is history, not news
                 if kind in FINAL:
-                    self.ended.add(run.id)
+                    self.ended.add(attempt)
                 elif kind == "RUNNING":
-                    self.started.add(run.id)
+                    self.started.add(attempt)
                 continue
-            if kind in ("RUNNING", *FINAL) and run.id not in self.started and run.start_time:
-                self.started.add(run.id)
+            if kind in ("RUNNING", *FINAL) and attempt not in self.started and run.start_time:
+                self.started.add(attempt)
                 self.on_run(RunEvent(False, run.name, "Running", 0.0, link))
             if kind in FINAL:
-                self.ended.add(run.id)
+                self.ended.add(attempt)
                 message = state.message if kind != "COMPLETED" else None
                 seconds = run.total_run_time.total_seconds()
                 self.on_run(RunEvent(True, run.name, state.name or kind.title(), seconds, link, message))
