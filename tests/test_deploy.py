@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import LiveServer
 from tests.helpers import make_tiny_repo
 
 pytestmark = pytest.mark.integration
