@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from dvcflow.cli.common import RepoOption
+from dvcflow.cli.common import JsonOption, RepoOption
 from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption
 
 NameOption = Annotated[
@@ -91,7 +91,33 @@ def trigger(
     raise typer.Exit(run.exit_code if wait else 0)
 
 
+def runs(
+    repo: RepoOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many runs to show.")] = 20,
+    all_repos: Annotated[
+        bool, typer.Option("--all-repos", help="Runs of every repository on this server, not just this one.")
+    ] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """The recent flow runs of this repository, newest first: run-a/run-b runs and deployment runs.
+
+    Example: dvcflow runs --limit 5; dvcflow runs --all-repos --json
+    """
+    from dvcflow import deploy as library
+    from dvcflow import dvcrepo, render
+    from dvcflow.errors import UsageError
+    from dvcflow.recent_runs import MAX_LIMIT, recent_runs
+    from dvcflow.render.deploy import runs_table
+
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    root = dvcrepo.find_repo_root(repo)
+    library.connect_lasting(root, render.info)
+    runs_table(recent_runs(None if all_repos else root, limit=limit), as_json=json_output)
+
+
 def register(app: typer.Typer) -> None:
     """The root app's one line for this module's commands."""
     app.command("deploy")(deploy)
     app.command("trigger")(trigger)
+    app.command("runs")(runs)

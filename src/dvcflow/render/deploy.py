@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from rich.table import Table
 from rich.text import Text
 
 from dvcflow.deploy import DeploymentInfo, RunEvent, TriggeredRun
+from dvcflow.recent_runs import RunRow
 from dvcflow.render import STATE_STYLES, out, seconds
+from dvcflow.render import as_json as render_json
 
 
 def deployment_view(info: DeploymentInfo, *, serving: bool) -> None:
@@ -48,3 +51,31 @@ def triggered_view(run: TriggeredRun) -> None:
     out.print(text, soft_wrap=True)
     if run.ui_link:
         out.print(f"View it in the Prefect UI: {run.ui_link}", soft_wrap=True)
+
+
+def runs_table(rows: tuple[RunRow, ...], *, as_json: bool) -> None:
+    """Recent flow runs, newest first."""
+    if as_json:
+        render_json([row.to_dict() for row in rows])
+        return
+    table = Table()
+    for column in ("Flow", "Run", "Deployment", "State", "Start", "Duration", "Link"):
+        table.add_column(
+            column,
+            justify="right" if column == "Duration" else "left",
+            overflow="fold",
+            no_wrap=column != "Link",
+        )
+    for row in rows:
+        table.add_row(
+            row.flow,
+            row.name,
+            row.deployment or "",
+            Text(row.state, style=STATE_STYLES.get(row.state, "")),
+            row.start.astimezone().strftime("%m-%d %H:%M:%S") if row.start else "",
+            seconds(row.seconds),
+            row.ui_link or "",
+        )
+    if not rows:
+        table.add_row(Text("(no runs yet)", style="dim"), "", "", "", "", "", "")
+    out.print(table)
