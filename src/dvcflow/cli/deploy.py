@@ -116,8 +116,77 @@ def runs(
     runs_table(recent_runs(None if all_repos else root, limit=limit), as_json=json_output)
 
 
+def notify(
+    webhook: Annotated[
+        str | None,
+        typer.Option("--webhook", help="POST a JSON message to this http(s) URL.", show_default=False),
+    ] = None,
+    slack: Annotated[
+        str | None,
+        typer.Option("--slack", help="Post to this Slack incoming-webhook URL.", show_default=False),
+    ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            "--on",
+            help="Final states that notify, comma-separated (default failed,crashed).",
+            show_default=False,
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="The notification's name (default: <repo folder>-webhook|slack).",
+            show_default=False,
+        ),
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List this repository's notifications.")] = False,
+    remove: Annotated[
+        str | None,
+        typer.Option("--remove", help="Remove the notification NAME.", metavar="NAME", show_default=False),
+    ] = None,
+    repo: RepoOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Tell a webhook or Slack when this repository's flow runs end Failed or Crashed (or --on ...).
+
+    A Prefect automation does it on the server, whoever started the run. Run again with the same
+    --name to change it.
+
+    Example: dvcflow notify --webhook https://example.com/hook --on failed,crashed,completed
+    """
+    from dvcflow import deploy as library
+    from dvcflow import dvcrepo, render
+    from dvcflow import notify as notifications
+    from dvcflow.errors import UsageError
+    from dvcflow.render.deploy import notification_view, notifications_table
+
+    if list_ or remove is not None:
+        extra = [
+            flag
+            for flag, used in (("--webhook", webhook), ("--slack", slack), ("--on", on), ("--name", name))
+            if used is not None
+        ]
+        if (list_ and remove is not None) or extra:
+            raise UsageError(
+                f"{'--list' if list_ else '--remove'} takes no {extra[0] if extra else '--remove'}"
+            )
+        library.connect_lasting(dvcrepo.find_repo_root(repo), render.info)
+        if list_:
+            notifications_table(notifications.list_notifications(repo), as_json=json_output)
+        else:
+            assert remove is not None
+            notification_view(notifications.remove_notification(repo, remove), removed=True)
+        return
+    request = notifications.check_request(repo, webhook=webhook, slack=slack, on=on, name=name)
+    library.connect_lasting(request.root, render.info)
+    notification_view(notifications.set_notification(request), removed=False)
+
+
 def register(app: typer.Typer) -> None:
     """The root app's one line for this module's commands."""
     app.command("deploy")(deploy)
     app.command("trigger")(trigger)
     app.command("runs")(runs)
+    app.command("notify")(notify)

@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dvcflow.deploy import DeploymentInfo, RunEvent, TriggeredRun
+from dvcflow.notify import Notification
 from dvcflow.recent_runs import RunRow
 from dvcflow.render import STATE_STYLES, out, seconds
 from dvcflow.render import as_json as render_json
@@ -78,4 +79,30 @@ def runs_table(rows: tuple[RunRow, ...], *, as_json: bool) -> None:
         )
     if not rows:
         table.add_row(Text("(no runs yet)", style="dim"), "", "", "", "", "", "")
+    out.print(table)
+
+
+def notification_view(notification: Notification, *, removed: bool) -> None:
+    on = ", ".join(notification.states)
+    verb = "Removed" if removed else "Created" if notification.created else "Updated"
+    out.print(
+        f"{verb} notification {notification.name!r}: {notification.kind} {notification.target} "
+        f"when a flow run of this repository ends {on}.",
+        soft_wrap=True,
+    )
+
+
+def notifications_table(notifications: tuple[Notification, ...], *, as_json: bool) -> None:
+    if as_json:
+        render_json([item.to_dict() for item in notifications])
+        return
+    table = Table()
+    for column in ("Name", "Kind", "Target", "On", "Enabled"):
+        table.add_column(column, no_wrap=True)
+    for item in notifications:
+        table.add_row(
+            item.name, item.kind, item.target, ", ".join(item.states), "yes" if item.enabled else "no"
+        )
+    if not notifications:
+        table.add_row(Text("(none)", style="dim"), "", "", "", "")
     out.print(table)
