@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -14,13 +15,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import LiveServer
-from tests.helpers import make_tiny_repo
+from tests.helpers import dvcflow, make_tiny_repo
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +211,141 @@ def test_api_run_with_overridden_parameters_fails_then_a_retry_redoes_only_what_
         assert ran(repo)[len(before) :] == ["b", "c"]
         assert (repo / "c.txt").read_text() == "abc"
         assert served.interrupt() == 0
+
+
+class Receiver:
+    """A real HTTP endpoint on 127.0.0.1 that records the bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.posts: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.received: list[dict[str, Any]] = []
+        posts = self.posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                posts.put({"path": self.path, **json.loads(body)})
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, predicate: Any, timeout: float) -> dict[str, Any]:
+        """The first POST (kept in `received` with all others) for which `predicate` holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no matching POST within {timeout} s; got {self.received}")
+            try:
+                post = self.posts.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            self.received.append(post)
+            if predicate(post):
+                return post
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def run_name(output: str) -> str:
+    match = re.search(r"Flow run '([\w-]+)' finished in state", output)
+    assert match, output
+    return match.group(1)
+
+
+def test_notify_posts_once_for_a_failed_run_and_for_completed_only_when_asked(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    repo = make_chain_repo(tmp_path / "repo", client_env)
+    (repo / "break-b").write_text("")
+    receiver = Receiver()
+    token = uuid.uuid4().hex
+    try:
+        created = dvcflow("notify", "--webhook", f"{receiver.url}/hook/{token}", cwd=repo, env=client_env)
+        assert created.returncode == 0, created.stderr
+        assert created.stdout.startswith("Created notification 'repo-webhook': webhook ")
+        assert "ends Failed, Crashed." in created.stdout
+        listed = dvcflow("notify", "--list", "--json", cwd=repo, env=client_env)
+        assert json.loads(listed.stdout)[0]["on"] == ["crashed", "failed"]
+        assert token not in created.stdout + created.stderr + listed.stdout + listed.stderr
+
+        failed = dvcflow("run-a", cwd=repo, env=client_env)
+        assert failed.returncode == 1
+        failed_run = run_name(failed.stdout)
+        post = receiver.wait_for(lambda post: post["run"] == failed_run, timeout=30)
+        assert post["path"] == f"/hook/{token}"
+        assert post["state"] == "Failed" and "stage b is broken" in post["reason"]
+        assert post["repository"] == str(repo) and post["flow"] == "Prefect operates DVC pipeline"
+        assert post["link"].endswith(f"/runs/flow-run/{failed.stdout.split('/runs/flow-run/')[1].split()[0]}")
+
+        (repo / "break-b").unlink()
+        quiet = dvcflow("run-a", cwd=repo, env=client_env)
+        assert quiet.returncode == 0, quiet.stderr
+        updated = dvcflow(
+            "notify",
+            "--webhook",
+            f"{receiver.url}/hook/{token}",
+            "--on",
+            "completed",
+            cwd=repo,
+            env=client_env,
+        )
+        assert updated.stdout.startswith("Updated notification 'repo-webhook'"), updated.stdout
+        loud = dvcflow("run-a", cwd=repo, env=client_env)
+        loud_run = run_name(loud.stdout)
+        receiver.wait_for(lambda post: post["run"] == loud_run and post["state"] == "Completed", timeout=30)
+        # By the time the third run's message arrived, the second (Completed, not asked for) sent none
+        # and the first sent exactly one.
+        assert [post["run"] for post in receiver.received] == [failed_run, loud_run]
+
+        removed = dvcflow("notify", "--remove", "repo-webhook", cwd=repo, env=client_env)
+        assert removed.stdout.startswith("Removed notification 'repo-webhook'"), removed.stderr
+        assert json.loads(dvcflow("notify", "--list", "--json", cwd=repo, env=client_env).stdout) == []
+    finally:
+        receiver.close()
+
+
+def test_a_prefect_worker_runs_a_triggered_run_of_a_pool_deployment(
+    tmp_path: Path, client_env: dict[str, str], live_server: LiveServer
+) -> None:
+    repo = make_tiny_repo(tmp_path / "repo", client_env)
+    pool, name = unique("pool"), unique("pooled")
+    registered = dvcflow("deploy", "--pool", pool, "--name", name, cwd=repo, env=client_env)
+    assert registered.returncode == 0, registered.stderr
+    assert f"in work pool '{pool}'" in registered.stdout
+    assert f"prefect worker start --pool {pool}" in registered.stdout
+    worker_env = {
+        **client_env,
+        "PREFECT_API_URL": live_server.api_url,
+        "PREFECT_HOME": str(tmp_path / "worker-home"),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
+        cwd=tmp_path,
+        env=worker_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        triggered = dvcflow("trigger", name, "--wait", cwd=repo, env=client_env, timeout=120)
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+        assert f"of 'dvcflow pipeline/{name}': Completed" in triggered.stdout
+        assert (repo / "out.txt").read_text() == "hello"
+    finally:
+        os.killpg(worker.pid, signal.SIGINT)
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=10)
