@@ -222,7 +222,7 @@ class Receiver:
         posts = self.posts
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 posts.put({"path": self.path, **json.loads(body)})
                 self.send_response(204)
@@ -308,7 +308,12 @@ def test_notify_posts_once_for_a_failed_run_and_for_completed_only_when_asked(
 
         removed = dvcflow("notify", "--remove", "repo-webhook", cwd=repo, env=client_env)
         assert removed.stdout.startswith("Removed notification 'repo-webhook'"), removed.stderr
-        assert json.loads(dvcflow("notify", "--list", "--json", cwd=repo, env=client_env).stdout) == []
+        again = dvcflow("notify", "--remove", "repo-webhook", cwd=repo, env=client_env)
+        assert again.returncode == 2
+        assert again.stderr.splitlines()[-2:] == [
+            "Error: no notification named 'repo-webhook' for this repository",
+            "Hint: `dvcflow notify --list` shows none",
+        ]
     finally:
         receiver.close()
 
@@ -349,3 +354,42 @@ def test_a_prefect_worker_runs_a_triggered_run_of_a_pool_deployment(
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait(timeout=10)
+
+
+# Bad input that needs the server to be recognised (the rest: tests/test_deploy_cli.py, no server).
+BAD_INPUT = {
+    "cron-invalid": (
+        ["deploy", "--cron", "61 * * * *", "--name", "bad-cron"],
+        'Error: --cron: Invalid cron string: "61 * * * *"',
+    ),
+    "trigger-unknown": (["trigger", "no-such-deployment"], "Error: no deployment named 'no-such-deployment'"),
+}
+
+
+def test_bad_input_is_one_error_line_and_registers_nothing(
+    tmp_path: Path, client_env: dict[str, str], live_server: LiveServer
+) -> None:
+    """Every case runs as its own process, all at once (they are independent); `--remove` of an unknown
+    name is checked in the notify test."""
+    repo = make_tiny_repo(tmp_path / "repo", client_env)
+    processes = {
+        case: subprocess.Popen(
+            [sys.executable, "-m", "dvcflow", *args],
+            cwd=repo,
+            env=client_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for case, (args, _) in BAD_INPUT.items()
+    }
+    for case, process in processes.items():
+        stdout, stderr = process.communicate(timeout=120)
+        errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+        assert process.returncode == 2, (case, stderr)
+        assert errors == [BAD_INPUT[case][1]], (case, stderr)
+        assert "Traceback" not in stderr and stdout == "", (case, stdout)
+    deployments = api(
+        live_server, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["bad-cron"]}}}
+    )
+    assert deployments == []

@@ -1,0 +1,86 @@
+"""`deploy`, `notify`, `runs` bad input refused at the CLI boundary before any Prefect API is contacted
+(Typer's CliRunner, in process, no server: a check that came after connecting would fail here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from dvcflow.cli.app import app
+from dvcflow.notify import redact
+
+runner = CliRunner()
+
+CASES = {
+    "interval-zero": (["deploy", "--interval", "0"], "Error: --interval must be more than 0 seconds, got 0"),
+    "interval-negative": (
+        ["deploy", "--interval", "-5"],
+        "Error: --interval must be more than 0 seconds, got -5",
+    ),
+    "cron-and-interval": (
+        ["deploy", "--cron", "0 3 * * *", "--interval", "60"],
+        "Error: --cron and --interval exclude each other: give one schedule",
+    ),
+    "jobs-without-per-stage": (["deploy", "--jobs", "2"], "Error: --jobs needs --per-stage"),
+    "jobs-zero": (["deploy", "--per-stage", "--jobs", "0"], "Error: --jobs must be at least 1, got 0"),
+    "webhook-not-http": (
+        ["notify", "--webhook", "ftp://example.com/hook"],
+        "Error: --webhook must be an http(s) URL, got 'ftp://example.com/***'",
+    ),
+    "webhook-no-scheme": (
+        ["notify", "--webhook", "example.com/hook"],
+        "Error: --webhook must be an http(s) URL, got 'example.com/hook'",
+    ),
+    "slack-not-http": (
+        ["notify", "--slack", "hooks.slack.com"],
+        "Error: --slack must be an http(s) URL, got 'hooks.slack.com'",
+    ),
+    "on-unknown-state": (
+        ["notify", "--webhook", "https://example.com/hook", "--on", "failed,exploded"],
+        "Error: unknown --on state 'exploded' (choose from failed, crashed, completed, cancelled)",
+    ),
+    "notify-nothing": (
+        ["notify"],
+        "Error: give exactly one of --webhook URL, --slack URL, --list or --remove NAME",
+    ),
+    "notify-webhook-and-slack": (
+        ["notify", "--webhook", "https://a.example/x", "--slack", "https://b.example/y"],
+        "Error: give exactly one of --webhook URL, --slack URL, --list or --remove NAME",
+    ),
+    "notify-list-with-webhook": (
+        ["notify", "--list", "--webhook", "https://a.example/x"],
+        "Error: --list takes no --webhook",
+    ),
+    "runs-limit-zero": (["runs", "--limit", "0"], "Error: --limit must be between 1 and 200, got 0"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_error_line(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not even a DVC repository: the flags are refused first
+    args, expected = CASES[case]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error:")] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.slack.com/services/T000/B000/XXXX", "https://hooks.slack.com/***"),
+        ("http://127.0.0.1:8080/hook?token=abc", "http://127.0.0.1:8080/***"),
+        ("https://user:secret@example.com", "https://example.com/***"),
+        ("https://example.com/", "https://example.com/"),
+    ],
+)
+def test_a_webhook_url_is_shown_without_its_token(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize("command", ["deploy", "trigger", "runs", "notify"])
+def test_every_new_command_has_help(command: str) -> None:
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+    assert "Example:" in result.output
