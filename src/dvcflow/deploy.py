@@ -19,13 +19,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from dvcflow import dvcrepo
 from dvcflow.errors import UsageError
-from dvcflow.runs import PAGE
 
 POLL_S = 1.0  # how often the serving process looks at its deployment's runs
 RUNNER_POLL_S = 2.0  # how often it asks for runs to start (Prefect's default, 10 s, delays the Run button)
@@ -311,16 +309,18 @@ def serve(
     on_registered: Callable[[DeploymentInfo], None],
     on_run: Callable[[RunEvent], None],
 ) -> None:
-    """Register the deployment and run its runs in this process until Ctrl-C (KeyboardInterrupt).
+    """Register the deployment and run its runs in this process until Ctrl-C (SIGINT) or SIGTERM.
 
-    One run at a time (runs of one repository would wait for each other anyway); the schedule is
-    paused when serving stops, so runs do not pile up while nobody serves them.
+    One run at a time (runs of one repository would wait for each other anyway). When serving stops,
+    the deployment is paused and its scheduled runs dropped, so runs do not pile up unserved; runs
+    started by hand meanwhile wait for the next `dvcflow deploy`.
     """
     import asyncio
 
     for key, value in QUIET_CONSOLE.items():
         os.environ.setdefault(key, value)
     _check_cron(request.cron)
+    from prefect.client.orchestration import get_client
     from prefect.runner import Runner
     from prefect.types.entrypoint import EntrypointType
 
@@ -328,7 +328,7 @@ def serve(
     from dvcflow.runs import repo_tag
 
     runner = Runner(
-        name=f"dvcflow-{request.name}", query_seconds=RUNNER_POLL_S, limit=1, pause_on_shutdown=True
+        name=f"dvcflow-{request.name}", query_seconds=RUNNER_POLL_S, limit=1, pause_on_shutdown=False
     )
     deployment_id = runner.add_flow(
         deployed_pipeline_flow,
@@ -341,47 +341,58 @@ def serve(
         description=_description(request),
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
-    _drop_scheduled_runs(deployment_id, late_only=True)
+    with get_client(sync_client=True) as client:
+        # Late runs left by a serving process that was killed are not made up: a run now reproduces
+        # whatever changed meanwhile anyway.
+        _set_paused(client, deployment_id, True)
+        _set_paused(client, deployment_id, False)
     on_registered(_info(deployment_id, request))
     try:
         with _RunWatcher(deployment_id, on_run):
-            asyncio.run(runner.start())
-    except KeyboardInterrupt:
-        pass
+            asyncio.run(_run_until_signalled(runner))
     finally:
-        _drop_scheduled_runs(deployment_id, late_only=False)
+        with get_client(sync_client=True) as client:
+            _set_paused(client, deployment_id, True)
 
 
-def _drop_scheduled_runs(deployment_id: Any, *, late_only: bool) -> None:
-    """Delete the schedule's runs nobody will serve: all of them when serving stops, the late ones when
-    it starts (left by a serving process that was killed). Missed runs are not made up: a pipeline run
-    later reproduces what changed meanwhile anyway. Runs started by hand stay, to run when served."""
-    from datetime import datetime
+def _set_paused(client: Any, deployment_id: Any, paused: bool) -> None:
+    """Pause or resume the deployment's schedule; pausing drops its scheduled runs not yet started
+    (the server's `pause_deployment` does; setting `paused` on the deployment keeps the late ones)."""
+    action = "pause_deployment" if paused else "resume_deployment"
+    client.request("POST", f"/deployments/{{id}}/{action}", path_params={"id": deployment_id})
 
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        DeploymentFilter,
-        DeploymentFilterId,
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
 
-    now = datetime.now(UTC)
-    scheduled = FlowRunFilter(
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
-    )
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=scheduled,
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
-            limit=PAGE,
-        )
-        for run in runs:
-            late = run.expected_start_time is not None and run.expected_start_time < now
-            if run.auto_scheduled and (late or not late_only):
-                client.delete_flow_run(run.id)
+async def _run_until_signalled(runner: Any) -> None:
+    """Run `runner` until SIGINT or SIGTERM, then cancel it, which stops its flow-run processes.
+
+    An anyio cancel scope, not asyncio's one-shot task cancellation: a Ctrl-C that lands while the
+    runner is starting up must not be swallowed (it was, and serving went on).
+    """
+    import asyncio
+    import signal
+
+    import anyio
+
+    stop = anyio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+
+    async def run() -> None:
+        try:
+            await runner.start()
+        finally:
+            stop.set()
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(run)
+            await stop.wait()
+            group.cancel_scope.cancel()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
 
 
 def trigger(
