@@ -130,6 +130,7 @@ def test_interval_schedule_runs_twice_and_ctrl_c_leaves_no_process(
     repo = make_tiny_repo(tmp_path / "repo", client_env)
     name = unique("every5")
     with serving(repo, client_env, "--interval", "5", "--name", name) as served:
+        served.wait_for(lambda seen: any("Serving; Ctrl-C stops." in line for line in seen), timeout=60)
         lines = served.wait_for(lambda seen: completed(seen) >= 2, timeout=60)
         assert f"Deployment 'dvcflow pipeline/{name}' (every 5 s), served from this process." in lines
         assert any(line.endswith("started") or " started  http" in line for line in lines)
