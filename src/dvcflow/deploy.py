@@ -158,26 +158,31 @@ def _check_cron(cron: str | None) -> None:
         ) from None
 
 
-def _description(request: DeployRequest) -> str:
-    return f"The DVC pipeline of {request.root}, registered by `dvcflow deploy`."
+def _deployment_options(request: DeployRequest) -> dict[str, Any]:
+    """What a served and a work-pool deployment share (Prefect's `to_deployment` / `add_flow` keywords)."""
+    from prefect.types.entrypoint import EntrypointType
+
+    from dvcflow.runs import repo_tag
+
+    return {
+        "name": request.name,
+        "interval": request.interval,
+        "cron": request.cron,
+        "paused": False,
+        "parameters": request.parameters,
+        "tags": [repo_tag(request.root)],
+        "description": f"The DVC pipeline of {request.root}, registered by `dvcflow deploy`.",
+        # imported by module path: any machine with dvcflow installed can run it
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+    }
 
 
 def _to_deployment(request: DeployRequest) -> Any:
-    from prefect.types.entrypoint import EntrypointType
-
     from dvcflow.flows.deployed import deployed_pipeline_flow
-    from dvcflow.runs import repo_tag
 
     return deployed_pipeline_flow.to_deployment(
-        name=request.name,
-        interval=request.interval,
-        cron=request.cron,
-        paused=False,
-        parameters=request.parameters,
-        tags=[repo_tag(request.root)],
-        description=_description(request),
-        entrypoint_type=EntrypointType.MODULE_PATH,
-        job_variables={"working_dir": str(request.root)} if request.pool else None,
+        **_deployment_options(request),
+        job_variables={"working_dir": str(request.root)},
         work_pool_name=request.pool,
     )
 
@@ -322,25 +327,13 @@ def serve(
     _check_cron(request.cron)
     from prefect.client.orchestration import get_client
     from prefect.runner import Runner
-    from prefect.types.entrypoint import EntrypointType
 
     from dvcflow.flows.deployed import deployed_pipeline_flow
-    from dvcflow.runs import repo_tag
 
     runner = Runner(
         name=f"dvcflow-{request.name}", query_seconds=RUNNER_POLL_S, limit=1, pause_on_shutdown=False
     )
-    deployment_id = runner.add_flow(
-        deployed_pipeline_flow,
-        name=request.name,
-        interval=request.interval,
-        cron=request.cron,
-        paused=False,
-        parameters=request.parameters,
-        tags=[repo_tag(request.root)],
-        description=_description(request),
-        entrypoint_type=EntrypointType.MODULE_PATH,
-    )
+    deployment_id = runner.add_flow(deployed_pipeline_flow, **_deployment_options(request))
     with get_client(sync_client=True) as client:
         # Late runs left by a serving process that was killed are not made up: a run now reproduces
         # whatever changed meanwhile anyway.
