@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -84,3 +87,44 @@ def test_every_new_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
     assert "Example:" in result.output
+
+
+def _run(run_id: str, kind: str, attempt: int, message: str | None = None) -> SimpleNamespace:
+    state = SimpleNamespace(type=SimpleNamespace(value=kind), name=kind.title(), message=message)
+    return SimpleNamespace(
+        id=run_id,
+        name=f"run-{run_id}",
+        run_count=attempt,
+        state=state,
+        start_time=datetime(2026, 1, 1, tzinfo=UTC),
+        total_run_time=timedelta(seconds=3),
+    )
+
+
+def test_the_serving_watcher_reports_each_attempt_once_and_not_the_past() -> None:
+    """What `dvcflow deploy` prints as runs start and end, from successive reads of the API."""
+    from dvcflow.deploy import RunEvent, _RunWatcher
+
+    reads = [
+        [_run("old", "COMPLETED", 1)],  # before serving began: history, not news
+        [_run("old", "COMPLETED", 1), _run("new", "RUNNING", 1)],
+        [_run("old", "COMPLETED", 1), _run("new", "RUNNING", 1)],
+        [_run("old", "COMPLETED", 1), _run("new", "FAILED", 1, "b failed")],
+        [_run("old", "COMPLETED", 1), _run("new", "FAILED", 1, "b failed")],
+        [
+            _run("old", "COMPLETED", 1),
+            _run("new", "COMPLETED", 2),
+        ],  # retried; started and ended between reads
+    ]
+    events: list[RunEvent] = []
+    watcher = _RunWatcher(uuid.uuid4(), events.append)
+    client = SimpleNamespace(read_flow_runs=lambda **_: list(reversed(reads.pop(0))))
+    for first in (True, False, False, False, False, False):
+        watcher._poll(client, "http://ui", report=not first)
+    assert [(event.run_name, event.ended, event.state, event.message) for event in events] == [
+        ("run-new", False, "Running", None),
+        ("run-new", True, "Failed", "b failed"),
+        ("run-new", False, "Running", None),
+        ("run-new", True, "Completed", None),
+    ]
+    assert events[-1].ui_link == "http://ui/runs/flow-run/new"
