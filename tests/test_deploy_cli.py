@@ -7,11 +7,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
+from unittest import mock
 
 import pytest
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
+from dvcflow.errors import UsageError
 from dvcflow.notify import redact
 
 runner = CliRunner()
@@ -128,3 +131,54 @@ def test_the_serving_watcher_reports_each_attempt_once_and_not_the_past() -> Non
         ("run-new", True, "Completed", None),
     ]
     assert events[-1].ui_link == "http://ui/runs/flow-run/new"
+
+
+DEPLOY = {
+    "name": None,
+    "cron": None,
+    "interval": None,
+    "per_stage": False,
+    "jobs": None,
+    "keep_going": False,
+    "pool": None,
+}
+NOTIFY = {"webhook": None, "slack": None, "on": None, "name": None}
+MAPPING: list[tuple[list[str], str, dict[str, Any]]] = [
+    (["deploy"], "dvcflow.deploy.check_request", DEPLOY),
+    (
+        ["deploy", "--name", "n", "--cron", "0 3 * * *"],
+        "dvcflow.deploy.check_request",
+        {**DEPLOY, "name": "n", "cron": "0 3 * * *"},
+    ),
+    (["deploy", "--interval", "600"], "dvcflow.deploy.check_request", {**DEPLOY, "interval": 600.0}),
+    (
+        ["deploy", "--per-stage", "-j", "2", "--keep-going"],
+        "dvcflow.deploy.check_request",
+        {**DEPLOY, "per_stage": True, "jobs": 2, "keep_going": True},
+    ),
+    (["deploy", "--pool", "p"], "dvcflow.deploy.check_request", {**DEPLOY, "pool": "p"}),
+    (
+        ["notify", "--webhook", "https://h/x"],
+        "dvcflow.notify.check_request",
+        {**NOTIFY, "webhook": "https://h/x"},
+    ),
+    (
+        ["notify", "--slack", "https://h/y", "--on", "completed", "--name", "n"],
+        "dvcflow.notify.check_request",
+        {**NOTIFY, "slack": "https://h/y", "on": "completed", "name": "n"},
+    ),
+]
+
+
+class _Stop(UsageError):
+    def __init__(self, *_: object, **__: object) -> None:
+        super().__init__("stopped at the library call")
+
+
+@pytest.mark.parametrize(("args", "target", "kwargs"), MAPPING, ids=[" ".join(row[0]) for row in MAPPING])
+def test_each_option_reaches_the_library(args: list[str], target: str, kwargs: dict[str, Any]) -> None:
+    """Command line -> the checked request, as keyword arguments (the call is stopped there)."""
+    with mock.patch(target, autospec=True, side_effect=_Stop) as checked:
+        result = runner.invoke(app, args)
+    assert "Error: stopped at the library call" in result.output, result.output
+    checked.assert_called_once_with(None, **kwargs)
