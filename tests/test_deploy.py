@@ -85,8 +85,16 @@ class Served:
         os.killpg(self.process.pid, signal.SIGINT)
         return self.process.wait(timeout=60)
 
-    def survivors(self) -> list[int]:
-        """Processes still alive that this serving process started (they inherit its marker)."""
+    def survivors(self, grace: float = 15.0) -> list[str]:
+        """Processes this serving process started (they inherit its marker) still alive `grace` s after it
+        exited: a child may take a moment to notice its parent is gone (multiprocessing's resource
+        tracker reads a pipe until it closes)."""
+        deadline = time.monotonic() + grace
+        while (alive := self._marked()) and time.monotonic() < deadline:
+            time.sleep(0.2)  # polling /proc, not synchronising with the process under test
+        return alive
+
+    def _marked(self) -> list[str]:
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -96,7 +104,10 @@ class Served:
             except OSError:
                 continue
             if f"DVCFLOW_TEST_MARK={self.marker}".encode() in environ.split(b"\0"):
-                found.append(int(entry.name))
+                try:
+                    found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+                except OSError:
+                    continue
         return found
 
 
