@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvcflow.errors import ConfigError, NotADvcRepoError, PipelineError
+from dvcflow.datasync import DataSync, StagesReport
+from dvcflow.errors import ConfigError, NotADvcRepoError, PipelineError, StageCommandError, UsageError
 from dvcflow.selection import Selection
 from dvcflow.settings import QUIET_ENV
 from dvcflow.stage_graph import PipelineSnapshot, StageGraph, StageKind, StageNode
@@ -176,12 +177,22 @@ def _stop(process: subprocess.Popen[str], grace: float = 10.0) -> None:
         process.wait()
 
 
+# DVC's ERROR lines for failures a second attempt may not repeat: a stage's command exited non-zero
+# (`StageCmdFailedError`), or another DVC process held the repository lock (`LockError`). Anything else
+# (missing data, an invalid dvc.yaml, an unknown target) fails the same way every time.
+_RETRYABLE = re.compile(r"failed to run: |Unable to acquire lock|is busy|exited with -?\d+")
+
+
 def failure(result: CommandResult) -> PipelineError:
-    """A readable error from a failed DVC command: DVC's own ERROR line first, then its last lines."""
+    """A readable error from a failed DVC command: DVC's own ERROR line first, then its last lines.
+
+    A `StageCommandError` (worth a retry) when a stage's command failed; a `PipelineError` otherwise.
+    """
     errors = [line for line in result.tail if line.startswith("ERROR:")]
     headline = errors[-1].removeprefix("ERROR:").strip() if errors else f"exit code {result.returncode}"
     shown = "\n".join(f"  {line}" for line in result.tail[-8:])
-    return PipelineError(f"`dvc {' '.join(result.args)}` failed: {headline}\n{shown}")
+    kind = StageCommandError if not errors or _RETRYABLE.search(headline) else PipelineError
+    return kind(f"`dvc {' '.join(result.args)}` failed: {headline}\n{shown}")
 
 
 def _repo(root: Path) -> object:
@@ -387,6 +398,26 @@ def repro_stage(root: Path, name: str, on_line: Callable[[str], None]) -> StageR
     return StageRun(result, up_to_date=result.ok and skipped)
 
 
+def _collect(repo: Any, selection: Selection) -> list[Any]:
+    """The DVC stages `dvc repro` visits for `selection`, upstream first (DVC's own collect and plan)."""
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.exceptions import NoOutputOrStageError
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+    from dvc.stage.exceptions import StageFileDoesNotExistError, StageNotFound
+
+    targets = list(selection.targets) or [PROJECT_FILE]
+    try:
+        stages = collect_stages(repo, targets, glob=selection.glob)
+    except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
+        named = " ".join(selection.targets) or PROJECT_FILE
+        raise UsageError(f"unknown target {named!r}: {err}") from None
+    if not stages:
+        raise UsageError(f"no stage matches {' '.join(selection.targets)!r}")
+    if selection.single_item:
+        return list(stages)
+    return list(plan_repro(get_active_graph(repo.index.graph), stages, downstream=selection.downstream))
+
+
 def selected_stages(root: Path, selection: Selection) -> tuple[str, ...]:
     """The stages `dvc repro` would visit for `selection`, upstream first, named as `read_pipeline`
     names them.
@@ -395,28 +426,102 @@ def selected_stages(root: Path, selection: Selection) -> tuple[str, ...]:
     `dvc repro` works through for the same arguments. Unknown targets and empty glob matches are a
     `UsageError`, raised before anything runs.
     """
-    from dvc.dvcfile import PROJECT_FILE
-    from dvc.exceptions import DvcException, NoOutputOrStageError
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-    from dvc.stage.exceptions import StageFileDoesNotExistError, StageNotFound
-
-    from dvcflow.errors import UsageError
+    from dvc.exceptions import DvcException
 
     repo: Any = _repo(root)
     try:
-        targets = list(selection.targets) or [PROJECT_FILE]
-        try:
-            stages = collect_stages(repo, targets, glob=selection.glob)
-        except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
-            named = " ".join(selection.targets) or PROJECT_FILE
-            raise UsageError(f"unknown target {named!r}: {err}") from None
-        if not stages:
-            raise UsageError(f"no stage matches {' '.join(selection.targets)!r}")
-        steps = stages
-        if not selection.single_item:
-            steps = plan_repro(get_active_graph(repo.index.graph), stages, downstream=selection.downstream)
-        return tuple(dict.fromkeys(_address(stage, repo.root_dir) for stage in steps))
+        return tuple(dict.fromkeys(_address(stage, repo.root_dir) for stage in _collect(repo, selection)))
     except DvcException as err:
         raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
     finally:
         repo.close()
+
+
+def check_repro_inputs(root: Path, selection: Selection, sync: DataSync) -> tuple[str, ...]:
+    """Pre-flight of a `dvc repro` run, in one in-process look at the repository: the stages it would
+    visit (`selected_stages`), a default remote when `--pull`/`--push` need one, and every `.dvc`-tracked
+    source among those stages present, unless DVC may fetch (`--pull`) or skip (`--allow-missing`) it.
+
+    Each problem is one line raised before any flow run: `dvc repro` itself would fail on a missing
+    source only after the flow started, the same way on every retry.
+    """
+    from dvc.exceptions import DvcException
+    from dvc.stage import PipelineStage
+
+    repo: Any = _repo(root)
+    try:
+        stages = _collect(repo, selection)
+        remote = repo.config["core"].get("remote")
+        if sync.needs_remote and not remote:
+            flag = "--push" if sync.push else "--pull"
+            raise UsageError(
+                f"{flag} needs a DVC remote, and {root} has no default remote",
+                hint="add one with `dvc remote add -d NAME URL` (a directory, s3://, ssh://, webdav://...)",
+            )
+        if not (sync.pull or sync.allow_missing):
+            for stage in stages:
+                if isinstance(stage, PipelineStage) or not stage.is_data_source:
+                    continue
+                for out in stage.outs:
+                    if not out.exists:
+                        raise ConfigError(_missing_source(root, stage.relpath, out.def_path, remote))
+        return tuple(dict.fromkeys(_address(stage, repo.root_dir) for stage in stages))
+    except DvcException as err:
+        raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
+    finally:
+        repo.close()
+
+
+def _missing_source(root: Path, dvc_file: str, path: str, remote: str | None) -> str:
+    """One line: which tracked file is missing, and the way out that works in this repository."""
+    where = Path(os.path.relpath(root / Path(dvc_file).parent / path, root)).as_posix()
+    way_out = (
+        f"fetch it from remote {remote!r} with --pull"
+        if remote
+        else "no DVC remote is configured to fetch it from: restore the file"
+    )
+    if (root / "src" / "mltoy").is_dir():
+        way_out += " (in dvcflow's demo repository `make setup` writes it)"
+    return f"{where} is missing (tracked by {dvc_file}): {way_out}"
+
+
+# What `dvc repro` logs for each stage it visits (see `Stage.reproduce` and `stage.cache`).
+_STAGE_LINES = (
+    ("ran", re.compile(r"^Running stage '(?P<name>.+)':$")),
+    ("skipped", _SKIPPED_LINE),
+    ("pulled", re.compile(r"^Pulling data for (?:stage: )?'(?P<name>.+)'$")),
+    ("restored", re.compile(r"^Stage '(?P<name>.+)' is cached - skipping run, checking out outputs$")),
+)
+
+
+class StageLog:
+    """Reads `dvc repro`'s output line by line and records what happened to each stage.
+
+    The stage names are DVC's `addressing`, which equals `_address` when DVC runs in the repository root.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[str]] = {kind: [] for kind, _ in _STAGE_LINES}
+
+    def feed(self, line: str) -> None:
+        text = line.strip()
+        for kind, pattern in _STAGE_LINES:
+            match = pattern.match(text)
+            if match:
+                self._seen[kind].append(match["name"])
+                return
+
+    def report(self) -> StagesReport:
+        """Each stage once; DVC may log "Pulling data" and then run the stage after all (the remote
+        lacked its data): such a stage ran."""
+        ran = tuple(dict.fromkeys(self._seen["ran"]))
+
+        def others(kind: str) -> tuple[str, ...]:
+            return tuple(name for name in dict.fromkeys(self._seen[kind]) if name not in ran)
+
+        return StagesReport(ran, others("skipped"), others("pulled"), others("restored"))
+
+
+def push(root: Path, stages: Sequence[str], on_line: Callable[[str], None]) -> CommandResult:
+    """`dvc push` of the given stages' outputs (all tracked data when `stages` is empty)."""
+    return stream_dvc(["push", *stages], cwd=root, on_line=on_line)

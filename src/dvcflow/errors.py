@@ -98,7 +98,12 @@ class ApiLostError(ApiUnreachableError):
 
 
 class PipelineError(DvcflowError):
-    """A DVC command or a stage failed."""
+    """A DVC command or a stage failed, in a way running it again would not change (missing data, an
+    invalid `dvc.yaml`): not retried."""
+
+
+class StageCommandError(PipelineError):
+    """A stage's own command failed, or DVC could not take a lock: a retry may succeed."""
 
 
 class MetricsError(DvcflowError):

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from dvcflow import dvcrepo
 from dvcflow.api import connect
+from dvcflow.datasync import NO_SYNC, DataSync
 from dvcflow.runlock import exclusive_run
 from dvcflow.runs import FlowRunRecord
+from dvcflow.selection import EVERYTHING, Selection
 from dvcflow.settings import resolve_server_config
 
 if TYPE_CHECKING:
@@ -24,11 +26,26 @@ if TYPE_CHECKING:
     from dvcflow.stage_graph import Plan
 
 
-def _prepare(repo: Path | None, ephemeral: bool, announce: Callable[[str], None]) -> tuple[Path, bool]:
-    """Find the repo and check what DVC will read, then connect: bad input never becomes a flow run."""
+def _prepare(
+    repo: Path | None,
+    ephemeral: bool,
+    announce: Callable[[str], None],
+    selection: Selection = EVERYTHING,
+    sync: DataSync = NO_SYNC,
+) -> tuple[Path, tuple[str, ...], bool]:
+    """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), then
+    connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit."""
     root = dvcrepo.find_repo_root(repo)
     dvcrepo.check_params_files(root)
-    return root, _connect(root, ephemeral, announce)
+    stages = dvcrepo.check_repro_inputs(root, selection, sync)
+    return root, stages, _connect(root, ephemeral, announce)
+
+
+def _check_retries(retries: int) -> None:
+    from dvcflow.errors import UsageError
+
+    if retries < 0:
+        raise UsageError(f"--retries must be 0 or more, got {retries}")
 
 
 @contextlib.contextmanager
@@ -97,16 +114,22 @@ def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bo
 def run_option_a(
     repo: Path | None = None,
     *,
+    selection: Selection = EVERYTHING,
+    sync: DataSync = NO_SYNC,
+    retries: int = 1,
     fail_once: bool = False,
     show_metrics: bool = True,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
-    """Option A: one Prefect task runs `dvc repro`; DVC decides what is up to date."""
-    root, keep_link = _prepare(repo, ephemeral, announce)
+    """Option A: one Prefect task runs `dvc repro` with the selection's arguments; DVC decides what is
+    up to date. With `sync.push`, a `dvc push` task uploads the selected stages' outputs afterwards."""
+    _check_retries(retries)
+    root, stages, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
     from dvcflow.flows.repro import dvc_pipeline_flow
 
+    pushed = (() if selection.everything else stages) if sync.push else None
     return _execute_exclusively(
         root,
         announce,
@@ -115,6 +138,9 @@ def run_option_a(
         debug,
         fail_once=fail_once,
         show_metrics=show_metrics,
+        repro_args=(*sync.repro_args(), *selection.dvc_args()),
+        retries=retries,
+        push=pushed,
     )
 
 
@@ -200,6 +226,7 @@ def run_per_stage(
     retries: int = 1,
     dask_address: str | None = None,
     show_metrics: bool = True,
+    sync: DataSync = NO_SYNC,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
@@ -212,11 +239,14 @@ def run_per_stage(
 
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    if retries < 0:
-        raise UsageError(f"--retries must be 0 or more, got {retries}")
+    _check_retries(retries)
+    if sync != NO_SYNC:
+        # TODO(lead/engine): `dvc repro -s --pull/--allow-missing` per stage, and `flows.repro.dvc_push_task`
+        # after a Completed per-stage flow; `_prepare` already checks the remote and the sources.
+        raise UsageError(f"{' '.join(sync.flags())} not yet with --per-stage: use run-a without it")
     if dask_address is not None:
         _check_dask_address(dask_address)
-    root, keep_link = _prepare(repo, ephemeral, announce)
+    root, _, keep_link = _prepare(repo, ephemeral, announce, sync=sync)
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
     limit = jobs or (os.cpu_count() or 1 if dask_address is None else 10_000)

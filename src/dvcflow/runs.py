@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from dvcflow.datasync import ReproOutcome, StagesReport
 from dvcflow.errors import ApiLostError, ApiUnreachableError, ExitCode, ServerError, exit_code_for_state
 from dvcflow.metrics import MetricsSnapshot
 
@@ -39,6 +40,8 @@ class FlowRunRecord:
     ui_link: str | None
     message: str | None = None
     metrics: MetricsSnapshot | None = None
+    stages: StagesReport | None = None
+    """What `dvc repro` did with each stage, for run-a's single `dvc repro` task (None otherwise)."""
 
     @property
     def completed(self) -> bool:
@@ -216,6 +219,7 @@ def _execute(
             flow_run = client.read_flow_run(flow_run_id)
             task_runs = _final_task_runs(client, flow_run_id)
         ui_url = get_current_settings().ui_url
+    returned = _returned(state)
     tasks = tuple(
         TaskRunRecord(
             name=_DEFAULT_SUFFIX.sub("", run.name),
@@ -235,7 +239,8 @@ def _execute(
         tasks=tasks,
         ui_link=f"{ui_url}/runs/flow-run/{flow_run_id}" if keep_link and ui_url else None,
         message=_state_message(state) if not state.is_completed() else None,
-        metrics=_returned_metrics(state),
+        metrics=returned.metrics if isinstance(returned, ReproOutcome) else returned,
+        stages=returned.stages if isinstance(returned, ReproOutcome) else None,
     )
 
 
@@ -268,15 +273,16 @@ def _final_task_runs(client: Any, flow_run_id: UUID, patience: float = 5.0) -> l
         time.sleep(0.1)
 
 
-def _returned_metrics(state: Any) -> MetricsSnapshot | None:
-    """The flow's return value, when it is the metrics snapshot of its `metrics summary` task."""
-    if not state.is_completed():
+def _returned(state: Any) -> MetricsSnapshot | ReproOutcome | None:
+    """The flow's return value: the metrics snapshot of its `metrics summary` task, or run-a's outcome
+    (which a Failed run-a flow carries too, to say which stages ran before the failure)."""
+    if not (state.is_completed() or state.is_failed()):
         return None
     try:
         value = state.result(raise_on_failure=False)
     except Exception:  # a result that cannot be read back is not worth failing the summary for
         return None
-    return value if isinstance(value, MetricsSnapshot) else None
+    return value if isinstance(value, MetricsSnapshot | ReproOutcome) else None
 
 
 def _elapsed(flow_run: Any) -> float:

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from dvcflow.cli.common import EphemeralOption, RepoOption, debug_requested
+from dvcflow.cli.common import (
+    DownstreamOption,
+    EphemeralOption,
+    ForceOption,
+    GlobOption,
+    JsonOption,
+    RepoOption,
+    SingleItemOption,
+    TargetsArgument,
+    debug_requested,
+    selection_from,
+)
 
 PerStageOption = Annotated[
     bool,
@@ -36,7 +47,34 @@ KeepGoingOption = Annotated[
 RetriesOption = Annotated[
     int | None,
     typer.Option(
-        "--retries", help="Retries per stage (default 1).", show_default=False, rich_help_panel="Per stage"
+        "--retries",
+        help="Retries after a stage's command fails (default 1); missing data, an invalid dvc.yaml or an "
+        "unknown target is never retried.",
+        show_default=False,
+    ),
+]
+PullOption = Annotated[
+    bool,
+    typer.Option(
+        "--pull",
+        help="Fetch missing data from the DVC remote before stages run (`dvc repro --pull`).",
+        rich_help_panel="Remote",
+    ),
+]
+AllowMissingOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-missing",
+        help="Skip stages whose only change is missing data (`dvc repro --allow-missing`).",
+        rich_help_panel="Remote",
+    ),
+]
+PushOption = Annotated[
+    bool,
+    typer.Option(
+        "--push",
+        help="After a Completed run, upload the outputs to the DVC remote (a `dvc push` task).",
+        rich_help_panel="Remote",
     ),
 ]
 DryRunOption = Annotated[
@@ -69,6 +107,14 @@ def _check_flags(per_stage: bool, fail_once: bool, per_stage_flags: dict[str, bo
 
 
 def run_a(
+    targets: TargetsArgument = None,
+    single_item: SingleItemOption = False,
+    downstream: DownstreamOption = False,
+    glob: GlobOption = False,
+    force: ForceOption = False,
+    pull: PullOption = False,
+    allow_missing: AllowMissingOption = False,
+    push: PushOption = False,
     repo: RepoOption = None,
     fail_once: Annotated[
         bool,
@@ -84,31 +130,41 @@ def run_a(
     dry_run: DryRunOption = False,
     dask_address: DaskOption = None,
     ephemeral: EphemeralOption = False,
+    json: JsonOption = False,
 ) -> None:
     """Option A: DVC owns the DAG; Prefect runs `dvc repro` with logs, retries and run history.
 
-    With --per-stage, each stage is its own task (`dvc repro -s`), independent ones in parallel.
+    Targets and -s/--downstream/--glob/-f choose the stages as `dvc repro` does. With --per-stage, each
+    stage is its own task (`dvc repro -s`), independent ones in parallel.
 
-    Example: dvcflow run-a --fail-once; dvcflow run-a --per-stage --jobs 4 --keep-going
+    Example: dvcflow run-a train -s --force; dvcflow run-a --pull --push; dvcflow run-a --per-stage -j 4
     """
     from dvcflow import render, runner
-    from dvcflow.render.runs import run_summary
+    from dvcflow.datasync import DataSync
+    from dvcflow.errors import UsageError
+    from dvcflow.render.runs import run_json, run_summary
+    from dvcflow.selection import EVERYTHING
 
+    selection = selection_from(targets, single_item, downstream, glob, force)
+    sync = DataSync(pull=pull, allow_missing=allow_missing, push=push)
     _check_flags(
         per_stage,
         fail_once,
         {
             "--jobs": jobs is not None,
             "--keep-going": keep_going,
-            "--retries": retries is not None,
             "--dry-run": dry_run,
             "--dask-address": dask_address is not None,
         },
     )
+    if per_stage and selection != EVERYTHING:
+        # TODO(lead): pass `selection=selection` to `runner.run_per_stage` and `plan_stages` once the
+        # engine branch (which adds that keyword) has landed, and drop this refusal.
+        raise UsageError("targets, -s, --downstream, --glob and -f are not yet supported with --per-stage")
     if dry_run:
         from dvcflow.render.plan import plan_view
 
-        plan_view(runner.plan_stages(repo))
+        plan_view(runner.plan_stages(repo), json=json)
         return
     if per_stage:
         record = runner.run_per_stage(
@@ -118,6 +174,7 @@ def run_a(
             retries=1 if retries is None else retries,
             dask_address=dask_address,
             show_metrics=show_metrics,
+            sync=sync,
             ephemeral=ephemeral,
             debug=debug_requested(),
             announce=render.info,
@@ -125,13 +182,19 @@ def run_a(
     else:
         record = runner.run_option_a(
             repo,
+            selection=selection,
+            sync=sync,
+            retries=1 if retries is None else retries,
             fail_once=fail_once,
             show_metrics=show_metrics,
             ephemeral=ephemeral,
             debug=debug_requested(),
             announce=render.info,
         )
-    run_summary(record)
+    if json:
+        run_json(record)
+    else:
+        run_summary(record)
     raise typer.Exit(record.exit_code)
 
 

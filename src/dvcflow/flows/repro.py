@@ -2,28 +2,88 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 from prefect.runtime import task_run
+from prefect.states import Failed
 
 from dvcflow import dvcrepo
+from dvcflow.datasync import ReproOutcome, StagesReport
+from dvcflow.errors import DvcflowError, StageCommandError
 from dvcflow.metrics import MetricsSnapshot, artifact_key, publish_metrics_artifact, read_metrics
 
 FLOW_NAME = "Prefect operates DVC pipeline"
 FAIL_ONCE_MESSAGE = "Intentional one-time failure to demonstrate retries."
+DEFAULT_RETRIES = 1
+RETRY_DELAY_S = 2
 
 
-@task(name="dvc repro", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def dvc_repro_task(repo_root: Path, *, fail_once: bool = False) -> None:
-    """Run `dvc repro` in the repo root, every output line into this task's log."""
+def retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: retry unless the failure is one no retry fixes.
+
+    dvcflow's own errors say which they are (`StageCommandError`: a stage's command failed, worth
+    another attempt; any other `DvcflowError`: missing data, an invalid dvc.yaml, an unknown target...).
+    Anything else, such as `--fail-once`'s error or a killed process, gets its retries.
+    """
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return True
+    return not isinstance(exc, DvcflowError) or isinstance(exc, StageCommandError)
+
+
+# The stages each `dvc repro` task run visited, across its attempts, until the flow takes them: a retry
+# starts a new `dvc repro` that skips what the failed attempt finished, which still ran in this flow run.
+_visited: dict[str, StagesReport] = {}
+_visited_lock = threading.Lock()
+
+
+def _record(task_run_id: str | None, attempt: StagesReport) -> None:
+    if task_run_id is None:
+        return
+    with _visited_lock:
+        key = str(task_run_id)
+        _visited[key] = _visited.get(key, StagesReport()).merged(attempt)
+
+
+def _take(task_run_id: object) -> StagesReport:
+    with _visited_lock:
+        return _visited.pop(str(task_run_id), StagesReport())
+
+
+@task(name="dvc repro", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
+def dvc_repro_task(repo_root: Path, *, fail_once: bool = False, args: tuple[str, ...] = ()) -> None:
+    """Run `dvc repro ARGS` in the repo root, every output line into this task's log."""
     if fail_once and task_run.run_count <= 1:
         raise RuntimeError(FAIL_ONCE_MESSAGE)
     logger = get_run_logger()
-    logger.info("Running: dvc repro")
+    logger.info("Running: %s", " ".join(["dvc", "repro", *args]))
     logger.info("CWD: %s", repo_root)
-    result = dvcrepo.stream_dvc(["repro"], cwd=repo_root, on_line=logger.info)
+    stages = dvcrepo.StageLog()
+
+    def on_line(line: str) -> None:
+        stages.feed(line)
+        logger.info(line)
+
+    try:
+        result = dvcrepo.stream_dvc(["repro", *args], cwd=repo_root, on_line=on_line)
+    finally:
+        _record(task_run.id, stages.report())
+    if not result.ok:
+        raise dvcrepo.failure(result)
+
+
+@task(name="dvc push", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
+def dvc_push_task(repo_root: Path, stages: tuple[str, ...] = ()) -> None:
+    """Upload the outputs of `stages` (all tracked data when empty) to the default DVC remote."""
+    logger = get_run_logger()
+    logger.info("Running: %s", " ".join(["dvc", "push", *stages]))
+    result = dvcrepo.push(repo_root, stages, on_line=logger.info)
     if not result.ok:
         raise dvcrepo.failure(result)
 
@@ -48,10 +108,22 @@ def metrics_summary_task(repo_root: Path) -> MetricsSnapshot:
 
 @flow(name=FLOW_NAME)
 def dvc_pipeline_flow(
-    repo_root: Path, fail_once: bool = False, show_metrics: bool = True
-) -> MetricsSnapshot | None:
-    """Operate the DVC pipeline via `dvc repro`."""
-    dvc_repro_task(repo_root, fail_once=fail_once)
-    if show_metrics:
-        return metrics_summary_task(repo_root)
-    return None
+    repo_root: Path,
+    fail_once: bool = False,
+    show_metrics: bool = True,
+    repro_args: tuple[str, ...] = (),
+    retries: int = DEFAULT_RETRIES,
+    push: tuple[str, ...] | None = None,
+) -> ReproOutcome | State[Any]:
+    """Operate the DVC pipeline via `dvc repro ARGS`; then, if asked, `dvc push` the outputs (`push`
+    names the stages, empty for all) and log the metrics."""
+    repro = dvc_repro_task.with_options(retries=retries, retry_condition_fn=retry_helps)
+    state = repro(repo_root, fail_once=fail_once, args=repro_args, return_state=True)
+    stages = _take(state.state_details.task_run_id)
+    if state.is_failed():  # the flow fails with the task's error, and still says which stages ran
+        return Failed(message="the `dvc repro` task failed", data=ReproOutcome(stages=stages))
+    state.result()  # anything else that did not complete (cancelled, crashed) ends the flow here
+    if push is not None:
+        dvc_push_task.with_options(retries=retries, retry_condition_fn=retry_helps)(repo_root, push)
+    metrics = metrics_summary_task(repo_root) if show_metrics else None
+    return ReproOutcome(stages=stages, metrics=metrics)
