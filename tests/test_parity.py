@@ -1,0 +1,234 @@
+"""DVC parity: `dvcflow run-a ARGS` runs the stages `dvc repro ARGS` runs, and moves data like it.
+
+One generated pipeline (a chain, a fork, a `foreach` stage, a `.dvc`-tracked source) is built and
+reproduced once per module, then two of its inputs are changed so that some stages are stale. Each
+differential case copies it twice and runs `dvc repro ARGS` on one copy and `dvcflow run-a ARGS` on the
+other: the stages DVC reports running, and the resulting `dvc.lock`, must be equal. The remote tests push
+from one clone and `--pull` in a fresh clone, against a directory remote and a WebDAV server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import base_env, dvc, dvcflow, git
+
+pytestmark = pytest.mark.integration
+
+STEP_PY = """\
+import sys
+out, *inputs = sys.argv[1:]
+text = "".join(open(name).read() for name in inputs)
+with open(out, "w") as f:
+    f.write(f"{out}<{text}>")
+"""
+
+
+def _stage(out: str, *inputs: str) -> dict[str, object]:
+    return {"cmd": f"python step.py {out} {' '.join(inputs)}", "deps": ["step.py", *inputs], "outs": [out]}
+
+
+PIPELINE = {
+    "stages": {
+        "src": _stage("src.txt", "raw.txt"),
+        "chain1": _stage("c1.txt", "src.txt"),
+        "chain2": _stage("c2.txt", "c1.txt"),
+        "fork_left": _stage("left.txt", "c1.txt", "left.cfg"),
+        "fork_right": _stage("right.txt", "c1.txt"),
+        "each": {"foreach": ["x", "y"], "do": _stage("each-${item}.txt", "src.txt", "${item}.cfg")},
+        "join": _stage("join.txt", "c2.txt", "left.txt", "right.txt", "each-x.txt", "each-y.txt"),
+    }
+}
+STALE = ("fork_left", "each@x")  # their own inputs change after the first `dvc repro`
+
+
+def build_pipeline(root: Path, env: dict[str, str]) -> Path:
+    """The generated pipeline, reproduced and committed, then `left.cfg` and `x.cfg` changed."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main", env=env)
+    assert dvc("init", "-q", cwd=root, env=env).returncode == 0
+    (root / "step.py").write_text(STEP_PY)
+    for name in ("raw.txt", "left.cfg", "x.cfg", "y.cfg"):
+        (root / name).write_text(name)
+    (root / "dvc.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    for args in (("add", "-q", "raw.txt"), ("repro", "-q")):
+        done = dvc(*args, cwd=root, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    (root / "left.cfg").write_text("left, changed")
+    (root / "x.cfg").write_text("x, changed")
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "generated pipeline, two inputs changed since the last repro", env=env)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("parity")
+    return build_pipeline(root / "pipeline", base_env(root))
+
+
+def copy_of(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+def dvc_ran(output: str) -> list[str]:
+    return re.findall(r"^Running stage '(.+)':$", output, flags=re.MULTILINE)
+
+
+def run_json(args: list[str], repo: Path, env: dict[str, str]) -> dict[str, object]:
+    result = dvcflow("run-a", *args, "--json", "--no-show-metrics", cwd=repo, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def stages_of(data: dict[str, object], kind: str) -> list[str]:
+    stages = data["stages"]
+    assert isinstance(stages, dict)
+    return list(stages[kind])
+
+
+# (arguments, the stages that run): the expectation keeps the comparison with DVC from passing vacuously.
+CASES = [
+    ([], {"fork_left", "each@x", "join"}),
+    (["-s", "join"], set()),
+    (["-s", "-f", "join"], {"join"}),
+    (["-f", "chain2"], {"src", "chain1", "chain2"}),
+    (["--downstream", "-f", "chain1"], {"chain1", "chain2", "fork_left", "fork_right", "join"}),
+    (["--glob", "fork_*"], {"fork_left"}),
+    (["--glob", "-s", "each@*"], {"each@x"}),
+    (["each"], {"each@x"}),
+    (["--glob", "--downstream", "*left"], {"fork_left", "join"}),
+    (["-s", "-f", "dvc.yaml:chain2", "fork_right"], {"chain2", "fork_right"}),
+]
+
+
+@pytest.mark.parametrize(("args", "expected"), CASES, ids=[" ".join(a) or "(all)" for a, _ in CASES])
+def test_run_a_runs_the_stages_dvc_repro_runs(
+    pipeline: Path, tmp_path: Path, client_env: dict[str, str], args: list[str], expected: set[str]
+) -> None:
+    by_dvc = copy_of(pipeline, tmp_path / "dvc")
+    by_dvcflow = copy_of(pipeline, tmp_path / "dvcflow")
+    env = client_env
+    reference = subprocess.Popen(  # DVC's own run goes on while dvcflow's does
+        [sys.executable, "-m", "dvc", "repro", *args],
+        cwd=by_dvc,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    data = run_json(args, by_dvcflow, env)
+    dvc_output, _ = reference.communicate(timeout=120)
+    assert reference.returncode == 0, dvc_output
+    assert stages_of(data, "ran") == dvc_ran(dvc_output)
+    assert set(stages_of(data, "ran")) == expected
+    assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
+    assert [task["name"] for task in data["tasks"]] == ["dvc repro"]  # type: ignore[index]
+
+
+# Real remotes: a directory, and a WebDAV server on 127.0.0.1 run by the test.
+
+
+@pytest.fixture
+def webdav_url(tmp_path: Path) -> Iterator[str]:
+    """A WebDAV server (wsgidav on cheroot) on a free loopback port, in a thread of this process."""
+    from cheroot import wsgi
+    from wsgidav.wsgidav_app import WsgiDAVApp
+
+    root = tmp_path / "webdav"
+    (root / "store").mkdir(parents=True)
+    app = WsgiDAVApp(
+        {
+            "provider_mapping": {"/": str(root)},
+            "simple_dc": {"user_mapping": {"*": True}},  # anonymous: loopback only
+            "verbose": 1,
+            "logging": {"enable": False},
+        }
+    )
+    server = wsgi.Server(("127.0.0.1", 0), app)
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield f"webdav://127.0.0.1:{server.bind_addr[1]}/store"
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(params=["directory", "webdav"])
+def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "webdav":
+        return str(request.getfixturevalue("webdav_url"))
+    (tmp_path / "store").mkdir()
+    return str(tmp_path / "store")
+
+
+def test_push_then_pull_in_a_fresh_clone_reruns_nothing(
+    pipeline: Path, tmp_path: Path, client_env: dict[str, str], remote_url: str
+) -> None:
+    env = client_env
+    origin = copy_of(pipeline, tmp_path / "origin")
+    assert dvc("remote", "add", "-d", "store", remote_url, cwd=origin, env=env).returncode == 0
+    pushed = run_json(["--push"], origin, env)
+    assert set(stages_of(pushed, "ran")) == {*STALE, "join"}
+    assert [(t["name"], t["state"]) for t in pushed["tasks"]] == [  # type: ignore[index, union-attr]
+        ("dvc repro", "Completed"),
+        ("dvc push", "Completed"),
+    ]
+    git(origin, "add", "-A", env=env)
+    git(origin, "commit", "-q", "-m", "reproduced and pushed", env=env)
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(origin), str(clone), env=env)
+    assert not (clone / "raw.txt").exists() and not (clone / "join.txt").exists()
+    if "webdav" not in remote_url:  # the same pre-flight either way; once is enough
+        # Without --pull the missing source is one line before any flow run, naming the way out.
+        refused = dvcflow("run-a", cwd=clone, env=env, timeout=60)
+        assert refused.returncode == 1
+        assert refused.stderr.splitlines() == [
+            "Error: raw.txt is missing (tracked by raw.txt.dvc): fetch it from remote 'store' with --pull"
+        ]
+    pulled = run_json(["--pull"], clone, env)
+    assert stages_of(pulled, "ran") == []
+    assert set(stages_of(pulled, "pulled")) == {
+        "raw.txt.dvc",
+        *("src", "chain1", "chain2", "fork_left", "fork_right", "each@x", "each@y", "join"),
+    }
+    status = dvc("status", "--json", cwd=clone, env=env)
+    assert json.loads(status.stdout) == {}
+    assert (clone / "join.txt").read_text() == (origin / "join.txt").read_text()
+
+
+def test_a_fresh_clone_without_pull(pipeline: Path, tmp_path: Path, client_env: dict[str, str]) -> None:
+    """--allow-missing skips stages that only lack their data, as `dvc repro --allow-missing` does; a
+    stage whose input is missing fails once, without a retry (none could help)."""
+    env = client_env
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(pipeline), str(clone), env=env)
+    reference = copy_of(clone, tmp_path / "reference")
+    allowed = run_json(["--allow-missing", "chain2"], clone, env)
+    by_dvc = dvc("repro", "--allow-missing", "chain2", cwd=reference, env=env)
+    assert by_dvc.returncode == 0, by_dvc.stdout + by_dvc.stderr
+    assert stages_of(allowed, "ran") == dvc_ran(by_dvc.stdout + by_dvc.stderr) == []
+    assert stages_of(allowed, "skipped") == ["raw.txt.dvc", "src", "chain1", "chain2"]
+
+    failed = dvcflow("run-a", "-s", "chain1", "--json", "--no-show-metrics", cwd=clone, env=env)
+    assert failed.returncode == 1
+    data = json.loads(failed.stdout)
+    assert [(t["name"], t["state"], t["attempts"]) for t in data["tasks"]] == [("dvc repro", "Failed", 1)]
+    assert "src.txt" in data["tasks"][0]["message"]
+    assert "Retry" not in failed.stderr
