@@ -112,6 +112,43 @@ CASES = [
         "Error: {repo}/data/raw/iris.csv: raw data not found",
     ),
     (
+        "run-a-unknown-target",
+        lambda repo: None,
+        ["run-a", "nosuch"],
+        2,
+        "Error: unknown target 'nosuch': Stage 'nosuch' not found inside 'dvc.yaml' file",
+    ),
+    ("run-a-empty-glob", lambda repo: None, ["run-a", "--glob", "zz*"], 2, "Error: no stage matches 'zz*'"),
+    (
+        "run-a-downstream-without-target",
+        lambda repo: None,
+        ["run-a", "--downstream"],
+        2,
+        "Error: --downstream needs a target: the stages downstream of which stage?",
+    ),
+    (
+        "run-a-push-without-remote",
+        lambda repo: None,
+        ["run-a", "--push"],
+        2,
+        "Error: --push needs a DVC remote, and {repo} has no default remote",
+    ),
+    (
+        "run-a-missing-tracked-source",
+        remove("data/raw/iris.csv"),
+        ["run-a"],
+        1,
+        "Error: data/raw/iris.csv is missing (tracked by data/raw/iris.csv.dvc): no DVC remote is configured "
+        "to fetch it from: restore the file (in dvcflow's demo repository `make setup` writes it)",
+    ),
+    (
+        "run-a-invalid-dvc-yaml",
+        write("dvc.yaml", "stages:\n  x:\n    cmd: echo\n    bogus: 2\n"),
+        ["run-a", "--retries", "3"],
+        1,
+        "Error: DVC cannot read the pipeline of {repo} ('./dvc.yaml' validation failed)",
+    ),
+    (
         "contradictory-flags",
         lambda repo: None,
         ["run-a", "--jobs", "2"],
