@@ -6,6 +6,7 @@ line, and wraps DVC's failures as `PipelineError`s.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -407,7 +408,10 @@ def _collect(repo: Any, selection: Selection) -> list[Any]:
 
     targets = list(selection.targets) or [PROJECT_FILE]
     try:
-        stages = collect_stages(repo, targets, glob=selection.glob)
+        # DVC resolves targets against the working directory; dvcflow runs `dvc repro` in the root.
+        # (The CLI reads the repository before any thread starts, so changing directory here is safe.)
+        with contextlib.chdir(repo.root_dir):
+            stages = collect_stages(repo, targets, glob=selection.glob)
     except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
         named = " ".join(selection.targets) or PROJECT_FILE
         raise UsageError(f"unknown target {named!r}: {err}") from None
