@@ -30,7 +30,10 @@ def test_run_a_bad_param_value_and_missing_raw_data_fail_with_the_stages_own_wor
 
     params_file.write_text(good)
     (repo / "data/raw/iris.csv").unlink()
-    no_raw = dvcflow("run-a", cwd=repo, env=env)
-    assert no_raw.returncode == 1, no_raw.stderr
-    assert "failed to reproduce 'data/raw/iris.csv.dvc': missing data 'source'" in no_raw.stdout
+    no_raw = dvcflow("run-a", cwd=repo, env=env)  # caught before any flow run, not retried by DVC
+    assert no_raw.returncode == 3, no_raw.stderr
+    assert no_raw.stderr.splitlines()[0].startswith(
+        "Error: data/raw/iris.csv is missing (tracked by data/raw/iris.csv.dvc)"
+    )
+    assert no_raw.stdout == ""
     assert (repo / "dvc.lock").read_bytes() == lock
