@@ -226,9 +226,17 @@ def test_a_fresh_clone_without_pull(pipeline: Path, tmp_path: Path, client_env: 
     assert stages_of(allowed, "ran") == dvc_ran(by_dvc.stdout + by_dvc.stderr) == []
     assert stages_of(allowed, "skipped") == ["raw.txt.dvc", "src", "chain1", "chain2"]
 
-    failed = dvcflow("run-a", "-s", "chain1", "--json", "--no-show-metrics", cwd=clone, env=env)
+    failed = dvcflow("run-a", "-s", "chain1", "--retries", "3", "--json", cwd=clone, env=env)
     assert failed.returncode == 1
     data = json.loads(failed.stdout)
     assert [(t["name"], t["state"], t["attempts"]) for t in data["tasks"]] == [("dvc repro", "Failed", 1)]
     assert "src.txt" in data["tasks"][0]["message"]
     assert "Retry" not in failed.stderr
+    assert data["stages"] == {"ran": [], "skipped": [], "pulled": [], "restored": []}  # failed before its cmd
+
+    # --retries reaches run-a's task: 0 means the one-time failure is final.
+    once = dvcflow("run-a", "-s", "chain1", "--fail-once", "--retries", "0", "--json", cwd=clone, env=env)
+    assert once.returncode == 1
+    tasks = json.loads(once.stdout)["tasks"]
+    assert [(t["name"], t["state"], t["attempts"]) for t in tasks] == [("dvc repro", "Failed", 1)]
+    assert "Intentional one-time failure" in tasks[0]["message"]
