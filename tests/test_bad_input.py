@@ -130,14 +130,14 @@ CASES = [
         "run-a-push-without-remote",
         lambda repo: None,
         ["run-a", "--push"],
-        2,
+        3,
         "Error: --push needs a DVC remote, and {repo} has no default remote",
     ),
     (
         "run-a-missing-tracked-source",
         remove("data/raw/iris.csv"),
         ["run-a"],
-        1,
+        3,
         "Error: data/raw/iris.csv is missing (tracked by data/raw/iris.csv.dvc): no DVC remote is configured "
         "to fetch it from: restore the file (in dvcflow's demo repository `make setup` writes it)",
     ),
@@ -145,7 +145,7 @@ CASES = [
         "run-a-invalid-dvc-yaml",
         write("dvc.yaml", "stages:\n  x:\n    cmd: echo\n    bogus: 2\n"),
         ["run-a", "--retries", "3"],
-        1,
+        3,
         "Error: DVC cannot read the pipeline of {repo} ('./dvc.yaml' validation failed)",
     ),
     (

@@ -458,7 +458,7 @@ def check_repro_inputs(root: Path, selection: Selection, sync: DataSync) -> tupl
         remote = repo.config["core"].get("remote")
         if sync.needs_remote and not remote:
             flag = "--push" if sync.push else "--pull"
-            raise UsageError(
+            raise ConfigError(
                 f"{flag} needs a DVC remote, and {root} has no default remote",
                 hint="add one with `dvc remote add -d NAME URL` (a directory, s3://, ssh://, webdav://...)",
             )
@@ -470,8 +470,8 @@ def check_repro_inputs(root: Path, selection: Selection, sync: DataSync) -> tupl
                     if not out.exists:
                         raise ConfigError(_missing_source(root, stage.relpath, out.def_path, remote))
         return tuple(dict.fromkeys(_address(stage, repo.root_dir) for stage in stages))
-    except DvcException as err:
-        raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
+    except DvcException as err:  # an invalid dvc.yaml: bad input, before any flow run
+        raise ConfigError(f"DVC cannot read the pipeline of {root} ({err})") from None
     finally:
         repo.close()
 
