@@ -15,17 +15,29 @@ from typer.testing import CliRunner
 
 from dvcflow import runner, server
 from dvcflow.cli.app import app
+from dvcflow.datasync import DataSync
 from dvcflow.metrics import MetricsSnapshot
 from dvcflow.runs import FlowRunRecord
+from dvcflow.selection import Selection
 from dvcflow.settings import ServerConfig
 
-RUN_A = {"fail_once": False, "show_metrics": True, "ephemeral": False, "debug": False, "announce": mock.ANY}
+RUN_A = {
+    "selection": Selection(),
+    "sync": DataSync(),
+    "retries": 1,
+    "fail_once": False,
+    "show_metrics": True,
+    "ephemeral": False,
+    "debug": False,
+    "announce": mock.ANY,
+}
 PER_STAGE = {
     "jobs": None,
     "keep_going": False,
     "retries": 1,
     "dask_address": None,
     "show_metrics": True,
+    "sync": DataSync(),
     "ephemeral": False,
     "debug": False,
     "announce": mock.ANY,
@@ -48,6 +60,28 @@ CASES: list[tuple[list[str], str, Path | None, dict[str, Any]]] = [
     (["run-a", "--no-show-metrics"], "run_option_a", None, {**RUN_A, "show_metrics": False}),
     (["run-a", "--ephemeral"], "run_option_a", None, {**RUN_A, "ephemeral": True}),
     (["--debug", "run-a"], "run_option_a", None, {**RUN_A, "debug": True}),
+    (["run-a", "train", "eval"], "run_option_a", None, {**RUN_A, "selection": Selection(("train", "eval"))}),
+    (
+        ["run-a", "train", "-s", "-f"],
+        "run_option_a",
+        None,
+        {**RUN_A, "selection": Selection(("train",), single_item=True, force=True)},
+    ),
+    (
+        ["run-a", "--glob", "tr*", "--downstream", "--force"],
+        "run_option_a",
+        None,
+        {**RUN_A, "selection": Selection(("tr*",), downstream=True, glob=True, force=True)},
+    ),
+    (["run-a", "--pull"], "run_option_a", None, {**RUN_A, "sync": DataSync(pull=True)}),
+    (
+        ["run-a", "--allow-missing", "--push"],
+        "run_option_a",
+        None,
+        {**RUN_A, "sync": DataSync(allow_missing=True, push=True)},
+    ),
+    (["run-a", "--retries", "3"], "run_option_a", None, {**RUN_A, "retries": 3}),
+    (["run-a", "--json"], "run_option_a", None, RUN_A),
     (["run-a", "--per-stage"], "run_per_stage", None, PER_STAGE),
     (["run-a", "--per-stage", "-j", "3"], "run_per_stage", None, {**PER_STAGE, "jobs": 3}),
     (["run-a", "--per-stage", "--jobs", "2"], "run_per_stage", None, {**PER_STAGE, "jobs": 2}),
