@@ -200,3 +200,114 @@ def make_wide_repo(root: Path, env: dict[str, str], *, branches: int, sleep: flo
         [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
     )
     return root
+
+
+SHAPED_SCRIPTS = {
+    "work/prep.py": """\
+import pathlib, sys, yaml
+scale = yaml.safe_load(open("../params.yaml"))["prep"]["scale"]
+raw = pathlib.Path("../data/raw.txt").read_text().split()
+pathlib.Path("../build").mkdir(exist_ok=True)
+pathlib.Path("../build/prepared.txt").write_text("\\n".join(str(int(x) * scale) for x in raw) + "\\n")
+print(f"prepared {len(raw)} numbers x{scale}")
+""",
+    "feature.py": """\
+import pathlib, sys, yaml
+item = sys.argv[1]
+depth = yaml.safe_load(open("config/model.yaml"))["model"]["depth"]
+numbers = [int(x) for x in pathlib.Path("build/prepared.txt").read_text().split()]
+pathlib.Path("features").mkdir(exist_ok=True)
+value = sum(numbers) * depth if item == "sum" else max(numbers) * depth
+pathlib.Path(f"features/{item}.txt").write_text(f"{value}\\n")
+print(f"feature {item} = {value}")
+""",
+    "shard.py": """\
+import pathlib
+out = pathlib.Path("shards")
+out.mkdir(exist_ok=True)
+for name in ("sum", "max"):
+    value = pathlib.Path(f"features/{name}.txt").read_text()
+    (out / f"{name}.shard").write_text(value * 2)
+print("wrote 2 shards")
+""",
+    "train.py": """\
+import json, pathlib, yaml
+epochs = yaml.safe_load(open("params.yaml"))["train"]["epochs"]
+total = sum(int(p.read_text().split()[0]) for p in sorted(pathlib.Path("shards").iterdir()))
+json.dump({"score": total * epochs, "epochs": epochs}, open("metrics.json", "w"))
+print(f"trained for {epochs} epochs")
+""",
+}
+
+SHAPED_DVC_YAML = """\
+stages:
+  prep:
+    wdir: work
+    cmd: python prep.py
+    deps:
+      - prep.py
+      - ../data/raw.txt
+    params:
+      - ../params.yaml:
+          - prep
+    outs:
+      - ../build/prepared.txt
+  feature:
+    foreach: [sum, max]
+    do:
+      cmd: python feature.py ${item}
+      deps:
+        - feature.py
+        - build/prepared.txt
+      params:
+        - config/model.yaml:
+            - model.depth
+      outs:
+        - features/${item}.txt
+  shards:
+    cmd: python shard.py
+    deps:
+      - shard.py
+      - features
+    outs:
+      - shards
+  train:
+    cmd: python train.py
+    deps:
+      - train.py
+      - shards
+    params:
+      - train.epochs
+    metrics:
+      - metrics.json:
+          cache: false
+"""
+
+
+def make_shaped_repo(root: Path, env: dict[str, str]) -> Path:
+    """A committed git+DVC repo shaped like a real one, not the demo: a `.dvc` source, a stage with
+    `wdir`, a `foreach` stage, a directory output, params in two files, an uncached metrics file."""
+    root.mkdir(parents=True)
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
+    )
+    for name, text in SHAPED_SCRIPTS.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "data").mkdir()
+    (root / "data/raw.txt").write_text("3 1 4 1 5 9 2 6\n")
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "add", "-q", "data/raw.txt"],
+        cwd=root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    (root / "config").mkdir()
+    (root / "config/model.yaml").write_text("model:\n  depth: 2\n  name: tiny\n")
+    (root / "params.yaml").write_text("prep:\n  scale: 10\ntrain:\n  epochs: 3\n")
+    (root / "dvc.yaml").write_text(SHAPED_DVC_YAML)
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "shaped pipeline", env=env)
+    return root

@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
+from dvcflow.engine.graph import Decision, PipelineSnapshot, StageGraph, StageKind, StageNode, plan
 from dvcflow.errors import PipelineError
-from dvcflow.stage_graph import Decision, PipelineSnapshot, StageGraph, StageKind, StageNode, plan
 
 
 def _node(name: str, *upstream: str) -> StageNode:
@@ -126,8 +126,8 @@ def test_status_reasons_read_like_dvc_status() -> None:
 @pytest.mark.parametrize(
     ("decision", "blamed", "first_failure", "keep_going", "expected"),
     [
-        (Decision.CHANGED, {}, None, False, ("reproduce", "why", None)),
-        (Decision.DOWNSTREAM, {}, "x", True, ("reproduce", "why", None)),
+        (Decision.CHANGED, {}, None, False, ("run", "why", None)),
+        (Decision.DOWNSTREAM, {}, "x", True, ("run", "why", None)),
         (Decision.UP_TO_DATE, {}, None, False, ("mark up to date", "why", None)),
         (
             Decision.CHANGED,
@@ -153,8 +153,8 @@ def test_what_a_stage_task_is_told_to_do(
     keep_going: bool,
     expected: tuple[str, str, str | None],
 ) -> None:
-    from dvcflow.flows.per_stage import _action
-    from dvcflow.stage_graph import PlannedStage
+    from dvcflow.engine.graph import PlannedStage
+    from dvcflow.engine.scheduler import decide as _action
 
     stage = PlannedStage("s", 2, decision, "why", ("u1", "u2"))
     action, reason, culprit = _action(stage, blamed, first_failure, keep_going)
@@ -218,12 +218,37 @@ def test_read_pipeline_names_stages_from_the_repo_root(odd_repo: Path) -> None:
 
 
 def test_plan_command_prints_waves_and_json(odd_repo: Path) -> None:
+    # Like plain `dvc repro`: the root dvc.yaml's stages and what they depend on, not sub/dvc.yaml.
     table = CliRunner().invoke(app, ["plan", "--repo", str(odd_repo)])
     assert table.exit_code == 0, table.output
-    assert "7 stages in 3 waves: 6 would run, 1 up to date." in table.output
+    assert "6 stages in 2 waves: 5 would run, 1 up to date." in table.output
     data = json.loads(CliRunner().invoke(app, ["plan", "--json", "--repo", str(odd_repo)]).output)
-    assert data["stages"]["sub/dvc.yaml:inner"]["wave"] == 3
+    assert "sub/dvc.yaml:inner" not in data["stages"]
     assert data["stages"]["raw.txt.dvc"]["would_run"] is False
+    inner = json.loads(
+        CliRunner().invoke(app, ["plan", "sub/dvc.yaml:inner", "--json", "--repo", str(odd_repo)]).output
+    )
+    assert inner["waves"] == [["raw.txt.dvc"], ["each@y"], ["sub/dvc.yaml:inner"]]
+
+
+def test_plan_selection_and_mermaid(odd_repo: Path) -> None:
+    single = json.loads(
+        CliRunner().invoke(app, ["plan", "each@x", "-s", "-f", "--json", "--repo", str(odd_repo)]).output
+    )
+    assert single["would_run"] == ["each@x"] and single["stages"]["each@x"]["reason"] == "forced"
+    downstream = json.loads(
+        CliRunner().invoke(app, ["plan", "each@y", "--downstream", "--json", "--repo", str(odd_repo)]).output
+    )
+    assert downstream["waves"] == [["each@y"], ["sub/dvc.yaml:inner"]]
+    chart = CliRunner().invoke(app, ["plan", "sub/dvc.yaml:inner", "--mermaid", "--repo", str(odd_repo)])
+    assert chart.output.splitlines() == [
+        "flowchart TD",
+        '    s0[("raw.txt.dvc")]',
+        '    s1["each@y"]',
+        '    s2["sub/dvc.yaml:inner"]',
+        "    s0 --> s1",
+        "    s1 --> s2",
+    ]
 
 
 def test_plan_outside_a_repo_is_a_one_line_error(tmp_path: Path) -> None:

@@ -15,14 +15,15 @@ import sys
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from dvcflow.datasync import DataSync, StagesReport
+from dvcflow.engine.graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 from dvcflow.errors import ConfigError, NotADvcRepoError, PipelineError, StageCommandError, UsageError
 from dvcflow.selection import Selection
 from dvcflow.settings import QUIET_ENV
-from dvcflow.stage_graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 
 TAIL_LINES = 15
 
@@ -44,12 +45,9 @@ def find_repo_root(start: Path | None = None) -> Path:
 DEFAULT_PARAMS_FILE = "params.yaml"  # DVC's default for a stage's `params:` entries
 
 
-def check_params_files(root: Path) -> None:
-    """Fail in milliseconds, before any flow run, on a params file DVC could not read.
-
-    Covers the root `params.yaml` and every file a stage of the root `dvc.yaml` names under `params:`.
-    Whether the values make sense is the pipeline's business (its stages validate them).
-    """
+def params_files(root: Path) -> set[str]:
+    """The params files the pipeline reads: the root `params.yaml` (if any) and every file a stage of the
+    root `dvc.yaml` names under `params:` (paths from the root)."""
     import yaml
 
     files = {DEFAULT_PARAMS_FILE} if (root / DEFAULT_PARAMS_FILE).exists() else set()
@@ -61,12 +59,31 @@ def check_params_files(root: Path) -> None:
         raise ConfigError(f"{root / 'dvc.yaml'}: not valid YAML ({_yaml_where(err)})") from None
     for stage in (spec.get("stages") or {}).values():
         body = stage.get("do", stage) if isinstance(stage, dict) else {}
-        for entry in body.get("params", []) if isinstance(body, dict) else []:
+        if not isinstance(body, dict):
+            continue
+        wdir = str(body.get("wdir", stage.get("wdir", ".") if isinstance(stage, dict) else "."))
+        if "$" in wdir:
+            continue
+        for entry in body.get("params", []):
             if isinstance(entry, dict):
-                files.update(str(name) for name in entry if "$" not in str(name))
+                names = [str(name) for name in entry if "$" not in str(name)]
             elif isinstance(entry, str) and ":" not in entry:
-                files.add(DEFAULT_PARAMS_FILE)
-    for name in sorted(files):
+                names = [DEFAULT_PARAMS_FILE]
+            else:
+                continue
+            files.update(os.path.normpath(os.path.join(wdir, name)) for name in names)
+    return files
+
+
+def check_params_files(root: Path) -> None:
+    """Fail in milliseconds, before any flow run, on a params file DVC could not read.
+
+    Covers the root `params.yaml` and every file a stage of the root `dvc.yaml` names under `params:`.
+    Whether the values make sense is the pipeline's business (its stages validate them).
+    """
+    import yaml
+
+    for name in sorted(params_files(root)):
         path = root / name
         if path.suffix not in (".yaml", ".yml"):
             continue
@@ -295,7 +312,7 @@ def params_diff(root: Path, rev: str = "HEAD") -> DvcDiff:
     return _compare(root, rev, "params")
 
 
-# Per-stage runs: the stage graph and `dvc status` read in-process once, then one `dvc repro -s` per stage.
+# The stage graph and `dvc status`, read in-process once per run.
 
 # What DVC logs for a stage (or a `.dvc` data source) it found up to date.
 _SKIPPED_LINE = re.compile(r"^(?:Stage )?'(?P<name>.+)' didn't change, skipping$")
@@ -341,13 +358,135 @@ def read_pipeline(root: Path, *, with_status: bool = True) -> PipelineSnapshot:
 
     Like `dvc repro`, a frozen stage is cut off from its upstream stages.
     """
-    from dvc.exceptions import DvcException
-    from dvc.stage import PipelineStage
+    with PipelineSession(root) as session:
+        return session.snapshot(with_status=with_status)
 
-    repo: Any = _repo(root)
-    try:
-        graph = repo.index.graph  # edge (u, v): u depends on v
-        names = {stage: _address(stage, repo.root_dir) for stage in graph}
+
+# The stage engine's view of DVC: one in-process repository for a whole run. Every DVC call happens under
+# the session's mutex and DVC's repository lock (`lock_repo`), held only for the moment of the call;
+# stage commands run outside it, in parallel. DVC internals used here (pinned to DVC 3.67, tested in
+# tests/test_engine.py): `Repo.index.graph`, `lock_repo`, `Stage.changed/remove_outs/save/save_deps/
+# commit/checkout/reproduce/dump`, `stage_cache.restore`, `serialize.to_lockfile`, `modify_yaml`,
+# `dvc.stage.run.prepare_kwargs/_make_cmd/get_executable`.
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    """One output as DVC hashed it: the path from the repo root, DVC's md5 (`.dir` for a directory)."""
+
+    path: str
+    md5: str | None
+    size: int | None = None
+    is_dir: bool = False
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What the executor needs to know about a stage, as plain data."""
+
+    name: str
+    commands: tuple[str, ...]
+    wdir: Path
+    deps: tuple[str, ...]  # paths from the repo root (params files included)
+    outs: tuple[str, ...]
+    by_dvc: bool  # a `.dvc` source, a frozen stage or an import: DVC's own `reproduce` handles it
+
+
+@dataclass(frozen=True)
+class StageFingerprint:
+    """DVC's view of a stage before it runs: its command, its deps' hashes, its params' values."""
+
+    stage: str
+    cmd: str
+    deps: tuple[tuple[str, str | None], ...]  # (path, md5 or None when missing)
+    params: str  # JSON: params file → {key: value}
+    outs: tuple[str, ...]
+
+
+class Prepared(StrEnum):
+    """What `PipelineSession.prepare` found."""
+
+    UP_TO_DATE = "up to date"
+    """DVC says nothing changed: skipped, as `dvc repro` would."""
+    RESTORED = "restored"
+    """DVC's run cache had this exact run: outputs checked out from the DVC cache and recorded."""
+    READY = "ready"
+    """Outputs removed, deps saved: the command is to run now, then `record`."""
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """One path is the other, or inside it."""
+    return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
+
+
+class PipelineSession:
+    """DVC's repository, opened once for a run; thread-safe (one DVC call at a time)."""
+
+    def __init__(self, root: Path) -> None:
+        import threading
+
+        self.root = root
+        self._repo: Any = _repo(root)
+        self._mutex = threading.RLock()
+        self._graph: Any = None
+        self._stages: dict[str, Any] = {}
+        self._lock_order: dict[str, int] = {}  # lock-file key → position in `dvc repro`'s order
+        self._lock_keys_at_start: dict[str, list[str]] = {}  # lock file → its stage keys when opened
+        self._before_run: dict[str, list[tuple[Any, Any, Any]]] = {}  # stage → (dep/out, hash, meta)
+        self._load()
+
+    def _load(self) -> None:
+        from dvc.exceptions import DvcException
+
+        try:
+            with self._locked():
+                self._graph = self._repo.index.graph
+                self._stages = {_address(stage, self._repo.root_dir): stage for stage in self._graph}
+        except DvcException as err:
+            raise PipelineError(f"DVC cannot read the pipeline of {self.root} ({err})") from None
+
+    def __enter__(self) -> PipelineSession:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._repo.close()
+
+    def _locked(self) -> Any:
+        """The session's mutex and DVC's repository lock, for one DVC call."""
+        from contextlib import ExitStack
+
+        from dvc.repo import lock_repo
+
+        stack = ExitStack()
+        stack.enter_context(self._mutex)
+        stack.enter_context(lock_repo(self._repo))
+        return stack
+
+    def _stage(self, name: str) -> Any:
+        try:
+            return self._stages[name]
+        except KeyError:
+            raise PipelineError(f"no stage {name!r} in {self.root}") from None
+
+    def _upstream(self, stage: Any) -> list[Any]:
+        return list(self._graph.successors(stage))
+
+    def _relative(self, fs_path: str) -> str:
+        return Path(os.path.relpath(fs_path, self._repo.root_dir)).as_posix()
+
+    # Reading
+
+    def snapshot(self, *, with_status: bool = True) -> PipelineSnapshot:
+        """The graph and, with `with_status`, what `dvc status` reports (see `read_pipeline`)."""
+        from dvc.exceptions import DvcException
+        from dvc.stage import PipelineStage
+
+        graph = self._graph
+        names = {stage: name for name, stage in self._stages.items()}
         nodes = tuple(
             StageNode(
                 name=names[stage],
@@ -360,43 +499,295 @@ def read_pipeline(root: Path, *, with_status: bool = True) -> PipelineSnapshot:
         )
         changed: dict[str, str] = {}
         if with_status:
-            by_addressing = {stage.addressing: names[stage] for stage in graph}  # same cwd as status keys
-            for addressing, entries in repo.status().items():
-                if addressing in by_addressing:
-                    changed[by_addressing[addressing]] = _status_reason(entries)
-    except DvcException as err:
-        raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
-    finally:
-        repo.close()
-    return PipelineSnapshot(StageGraph(nodes), changed)
+            try:
+                with self._locked():
+                    by_addressing = {stage.addressing: names[stage] for stage in graph}
+                    for addressing, entries in self._repo.status().items():
+                        if addressing in by_addressing:
+                            changed[by_addressing[addressing]] = _status_reason(entries)
+            except DvcException as err:
+                raise PipelineError(f"DVC cannot read the status of {self.root} ({err})") from None
+        return PipelineSnapshot(StageGraph(nodes), changed)
 
+    def select(self, selection: Selection) -> tuple[str, ...]:
+        """The stages `dvc repro` would visit for `selection`, in its order (`_collect`); remembered as the
+        order in which new `dvc.lock` entries are written (so the file is byte-identical to `dvc repro`'s)."""
+        from dvc.dvcfile import PROJECT_FILE
+        from dvc.exceptions import DvcException
 
-@dataclass(frozen=True)
-class StageRun:
-    """One `dvc repro -s`: its result, and whether DVC found the stage up to date instead of running it."""
+        if selection.everything and not (self.root / PROJECT_FILE).exists():
+            names = tuple(self._stages)  # no root dvc.yaml (e.g. only sub/dvc.yaml): every stage
+        else:
+            try:
+                with self._locked():
+                    steps = _collect(self._repo, selection)
+            except DvcException as err:
+                raise PipelineError(f"DVC cannot read the pipeline of {self.root} ({err})") from None
+            names = tuple(dict.fromkeys(_address(stage, self._repo.root_dir) for stage in steps))
+        self._remember_lock_order(names)
+        return names
 
-    result: CommandResult
-    up_to_date: bool
+    def _remember_lock_order(self, names: tuple[str, ...]) -> None:
+        import yaml
+        from dvc.stage import PipelineStage
 
+        for position, name in enumerate(names):
+            stage = self._stages[name]
+            if isinstance(stage, PipelineStage):
+                lockfile = stage.dvcfile._lockfile
+                self._lock_order.setdefault(f"{lockfile.path}\0{stage.name}", position)
+                if lockfile.path not in self._lock_keys_at_start:
+                    try:
+                        data = yaml.safe_load(Path(lockfile.path).read_text(encoding="utf-8")) or {}
+                    except FileNotFoundError:
+                        data = {}
+                    self._lock_keys_at_start[lockfile.path] = list((data.get("stages") or {}).keys())
 
-def repro_stage(root: Path, name: str, on_line: Callable[[str], None]) -> StageRun:
-    """`dvc --wait-for-lock repro -s NAME`: exactly this stage, if DVC says it changed.
+    def spec(self, name: str) -> StageSpec:
+        stage = self._stage(name)
+        commands = stage.cmd if isinstance(stage.cmd, list) else (stage.cmd or "").splitlines()
+        return StageSpec(
+            name=name,
+            commands=tuple(command for command in commands if command.strip()),
+            wdir=Path(stage.wdir),
+            deps=tuple(self._relative(dep.fs_path) for dep in stage.deps),
+            outs=tuple(self._relative(out.fs_path) for out in stage.outs),
+            by_dvc=bool(stage.frozen or not stage.cmd or stage.is_import),
+        )
 
-    DVC releases its repository lock while a stage's command runs and takes it again to write
-    `dvc.lock`; without `--wait-for-lock` a parallel stage could finish its command and then fail
-    to record it after ~3 s of retries.
-    """
-    skipped = False
+    def changed(self, name: str) -> bool:
+        """DVC's own verdict, now (upstream stages may just have rewritten this one's deps)."""
+        stage = self._stage(name)
+        with self._locked():
+            return bool(stage.changed(False, self._upstream(stage)))
 
-    def watch(line: str) -> None:
-        nonlocal skipped
-        match = _SKIPPED_LINE.match(line.strip())
-        if match and match["name"] == name:
-            skipped = True
-        on_line(line)
+    def fingerprint(self, name: str) -> StageFingerprint:
+        """The hashes DVC computes for the stage's deps (directories included) and its params' values;
+        a missing dep or param is part of the fingerprint, not an error."""
+        import json
 
-    result = stream_dvc(["--wait-for-lock", "repro", "--single-item", name], cwd=root, on_line=watch)
-    return StageRun(result, up_to_date=result.ok and skipped)
+        from dvc.dependency.param import ParamsDependency
+
+        stage = self._stage(name)
+        deps: list[tuple[str, str | None]] = []
+        params: dict[str, object] = {}
+        with self._locked():
+            for dep in stage.deps:
+                path = self._relative(dep.fs_path)
+                try:
+                    value = dep.get_hash().value if dep.exists else None
+                except Exception:  # a missing param, an unreadable file: the stage will say why
+                    value = None
+                if isinstance(dep, ParamsDependency):
+                    params[path] = value
+                else:
+                    deps.append((path, value))
+        return StageFingerprint(
+            stage=name,
+            cmd="\n".join(self.spec(name).commands),
+            deps=tuple(deps),
+            params=json.dumps(params, sort_keys=True, default=str),
+            outs=tuple(self._relative(out.fs_path) for out in stage.outs),
+        )
+
+    def current_outputs(self, name: str) -> tuple[OutputRecord, ...]:
+        """The outputs as they are on disk now, hashed by DVC (md5 None when missing)."""
+        stage = self._stage(name)
+        records: list[OutputRecord] = []
+        with self._locked():
+            for out in stage.outs:
+                try:
+                    hash_info = out.get_hash() if out.exists else None
+                except Exception:
+                    hash_info = None
+                records.append(
+                    OutputRecord(
+                        self._relative(out.fs_path),
+                        hash_info.value if hash_info else None,
+                        is_dir=bool(hash_info and hash_info.isdir),
+                    )
+                )
+        return tuple(records)
+
+    def params_paths(self) -> set[Path]:
+        """Every params file a stage reads (resolved paths)."""
+        from dvc.dependency.param import ParamsDependency
+
+        return {
+            Path(dep.fs_path).resolve()
+            for stage in self._stages.values()
+            for dep in stage.deps
+            if isinstance(dep, ParamsDependency)
+        }
+
+    def missing_params(self) -> list[tuple[str, str, str]]:
+        """(params file, key, stage) for every declared param the files lack: DVC would fail on them."""
+        from dvc.dependency.param import ParamsDependency
+
+        missing: list[tuple[str, str, str]] = []
+        with self._locked():
+            for name, stage in self._stages.items():
+                for dep in stage.deps:
+                    if isinstance(dep, ParamsDependency) and dep.exists and dep.params:
+                        values = dep.read_params()
+                        missing.extend((dep.fs_path, key, name) for key in dep.params if key not in values)
+        return missing
+
+    def missing_sources(self, names: Sequence[str]) -> list[tuple[str, str]]:
+        """(path, stage) for deps of `names` that are absent and that no stage writes."""
+        written = {out.fs_path for stage in self._stages.values() for out in stage.outs if stage.cmd}
+        missing: list[tuple[str, str]] = []
+        with self._locked():
+            for name in names:
+                stage = self._stage(name)
+                for dep in stage.deps if stage.cmd else stage.outs:
+                    if not dep.exists and not any(_overlaps(dep.fs_path, out) for out in written):
+                        missing.append((dep.fs_path, name))
+        return missing
+
+    # Running
+
+    def reproduce_by_dvc(self, name: str, *, force: bool) -> bool:
+        """`.dvc` sources, frozen stages and imports: exactly `dvc repro`'s own step. True if it ran."""
+        stage = self._stage(name)
+        with self._locked():
+            ran = stage.reproduce(upstream=self._upstream(stage), force=force)
+            if ran:
+                self._dump(stage)
+        return bool(ran)
+
+    def prepare(self, name: str, *, force: bool, check_changed: bool) -> Prepared:
+        """What `Stage.reproduce` does before the command: skip if unchanged (with `check_changed`),
+        remove the outputs unless `persist`, then take the run from DVC's run cache if it has it."""
+        from dvc.stage.cache import RunCacheNotFoundError
+
+        stage = self._stage(name)
+        with self._locked():
+            if check_changed and not force and not stage.changed(False, self._upstream(stage)):
+                return Prepared.UP_TO_DATE
+            # What `dvc.lock` says until the stage is recorded: a failed run must not leave the saved
+            # deps in memory, or a retry would find the stage up to date.
+            self._before_run[name] = [
+                (entry, entry.hash_info, entry.meta) for entry in stage.deps + stage.outs
+            ]
+            stage.remove_outs(ignore_remove=False, force=False)
+            if not force:
+                try:
+                    stage.repo.stage_cache.restore(stage)
+                except RunCacheNotFoundError:
+                    stage.save_deps()
+                else:
+                    self._save_commit_dump(stage)
+                    return Prepared.RESTORED
+        return Prepared.READY
+
+    def command_env(self, name: str) -> tuple[list[list[str]], Path, dict[str, str]]:
+        """The stage's commands as DVC would start them (its shell, `-c`), its wdir and environment."""
+        from dvc.stage.run import _make_cmd, get_executable, prepare_kwargs
+
+        stage = self._stage(name)
+        kwargs = prepare_kwargs(stage)
+        env: dict[str, str] = dict(kwargs["env"])
+        env.update(QUIET_ENV)
+        env["PYTHONUNBUFFERED"] = "1"
+        bin_dir = str(Path(sys.executable).parent)
+        path = env.get("PATH", "")
+        if path.split(os.pathsep)[0] != bin_dir:
+            env["PATH"] = os.pathsep.join([bin_dir, path]) if path else bin_dir
+        executable = get_executable()
+        commands = [_make_cmd(executable, command) for command in self.spec(name).commands]
+        return (
+            [command if isinstance(command, list) else [command] for command in commands],
+            Path(kwargs["cwd"]),
+            env,
+        )
+
+    def record(self, name: str) -> tuple[OutputRecord, ...]:
+        """After the command: hash the outputs, put them in the DVC cache, write `dvc.lock` (in
+        `dvc repro`'s order). Raises `PipelineError` when an output is missing."""
+        from dvc.exceptions import DvcException
+
+        stage = self._stage(name)
+        try:
+            with self._locked():
+                self._save_commit_dump(stage)
+                self._before_run.pop(name, None)
+                return self._records(stage)
+        except DvcException as err:
+            self.abandon(name)
+            raise PipelineError(f"stage '{name}': DVC could not record it ({err})") from None
+
+    def abandon(self, name: str) -> None:
+        """The stage failed: forget what `prepare` saved, so its state is `dvc.lock`'s again."""
+        with self._mutex:
+            for entry, hash_info, meta in self._before_run.pop(name, []):
+                entry.hash_info, entry.meta = hash_info, meta
+
+    def recorded_outputs(self, name: str) -> tuple[OutputRecord, ...]:
+        """The outputs as `dvc.lock` (or the last `record`) has them."""
+        with self._mutex:
+            return self._records(self._stage(name))
+
+    def restore(self, name: str, expected: Sequence[OutputRecord]) -> bool:
+        """Check out the outputs `dvc.lock` records from the DVC cache, if they are `expected` and the
+        cache has them; True when the workspace then holds them."""
+        from dvc.exceptions import DvcException
+
+        stage = self._stage(name)
+        recorded = self._records(stage)
+        if [(r.path, r.md5) for r in recorded] != [(e.path, e.md5) for e in expected]:
+            return False
+        try:
+            with self._locked():
+                stage.checkout(force=True)
+        except DvcException:
+            return False
+        return [(r.path, r.md5) for r in self.current_outputs(name)] == [(e.path, e.md5) for e in expected]
+
+    def _records(self, stage: Any) -> tuple[OutputRecord, ...]:
+        return tuple(
+            OutputRecord(
+                self._relative(out.fs_path),
+                out.hash_info.value if out.hash_info else None,
+                out.meta.size if out.meta else None,
+                bool(out.hash_info and out.hash_info.isdir),
+            )
+            for out in stage.outs
+        )
+
+    def _save_commit_dump(self, stage: Any) -> None:
+        """`Stage.run`'s ending (save with the run cache unless an output is uncached, commit), then
+        `dvc repro`'s dump."""
+        no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+        stage.save(allow_missing=False, run_cache=not no_cache_outs)
+        stage.commit(allow_missing=False)
+        self._dump(stage)
+
+    def _dump(self, stage: Any) -> None:
+        """`stage.dump(update_pipeline=False)`, except that `dvc.lock` entries new to the file are
+        written in `dvc repro`'s order, not in the order parallel stages finished."""
+        from dvc.stage import PipelineStage
+        from dvc.stage.serialize import to_lockfile
+        from dvc.utils.serialize import modify_yaml
+
+        if not isinstance(stage, PipelineStage):
+            stage.dump(update_pipeline=False)
+            return
+        lockfile = stage.dvcfile._lockfile
+        before = self._lock_keys_at_start.get(lockfile.path, [])
+        with modify_yaml(lockfile.path, fs=self._repo.fs) as data:
+            if not data:
+                data.update({"schema": "2.0"})
+            entries = data.get("stages") or {}
+            entries.update(to_lockfile(stage))
+            known = {key: position for position, key in enumerate(before)}
+            offset = len(known)
+            rank = {
+                key: known.get(key, offset + self._lock_order.get(f"{lockfile.path}\0{key}", len(entries)))
+                for key in entries
+            }
+            data["stages"] = {key: entries[key] for key in sorted(entries, key=rank.__getitem__)}
+        self._repo.scm_context.track_file(lockfile.relpath)
 
 
 def _collect(repo: Any, selection: Selection) -> list[Any]:

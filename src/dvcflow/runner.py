@@ -21,9 +21,9 @@ from dvcflow.selection import EVERYTHING, Selection
 from dvcflow.settings import resolve_server_config
 
 if TYPE_CHECKING:
+    from dvcflow.engine.graph import Plan
     from dvcflow.history import MetricsHistory
     from dvcflow.metrics import MetricsDiff, MetricsSnapshot
-    from dvcflow.stage_graph import Plan
 
 
 def _prepare(
@@ -144,54 +144,104 @@ def run_option_a(
     )
 
 
-def check_stage_inputs(root: Path, params_path: Path) -> Path:
-    """Option B's pre-flight: params valid, stage paths declared, raw data present; the params file path.
+def check_stage_inputs(
+    root: Path, params_path: Path | None, selection: Selection = EVERYTHING
+) -> Path | None:
+    """run-b's pre-flight, before Prefect is contacted: a typo costs a one-line error, not a failed run.
 
-    Runs before Prefect is contacted, so a typo costs a one-line error, not a failed flow run.
+    `--params PATH` names the params file the run uses, and it must be one the pipeline already reads
+    (`params.yaml`, or a file a stage lists under `params:`): run-b runs the pipeline as `dvc.yaml`
+    declares it, so that DVC agrees with the result; values from anywhere else could not be honoured.
+    Also refused: params the stages read that the files lack, and source data that is missing.
     """
     from dvcflow.errors import ConfigError
-    from dvcflow.stage_paths import load_stage_paths
-    from mltoy.params import ParamsError, load_params
 
-    resolved = params_path if params_path.is_absolute() else root / params_path
-    try:
-        load_params(resolved)
-    except ParamsError as err:
-        raise ConfigError(str(err)) from None
-    raw = load_stage_paths(root).raw
-    if not (root / raw).is_file():
-        raise ConfigError(
-            f"{root / raw}: raw data not found",
-            hint=f"fetch it with `dvc pull`, or regenerate the demo data: python -m mltoy.data --out {raw}",
-        )
+    default = root / dvcrepo.DEFAULT_PARAMS_FILE
+    if params_path is None:
+        resolved = default.resolve() if default.is_file() else None
+    else:
+        resolved = (params_path if params_path.is_absolute() else root / params_path).resolve()
+        if not resolved.is_file():
+            raise ConfigError(f"{root / params_path}: params file not found")
+    with dvcrepo.PipelineSession(root) as session:
+        read = session.params_paths()
+        if params_path is not None and resolved not in read:
+            shown = ", ".join(sorted(path.relative_to(root).as_posix() for path in read))
+            raise ConfigError(
+                f"{resolved}: no stage of this pipeline reads this params file",
+                hint=f"run-b runs the pipeline as dvc.yaml declares it: edit {shown} instead"
+                if shown
+                else "no stage of this pipeline declares params",
+            )
+        for path, key, stage in session.missing_params():
+            raise ConfigError(f"{path}: missing key '{key}'", hint=f"stage {stage} reads it")
+        for path, stage in session.missing_sources(session.select(selection)):
+            raise ConfigError(
+                f"{path}: not found (stage {stage} needs it)",
+                hint="fetch it with `dvc pull` or `dvc checkout`",
+            )
     return resolved
 
 
 def run_option_b(
     repo: Path | None = None,
     *,
-    params_path: Path = Path("params.yaml"),
-    force: bool = False,
+    params_path: Path | None = None,
+    selection: Selection = EVERYTHING,
+    jobs: int | None = None,
+    keep_going: bool = False,
+    retries: int = 1,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
-    """Option B: Prefect owns the stage DAG and calls the stage functions; unchanged stages end Cached."""
+    """Option B on any DVC repository: Prefect owns the stage DAG and its cache decides what runs;
+    unchanged stages end Cached, and DVC agrees with the result."""
+    _check_counts(jobs, retries)
     root = dvcrepo.find_repo_root(repo)
-    resolved = check_stage_inputs(root, params_path)
+    dvcrepo.check_params_files(root)
+    resolved = check_stage_inputs(root, params_path, selection)
     keep_link = _connect(root, ephemeral, announce)
-    from dvcflow.flows.stages import stage_dag_flow
+    from dvcflow.flows.per_stage import task_runner
+    from dvcflow.flows.stage_dag import stage_dag_flow
 
+    limit = jobs or _cpus()
     return _execute_exclusively(
-        root, announce, stage_dag_flow, keep_link, debug, params_path=resolved, force=force
+        root,
+        announce,
+        stage_dag_flow.with_options(task_runner=task_runner(limit, None)),
+        keep_link,
+        debug,
+        params_path=resolved,
+        jobs=limit,
+        keep_going=keep_going,
+        retries=retries,
+        selection=selection,
     )
 
 
-def plan_stages(repo: Path | None = None) -> Plan:
-    """The waves of stages and which would run, from DVC's graph and one `dvc status`; runs nothing."""
-    from dvcflow.stage_graph import plan
+def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> Plan:
+    """The waves of the selected stages and which would run, from DVC's graph and one `dvc status`;
+    runs nothing."""
+    from dvcflow.engine.graph import plan
 
-    return plan(dvcrepo.read_pipeline(dvcrepo.find_repo_root(repo)))
+    with dvcrepo.PipelineSession(dvcrepo.find_repo_root(repo)) as session:
+        selected = session.select(selection)
+        return plan(session.snapshot(), selected, force=selection.force)
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _check_counts(jobs: int | None, retries: int) -> None:
+    from dvcflow.errors import UsageError
+
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    _check_retries(retries)
 
 
 def _check_dask_address(address: str) -> None:
@@ -229,27 +279,23 @@ def run_per_stage(
     sync: DataSync = NO_SYNC,
     ephemeral: bool = False,
     debug: bool = False,
+    selection: Selection = EVERYTHING,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
-    """One Prefect task per DVC stage, at most `jobs` reproducing at once (default: the CPUs here;
-    on a Dask cluster, as many as it takes)."""
-    import os
-
-    from dvcflow.errors import UsageError
-
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    _check_retries(retries)
+    """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
+    here; on a Dask cluster, as many as it takes)."""
+    _check_counts(jobs, retries)
     if sync != NO_SYNC:
-        # TODO(lead/engine): `dvc repro -s --pull/--allow-missing` per stage, and `flows.repro.dvc_push_task`
-        # after a Completed per-stage flow; `_prepare` already checks the remote and the sources.
+        from dvcflow.errors import UsageError
+
+        # TODO(lead/engine): --pull/--allow-missing per stage, and a push after a Completed per-stage flow.
         raise UsageError(f"{' '.join(sync.flags())} not yet with --per-stage: use run-a without it")
     if dask_address is not None:
         _check_dask_address(dask_address)
-    root, _, keep_link = _prepare(repo, ephemeral, announce, sync=sync)
+    root, _, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
-    limit = jobs or (os.cpu_count() or 1 if dask_address is None else 10_000)
+    limit = jobs or (_cpus() if dask_address is None else 10_000)
     return _execute_exclusively(
         root,
         announce,
@@ -260,6 +306,7 @@ def run_per_stage(
         keep_going=keep_going,
         retries=retries,
         show_metrics=show_metrics,
+        selection=selection,
     )
 
 

@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
-from dvcflow.cli.common import JsonOption, RepoOption
+from typing import Annotated
+
+import typer
+
+from dvcflow.cli.common import (
+    DownstreamOption,
+    ForceOption,
+    GlobOption,
+    JsonOption,
+    RepoOption,
+    SingleItemOption,
+    TargetsArgument,
+    selection_from,
+)
 
 
-def plan(repo: RepoOption = None, json: JsonOption = False) -> None:
+def plan(
+    targets: TargetsArgument = None,
+    repo: RepoOption = None,
+    single_item: SingleItemOption = False,
+    downstream: DownstreamOption = False,
+    glob: GlobOption = False,
+    force: ForceOption = False,
+    json: JsonOption = False,
+    mermaid: Annotated[bool, typer.Option("--mermaid", help="Print the DAG as a Mermaid flowchart.")] = False,
+) -> None:
     """Show the stage waves of the DVC pipeline and which stages `run-a --per-stage` would reproduce.
 
-    DVC's graph and one `dvc status`; nothing runs and Prefect is not contacted.
+    Takes `dvc repro`'s selection arguments. DVC's graph and one `dvc status`; nothing runs and Prefect
+    is not contacted.
 
-    Example: dvcflow plan --json
+    Example: dvcflow plan --json; dvcflow plan train --mermaid
     """
     from dvcflow import runner
     from dvcflow.render.plan import plan_view
 
-    plan_view(runner.plan_stages(repo), json=json)
+    selection = selection_from(targets, single_item, downstream, glob, force)
+    plan_view(runner.plan_stages(repo, selection), json=json, mermaid=mermaid)

@@ -199,26 +199,49 @@ def run_a(
 
 
 def run_b(
+    targets: TargetsArgument = None,
     repo: RepoOption = None,
+    single_item: SingleItemOption = False,
+    downstream: DownstreamOption = False,
+    glob: GlobOption = False,
+    force: ForceOption = False,
     params: Annotated[
-        Path, typer.Option("--params", help="The params file; a relative path is taken from the repo root.")
-    ] = Path("params.yaml"),
-    force: Annotated[
-        bool, typer.Option("--force", help="Re-run every stage, even those whose cached result is valid.")
+        Path | None,
+        typer.Option(
+            "--params",
+            help="The params file the run uses: one the pipeline already reads (default params.yaml); "
+            "a relative path is taken from the repo root.",
+            show_default=False,
+        ),
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", help="Stages running at once (default: CPUs).", show_default=False),
+    ] = None,
+    keep_going: Annotated[
+        bool, typer.Option("--keep-going", help="After a failure, finish the independent branches.")
     ] = False,
+    retries: Annotated[int, typer.Option("--retries", help="Retries per stage.")] = 1,
     ephemeral: EphemeralOption = False,
 ) -> None:
-    """Option B: Prefect owns the stage DAG; tasks call the stage functions, unchanged stages end Cached.
+    """Option B on any DVC repository: Prefect owns the stage DAG; unchanged stages end Cached.
 
-    Example: dvcflow run-b --params params.yaml
+    Each stage runs its `cmd` (or the in-process function registered in [tool.dvcflow.stages]) and is
+    recorded through DVC, so `dvc status` is clean afterwards.
+
+    Example: dvcflow run-b --params params.yaml; dvcflow run-b train --force
     """
     from dvcflow import render, runner
     from dvcflow.render.runs import run_summary
 
+    selection = selection_from(targets, single_item, downstream, glob, force)
     record = runner.run_option_b(
         repo,
         params_path=params,
-        force=force,
+        selection=selection,
+        jobs=jobs,
+        keep_going=keep_going,
+        retries=retries,
         ephemeral=ephemeral,
         debug=debug_requested(),
         announce=render.info,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.table import Table
 from rich.text import Text
 
+from dvcflow.engine.graph import Decision, Plan
 from dvcflow.render import as_json, out
-from dvcflow.stage_graph import Decision, Plan
 
 DECISION_STYLES = {
     Decision.CHANGED: "yellow",
@@ -15,8 +15,11 @@ DECISION_STYLES = {
 }
 
 
-def plan_view(plan: Plan, *, json: bool = False) -> None:
-    """One row per stage, wave by wave; `--json` prints `Plan.as_dict()`."""
+def plan_view(plan: Plan, *, json: bool = False, mermaid: bool = False) -> None:
+    """One row per stage, wave by wave; `--json` prints `Plan.as_dict()`, `--mermaid` the flowchart."""
+    if mermaid:
+        out.print(plan.mermaid(), markup=False, highlight=False, soft_wrap=True)
+        return
     if json:
         as_json(plan.as_dict())
         return

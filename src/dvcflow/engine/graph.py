@@ -1,11 +1,11 @@
-"""A DVC pipeline's stage graph as plain data, its waves, and the plan of what a per-stage run would do.
+"""A DVC pipeline's stage graph as plain data, its waves, and the plan of what a run would do.
 
 Provides:
 - `StageNode`: one stage (or `.dvc`-tracked data source) and the stages it depends on.
 - `StageGraph`: the nodes; `waves()` by Kahn's algorithm (`ValueError` on a cycle), `descendants()`.
 - `PipelineSnapshot`: the graph plus what `dvc status` said changed, filled by `dvcflow.dvcrepo`.
 - `Decision`, `PlannedStage`, `Plan` and `plan()`: which stages would be reproduced, and why
-  (`PipelineError` on a cycle).
+  (`PipelineError` on a cycle), restricted to the stages a `Selection` names; `Plan.mermaid()`.
 
 Pure logic: no DVC, no Prefect, cheap to import.
 """
@@ -96,6 +96,26 @@ class StageGraph:
             raise ValueError(f"the stage graph has a cycle through {', '.join(sorted(remaining))}")
         return tuple(waves)
 
+    def subgraph(self, names: Iterable[str]) -> StageGraph:
+        """Only `names` (in this graph's order), and the edges between them."""
+        keep = set(names)
+        unknown = keep - set(self._by_name)
+        if unknown:
+            raise ValueError(f"unknown stage {sorted(unknown)[0]!r}")
+        return StageGraph(
+            tuple(
+                StageNode(
+                    node.name,
+                    tuple(up for up in node.upstream if up in keep),
+                    node.kind,
+                    node.cmd,
+                    node.frozen,
+                )
+                for node in self.nodes
+                if node.name in keep
+            )
+        )
+
     def descendants(self, names: Iterable[str]) -> frozenset[str]:
         """Every stage downstream of `names` (not including them unless reachable from another)."""
         children = self.downstream()
@@ -176,6 +196,18 @@ class Plan:
                 lines.append(f"  {name}: {stage.decision.value} ({stage.reason})")
         return "\n".join(lines)
 
+    def mermaid(self) -> str:
+        """The DAG as a Mermaid flowchart (`dvcflow plan --mermaid`, and each run's markdown artifact)."""
+        ids = {stage.name: f"s{number}" for number, stage in enumerate(self.stages)}
+        lines = ["flowchart TD"]
+        for stage in self.stages:
+            label = stage.name.replace('"', "#quot;")
+            shape = f'[("{label}")]' if stage.kind is StageKind.DATA_SOURCE else f'["{label}"]'
+            lines.append(f"    {ids[stage.name]}{shape}")
+        for stage in self.stages:
+            lines.extend(f"    {ids[up]} --> {ids[stage.name]}" for up in stage.upstream if up in ids)
+        return "\n".join(lines)
+
     def as_dict(self) -> dict[str, object]:
         """The JSON `dvcflow plan --json` prints."""
         return {
@@ -195,14 +227,22 @@ class Plan:
         }
 
 
-def plan(snapshot: PipelineSnapshot) -> Plan:
-    """Changed stages run, their descendants run if DVC says so, everything else is up to date."""
+def plan(snapshot: PipelineSnapshot, selected: Iterable[str] | None = None, *, force: bool = False) -> Plan:
+    """Changed stages run, their descendants run if DVC says so, everything else is up to date.
+
+    `selected` (what `dvcrepo.selected_stages` returns) narrows the plan to those stages, as `dvc repro
+    TARGETS` does: edges to stages outside it are dropped. With `force` every planned stage runs.
+    """
     graph = snapshot.graph
+    if selected is not None:
+        graph = graph.subgraph(selected)
     try:
         waves = graph.waves()
     except ValueError as err:
         raise PipelineError(str(err)) from None
     changed = {name: reason for name, reason in snapshot.changed.items() if name in graph}
+    if force:
+        changed = {node.name: "forced" for node in graph.nodes}
     downstream_of_change = graph.descendants(changed)
     stages: list[PlannedStage] = []
     decided: dict[str, Decision] = {}

@@ -1,0 +1,140 @@
+"""Run ONE stage as `dvc repro` would, in this process, and record it through DVC.
+
+`execute` asks the `PipelineSession` (the DVC adapter) to prepare the stage (skip it if DVC finds it up to
+date, remove its outputs unless `persist`, take it from DVC's run cache if it has this exact run), then runs
+its command in its wdir as a subprocess, every output line handed to `log` as it arrives — or calls the
+stage's registered in-process function — and finally has DVC hash the outputs, cache them and write
+`dvc.lock`. Only the short DVC calls hold DVC's repository lock, so stages run in parallel threads.
+
+No Prefect here: the task in `engine.task` gives `log` the task's logger.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from dvcflow.dvcrepo import OutputRecord, PipelineSession, Prepared
+from dvcflow.engine.plugins import StageFunction, command_arguments
+from dvcflow.errors import PipelineError
+
+TAIL_LINES = 15
+_CWD_LOCK = threading.Lock()  # in-process functions share the process's working directory
+
+
+class Status(StrEnum):
+    RAN = "ran"
+    RESTORED = "restored"
+    """Taken from DVC's run cache: outputs checked out, nothing ran."""
+    UP_TO_DATE = "up to date"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage task returns (and Prefect stores under run-b): the outputs as DVC recorded them."""
+
+    stage: str
+    status: Status
+    outputs: tuple[OutputRecord, ...]
+
+
+def _quoted(name: str) -> str:
+    return f"'{name}'" if name.endswith(".dvc") else f"Stage '{name}'"
+
+
+def execute(
+    session: PipelineSession,
+    name: str,
+    *,
+    force: bool,
+    check_changed: bool,
+    function: StageFunction | None = None,
+    log: Callable[[str], None],
+) -> StageResult:
+    """Run stage `name` if it needs to (see the module doc); `PipelineError` when it fails."""
+    spec = session.spec(name)
+    if spec.by_dvc:
+        if session.reproduce_by_dvc(name, force=force):
+            log(f"Verified and recorded {name}")
+            return StageResult(name, Status.RAN, session.recorded_outputs(name))
+        log(f"{_quoted(name)} didn't change, skipping")
+        return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
+    prepared = session.prepare(name, force=force, check_changed=check_changed)
+    if prepared is Prepared.UP_TO_DATE:
+        log(f"{_quoted(name)} didn't change, skipping")
+        return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
+    if prepared is Prepared.RESTORED:
+        log(f"Stage '{name}' is cached - skipping run, checked out its outputs from the DVC cache")
+        return StageResult(name, Status.RESTORED, session.recorded_outputs(name))
+    log(f"Running stage '{name}':")
+    try:
+        if function is not None:
+            _call(function, spec.commands, spec.wdir, log)
+        else:
+            commands, cwd, env = session.command_env(name)
+            for command, shown in zip(commands, spec.commands, strict=True):
+                log(f"> {shown}")
+                _stream(name, command, shown, cwd, env, log)
+    except BaseException:
+        session.abandon(name)
+        raise
+    outputs = session.record(name)
+    log(f"Recorded {', '.join(f'{out.path} ({out.md5})' for out in outputs) or 'the stage'} in dvc.lock")
+    return StageResult(name, Status.RAN, outputs)
+
+
+def _stream(
+    name: str, command: list[str], shown: str, cwd: Path, env: dict[str, str], log: Callable[[str], None]
+) -> None:
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        close_fds=True,
+    ) as process:
+        assert process.stdout is not None
+        try:
+            for raw in process.stdout:
+                line = raw.rstrip().expandtabs(4)
+                if line.strip():
+                    tail.append(line)
+                    log(line)
+        except BaseException:  # Ctrl-C, or the task was cancelled: stop the command too
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            raise
+        returncode = process.wait()
+    if returncode != 0:
+        shown_tail = "\n".join(f"  {line}" for line in list(tail)[-8:])
+        raise PipelineError(f"stage '{name}': `{shown}` exited with code {returncode}\n{shown_tail}".rstrip())
+
+
+def _call(function: StageFunction, commands: tuple[str, ...], wdir: Path, log: Callable[[str], None]) -> None:
+    argv = command_arguments(function.stage, commands)
+    target = function.load()
+    log(f"> {function.target}({argv})")
+    with _CWD_LOCK:
+        previous = Path.cwd()
+        os.chdir(wdir)
+        try:
+            returned = target(argv)
+        finally:
+            os.chdir(previous)
+    if isinstance(returned, int) and not isinstance(returned, bool) and returned != 0:
+        raise PipelineError(f"stage '{function.stage}': {function.target} returned {returned}")

@@ -1,0 +1,207 @@
+"""The one Prefect task that runs a stage, and the launcher that feeds it to the scheduler.
+
+`stage_task` serves `run-b` (Prefect's cache decides: `DvcCachePolicy`, results persisted) and
+`run-a --per-stage` (DVC's status decides: no Prefect cache). Each stage's task declares its outputs as
+Prefect assets (`file://` keys, DVC's md5 and size as metadata) and its deps as upstream assets, so the
+run's graph shows the data. `PrefectLauncher` is the scheduler's `StageLauncher`: it submits the task with
+`wait_for` edges (the UI draws the DAG) and reports each finished stage.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from prefect import allow_failure, get_run_logger
+from prefect.assets import Asset
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.futures import PrefectFuture
+from prefect.results import ResultStore
+from prefect.states import Cancelled, Completed
+from prefect.tasks import MaterializingTask
+
+from dvcflow.dvcrepo import PipelineSession
+from dvcflow.engine.executor import StageResult, Status, execute
+from dvcflow.engine.graph import PlannedStage
+from dvcflow.engine.plugins import StageFunction
+from dvcflow.engine.scheduler import Action, Outcome
+
+RETRY_DELAY_S = 2
+UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
+NOT_RUN_STATE = "NotRun"  # a Cancelled state: an upstream stage failed, or the run stopped first
+PLACEHOLDER_ASSET = "file:///dev/null"  # replaced per stage by `with_options(assets=...)`
+
+_sessions: dict[Path, PipelineSession] = {}
+_sessions_lock = threading.Lock()
+
+
+def open_session(root: Path) -> PipelineSession:
+    """The run's DVC session for `root` in this process (opened on first use, e.g. on a Dask worker)."""
+    with _sessions_lock:
+        if root not in _sessions:
+            _sessions[root] = PipelineSession(root)
+        return _sessions[root]
+
+
+def close_session(root: Path) -> None:
+    with _sessions_lock:
+        session = _sessions.pop(root, None)
+    if session is not None:
+        session.close()
+
+
+def _run_stage(
+    repo_root: Path,
+    stage: str,
+    action: Action,
+    reason: str,
+    by_cache: bool = False,
+    force: bool = False,
+    function: StageFunction | None = None,
+) -> StageResult | State[Any]:
+    """One stage; its command's output lines go into this task's log."""
+    logger = get_run_logger()
+    if action is Action.NOT_RUN:
+        logger.warning("Stage '%s' not run: %s", stage, reason)
+        return Cancelled(name=NOT_RUN_STATE, message=f"not run: {reason}")
+    if action is Action.MARK_UP_TO_DATE:
+        logger.info(
+            "%s didn't change, skipping", f"'{stage}'" if stage.endswith(".dvc") else f"Stage '{stage}'"
+        )
+        return Completed(name=UP_TO_DATE_STATE, message="nothing changed here or upstream")
+    if not by_cache:
+        logger.info("Reproducing %s (%s)", stage, reason)
+    session = open_session(repo_root)
+    result = execute(
+        session, stage, force=force, check_changed=not by_cache, function=function, log=logger.info
+    )
+    _describe_assets(repo_root, result)
+    if by_cache:
+        return result
+    if result.status is Status.UP_TO_DATE:
+        return Completed(name=UP_TO_DATE_STATE, message="DVC found it up to date")
+    return Completed(
+        message="restored from DVC's run cache" if result.status is Status.RESTORED else "reproduced"
+    )
+
+
+stage_task: MaterializingTask[Any, Any] = MaterializingTask(
+    fn=_run_stage,
+    assets=[PLACEHOLDER_ASSET],
+    materialized_by="dvc",
+    name="stage",
+    cache_policy=NO_CACHE,
+    retry_delay_seconds=RETRY_DELAY_S,
+    log_prints=True,  # an in-process stage function's prints go to the task log, as a command's lines do
+)
+
+
+def asset_key(root: Path, path: str) -> str | None:
+    """`file:///abs/path` of a stage's file; None for paths Prefect cannot name (spaces, `%`, ...)."""
+    key = f"file://{(root / path).as_posix()}"
+    try:
+        Asset(key=key)
+    except ValueError:
+        return None
+    return key
+
+
+def _describe_assets(root: Path, result: StageResult) -> None:
+    """DVC's md5 and size of each output, as metadata of the asset the task materialized."""
+    from prefect.assets import add_asset_metadata
+
+    for out in result.outputs:
+        key = asset_key(root, out.path)
+        if key is None or out.md5 is None:
+            continue
+        try:
+            add_asset_metadata(key, {"dvc_md5": out.md5, "size": out.size, "dvc_stage": result.stage})
+        except (RuntimeError, ValueError):  # not materializing (e.g. a retry without context)
+            return
+
+
+class PrefectLauncher:
+    """The scheduler's `StageLauncher`: one `stage_task` per stage, submitted to the flow's task runner."""
+
+    def __init__(
+        self,
+        root: Path,
+        session: PipelineSession,
+        *,
+        retries: int,
+        force: bool = False,
+        by_cache: bool = False,
+        store: ResultStore | None = None,
+        functions: Mapping[str, StageFunction] | None = None,
+        name_runs_after_stages: bool = True,
+    ) -> None:
+        self.root = root
+        self.session = session
+        self.retries = retries
+        self.force = force
+        self.by_cache = by_cache
+        self.store = store
+        self.functions = functions or {}
+        self.name_runs_after_stages = name_runs_after_stages
+        self.futures: dict[str, PrefectFuture[Any]] = {}
+        self.keys: dict[str, str] = {}
+        self._finished: queue.Queue[str] = queue.Queue()
+
+    def _options(self, stage: PlannedStage, action: Action) -> dict[str, Any]:
+        spec = self.session.spec(stage.name)
+        outs = [key for path in spec.outs if (key := asset_key(self.root, path))]
+        deps = [key for path in spec.deps if (key := asset_key(self.root, path))]
+        options: dict[str, Any] = {
+            "name": stage.name,
+            "retries": self.retries if action is Action.RUN else 0,
+            "assets": outs,
+            "asset_deps": deps or None,
+        }
+        if self.name_runs_after_stages:
+            options["task_run_name"] = stage.name
+        if self.by_cache and action is Action.RUN:
+            from dvcflow.engine.cache import policy_for, verdict
+
+            upstream = {up: self.keys[up] for up in stage.upstream if up in self.keys}
+            policy = policy_for(self.session.fingerprint(stage.name), upstream)
+            self.keys[stage.name] = policy.key
+            assert self.store is not None
+            decision = verdict(self.store, policy, self.session, stage.name, force=self.force)
+            if decision.note:
+                get_run_logger().info("%s", decision.note)
+            options.update(cache_policy=policy, persist_result=True, refresh_cache=decision.refresh)
+        return options
+
+    def launch(self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...]) -> None:
+        task_for_stage = stage_task.with_options(**self._options(stage, action))
+        future = task_for_stage.submit(
+            self.root,
+            stage.name,
+            action,
+            reason,
+            self.by_cache,
+            self.force,
+            self.functions.get(stage.name),
+            wait_for=[allow_failure(self.futures[up]) for up in edges],
+            return_state=False,
+        )
+        self.futures[stage.name] = future
+        future.add_done_callback(partial(_report_done, self._finished, stage.name))
+
+    def next_finished(self) -> tuple[str, Outcome]:
+        name = self._finished.get()
+        future = self.futures[name]
+        future.wait()
+        state = future.state
+        if state.name == NOT_RUN_STATE:
+            return name, Outcome.NOT_RUN
+        return name, Outcome.SUCCEEDED if state.is_completed() else Outcome.FAILED
+
+
+def _report_done(finished: queue.Queue[str], name: str, _: PrefectFuture[Any]) -> None:
+    finished.put(name)
