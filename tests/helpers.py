@@ -268,7 +268,8 @@ stages:
     cmd: python shard.py
     deps:
       - shard.py
-      - features
+      - features/sum.txt
+      - features/max.txt
     outs:
       - shards
   train:
@@ -286,7 +287,10 @@ stages:
 
 def make_shaped_repo(root: Path, env: dict[str, str]) -> Path:
     """A committed git+DVC repo shaped like a real one, not the demo: a `.dvc` source, a stage with
-    `wdir`, a `foreach` stage, a directory output, params in two files, an uncached metrics file."""
+    `wdir`, a `foreach` stage, a directory output, params in two files, an uncached metrics file.
+
+    (No stage depends on the `features` directory as a whole: DVC writes a `.gitignore` there whose
+    lines follow the order in which the parallel `feature` stages finish, see docs/run-b.md.)"""
     root.mkdir(parents=True)
     git(root, "init", "-q", "-b", "main", env=env)
     subprocess.run(

@@ -1,0 +1,196 @@
+"""The stage engine on a repository shaped like a real one (not the demo), a real Prefect server.
+
+`run-b` and `run-a --per-stage` against `dvc repro` on copies of the same repository: the same stages
+run, `dvc.lock` byte for byte the same, and DVC agrees afterwards. Plus the unit checks that dvcflow
+imports no project code (mltoy) and how in-process stage functions get their arguments.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dvcflow.engine.plugins import StageFunction, command_arguments, load_registry
+from dvcflow.errors import ConfigError
+from tests.conftest import LiveServer
+from tests.helpers import PROJECT, api_post, dvc, dvcflow, make_shaped_repo
+
+STAGES = ("prep", "feature@max", "feature@sum", "shards", "train")
+
+
+def states(stdout: str) -> dict[str, str]:
+    """Task → state, from the run summary table."""
+    rows: dict[str, str] = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in re.split(r"[│┃|]", line) if cell.strip()]
+        if len(cells) == 4 and cells[0] not in ("Task", "metrics summary"):
+            rows[cells[0]] = cells[1]
+    return rows
+
+
+def run(repo: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    result = dvcflow(*args, cwd=repo, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def dvc_agrees(repo: Path, env: dict[str, str]) -> None:
+    """`dvc status` clean and a following `dvc repro` runs nothing."""
+    status = dvc("status", "--json", cwd=repo, env=env)
+    assert json.loads(status.stdout) == {}, status.stdout
+    repro = dvc("repro", cwd=repo, env=env)
+    assert repro.returncode == 0 and "Running stage" not in repro.stdout, repro.stdout
+
+
+def dvc_files(repo: Path) -> dict[str, bytes]:
+    return {name: (repo / name).read_bytes() for name in ("dvc.lock", "data/raw.txt.dvc")}
+
+
+@pytest.mark.integration
+def test_run_b_and_per_stage_write_what_dvc_repro_writes(tmp_path: Path, client_env: dict[str, str]) -> None:
+    env = client_env
+    reference = make_shaped_repo(tmp_path / "reference", env)
+    per_stage = shutil.copytree(reference, tmp_path / "per-stage", symlinks=True)
+    run_b = shutil.copytree(reference, tmp_path / "run-b", symlinks=True)
+    assert dvc("repro", cwd=reference, env=env).returncode == 0
+
+    result = run(per_stage, env, "run-a", "--per-stage", "--jobs", "4")
+    assert states(result.stdout) == {"data/raw.txt.dvc": "UpToDate", **dict.fromkeys(STAGES, "Completed")}
+    assert "Task run 'feature@sum' - > python feature.py sum" in result.stderr  # streamed per stage
+    assert "Running: dvc" not in result.stderr  # no DVC process per stage
+    result = run(run_b, env, "run-b")
+    assert states(result.stdout) == dict.fromkeys(STAGES, "Completed")
+    for repo in (per_stage, run_b):
+        assert dvc_files(repo) == dvc_files(reference), repo.name
+        assert (repo / "metrics.json").read_text() == (reference / "metrics.json").read_text()
+        dvc_agrees(repo, env)
+
+
+@pytest.mark.integration
+def test_run_b_caches_by_dvc_hashes_and_never_trusts_missing_outputs(
+    tmp_path: Path, client_env: dict[str, str], live_server: LiveServer
+) -> None:
+    env = client_env
+    repo = make_shaped_repo(tmp_path / "repo", env)
+    first = run(repo, env, "run-b")
+    assert states(first.stdout) == dict.fromkeys(STAGES, "Completed")
+    assert "'Prefect owned stage DAG'" in first.stderr
+    second = run(repo, env, "run-b")
+    assert states(second.stdout) == dict.fromkeys(STAGES, "Cached")
+
+    # One param of the second params file: exactly the stages that read it, and below them, run again.
+    (repo / "config/model.yaml").write_text("model:\n  depth: 5\n  name: tiny\n")
+    changed = run(repo, env, "run-b")
+    assert states(changed.stdout) == {"prep": "Cached", **dict.fromkeys(STAGES[1:], "Completed")}
+    # A param of the same file that no stage reads changes nothing.
+    (repo / "config/model.yaml").write_text("model:\n  depth: 5\n  name: renamed\n")
+    assert set(states(run(repo, env, "run-b").stdout).values()) == {"Cached"}
+
+    # A deleted cached output comes back from the DVC cache; an uncached one (metrics) means a rerun.
+    (repo / "features/sum.txt").unlink()
+    shutil.rmtree(repo / "shards")
+    (repo / "metrics.json").unlink()
+    healed = run(repo, env, "run-b")
+    assert states(healed.stdout) == {**dict.fromkeys(STAGES[:4], "Cached"), "train": "Completed"}
+    assert "Stage feature@sum: features/sum.txt restored from the DVC cache" in healed.stderr
+    assert "Stage shards: shards restored from the DVC cache" in healed.stderr
+    assert "Stage train: not reusing its cached result, metrics.json changed or went missing" in healed.stderr
+    assert (repo / "features/sum.txt").is_file() and (repo / "metrics.json").is_file()
+    dvc_agrees(repo, env)
+
+    # -s with --force: exactly that stage runs.
+    forced = run(repo, env, "run-b", "shards", "-s", "--force")
+    assert states(forced.stdout) == {"shards": "Completed"}
+
+    # Lineage: the train task materialized metrics.json, with DVC's md5 and the shards as upstream.
+    key = f"file://{repo / 'metrics.json'}"
+    event = _asset_event(live_server, key)
+    assert event["payload"]["dvc_md5"] == _lock_md5(repo, "train", "metrics.json")
+    assert f"file://{repo / 'shards'}" in {related["prefect.resource.id"] for related in event["related"]}
+
+
+def _lock_md5(repo: Path, stage: str, path: str) -> str:
+    import yaml
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return next(str(out["md5"]) for out in lock["stages"][stage]["outs"] if out["path"] == path)
+
+
+def _asset_event(server: LiveServer, key: str) -> dict[str, Any]:
+    """The latest materialization event of asset `key`, once the server has persisted it."""
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.asset.materialization.succeeded"]},
+            "any_resource": {"id": [key]},
+            "order": "DESC",
+        },
+        "limit": 5,
+    }
+    deadline = time.monotonic() + 20
+    while True:
+        page = api_post(server.api_url, "/events/filter", body)
+        assert isinstance(page, dict)
+        if page["events"]:
+            event: dict[str, Any] = page["events"][0]
+            return event
+        assert time.monotonic() < deadline, f"no materialization event for {key}"
+        time.sleep(0.2)  # polling the API for a record written asynchronously, bounded above
+
+
+def test_dvcflow_imports_no_project_code() -> None:
+    """mltoy is the demo's project: dvcflow learns about it only from the demo's pyproject registry."""
+    offenders = []
+    for path in sorted((PROJECT / "src/dvcflow").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "mltoy"]
+    assert offenders == []
+    modules = [
+        f"dvcflow.{path.relative_to(PROJECT / 'src/dvcflow').with_suffix('').as_posix().replace('/', '.')}"
+        for path in sorted((PROJECT / "src/dvcflow").rglob("*.py"))
+        if path.name not in ("__main__.py", "__init__.py")
+    ]
+    script = (
+        f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+        "print('mltoy' in sys.modules)"
+    )
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
+
+
+def test_the_demo_registers_its_stage_functions() -> None:
+    registry = load_registry(PROJECT)
+    assert registry == {
+        name: StageFunction(name, "mltoy.cli:main") for name in ("prepare", "train", "evaluate")
+    }
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [
+        ("python -m mltoy.cli train --model m.joblib", ["train", "--model", "m.joblib"]),
+        ("python3 scripts/train.py --epochs 3", ["--epochs", "3"]),
+        ("python -m tool 'a b'", ["a b"]),
+    ],
+)
+def test_in_process_functions_get_the_commands_arguments(command: str, argv: list[str]) -> None:
+    assert command_arguments("s", (command,)) == argv
+
+
+@pytest.mark.parametrize(
+    "commands", [("python a.py > out.txt",), ("python a.py", "python b.py"), ("make x",)]
+)
+def test_commands_that_cannot_run_in_process_are_refused(commands: tuple[str, ...]) -> None:
+    with pytest.raises(ConfigError, match="stage 's'"):
+        command_arguments("s", commands)
