@@ -58,6 +58,15 @@ def git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
     ).stdout
 
 
+def stage_registry_toml() -> str:
+    """The demo's `[tool.dvcflow.stages]` table (its in-process stage functions), alone: a copy of the
+    demo gets the registry but not the project's server settings."""
+    import tomllib
+
+    table = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["dvcflow"]["stages"]
+    return "[tool.dvcflow.stages]\n" + "".join(f'{name} = "{target}"\n' for name, target in table.items())
+
+
 def make_pipeline_repo(root: Path, env: dict[str, str]) -> Path:
     """A git+DVC copy of the demo pipeline, committed, with the raw data materialised."""
     root.mkdir(parents=True, exist_ok=True)
@@ -69,6 +78,7 @@ def make_pipeline_repo(root: Path, env: dict[str, str]) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, target)
+    (root / "pyproject.toml").write_text(stage_registry_toml())
     git(root, "init", "-q", "-b", "main", env=env)
     subprocess.run(
         [sys.executable, "-m", "mltoy.data", "--out", "data/raw/iris.csv"],

@@ -69,7 +69,7 @@ def test_wide_pipeline_runs_branches_at_once_retries_the_flaky_join_then_has_not
     assert summary(first.stdout)["join"][1] == "2"  # failed once, retried
     assert "join: failing this once" in first.stderr
     assert "Retry 1/1 will start 2 second(s) from now" in first.stderr
-    assert "Running: dvc --wait-for-lock repro -s branch@1" in first.stderr
+    assert "Task run 'branch@1' - Reproducing branch@1 (" in first.stderr
     assert re.search(r"Task run 'branch@1' - > python branch\.py 1 2\.5", first.stderr)
     spans = [interval(repo, str(i)) for i in range(3)]
     assert max(start for start, _ in spans) < min(end for _, end in spans), (
@@ -122,7 +122,7 @@ def test_failed_branch_stops_the_run_then_keep_going_resumes_and_finishes_the_ot
         "branch@2": "Completed",
         "join": "NotRun",
     }
-    assert "Running: dvc --wait-for-lock repro -s branch@0" not in resumed.stderr
+    assert "Reproducing branch@0" not in resumed.stderr
     assert "join: not run: upstream stage 'branch@1' failed" in resumed.stdout
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"branch@0", "branch@2"}
