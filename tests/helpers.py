@@ -325,3 +325,22 @@ def make_shaped_repo(root: Path, env: dict[str, str]) -> Path:
     git(root, "add", "-A", env=env)
     git(root, "commit", "-q", "-m", "shaped pipeline", env=env)
     return root
+
+
+def make_chain_repo(root: Path, env: dict[str, str], stages: int = 50) -> Path:
+    """s00 → s01 → … → s49, each a one-line shell command; committed. Used by `bench/`."""
+    spec: dict[str, object] = {}
+    for i in range(stages):
+        stage: dict[str, object] = {"cmd": f"echo {i} > out/s{i:02d}.txt", "outs": [f"out/s{i:02d}.txt"]}
+        if i:
+            stage["deps"] = [f"out/s{i - 1:02d}.txt"]
+        spec[f"s{i:02d}"] = stage
+    (root / "out").mkdir(parents=True)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": spec}, sort_keys=False))
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
+    )
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "pipeline", env=env)
+    return root

@@ -1,7 +1,7 @@
-"""The one Prefect cache policy of dvcflow: a stage's key from DVC's own view of it.
+"""The one Prefect cache policy of dvcflow: a stage's key from DVC's view of it.
 
-The key hashes the stage's name, its command, the hashes DVC computes for its deps (directories
-included), the values of its params and the keys of its upstream stages. A stored result is trusted only
+The key hashes the repository's root, the stage's name, its command, the hashes DVC computes for its
+deps (directories included), the values of its params and the keys of its upstream stages. A stored result is trusted only
 if the outputs it recorded are on disk with the same DVC hashes; otherwise they are checked out from the
 DVC cache when `dvc.lock` records them and the cache has them, else the stage runs again (`verdict`).
 Used by `run-b`, where Prefect's cache decides what runs; under `run-a --per-stage` DVC's status decides.
@@ -13,6 +13,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
@@ -28,12 +29,15 @@ class DvcCachePolicy(CachePolicy):
     """A stage's cache key, computed before it is submitted (plain strings only: pickle-safe)."""
 
     stage: str = ""
+    repository: str = ""  # the repository's root: results are reused within one repository
     fingerprint: str = ""  # JSON of the `StageFingerprint`
     upstream_keys: tuple[tuple[str, str], ...] = ()  # sorted (stage, key)
 
     @property
     def key(self) -> str:
-        parts = json.dumps([self.stage, self.fingerprint, self.upstream_keys], sort_keys=True)
+        parts = json.dumps(
+            [self.repository, self.stage, self.fingerprint, self.upstream_keys], sort_keys=True
+        )
         return "dvc-stage-" + hashlib.sha256(parts.encode()).hexdigest()
 
     def compute_key(
@@ -47,7 +51,7 @@ class DvcCachePolicy(CachePolicy):
         return self.key
 
 
-def policy_for(fingerprint: StageFingerprint, upstream_keys: Mapping[str, str]) -> DvcCachePolicy:
+def policy_for(root: Path, fingerprint: StageFingerprint, upstream_keys: Mapping[str, str]) -> DvcCachePolicy:
     body = json.dumps(
         {
             "cmd": fingerprint.cmd,
@@ -57,7 +61,10 @@ def policy_for(fingerprint: StageFingerprint, upstream_keys: Mapping[str, str]) 
         }
     )
     return DvcCachePolicy(
-        stage=fingerprint.stage, fingerprint=body, upstream_keys=tuple(sorted(upstream_keys.items()))
+        repository=str(root),
+        stage=fingerprint.stage,
+        fingerprint=body,
+        upstream_keys=tuple(sorted(upstream_keys.items())),
     )
 
 

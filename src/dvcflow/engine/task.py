@@ -9,6 +9,7 @@ run's graph shows the data. `PrefectLauncher` is the scheduler's `StageLauncher`
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Mapping
@@ -44,6 +45,10 @@ def open_session(root: Path) -> PipelineSession:
     """The run's DVC session for `root` in this process (opened on first use, e.g. on a Dask worker)."""
     with _sessions_lock:
         if root not in _sessions:
+            # DVC resolves some paths against the working directory and refuses those outside the
+            # repository: a run started with --repo from elsewhere, or a Dask worker, moves into it.
+            if not Path.cwd().resolve().is_relative_to(root.resolve()):
+                os.chdir(root)
             _sessions[root] = PipelineSession(root)
         return _sessions[root]
 
@@ -168,7 +173,7 @@ class PrefectLauncher:
             from dvcflow.engine.cache import policy_for, verdict
 
             upstream = {up: self.keys[up] for up in stage.upstream if up in self.keys}
-            policy = policy_for(self.session.fingerprint(stage.name), upstream)
+            policy = policy_for(self.root, self.session.fingerprint(stage.name), upstream)
             self.keys[stage.name] = policy.key
             assert self.store is not None
             decision = verdict(self.store, policy, self.session, stage.name, force=self.force)
