@@ -1,10 +1,11 @@
 """The one Prefect cache policy of dvcflow: a stage's key from DVC's view of it.
 
 The key hashes the repository's root, the stage's name, its command, the hashes DVC computes for its
-deps (directories included), the values of its params and the keys of its upstream stages. A stored result is trusted only
-if the outputs it recorded are on disk with the same DVC hashes; otherwise they are checked out from the
-DVC cache when `dvc.lock` records them and the cache has them, else the stage runs again (`verdict`).
-Used by `run-b`, where Prefect's cache decides what runs; under `run-a --per-stage` DVC's status decides.
+deps (directories included), the values of its params and the keys of its upstream stages. A stored
+result is trusted only if the outputs it recorded are on disk with the same DVC hashes; otherwise they
+are checked out from the DVC cache when `dvc.lock` records them and the cache has them, else the stage
+runs again (`verdict`). Used by `run-b`, where Prefect's cache decides what runs; under
+`run-a --per-stage` DVC's status decides.
 """
 
 from __future__ import annotations
