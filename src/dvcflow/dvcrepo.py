@@ -740,7 +740,7 @@ class PipelineSession:
         try:
             with self._locked():
                 stage.checkout(force=True)
-        except DvcException:
+        except (DvcException, OSError):  # not in the DVC cache (a fresh clone): the stage must run
             return False
         return [(r.path, r.md5) for r in self.current_outputs(name)] == [(e.path, e.md5) for e in expected]
 
