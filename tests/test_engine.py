@@ -56,6 +56,7 @@ def dvc_files(repo: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)  # three copies, three pipeline runs: slow on a loaded 2-CPU machine
 def test_run_b_and_per_stage_write_what_dvc_repro_writes(tmp_path: Path, client_env: dict[str, str]) -> None:
     env = client_env
     reference = make_shaped_repo(tmp_path / "reference", env)
@@ -76,6 +77,7 @@ def test_run_b_and_per_stage_write_what_dvc_repro_writes(tmp_path: Path, client_
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)  # seven run-b processes
 def test_run_b_caches_by_dvc_hashes_and_never_trusts_missing_outputs(
     tmp_path: Path, client_env: dict[str, str], live_server: LiveServer
 ) -> None:
