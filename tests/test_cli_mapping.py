@@ -18,7 +18,7 @@ from dvcflow.cli.app import app
 from dvcflow.datasync import DataSync
 from dvcflow.metrics import MetricsSnapshot
 from dvcflow.runs import FlowRunRecord
-from dvcflow.selection import Selection
+from dvcflow.selection import EVERYTHING, Selection
 from dvcflow.settings import ServerConfig
 
 RUN_A = {
@@ -43,8 +43,11 @@ PER_STAGE = {
     "announce": mock.ANY,
 }
 RUN_B = {
-    "params_path": Path("params.yaml"),
-    "force": False,
+    "params_path": None,
+    "selection": EVERYTHING,
+    "jobs": None,
+    "keep_going": False,
+    "retries": 1,
     "ephemeral": False,
     "debug": False,
     "announce": mock.ANY,
@@ -102,9 +105,29 @@ CASES: list[tuple[list[str], str, Path | None, dict[str, Any]]] = [
     (["run-a", "--per-stage", "--dry-run", "--repo", "r"], "plan_stages", Path("r"), {}),
     (["run-b"], "run_option_b", None, RUN_B),
     (["run-b", "--params", "p.yaml"], "run_option_b", None, {**RUN_B, "params_path": Path("p.yaml")}),
-    (["run-b", "--force"], "run_option_b", None, {**RUN_B, "force": True}),
+    (["run-b", "--force"], "run_option_b", None, {**RUN_B, "selection": Selection(force=True)}),
+    (
+        ["run-b", "train", "-s", "-f"],
+        "run_option_b",
+        None,
+        {**RUN_B, "selection": Selection(("train",), single_item=True, force=True)},
+    ),
+    (
+        ["run-b", "t*", "--glob", "--downstream", "-j", "2", "--keep-going", "--retries", "0"],
+        "run_option_b",
+        None,
+        {
+            **RUN_B,
+            "selection": Selection(("t*",), glob=True, downstream=True),
+            "jobs": 2,
+            "keep_going": True,
+            "retries": 0,
+        },
+    ),
     (["run-b", "--ephemeral", "--repo", "r"], "run_option_b", Path("r"), {**RUN_B, "ephemeral": True}),
-    (["plan", "--repo", "r"], "plan_stages", Path("r"), {}),
+    (["plan", "--repo", "r"], "plan_stages", Path("r"), {"selection": EVERYTHING}),
+    (["plan", "train", "--mermaid"], "plan_stages", None, {"selection": Selection(("train",))}),
+    (["plan", "a", "b", "-s"], "plan_stages", None, {"selection": Selection(("a", "b"), single_item=True)}),
     (["metrics"], "metrics_view", None, METRICS),
     (["metrics", "--repo", "r"], "metrics_view", Path("r"), METRICS),
     (["metrics", "--diff"], "metrics_view", None, {**METRICS, "rev": "HEAD"}),

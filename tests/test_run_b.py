@@ -112,7 +112,7 @@ def test_run_b_matches_dvc_then_caches_until_inputs_or_outputs_change(
     # A params file no stage reads cannot be honoured: refused before any flow run.
     (repo / "alt-params.yaml").write_text(yaml.safe_dump(params))
     refused = dvcflow("run-b", "--params", "alt-params.yaml", cwd=repo, env=env)
-    assert refused.returncode == 1
+    assert refused.returncode == 3
     assert refused.stderr.splitlines()[0] == (
         f"Error: {repo}/alt-params.yaml: no stage of this pipeline reads this params file"
     )

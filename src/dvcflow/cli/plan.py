@@ -39,4 +39,4 @@ def plan(
     from dvcflow.render.plan import plan_view
 
     selection = selection_from(targets, single_item, downstream, glob, force)
-    plan_view(runner.plan_stages(repo, selection), json=json, mermaid=mermaid)
+    plan_view(runner.plan_stages(repo, selection=selection), json=json, mermaid=mermaid)
