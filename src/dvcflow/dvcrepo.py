@@ -152,11 +152,20 @@ class CommandResult:
 
 def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -> CommandResult:
     """Run `dvc ARGS` in `cwd`, handing every non-blank output line to `on_line` as it arrives."""
+    returncode, tail = stream_process(dvc_command(*args), cwd, dvc_environment(), on_line)
+    return CommandResult(tuple(args), returncode, tail)
+
+
+def stream_process(
+    command: Sequence[str], cwd: Path, env: dict[str, str], on_line: Callable[[str], None]
+) -> tuple[int, tuple[str, ...]]:
+    """Run `command`, every non-blank output line (stdout and stderr) to `on_line` as it arrives; its
+    exit code and last lines. Interrupted, the process gets a Ctrl-C first, then is terminated."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     with subprocess.Popen(
-        dvc_command(*args),
+        list(command),
         cwd=cwd,
-        env=dvc_environment(),
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -171,11 +180,11 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
                 if line.strip():
                     tail.append(line)
                     on_line(line)
-        except BaseException:  # Ctrl-C, or the task was cancelled: let DVC stop cleanly first
+        except BaseException:  # Ctrl-C, or the task was cancelled: let it stop cleanly first
             _stop(process)
             raise
         returncode = process.wait()
-    return CommandResult(tuple(args), returncode, tuple(tail))
+    return returncode, tuple(tail)
 
 
 def _stop(process: subprocess.Popen[str], grace: float = 10.0) -> None:

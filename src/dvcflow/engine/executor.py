@@ -12,19 +12,16 @@ No Prefect here: the task in `engine.task` gives `log` the task's logger.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from dvcflow.dvcrepo import OutputRecord, PipelineSession, Prepared
+from dvcflow.dvcrepo import OutputRecord, PipelineSession, Prepared, stream_process
 from dvcflow.engine.plugins import StageFunction, command_arguments
 from dvcflow.errors import PipelineError
 
-TAIL_LINES = 15
 _CWD_LOCK = threading.Lock()  # in-process functions share the process's working directory
 
 
@@ -92,36 +89,9 @@ def execute(
 def _stream(
     name: str, command: list[str], shown: str, cwd: Path, env: dict[str, str], log: Callable[[str], None]
 ) -> None:
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    with subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        close_fds=True,
-    ) as process:
-        assert process.stdout is not None
-        try:
-            for raw in process.stdout:
-                line = raw.rstrip().expandtabs(4)
-                if line.strip():
-                    tail.append(line)
-                    log(line)
-        except BaseException:  # Ctrl-C, or the task was cancelled: stop the command too
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
-        returncode = process.wait()
+    returncode, tail = stream_process(command, cwd, env, log)
     if returncode != 0:
-        shown_tail = "\n".join(f"  {line}" for line in list(tail)[-8:])
+        shown_tail = "\n".join(f"  {line}" for line in tail[-8:])
         raise PipelineError(f"stage '{name}': `{shown}` exited with code {returncode}\n{shown_tail}".rstrip())
 
 
