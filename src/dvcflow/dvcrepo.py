@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -133,6 +134,24 @@ class CommandResult:
         return self.returncode == 0
 
 
+# The DVC processes running now, so a Ctrl-C caught in the main thread can stop those that worker
+# threads started (a signal sent to dvcflow alone does not reach them).
+_RUNNING: set[subprocess.Popen[str]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def interrupt_commands(grace: float = 10.0) -> int:
+    """Stop every DVC process `stream_dvc` is running (SIGINT, then harder after `grace` s); the count."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    stoppers = [threading.Thread(target=_stop, args=(process, grace)) for process in running]
+    for thread in stoppers:
+        thread.start()
+    for thread in stoppers:
+        thread.join()
+    return len(running)
+
+
 def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -> CommandResult:
     """Run `dvc ARGS` in `cwd`, handing every non-blank output line to `on_line` as it arrives."""
     tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -148,6 +167,8 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
         bufsize=1,
     ) as process:
         assert process.stdout is not None
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
         try:
             for raw in process.stdout:
                 line = raw.rstrip().expandtabs(4)
@@ -157,6 +178,9 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
         except BaseException:  # Ctrl-C, or the task was cancelled: let DVC stop cleanly first
             _stop(process)
             raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
         returncode = process.wait()
     return CommandResult(tuple(args), returncode, tuple(tail))
 
@@ -212,6 +236,9 @@ def _repo(root: Path) -> object:
         return Repo(str(root))
     except DvcException as err:
         raise PipelineError(f"{root}: DVC cannot open this repository ({err})") from None
+
+
+open_repo = _repo  # for `dvcexp`, the experiments adapter beside this module
 
 
 def metrics_show(root: Path) -> dict[str, dict[str, object] | str]:

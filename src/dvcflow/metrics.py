@@ -191,12 +191,13 @@ def diff_metrics(repo_root: Path, rev: str = "HEAD", *, params: bool = False) ->
 # --- Prefect artifact ---------------------------------------------------------------------------------
 
 
-def artifact_key(repo_root: Path) -> str:
-    """`dvcflow-metrics-<repository identity>`: the same after a move or on another clone, distinct for two
-    repositories (`dvcflow.identity`). Prefect allows only lowercase letters, digits and dashes in keys."""
+def artifact_key(repo_root: Path, prefix: str = ARTIFACT_PREFIX) -> str:
+    """`dvcflow-metrics-<repository identity>` (or another `prefix`): the same after a move or on another
+    clone, distinct for two repositories (`dvcflow.identity`). Prefect allows only lowercase letters,
+    digits and dashes in keys."""
     from dvcflow.identity import repo_identity
 
-    return f"{ARTIFACT_PREFIX}-{repo_identity(repo_root).id}"
+    return f"{prefix}-{repo_identity(repo_root).id}"
 
 
 def legacy_artifact_key(repo_root: Path) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from dvcflow.history import MetricsHistory
     from dvcflow.metrics import MetricsDiff, MetricsSnapshot
     from dvcflow.stage_graph import Plan
+    from dvcflow.sweep import SweepProgress, SweepReport
 
 
 def _prepare(
@@ -283,3 +284,97 @@ def metrics_view(
     if rev is not None:
         return metrics.diff_metrics(root, rev, params=params)
     return metrics.require_metrics(metrics.read_metrics(root))
+
+
+def run_sweep(
+    repo: Path | None = None,
+    *,
+    set_params: Sequence[str],
+    jobs: int | None = None,
+    metric: str | None = None,
+    maximize: bool = True,
+    per_stage: bool = False,
+    save: bool = True,
+    max_trials: int = 100,
+    ephemeral: bool = False,
+    debug: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+    on_progress: Callable[[SweepProgress], None] = lambda _: None,
+) -> SweepReport:
+    """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once.
+
+    All input is checked before the first flow run; the workspace is never written to.
+    """
+    import shutil
+    import tempfile
+
+    from dvcflow import dvcexp
+    from dvcflow.errors import UsageError
+    from dvcflow.sweep import SweepReport, SweepSession, TrialSpec, pick_best, registered
+
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    root = dvcrepo.find_repo_root(repo)
+    dvcrepo.check_params_files(root)
+    baseline = dvcexp.git_baseline(root)
+    grid = dvcexp.expand_grid(root, set_params)
+    if len(grid) > max_trials:
+        raise UsageError(
+            f"{len(grid)} trials is more than --max-trials {max_trials}",
+            hint="fewer values, or raise --max-trials",
+        )
+    if metric is not None:
+        _check_metric(root, metric)
+    trials = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
+    # Four trials' task logs interleaved on the terminal say less than the progress bar: they go to the UI.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    keep_link = _connect(root, ephemeral, announce)
+    from dvcflow.flows.sweep import sweep_flow, trial_runner
+
+    limit = min(jobs or os.cpu_count() or 1, len(trials))
+    dvcexp.prune_workspaces(root)
+    scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
+    sweep = SweepSession(
+        root,
+        baseline,
+        trials,
+        scratch,
+        save=save,
+        per_stage=per_stage,
+        metric=metric,
+        maximize=maximize,
+        on_progress=on_progress,
+    )
+    try:
+        with registered(sweep) as session_id:
+            record = _execute_exclusively(
+                root,
+                announce,
+                sweep_flow.with_options(task_runner=trial_runner(limit)),
+                keep_link,
+                debug,
+                session_id=session_id,
+                grid=[spec.values() for spec in trials],
+                jobs=limit,
+            )
+    except KeyboardInterrupt:  # outside the flow's own handling: stop what runs, then leave
+        sweep.cancel.set()
+        dvcrepo.interrupt_commands()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        dvcexp.prune_workspaces(root)
+    results = sweep.results()
+    chosen, best = pick_best(results, metric, maximize)
+    return SweepReport(record, results, sweep.varying, chosen, maximize, best, save)
+
+
+def _check_metric(root: Path, metric: str) -> None:
+    """`--metric` must name a metric the pipeline reports; checked against the workspace's metrics
+    files when they exist (a fresh clone has none yet, and then the name is checked at the end)."""
+    from dvcflow.errors import UsageError
+    from dvcflow.metrics import read_metrics
+
+    known = read_metrics(root).flat()
+    if known and metric not in known:
+        raise UsageError(f"--metric {metric}: the pipeline has no such metric (it has: {', '.join(known)})")

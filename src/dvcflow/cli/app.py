@@ -97,12 +97,13 @@ def root(
 
 
 def _register() -> None:
-    from dvcflow.cli import deploy, metrics, plan, run, server
+    from dvcflow.cli import deploy, metrics, plan, run, server, sweep
 
     app.command("run-a")(run.run_a)
     app.command("run-b")(run.run_b)
     app.command("plan")(plan.plan)
     app.command("metrics")(metrics.metrics)
+    app.command("sweep")(sweep.sweep)
     app.add_typer(server.app, name="server")
     deploy.register(app)
 
