@@ -15,7 +15,7 @@ import contextlib
 import shutil
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,11 +49,8 @@ class Override:
 def _load_params(path: Path) -> dict[str, Any]:
     from dvc.utils.serialize import LOADERS
 
-    loader = LOADERS.get(path.suffix.lower())
-    if loader is None:
-        raise UsageError(f"{path.name}: DVC cannot set params in a {path.suffix or 'suffix-less'} file")
     try:
-        data = loader(str(path))
+        data = LOADERS[path.suffix.lower()](str(path))  # YAML unless .json, .toml or .py, as in DVC
     except Exception as err:
         raise ConfigError(f"{path}: cannot read it as params ({type(err).__name__})") from None
     return dict(data) if isinstance(data, dict) else {}
@@ -243,23 +240,42 @@ def apply_params(workspace: Path, overrides: Sequence[Override]) -> None:
         apply_overrides(str(workspace / file), texts)
 
 
-def save_experiment(workspace: Path, name: str) -> str:
+def save_experiment(workspace: Path, name: str, on_line: Callable[[str], None]) -> str:
     """`dvc exp save -n NAME` in the trial workspace, untracked outputs (such as metrics files with
-    `cache: false`) included as `dvc exp run` includes them; returns the experiment's commit."""
-    from dvc.exceptions import DvcException
+    `cache: false`) included as `dvc exp run` includes them; returns the experiment's commit.
 
+    A process of its own (DVC's experiments code works from the current directory), in a session of
+    its own so that a Ctrl-C on the terminal cannot stop it halfway: an experiment is saved whole or
+    not at all. One at a time: every save writes the same `refs/exps/exec/*` refs.
+    """
     top = Path(_git(workspace, "rev-parse", "--show-toplevel").decode().strip())
     untracked = [
         str((top / raw.decode()).relative_to(workspace))
         for raw in _git(top, "ls-files", "--others", "--exclude-standard", "-z").split(b"\0")
         if raw and (top / raw.decode()).is_relative_to(workspace)
     ]
+    args = ["exp", "save", "--name", name, *(f"--include-untracked={path}" for path in untracked)]
     with _DVC_LOCK:
-        repo: Any = dvcrepo.open_repo(workspace)
-        try:
-            rev = repo.experiments.save(name=name, include_untracked=untracked or None)
-        except DvcException as err:
-            raise PipelineError(f"`dvc exp save -n {name}` failed: {err}") from None
-        finally:
-            repo.close()
-    return str(rev)
+        result = subprocess.run(
+            dvcrepo.dvc_command(*args),
+            cwd=workspace,
+            env=dvcrepo.dvc_environment(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+            check=False,
+        )
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    for line in lines:
+        on_line(line)
+    if result.returncode != 0:
+        raise dvcrepo.failure(dvcrepo.CommandResult(tuple(args[:4]), result.returncode, tuple(lines[-15:])))
+    return _git(top, "rev-parse", f"refs/exps/{_baseline_path(top)}/{name}").decode().strip()
+
+
+def _baseline_path(top: Path) -> str:
+    """`ab/cdef...`: where DVC keeps the experiments of the worktree's HEAD under refs/exps."""
+    head = _git(top, "rev-parse", "HEAD").decode().strip()
+    return f"{head[:2]}/{head[2:]}"

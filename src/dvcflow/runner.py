@@ -326,8 +326,9 @@ def run_sweep(
     if metric is not None:
         _check_metric(root, metric)
     trials = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
-    # Four trials' task logs interleaved on the terminal say less than the progress bar: they go to the UI.
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # Trials' logs interleaved on the terminal say less than the progress bar and the final table (which
+    # names each failure): they go to the UI only.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     keep_link = _connect(root, ephemeral, announce)
     from dvcflow.flows.sweep import sweep_flow, trial_runner
 

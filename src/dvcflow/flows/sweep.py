@@ -76,8 +76,10 @@ def trial_metrics_task(workspace: Path) -> dict[str, Scalar]:
 @task(name="dvc exp save", cache_policy=NO_CACHE)
 def save_task(workspace: Path, name: str) -> str:
     """`dvc exp save -n NAME`: the trial becomes an experiment under the repository's HEAD."""
-    rev = dvcexp.save_experiment(workspace, name)
-    get_run_logger().info("Saved experiment %s (%s)", name, rev[:7])
+    logger = get_run_logger()
+    logger.info("Running: dvc exp save --name %s", name)
+    rev = dvcexp.save_experiment(workspace, name, on_line=logger.info)
+    logger.info("Saved experiment %s (%s)", name, rev[:7])
     return rev
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from types import TracebackType
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -22,13 +23,17 @@ class SweepProgressView:
         self.enabled = enabled
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._lock = threading.Lock()  # trials report from their own threads
 
     def __enter__(self) -> SweepProgressView:
         return self
 
     def update(self, state: SweepProgress) -> None:
-        if not self.enabled:
-            return
+        if self.enabled:
+            with self._lock:
+                self._show(state)
+
+    def _show(self, state: SweepProgress) -> None:
         if self._progress is None:
             self._progress = Progress(
                 TextColumn("Trials"),
