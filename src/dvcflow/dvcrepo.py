@@ -165,6 +165,7 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
         text=True,
         errors="replace",
         bufsize=1,
+        process_group=0 if os.name == "posix" else None,  # see `_signal`
     ) as process:
         assert process.stdout is not None
         with _RUNNING_LOCK:
@@ -185,20 +186,34 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
     return CommandResult(tuple(args), returncode, tuple(tail))
 
 
+def _signal(process: subprocess.Popen[str], sig: int) -> None:
+    """Signal DVC and the stage command it runs, as a terminal's Ctrl-C signals the foreground group.
+
+    DVC ignores SIGINT while a stage's command runs and leaves stopping to the command, which a
+    terminal signals too; DVC runs in a process group of its own so dvcflow can do the same (also for
+    DVC processes started from worker threads, which a Ctrl-C caught by dvcflow would not reach).
+    """
+    with contextlib.suppress(ProcessLookupError):
+        if os.name == "posix":
+            os.killpg(process.pid, sig)
+        else:  # pragma: no cover - dvcflow runs on Linux and macOS
+            process.send_signal(sig)
+
+
 def _stop(process: subprocess.Popen[str], grace: float = 10.0) -> None:
     """SIGINT first, as a terminal's Ctrl-C would, so DVC never dies halfway through writing dvc.lock."""
     if process.poll() is not None:
         return
-    process.send_signal(signal.SIGINT)
+    _signal(process, signal.SIGINT)
     try:
         process.wait(timeout=grace)
         return
     except subprocess.TimeoutExpired:
-        process.terminate()
+        _signal(process, signal.SIGTERM)
     try:
         process.wait(timeout=5)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _signal(process, signal.SIGKILL)
         process.wait()
 
 
