@@ -153,10 +153,14 @@ stages:
             - scale
             - offset
             - sleep
-      outs: [out/${item}.json]
+      outs:
+        - out/${item}.json
   summary:
     cmd: python summary.py
-    deps: [summary.py, out/a.json, out/bb.json]
+    deps:
+      - summary.py
+      - out/a.json
+      - out/bb.json
     metrics:
       - summary.json:
           cache: false
@@ -186,14 +190,14 @@ def test_a_foreach_pipeline_with_params_in_another_file_and_one_failing_trial(
     assert result.returncode == 1, output
     assert "conf/hp.yaml:scale" in result.stdout
     rows = {line.split("│")[3].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
-    assert "Completed" in rows["1"] and "3.5" in rows["1"] and "★" in rows["1"]  # 1*1+.5 + 1*2+.5
-    assert "Completed" in rows["2"] and "6.5" in rows["2"]
+    assert "Completed" in rows["1"] and "│       4 │" in rows["1"] and "★" in rows["1"]  # 1*1+.5 + 1*2+.5
+    assert "Completed" in rows["2"] and "│       7 │" in rows["2"]
     assert "Failed" in rows["3"]
     assert "scale 3 is not allowed" in output
     assert "finished in state Failed" in result.stdout
     saved = experiments(repo, client_env)
     assert sorted(data["params"]["conf/hp.yaml"]["data"]["scale"] for data in saved.values()) == [1, 2]  # type: ignore[index]
-    assert sorted(data["metrics"]["summary.json"]["data"]["total"] for data in saved.values()) == [3.5, 6.5]  # type: ignore[index]
+    assert sorted(data["metrics"]["summary.json"]["data"]["total"] for data in saved.values()) == [4, 7]  # type: ignore[index]
     assert tree_digest(repo) == before
     assert len(worktrees(repo)) == 1
 
