@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = ("bench_run_b.py", "bench_per_stage.py", "bench_watchdog.py")
+BENCHMARKS = ("bench_run_b.py", "bench_per_stage.py", "bench_watchdog.py", "bench_sweep.py")
 
 
 def main() -> int:

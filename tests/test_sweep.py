@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,9 @@ import yaml
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from tests.helpers import base_env, dvc, dvcflow, git, make_pipeline_repo, make_tiny_repo
+from dvcflow.dvcexp import apply_params, expand_grid
+from dvcflow.sweep import TrialResult, TrialSpec, best_trial, pick_best, table_rows, varying_params
+from tests.helpers import api_post, base_env, dvc, dvcflow, git, make_pipeline_repo, make_tiny_repo
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -64,6 +67,7 @@ def worktrees(repo: Path) -> list[str]:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(900)  # ~2 min alone; 5 min and more when six test suites share the two CPUs
 def test_a_2x2_grid_equals_dvc_exp_run_is_listed_by_dvc_exp_show_and_leaves_the_workspace_alone(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
@@ -200,6 +204,17 @@ def test_a_foreach_pipeline_with_params_in_another_file_and_one_failing_trial(
     assert sorted(data["metrics"]["summary.json"]["data"]["total"] for data in saved.values()) == [4, 7]  # type: ignore[index]
     assert tree_digest(repo) == before
     assert len(worktrees(repo)) == 1
+    # the same table is an artifact of the parent flow run
+    parent = re.search(r"/runs/flow-run/([0-9a-f-]{36})", result.stdout)
+    assert parent is not None, result.stdout
+    api = f"http://127.0.0.1:{client_env['DVCFLOW_PORT']}/api"
+    found = api_post(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [parent.group(1)]}}})
+    assert isinstance(found, list) and len(found) == 1 and found[0]["type"] == "table"
+    table = found[0]["data"]
+    table = json.loads(table) if isinstance(table, str) else table
+    assert [(row["conf/hp.yaml:scale"], row["total"], row["state"]) for row in table] == [
+        ("1", 4, "Completed"), ("2", 7, "Completed"), ("3", None, "Failed"),
+    ]  # fmt: skip
 
 
 @pytest.mark.integration
@@ -292,3 +307,47 @@ def test_bad_input_is_one_line_before_any_trial(
     assert len([line for line in lines if not line.startswith("Hint:")]) == 1, result.stderr
     assert git(repo, "for-each-ref", "refs/exps") == ""
     assert tree_digest(repo) == before
+
+
+def _result(index: int, state: str, **metrics: float) -> TrialResult:
+    return TrialResult(index, f"t-{index}", {"train.C": str(index)}, state, 1.0, dict(metrics))
+
+
+def test_the_best_trial_is_the_completed_one_with_the_best_metric_first_of_equals() -> None:
+    trials = (
+        _result(1, "Completed", accuracy=0.9, loss=0.3),
+        _result(2, "Failed"),
+        _result(3, "Completed", accuracy=0.95, loss=0.2),
+        _result(4, "Completed", accuracy=0.95, loss=0.1),
+        _result(5, "Completed", accuracy=float("nan"), loss=0.05),
+    )
+    assert best_trial(trials, "accuracy", maximize=True) == 3
+    assert best_trial(trials, "loss", maximize=False) == 5
+    assert best_trial(trials, "recall", maximize=True) is None
+    assert pick_best(trials, None, True) == ("accuracy", 3)  # the first metric when none is named
+    rows = table_rows(trials, ("train.C",), 3)
+    assert rows[1] == {
+        "trial": 2, "name": "t-2", "train.C": "2", "accuracy": None, "loss": None,
+        "state": "Failed", "seconds": 1.0, "best": False,
+    }  # fmt: skip
+    assert [row["best"] for row in rows] == [False, False, True, False, False]
+
+
+def test_the_grid_is_dvcs_cross_product_and_only_varying_params_are_columns(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  C: 1.0\n  seed: 1\nsplit:\n  test_size: 0.2\n")
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "hp.json").write_text('{"lr": 0.1}')
+
+    grid = expand_grid(tmp_path, ["train.C=0.1,10", "conf/hp.json:lr=range(1,3)", "train.seed=7"])
+
+    specs = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
+    assert [spec.values() for spec in specs] == [
+        {"train.C": "0.1", "train.seed": "7", "conf/hp.json:lr": "1"},
+        {"train.C": "0.1", "train.seed": "7", "conf/hp.json:lr": "2"},
+        {"train.C": "10", "train.seed": "7", "conf/hp.json:lr": "1"},
+        {"train.C": "10", "train.seed": "7", "conf/hp.json:lr": "2"},
+    ]  # `dvc exp run --queue` order: the first -S varies slowest
+    assert varying_params(specs) == ("train.C", "conf/hp.json:lr")
+    apply_params(tmp_path, grid[3])
+    assert json.loads((tmp_path / "conf" / "hp.json").read_text()) == {"lr": 2}
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["train"] == {"C": 10, "seed": 7}
