@@ -189,7 +189,11 @@ def create_workspace(root: Path, folder: Path, baseline: str) -> Workspace:
 
 
 def _link_cache(root: Path, inner: Path) -> None:
+    import logging
+
     from dvc.exceptions import CheckoutError, DvcException
+
+    logging.getLogger("dvc_data").setLevel(logging.ERROR)  # files the cache lacks are copied below
 
     main: Any = dvcrepo.open_repo(root)
     try:
