@@ -11,6 +11,7 @@ from rich.text import Text
 
 from dvcflow.render import STATE_STYLES, as_json, err, out, seconds
 from dvcflow.render.metrics import display_value
+from dvcflow.render.runs import verdict
 from dvcflow.sweep import SweepProgress, SweepReport, metric_names, table_rows
 
 BEST_MARK = "★"
@@ -99,12 +100,7 @@ def sweep_summary(report: SweepReport) -> None:
     record = report.run
     if record.message:
         out.print(Text(record.message, style=STATE_STYLES.get(record.state, "")), soft_wrap=True)
-    verdict = Text(f"Flow run {record.name!r} finished in state ")
-    verdict += Text(record.state, style=STATE_STYLES.get(record.state, "bold"))
-    verdict += Text(f" after {seconds(record.seconds)}.")
-    out.print(verdict, soft_wrap=True)
-    if record.ui_link:
-        out.print(f"View it in the Prefect UI: {record.ui_link}", soft_wrap=True)
+    verdict(record)
 
 
 def sweep_json(report: SweepReport) -> None:
