@@ -80,7 +80,7 @@ def test_a_2x2_grid_equals_dvc_exp_run_is_listed_by_dvc_exp_show_and_leaves_the_
 
     result = dvcflow(
         "sweep", "-S", "train.C=0.1,10", "-S", "split.test_size=0.2,0.3", "--jobs", "2",
-        "--metric", "accuracy", "--json", cwd=repo, env=env,
+        "--metric", "accuracy", "--json", cwd=repo, env=env, timeout=600,
     )  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
