@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -37,10 +38,19 @@ JOBS = 2
 TARGET = 0.8
 
 
+CPU_SECONDS: list[float] = []  # user+sys of each command's process tree (not the Prefect server's)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     seconds = time.perf_counter() - start
+    CPU_SECONDS.append(_children_cpu() - cpu)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return seconds, result
@@ -68,6 +78,7 @@ def _dvc_queue(repo: Path, env: dict[str, str]) -> tuple[float, dict[str, object
     queued, _ = _run([*dvc, "exp", "run", "--queue", "-S", f"train.C={VALUES}"], repo, env)
     ran, _ = _run([*dvc, "exp", "run", "--run-all", "-j", str(JOBS)], repo, env)
     _, shown = _run([*dvc, "exp", "show", "--json"], repo, env)
+    CPU_SECONDS.pop()  # reading the results back is not part of the run
     accuracy: dict[str, object] = {}
     for baseline in json.loads(shown.stdout):
         for experiment in baseline.get("experiments") or []:
@@ -97,6 +108,7 @@ def main() -> None:
     env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(free_port()), COLUMNS="120")
     python = sys.executable
     samples: dict[str, list[float]] = {"dvcflow sweep": [], "dvc exp queue": []}
+    cpu: dict[str, list[float]] = {name: [] for name in samples}
     try:
         _run([python, "-m", "dvcflow", "server", "start"], PROJECT, env)
         load_before = os.getloadavg()
@@ -107,10 +119,16 @@ def main() -> None:
             results: dict[str, dict[str, object]] = {}
             for name in order:
                 repo = make_pipeline_repo(workdir / f"round{round_no}-{name.split()[0]}", env)
+                del CPU_SECONDS[:]
                 seconds, accuracy = (_sweep if name == "dvcflow sweep" else _dvc_queue)(repo, env)
                 samples[name].append(seconds)
+                cpu[name].append(sum(CPU_SECONDS))
                 results[name] = accuracy
-                print(f"  round {round_no + 1}: {name:<14} {seconds:6.2f}s  {accuracy}", flush=True)
+                print(
+                    f"  round {round_no + 1}: {name:<14} {seconds:6.2f}s (CPU {cpu[name][-1]:6.2f}s, "
+                    f"load {os.getloadavg()[0]:.1f})  {accuracy}",
+                    flush=True,
+                )
             if results["dvcflow sweep"] != results["dvc exp queue"]:
                 raise SystemExit(f"the metrics differ: {results}")
         load_after = os.getloadavg()
@@ -125,7 +143,10 @@ def main() -> None:
     met = ratio <= TARGET
     print(f"Four demo trials, --jobs {JOBS}, {options.repeat} rounds (load {load_before[0]:.2f}):")
     for name, values in samples.items():
-        print(f"  {name:<14} median {medians[name]:6.2f}s  min {min(values):6.2f}s  max {max(values):6.2f}s")
+        print(
+            f"  {name:<14} median {medians[name]:6.2f}s  min {min(values):6.2f}s  max {max(values):6.2f}s"
+            f"  CPU median {statistics.median(cpu[name]):6.2f}s"
+        )
     print(f"sweep / queue = {ratio:.2f} → target (≤ {TARGET}) {'met' if met else 'NOT met'}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -146,6 +167,7 @@ def main() -> None:
                 },
                 "versions": {name: metadata.version(name) for name in ("prefect", "dvc", "dvcflow")},
                 "samples_s": samples,
+                "cpu_s": cpu,
                 "median_s": medians,
                 "sweep_over_queue": ratio,
                 "target_met": met,
