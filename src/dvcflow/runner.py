@@ -55,7 +55,8 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
 
     That server is a child in dvcflow's process group, so the terminal's SIGINT stops it too; Prefect would
     then retry for minutes to record the interrupted run on a server that is gone. Nothing can be recorded
-    any more, so nothing is lost. DVC, in the same group, got the signal as well and cleans up its stage.
+    any more, so nothing is lost. DVC runs in a process group of its own (`dvcrepo.stream_dvc`): it is
+    signalled here, as the terminal would, and given a moment to clean up its stage.
     """
     import signal
     import threading
@@ -63,6 +64,7 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
     from dvcflow.errors import ExitCode
 
     def stop(signum: int, frame: object) -> None:
+        dvcrepo.interrupt_commands(grace=2.0)
         announce("Interrupted (Prefect's temporary server stopped with it; nothing more to record).")
         sys.stdout.flush()
         sys.stderr.flush()
