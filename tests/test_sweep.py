@@ -209,8 +209,10 @@ def test_a_foreach_pipeline_with_params_in_another_file_and_one_failing_trial(
     assert parent is not None, result.stdout
     api = f"http://127.0.0.1:{client_env['DVCFLOW_PORT']}/api"
     found = api_post(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [parent.group(1)]}}})
-    assert isinstance(found, list) and len(found) == 1 and found[0]["type"] == "table"
-    table = found[0]["data"]
+    assert isinstance(found, list)
+    tables = [item for item in found if str(item["key"]).startswith("dvcflow-sweep-")]
+    assert len(tables) == 1 and tables[0]["type"] == "table", found
+    table = tables[0]["data"]
     table = json.loads(table) if isinstance(table, str) else table
     assert [(row["conf/hp.yaml:scale"], row["total"], row["state"]) for row in table] == [
         ("1", 4, "Completed"), ("2", 7, "Completed"), ("3", None, "Failed"),
