@@ -150,10 +150,12 @@ class SweepReport:
 
     @property
     def exit_code(self) -> int:
-        """0 only when every trial Completed; 130 after Ctrl-C; 1 otherwise."""
-        if self.run.state == CANCELLED:
-            return 130
-        return 0 if self.run.completed and all(trial.completed for trial in self.trials) else 1
+        """0 only when every trial Completed; 130 after Ctrl-C; 1 otherwise (`errors.ExitCode`)."""
+        from dvcflow.errors import ExitCode, exit_code_for_state
+
+        if self.run.completed and not all(trial.completed for trial in self.trials):
+            return ExitCode.PIPELINE_FAILED
+        return exit_code_for_state(self.run.state)
 
 
 def varying_params(trials: tuple[TrialSpec, ...]) -> tuple[str, ...]:
