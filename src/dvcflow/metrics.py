@@ -84,9 +84,14 @@ def _flatten(data: Mapping[str, object], prefix: str = "") -> Iterator[tuple[str
 
 def read_metrics(repo_root: Path) -> MetricsSnapshot:
     """Every metric declared in `dvc.yaml`, flattened; unreadable files are reported, not raised."""
+    return snapshot_of(dvcrepo.metrics_show(repo_root))
+
+
+def snapshot_of(files: dvcrepo.MetricsFiles) -> MetricsSnapshot:
+    """What DVC showed (file → data, or an error message), flattened."""
     metrics: list[Metric] = []
     errors: list[tuple[str, str]] = []
-    for path, data in sorted(dvcrepo.metrics_show(repo_root).items()):
+    for path, data in sorted(files.items()):
         if isinstance(data, str):
             errors.append((path, data))
             continue

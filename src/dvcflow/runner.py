@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from dvcflow import dvcrepo
 from dvcflow.api import connect
 from dvcflow.datasync import NO_SYNC, DataSync
+from dvcflow.gcpause import collector_paused
 from dvcflow.runlock import exclusive_run
-from dvcflow.runs import FlowRunRecord
+from dvcflow.runs import FlowRunRecord, import_engine
 from dvcflow.selection import EVERYTHING, Selection
 from dvcflow.settings import resolve_server_config
 
@@ -130,7 +131,12 @@ def run_option_a(
     up to date. With `sync.push`, a `dvc push` task uploads the selected stages' outputs afterwards."""
     _check_retries(retries)
     root, stages, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
-    from dvcflow.flows.repro import dvc_pipeline_flow
+    repro_args = (*sync.repro_args(), *selection.dvc_args())
+    dvcrepo.warm_up(["repro", *repro_args], root, metrics=show_metrics)  # overlaps Prefect's import
+    with collector_paused():
+        from dvcflow.flows.repro import dvc_pipeline_flow
+
+        import_engine()
 
     pushed = (() if selection.everything else stages) if sync.push else None
     return _execute_exclusively(
@@ -141,7 +147,7 @@ def run_option_a(
         debug,
         fail_once=fail_once,
         show_metrics=show_metrics,
-        repro_args=(*sync.repro_args(), *selection.dvc_args()),
+        repro_args=repro_args,
         retries=retries,
         push=pushed,
     )
@@ -183,7 +189,10 @@ def run_option_b(
     root = dvcrepo.find_repo_root(repo)
     resolved = check_stage_inputs(root, params_path)
     keep_link = _connect(root, ephemeral, announce)
-    from dvcflow.flows.stages import stage_dag_flow
+    with collector_paused():
+        from dvcflow.flows.stages import stage_dag_flow
+
+        import_engine()
 
     return _execute_exclusively(
         root, announce, stage_dag_flow, keep_link, debug, params_path=resolved, force=force
@@ -250,7 +259,10 @@ def run_per_stage(
     if dask_address is not None:
         _check_dask_address(dask_address)
     root, _, keep_link = _prepare(repo, ephemeral, announce, sync=sync)
-    from dvcflow.flows.per_stage import per_stage_flow, task_runner
+    with collector_paused():
+        from dvcflow.flows.per_stage import per_stage_flow, task_runner
+
+        import_engine()
 
     limit = jobs or (os.cpu_count() or 1 if dask_address is None else 10_000)
     return _execute_exclusively(

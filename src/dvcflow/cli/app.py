@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -94,6 +95,8 @@ def root(
     ] = False,
 ) -> None:
     """Prefect on top of DVC: run history, retries, a UI and parallel stages for a DVC pipeline."""
+    gc.freeze()  # a command starts: the collector, paused by `entry.main`, skips the CLI's own objects
+    gc.enable()
 
 
 def _register() -> None:
