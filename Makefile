@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed-stamp
+# Compiled bytecode: these machines (like many container images) set PYTHONDONTWRITEBYTECODE=1, so without
+# .pyc files every process would compile Prefect, DVC and pandas from source (a no-op run-a 6.4 s → 3.3 s).
+BYTECODE := $(VENV)/.bytecode-stamp
 UV_VERSION := 0.13.9
 
 # Stage commands in dvc.yaml say `python`: make it the project's interpreter.
@@ -14,16 +17,16 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup run test test-fast lint format docs prefect-start prefect-stop bench clean help
+.PHONY: setup run test test-fast check-bytecode lint format docs prefect-start prefect-stop bench clean help
 
 help:
 	@echo "make run            set up, then dvcflow run-a (Prefect operates dvc repro)"
 	@echo "make test           set up, then ruff, mypy and pytest"
 	@echo "make prefect-start  start dvcflow's local Prefect server (UI at http://127.0.0.1:4200)"
-	@echo "make bench          run the benchmarks in bench/"
+	@echo "make bench          every benchmark in bench/, written to docs/benchmarks.md (BENCH_QUICK=1: fewer rounds)"
 	@echo "make docs           regenerate docs/cli.md from the CLI (make test fails while it is stale)"
 
-setup: $(STAMP)
+setup: $(STAMP) $(BYTECODE)
 	@$(BIN)/python -m mltoy.data --out data/raw/iris.csv
 
 $(BIN)/python:
@@ -33,8 +36,14 @@ $(BIN)/uv: | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(STAMP): requirements.lock pyproject.toml | $(BIN)/uv
-	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $(BYTECODE) $@
+
+# Once, for a venv installed before set-up compiled (uv compiles only when it installs something).
+# Quietly: a few vendored files hold newer-Python syntax and are never imported here.
+$(BYTECODE): | $(STAMP)
+	$(BIN)/python -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_path('purelib'), quiet=2, workers=0)"
 	@touch $@
 
 run: setup
@@ -44,8 +53,12 @@ lint: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/mypy
 
-test: lint
+test: lint check-bytecode
 	$(BIN)/pytest
+
+# What the set-up promises: every site-packages module dvcflow imports has a current .pyc.
+check-bytecode: setup
+	$(BIN)/python scripts/check_bytecode.py
 
 # The fast layer while you work: our own logic, no server, no real pipeline run.
 test-fast: setup

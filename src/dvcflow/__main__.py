@@ -1,3 +1,3 @@
-from dvcflow.cli.app import main
+from dvcflow.cli.entry import main
 
 main()

@@ -84,9 +84,14 @@ def _flatten(data: Mapping[str, object], prefix: str = "") -> Iterator[tuple[str
 
 def read_metrics(repo_root: Path) -> MetricsSnapshot:
     """Every metric declared in `dvc.yaml`, flattened; unreadable files are reported, not raised."""
+    return snapshot_of(dvcrepo.metrics_show(repo_root))
+
+
+def snapshot_of(files: dvcrepo.MetricsFiles) -> MetricsSnapshot:
+    """What DVC showed (file → data, or an error message), flattened."""
     metrics: list[Metric] = []
     errors: list[tuple[str, str]] = []
-    for path, data in sorted(dvcrepo.metrics_show(repo_root).items()):
+    for path, data in sorted(files.items()):
         if isinstance(data, str):
             errors.append((path, data))
             continue
@@ -191,12 +196,13 @@ def diff_metrics(repo_root: Path, rev: str = "HEAD", *, params: bool = False) ->
 # --- Prefect artifact ---------------------------------------------------------------------------------
 
 
-def artifact_key(repo_root: Path) -> str:
-    """`dvcflow-metrics-<repository identity>`: the same after a move or on another clone, distinct for two
-    repositories (`dvcflow.identity`). Prefect allows only lowercase letters, digits and dashes in keys."""
+def artifact_key(repo_root: Path, prefix: str = ARTIFACT_PREFIX) -> str:
+    """`dvcflow-metrics-<repository identity>` (or another `prefix`): the same after a move or on another
+    clone, distinct for two repositories (`dvcflow.identity`). Prefect allows only lowercase letters,
+    digits and dashes in keys."""
     from dvcflow.identity import repo_identity
 
-    return f"{ARTIFACT_PREFIX}-{repo_identity(repo_root).id}"
+    return f"{prefix}-{repo_identity(repo_root).id}"
 
 
 def legacy_artifact_key(repo_root: Path) -> str:

@@ -8,15 +8,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dvcflow import dvcrepo
 from dvcflow.api import connect
 from dvcflow.datasync import NO_SYNC, DataSync
+from dvcflow.gcpause import collector_paused
 from dvcflow.runlock import exclusive_run
-from dvcflow.runs import FlowRunRecord
+from dvcflow.runs import FlowRunRecord, import_engine
 from dvcflow.selection import EVERYTHING, Selection
 from dvcflow.settings import resolve_server_config
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from dvcflow.engine.graph import Plan
     from dvcflow.history import MetricsHistory
     from dvcflow.metrics import MetricsDiff, MetricsSnapshot
+    from dvcflow.sweep import SweepProgress, SweepReport
 
 
 def _prepare(
@@ -54,7 +56,8 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
 
     That server is a child in dvcflow's process group, so the terminal's SIGINT stops it too; Prefect would
     then retry for minutes to record the interrupted run on a server that is gone. Nothing can be recorded
-    any more, so nothing is lost. DVC, in the same group, got the signal as well and cleans up its stage.
+    any more, so nothing is lost. DVC runs in a process group of its own (`dvcrepo.stream_dvc`): it is
+    signalled here, as the terminal would, and given a moment to clean up its stage.
     """
     import signal
     import threading
@@ -62,6 +65,7 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
     from dvcflow.errors import ExitCode
 
     def stop(signum: int, frame: object) -> None:
+        dvcrepo.interrupt_commands(grace=2.0)
         announce("Interrupted (Prefect's temporary server stopped with it; nothing more to record).")
         sys.stdout.flush()
         sys.stderr.flush()
@@ -127,7 +131,12 @@ def run_option_a(
     up to date. With `sync.push`, a `dvc push` task uploads the selected stages' outputs afterwards."""
     _check_retries(retries)
     root, stages, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
-    from dvcflow.flows.repro import dvc_pipeline_flow
+    repro_args = (*sync.repro_args(), *selection.dvc_args())
+    dvcrepo.warm_up(["repro", *repro_args], root, metrics=show_metrics)  # overlaps Prefect's import
+    with collector_paused():
+        from dvcflow.flows.repro import dvc_pipeline_flow
+
+        import_engine()
 
     pushed = (() if selection.everything else stages) if sync.push else None
     return _execute_exclusively(
@@ -138,7 +147,7 @@ def run_option_a(
         debug,
         fail_once=fail_once,
         show_metrics=show_metrics,
-        repro_args=(*sync.repro_args(), *selection.dvc_args()),
+        repro_args=repro_args,
         retries=retries,
         push=pushed,
     )
@@ -202,8 +211,11 @@ def run_option_b(
     dvcrepo.check_params_files(root)
     resolved = check_stage_inputs(root, params_path, selection)
     keep_link = _connect(root, ephemeral, announce)
-    from dvcflow.flows.per_stage import task_runner
-    from dvcflow.flows.stage_dag import stage_dag_flow
+    with collector_paused():
+        from dvcflow.flows.per_stage import task_runner
+        from dvcflow.flows.stage_dag import stage_dag_flow
+
+        import_engine()
 
     limit = jobs or _cpus()
     return _execute_exclusively(
@@ -293,7 +305,10 @@ def run_per_stage(
     if dask_address is not None:
         _check_dask_address(dask_address)
     root, _, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
-    from dvcflow.flows.per_stage import per_stage_flow, task_runner
+    with collector_paused():
+        from dvcflow.flows.per_stage import per_stage_flow, task_runner
+
+        import_engine()
 
     limit = jobs or (_cpus() if dask_address is None else 10_000)
     return _execute_exclusively(
@@ -330,3 +345,98 @@ def metrics_view(
     if rev is not None:
         return metrics.diff_metrics(root, rev, params=params)
     return metrics.require_metrics(metrics.read_metrics(root))
+
+
+def run_sweep(
+    repo: Path | None = None,
+    *,
+    set_params: Sequence[str],
+    jobs: int | None = None,
+    metric: str | None = None,
+    maximize: bool = True,
+    per_stage: bool = False,
+    save: bool = True,
+    max_trials: int = 100,
+    ephemeral: bool = False,
+    debug: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+    on_progress: Callable[[SweepProgress], None] = lambda _: None,
+) -> SweepReport:
+    """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once.
+
+    All input is checked before the first flow run; the workspace is never written to.
+    """
+    import shutil
+    import tempfile
+
+    from dvcflow import dvcexp
+    from dvcflow.errors import UsageError
+    from dvcflow.sweep import SweepReport, SweepSession, TrialSpec, pick_best, registered
+
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    root = dvcrepo.find_repo_root(repo)
+    dvcrepo.check_params_files(root)
+    baseline = dvcexp.git_baseline(root)
+    grid = dvcexp.expand_grid(root, set_params)
+    if len(grid) > max_trials:
+        raise UsageError(
+            f"{len(grid)} trials is more than --max-trials {max_trials}",
+            hint="fewer values, or raise --max-trials",
+        )
+    if metric is not None:
+        _check_metric(root, metric)
+    trials = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
+    # Trials' logs interleaved on the terminal say less than the progress bar and the final table (which
+    # names each failure): they go to the UI only.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    keep_link = _connect(root, ephemeral, announce)
+    from dvcflow.flows.sweep import sweep_flow, trial_runner
+
+    limit = min(jobs or os.cpu_count() or 1, len(trials))
+    dvcexp.prune_workspaces(root)
+    scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
+    sweep = SweepSession(
+        root,
+        baseline,
+        trials,
+        scratch,
+        save=save,
+        per_stage=per_stage,
+        metric=metric,
+        maximize=maximize,
+        on_progress=on_progress,
+    )
+    try:
+        with registered(sweep) as session_id:
+            record = _execute_exclusively(
+                root,
+                announce,
+                sweep_flow.with_options(task_runner=trial_runner(limit)),
+                keep_link,
+                debug,
+                session_id=session_id,
+                grid=[spec.values() for spec in trials],
+                jobs=limit,
+            )
+    except KeyboardInterrupt:  # outside the flow's own handling: stop what runs, then leave
+        sweep.cancel.set()
+        dvcrepo.interrupt_commands()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        dvcexp.prune_workspaces(root)
+    results = sweep.results()
+    chosen, best = pick_best(results, metric, maximize)
+    return SweepReport(record, results, sweep.varying, chosen, maximize, best, save)
+
+
+def _check_metric(root: Path, metric: str) -> None:
+    """`--metric` must name a metric the pipeline reports; checked against the workspace's metrics
+    files when they exist (a fresh clone has none yet, and then the name is checked at the end)."""
+    from dvcflow.errors import UsageError
+    from dvcflow.metrics import read_metrics
+
+    known = read_metrics(root).flat()
+    if known and metric not in known:
+        raise UsageError(f"--metric {metric}: the pipeline has no such metric (it has: {', '.join(known)})")

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from dvcflow.datasync import ReproOutcome, StagesReport
 from dvcflow.errors import ApiLostError, ApiUnreachableError, ExitCode, ServerError, exit_code_for_state
+from dvcflow.gcpause import freeze_for_exit
 from dvcflow.metrics import MetricsSnapshot
 
 
@@ -54,6 +55,18 @@ class FlowRunRecord:
 
 
 PAGE = 200  # the server's default and maximum page size
+
+# What running a flow imports lazily (seen with `python -X importtime`); `import_engine` imports them
+# up front, while the caller has the garbage collector paused (see `dvcflow.gcpause`).
+_ENGINE_MODULES = ("prefect.flow_engine", "prefect.task_engine", "prefect.artifacts", "fastapi.encoders")
+
+
+def import_engine() -> None:
+    import importlib
+
+    for name in _ENGINE_MODULES:
+        importlib.import_module(name)
+
 
 # Prefect names a task run "<task name>-<3 hex digits>" unless given a task_run_name.
 _DEFAULT_SUFFIX = re.compile(r"-[0-9a-f]{3}$")
@@ -220,6 +233,7 @@ def _execute(
             task_runs = _final_task_runs(client, flow_run_id)
         ui_url = get_current_settings().ui_url
     returned = _returned(state)
+    freeze_for_exit()
     tasks = tuple(
         TaskRunRecord(
             name=_DEFAULT_SUFFIX.sub("", run.name),

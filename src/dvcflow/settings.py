@@ -10,15 +10,12 @@ This module must stay cheap to import: `dvcflow --help` goes through it.
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from dvcflow.errors import ConfigError, UsageError
 
@@ -41,6 +38,8 @@ QUIET_ENV = {
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress  # here, not at the top: `dvcflow --help` goes through this module
+
     if host == "localhost":
         return True
     try:
@@ -51,6 +50,8 @@ def _is_loopback(host: str) -> bool:
 
 def redact_url(url: str) -> str:
     """Hide the password of a database URL (`postgresql+asyncpg://user:***@host/db`)."""
+    from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -129,6 +130,8 @@ def find_pyproject(start: Path) -> Path | None:
 
 def pyproject_table(start: Path) -> dict[str, Any]:
     """`[tool.dvcflow]` of the nearest `pyproject.toml` at or above `start` (empty when there is none)."""
+    import tomllib
+
     path = find_pyproject(start)
     if path is None:
         return {}

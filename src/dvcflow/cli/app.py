@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import traceback
@@ -94,15 +95,18 @@ def root(
     ] = False,
 ) -> None:
     """Prefect on top of DVC: run history, retries, a UI and parallel stages for a DVC pipeline."""
+    gc.freeze()  # a command starts: the collector, paused by `entry.main`, skips the CLI's own objects
+    gc.enable()
 
 
 def _register() -> None:
-    from dvcflow.cli import deploy, metrics, plan, run, server
+    from dvcflow.cli import deploy, metrics, plan, run, server, sweep
 
     app.command("run-a")(run.run_a)
     app.command("run-b")(run.run_b)
     app.command("plan")(plan.plan)
     app.command("metrics")(metrics.metrics)
+    app.command("sweep")(sweep.sweep)
     app.add_typer(server.app, name="server")
     deploy.register(app)
 

@@ -15,7 +15,13 @@ from prefect.states import Failed
 from dvcflow import dvcrepo
 from dvcflow.datasync import ReproOutcome, StagesReport
 from dvcflow.errors import DvcflowError, StageCommandError
-from dvcflow.metrics import MetricsSnapshot, artifact_key, publish_metrics_artifact, read_metrics
+from dvcflow.metrics import (
+    MetricsSnapshot,
+    artifact_key,
+    publish_metrics_artifact,
+    read_metrics,
+    snapshot_of,
+)
 
 FLOW_NAME = "Prefect operates DVC pipeline"
 FAIL_ONCE_MESSAGE = "Intentional one-time failure to demonstrate retries."
@@ -57,8 +63,11 @@ def _take(task_run_id: object) -> StagesReport:
 
 
 @task(name="dvc repro", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def dvc_repro_task(repo_root: Path, *, fail_once: bool = False, args: tuple[str, ...] = ()) -> None:
-    """Run `dvc repro ARGS` in the repo root, every output line into this task's log."""
+def dvc_repro_task(
+    repo_root: Path, *, fail_once: bool = False, args: tuple[str, ...] = (), with_metrics: bool = False
+) -> MetricsSnapshot | None:
+    """Run `dvc repro ARGS` in the repo root, every output line into this task's log; with
+    `with_metrics`, return the metrics that DVC process read afterwards (None if it could not)."""
     if fail_once and task_run.run_count <= 1:
         raise RuntimeError(FAIL_ONCE_MESSAGE)
     logger = get_run_logger()
@@ -71,11 +80,12 @@ def dvc_repro_task(repo_root: Path, *, fail_once: bool = False, args: tuple[str,
         logger.info(line)
 
     try:
-        result = dvcrepo.stream_dvc(["repro", *args], cwd=repo_root, on_line=on_line)
+        run = dvcrepo.repro(repo_root, ["repro", *args], on_line=on_line, metrics=with_metrics)
     finally:
         _record(task_run.id, stages.report())
-    if not result.ok:
-        raise dvcrepo.failure(result)
+    if not run.result.ok:
+        raise dvcrepo.failure(run.result)
+    return None if run.metrics is None else snapshot_of(run.metrics)
 
 
 @task(name="dvc push", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
@@ -89,10 +99,12 @@ def dvc_push_task(repo_root: Path, stages: tuple[str, ...] = ()) -> None:
 
 
 @task(name="metrics summary", cache_policy=NO_CACHE)
-def metrics_summary_task(repo_root: Path) -> MetricsSnapshot:
+def metrics_summary_task(repo_root: Path, shown: MetricsSnapshot | None = None) -> MetricsSnapshot:
     """Log the metrics the pipeline declares, as the JSON a script would read, and publish them as a
-    table artifact (one key per repository) for the UI and `dvcflow metrics --history`."""
-    snapshot = read_metrics(repo_root)
+    table artifact (one key per repository) for the UI and `dvcflow metrics --history`.
+
+    `shown`: the metrics as the `dvc repro` process already read them; otherwise DVC reads them here."""
+    snapshot = shown if shown is not None else read_metrics(repo_root)
     logger = get_run_logger()
     logger.info("Metrics: %s", snapshot.to_json())
     for path, error in snapshot.errors:
@@ -118,12 +130,14 @@ def dvc_pipeline_flow(
     """Operate the DVC pipeline via `dvc repro ARGS`; then, if asked, `dvc push` the outputs (`push`
     names the stages, empty for all) and log the metrics."""
     repro = dvc_repro_task.with_options(retries=retries, retry_condition_fn=retry_helps)
-    state = repro(repo_root, fail_once=fail_once, args=repro_args, return_state=True)
+    state = repro(
+        repo_root, fail_once=fail_once, args=repro_args, with_metrics=show_metrics, return_state=True
+    )
     stages = _take(state.state_details.task_run_id)
     if state.is_failed():  # the flow fails with the task's error, and still says which stages ran
         return Failed(message="the `dvc repro` task failed", data=ReproOutcome(stages=stages))
-    state.result()  # anything else that did not complete (cancelled, crashed) ends the flow here
+    shown = state.result()  # anything else that did not complete (cancelled, crashed) ends the flow here
     if push is not None:
         dvc_push_task.with_options(retries=retries, retry_condition_fn=retry_helps)(repo_root, push)
-    metrics = metrics_summary_task(repo_root) if show_metrics else None
+    metrics = metrics_summary_task(repo_root, shown) if show_metrics else None
     return ReproOutcome(stages=stages, metrics=metrics)

@@ -43,10 +43,15 @@ def run_summary(record: FlowRunRecord) -> None:
         metrics_table(record.metrics)
     if record.message:
         out.print(Text(record.message, style="red"), soft_wrap=True)
-    verdict = Text(f"Flow run {record.name!r} finished in state ")
-    verdict += Text(record.state, style=STATE_STYLES.get(record.state, "bold"))
-    verdict += Text(f" after {seconds(record.seconds)}.")
-    out.print(verdict, soft_wrap=True)
+    verdict(record)
+
+
+def verdict(record: FlowRunRecord) -> None:
+    """The flow run's final state and duration, then the UI link: the last lines after any run."""
+    line = Text(f"Flow run {record.name!r} finished in state ")
+    line += Text(record.state, style=STATE_STYLES.get(record.state, "bold"))
+    line += Text(f" after {seconds(record.seconds)}.")
+    out.print(line, soft_wrap=True)
     if record.ui_link:
         out.print(f"View it in the Prefect UI: {record.ui_link}", soft_wrap=True)
 

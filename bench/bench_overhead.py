@@ -1,0 +1,179 @@
+"""dvcflow's fixed costs, timed in one session: a no-op run, a server start, `--help`.
+
+1. No-op `dvcflow run-a` ÷ no-op `dvc repro`, server up, on a copy of the demo pipeline (target ≤ 2.5).
+2. `dvcflow server start` on an existing database (target ≤ 4 s), the first ever (target ≤ 8 s), and on a
+   further fresh database, which starts from the template the first one left.
+3. `dvcflow --help` ÷ `dvc --help` (target ≤ 1.0).
+4. Where a no-op run-a's time goes (bench/profile_run_a.py): the biggest slices.
+
+Everything goes through the public command lines (`dvcflow` and `dvc` from this venv) with their own
+DVCFLOW_HOME in a temporary folder and free ports. Rounds are interleaved so that a busy machine slows
+every command alike.
+
+    .venv/bin/python bench/bench_overhead.py [--repeat 5] [--keep]
+
+Prints medians and ratios; writes the samples to bench/results/overhead-*.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+from bench.bench_per_stage import _run  # noqa: E402 - one timed-command helper for every benchmark
+from bench.profile_run_a import profile  # noqa: E402
+from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
+
+RESULTS = PROJECT / "bench" / "results"
+BIN = Path(sys.executable).parent
+UP_TO_DATE = "Data and pipelines are up to date."
+FIRST_EVER = "server start, first ever (no template database yet)"
+
+
+def _env(home: Path) -> dict[str, str]:
+    env = base_env(home)
+    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(free_port()), COLUMNS="120")
+    return env
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def help_rounds(repeat: int, workdir: Path) -> dict[str, list[float]]:
+    env = _env(workdir / "help-home")
+    commands = {
+        "dvc --help": [str(BIN / "dvc"), "--help"],
+        "dvcflow --help": [str(BIN / "dvcflow"), "--help"],
+    }
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for round_no in range(repeat * 2):  # cheap: twice the rounds
+        for name in list(commands)[round_no % 2 :] + list(commands)[: round_no % 2]:
+            samples[name].append(_run(commands[name], workdir, env)[0])
+    return samples
+
+
+def server_rounds(repeat: int, fresh_repeat: int, workdir: Path) -> dict[str, list[float]]:
+    """Round 0 is a first start ever (an empty cache: no template database yet); later fresh homes start
+    from the template it left (see `dvcflow.prefect_server`)."""
+    dvcflow = [sys.executable, "-m", "dvcflow", "server"]
+    samples: dict[str, list[float]] = {
+        FIRST_EVER: [],
+        "server start, fresh database, template cached": [],
+        "server start, existing database": [],
+    }
+    for round_no in range(fresh_repeat + 1):
+        env = _env(workdir / f"fresh-home-{round_no}")
+        env["XDG_CACHE_HOME"] = str(workdir / "cache")
+        label = FIRST_EVER if round_no == 0 else "server start, fresh database, template cached"
+        samples[label].append(_run([*dvcflow, "start"], workdir, env)[0])
+        _run([*dvcflow, "stop"], workdir, env)
+    env = _env(workdir / "fresh-home-0")  # an existing database from here on
+    env["XDG_CACHE_HOME"] = str(workdir / "cache")
+    for _ in range(repeat):
+        seconds, result = _run([*dvcflow, "start"], workdir, env)
+        assert "Started Prefect server" in result.stdout, result.stdout
+        samples["server start, existing database"].append(seconds)
+        _run([*dvcflow, "stop"], workdir, env)
+    return samples
+
+
+def run_a_rounds(
+    repeat: int, workdir: Path, profile_rounds: int
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    home = workdir / "run-home"
+    env = _env(home)
+    repo = make_pipeline_repo(workdir / "repo", env)
+    dvcflow = [sys.executable, "-m", "dvcflow"]
+    commands = {"dvc repro": [str(BIN / "dvc"), "repro"], "dvcflow run-a": [str(BIN / "dvcflow"), "run-a"]}
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    try:
+        _run([*dvcflow, "server", "start"], PROJECT, env)
+        for args in commands.values():  # warm-up: dvc.lock up to date, the flow registered
+            _run(args, repo, env)
+        for round_no in range(repeat):
+            for name in list(commands)[round_no % 2 :] + list(commands)[: round_no % 2]:
+                seconds, result = _run(commands[name], repo, env)
+                output = result.stdout + result.stderr
+                assert UP_TO_DATE in output and "Running stage" not in output, output
+                samples[name].append(seconds)
+        slices = profile(repo, profile_rounds, env)
+    finally:
+        subprocess.run([*dvcflow, "server", "stop"], cwd=PROJECT, env=env, capture_output=True, timeout=120)
+    return samples, slices
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=5, help="timed rounds per command (default 5)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    options = parser.parse_args()
+    repeat = max(1, options.repeat)
+
+    workdir = Path(tempfile.mkdtemp(prefix="dvcflow-bench-overhead-"))
+    load_before = os.getloadavg()
+    try:
+        samples = help_rounds(repeat, workdir)
+        samples.update(server_rounds(repeat, max(1, repeat // 2), workdir))
+        run_samples, slices = run_a_rounds(repeat, workdir, max(1, (repeat + 1) // 2))
+        samples.update(run_samples)
+    finally:
+        if not options.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    medians = {name: _median(values) for name, values in samples.items()}
+    rows = {
+        "no-op run-a / no-op dvc repro (target <= 2.5)": round(
+            medians["dvcflow run-a"] / medians["dvc repro"], 3
+        ),
+        "server start, existing database, s (target <= 4)": medians["server start, existing database"],
+        "server start, first ever, s (target <= 8)": medians[FIRST_EVER],
+        "dvcflow --help / dvc --help (target <= 1.0)": round(
+            medians["dvcflow --help"] / medians["dvc --help"], 3
+        ),
+    }
+    report = {
+        "benchmark": "overhead",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        },
+        "versions": {name: metadata.version(name) for name in ("dvc", "prefect", "dvcflow")},
+        "repeat": repeat,
+        "samples_s": {name: [round(v, 3) for v in values] for name, values in samples.items()},
+        "medians_s": medians,
+        "rows": rows,
+        "run_a_profile_s": {label: round(value, 3) for label, value in slices.items()},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"overhead-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    width = max(map(len, medians))
+    for name, value in medians.items():
+        print(f"{name:<{width}}  {value:7.2f} s  (samples {', '.join(f'{v:.2f}' for v in samples[name])})")
+    for name, value in rows.items():
+        print(f"{name}: {value:.2f}")
+    print(f"wrote {out.relative_to(PROJECT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""`dvcflow sweep`: a grid of `-S` values, each trial a child flow run and a DVC experiment."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from dvcflow.cli.common import EphemeralOption, JsonOption, RepoOption, debug_requested
+
+DEFAULT_MAX_TRIALS = 100
+
+
+def sweep(
+    set_params: Annotated[
+        list[str],
+        typer.Option(
+            "--set-param",
+            "-S",
+            help="KEY=V1,V2,... as `dvc exp run -S` takes it (`file.yaml:KEY=...` for another params "
+            "file); several -S make a cross product.",
+            show_default=False,
+        ),
+    ],
+    repo: RepoOption = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", help="Trials at once (default: CPUs).", show_default=False),
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            "--metric", help="The metric that picks the best trial (default: the first).", show_default=False
+        ),
+    ] = None,
+    maximize: Annotated[
+        bool, typer.Option("--maximize/--minimize", help="Whether a larger --metric is better.")
+    ] = True,
+    per_stage: Annotated[
+        bool, typer.Option("--per-stage", help="Reproduce each trial stage by stage (`run-a --per-stage`).")
+    ] = False,
+    save: Annotated[
+        bool, typer.Option("--save/--no-save", help="Save every completed trial as a DVC experiment.")
+    ] = True,
+    max_trials: Annotated[
+        int, typer.Option("--max-trials", help="Refuse a grid with more trials than this.")
+    ] = DEFAULT_MAX_TRIALS,
+    json: JsonOption = False,
+    ephemeral: EphemeralOption = False,
+) -> None:
+    """Run every combination of the -S values, in parallel, each in its own workspace sharing the DVC cache.
+
+    Your workspace is not touched; each completed trial becomes a DVC experiment (`dvc exp show`).
+
+    Example: dvcflow sweep -S train.C=0.1,1,10 -S split.test_size=0.2,0.3 --jobs 2 --metric accuracy
+    """
+    from dvcflow import render, runner
+    from dvcflow.render.sweep import SweepProgressView, sweep_json, sweep_summary
+
+    with SweepProgressView(enabled=not json) as progress:
+        report = runner.run_sweep(
+            repo,
+            set_params=set_params,
+            jobs=jobs,
+            metric=metric,
+            maximize=maximize,
+            per_stage=per_stage,
+            save=save,
+            max_trials=max_trials,
+            ephemeral=ephemeral,
+            debug=debug_requested(),
+            announce=render.info,
+            on_progress=progress.update,
+        )
+    if json:
+        sweep_json(report)
+    else:
+        sweep_summary(report)
+    raise typer.Exit(report.exit_code)

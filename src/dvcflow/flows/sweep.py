@@ -1,0 +1,191 @@
+"""`dvcflow sweep`: one parent flow run, one child flow run per trial, at most `jobs` trials at once.
+
+A trial: its own workspace (`dvcexp.create_workspace`), the `-S` values written as `dvc exp run -S`
+writes them, the pipeline reproduced (`reproduce_trial`, the seam between run-a's `dvc repro` task
+and the per-stage flow), its metrics read, then saved as a DVC experiment; the workspace is removed
+whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Completed, Failed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from dvcflow import dvcexp, dvcrepo
+from dvcflow.errors import PipelineError
+from dvcflow.flows.repro import dvc_repro_task
+from dvcflow.metrics import Scalar, artifact_key, read_metrics
+from dvcflow.sweep import CANCELLED, COMPLETED, FAILED, TrialResult, pick_best, session, table_rows
+
+SWEEP_FLOW_NAME = "dvcflow sweep"
+TRIAL_FLOW_NAME = "sweep trial"
+ARTIFACT_PREFIX = "dvcflow-sweep"
+CANCEL_GRACE_S = 30.0  # after Ctrl-C: how long the trials get to stop and clean up
+
+
+class TrialCancelled(Exception):
+    """The sweep was interrupted while this trial ran."""
+
+
+@task(name="workspace", cache_policy=NO_CACHE)
+def workspace_task(session_id: str, index: int) -> dvcexp.Workspace:
+    """A worktree of the baseline with the workspace's changes and this trial's params."""
+    sweep = session(session_id)
+    spec = sweep.trials[index - 1]
+    workspace = dvcexp.create_workspace(sweep.root, sweep.scratch / f"trial-{index}", sweep.baseline)
+    dvcexp.apply_params(workspace.root, spec.overrides)
+    logger = get_run_logger()
+    logger.info("Workspace: %s", workspace.root)
+    logger.info("Params: %s", ", ".join(override.text for override in spec.overrides))
+    return workspace
+
+
+def reproduce_trial(workspace: Path, *, per_stage: bool) -> None:
+    """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow."""
+    if not per_stage:
+        dvc_repro_task.with_options(retries=0)(workspace)
+        return
+    from dvcflow.flows.per_stage import per_stage_flow, task_runner
+
+    jobs = max(1, (os.cpu_count() or 1) // 2)
+    state = per_stage_flow.with_options(task_runner=task_runner(jobs, None))(
+        repo_root=workspace, jobs=jobs, keep_going=False, retries=0, show_metrics=False, return_state=True
+    )
+    if not state.is_completed():
+        raise PipelineError(state.message or "the per-stage flow did not complete")
+
+
+@task(name="metrics", cache_policy=NO_CACHE)
+def trial_metrics_task(workspace: Path) -> dict[str, Scalar]:
+    snapshot = read_metrics(workspace)
+    get_run_logger().info("Metrics: %s", snapshot.to_json())
+    return snapshot.flat()
+
+
+@task(name="dvc exp save", cache_policy=NO_CACHE)
+def save_task(workspace: Path, name: str) -> str:
+    """`dvc exp save -n NAME`: the trial becomes an experiment under the repository's HEAD."""
+    logger = get_run_logger()
+    logger.info("Running: dvc exp save --name %s", name)
+    rev = dvcexp.save_experiment(workspace, name, on_line=logger.info)
+    logger.info("Saved experiment %s (%s)", name, rev[:7])
+    return rev
+
+
+@flow(name=TRIAL_FLOW_NAME)
+def sweep_trial_flow(session_id: str, index: int, params: dict[str, str]) -> dict[str, Any] | State[Any]:
+    """One trial of a sweep, in its own workspace; `params` shows its values in the UI."""
+    sweep = session(session_id)
+    name = str(flow_run.name)
+    workspace: dvcexp.Workspace | None = None
+    try:
+        workspace = workspace_task(session_id, index)
+        reproduce_trial(workspace.root, per_stage=sweep.per_stage)
+        metrics = trial_metrics_task(workspace.root)
+        if sweep.cancel.is_set():
+            raise TrialCancelled
+        rev = save_task(workspace.root, name) if sweep.save else None
+        return {"metrics": metrics, "experiment": rev}
+    except Exception:
+        if sweep.cancel.is_set():
+            return Cancelled(message="the sweep was interrupted")
+        raise
+    finally:
+        if workspace is not None:
+            dvcexp.remove_workspace(sweep.root, workspace)
+
+
+@task(name="trial", cache_policy=NO_CACHE)
+def trial_task(session_id: str, index: int) -> TrialResult:
+    """Runs the trial's child flow run and records how it ended; never fails the parent by itself."""
+    sweep = session(session_id)
+    spec = sweep.trials[index - 1]
+    if sweep.cancel.is_set():
+        result = TrialResult(index, "", spec.values(), CANCELLED, 0.0, message="not started: interrupted")
+        sweep.finished(result)
+        return result
+    sweep.started(index)
+    start = time.monotonic()
+    name = f"{sweep.run_name}-{index}"
+    state = sweep_trial_flow.with_options(flow_run_name=name)(
+        session_id, index, spec.values(), return_state=True
+    )
+    seconds = time.monotonic() - start
+    if state.is_completed():
+        value = cast(dict[str, Any], state.result())
+        result = TrialResult(
+            index, name, spec.values(), COMPLETED, seconds, value["metrics"], value["experiment"]
+        )
+    else:
+        result = TrialResult(
+            index,
+            name,
+            spec.values(),
+            CANCELLED if state.is_cancelled() else FAILED,
+            seconds,
+            message=state.message,
+        )
+    sweep.finished(result)
+    return result
+
+
+def _publish(session_id: str, repo_root: Path) -> None:
+    """The trial table as a Prefect artifact on the sweep's flow run."""
+    sweep = session(session_id)
+    trials = sweep.results()
+    metric, best = pick_best(trials, sweep.metric, sweep.maximize)
+    rows = table_rows(trials, sweep.varying, best)
+    ranked = f"best by {metric} ({'max' if sweep.maximize else 'min'})" if metric else "no metric"
+    try:
+        create_table_artifact(
+            table=rows,
+            key=artifact_key(repo_root, prefix=ARTIFACT_PREFIX),
+            description=f"Sweep of `{repo_root}`: {len(trials)} trials, {ranked}",
+        )
+    except Exception as exc:  # the table is also printed; a failed UI copy must not fail the sweep
+        get_run_logger().warning("Could not publish the sweep table: %s", exc)
+
+
+def trial_runner(jobs: int) -> TaskRunner[Any]:
+    """One thread per trial running at once: each waits on its child flow run."""
+    runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=jobs)
+    return runner
+
+
+@flow(name=SWEEP_FLOW_NAME)
+def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], jobs: int) -> State[Any]:
+    """Run every trial of the grid (`grid` shows the values in the UI), at most `jobs` at once."""
+    sweep = session(session_id)
+    sweep.run_name = str(flow_run.name)
+    logger = get_run_logger()
+    logger.info("%d trials, %d at once, in %s", len(grid), jobs, sweep.scratch)
+    futures = [
+        trial_task.with_options(task_run_name=f"trial {index}").submit(session_id, index)
+        for index in range(1, len(grid) + 1)
+    ]
+    try:
+        wait(futures)
+    except KeyboardInterrupt:
+        sweep.cancel.set()
+        stopped = dvcrepo.interrupt_commands()
+        logger.warning("Interrupted: stopping %d running DVC command(s)", stopped)
+        wait(futures, timeout=CANCEL_GRACE_S)
+        _publish(session_id, repo_root)
+        return Cancelled(message="interrupted (Ctrl-C): running trials cancelled")
+    _publish(session_id, repo_root)
+    trials = sweep.results()
+    failed = [trial for trial in trials if not trial.completed]
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(trials)} trials did not complete")
+    return Completed(message=f"{len(trials)} trials completed")

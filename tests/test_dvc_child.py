@@ -1,0 +1,80 @@
+"""The DVC child process (`python -m dvcflow.dvcrepo`): one DVC start-up runs `dvc repro` and reads the
+metrics; a warmed-up child runs nothing until asked, and exits quietly when never asked."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dvcflow import dvcrepo
+from tests.helpers import base_env, make_tiny_repo
+
+pytestmark = pytest.mark.integration
+
+STAGES = """\
+stages:
+  score:
+    cmd: python score.py
+    metrics:
+      - m.json:
+          cache: false
+"""
+SCORE = "print('scoring')\nopen('m.json', 'w').write('{\"acc\": 0.5}')\n"
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    env = base_env(tmp_path / "home")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    root = make_tiny_repo(tmp_path / "repo", env, stages=STAGES)
+    (root / "score.py").write_text(SCORE)
+    return root
+
+
+def test_repro_reads_the_metrics_in_the_same_process(repo: Path) -> None:
+    lines: list[str] = []
+    run = dvcrepo.repro(repo, ["repro"], lines.append, metrics=True)
+    assert run.result.ok, lines
+    assert "scoring" in lines  # the stage's own output is streamed
+    assert run.metrics == {"m.json": {"acc": 0.5}} == dvcrepo.metrics_show(repo)
+    assert not any("dvcflow-metrics" in line for line in lines)  # the marked line is not output
+
+
+def test_failed_repro_reports_no_metrics(repo: Path) -> None:
+    (repo / "score.py").write_text("raise SystemExit(3)\n")
+    run = dvcrepo.repro(repo, ["repro"], lambda _: None, metrics=True)
+    assert not run.result.ok and run.metrics is None
+
+
+def test_warm_child_runs_only_when_asked(repo: Path) -> None:
+    dvcrepo.warm_up(["repro"], repo, metrics=True)
+    assert not (repo / "m.json").exists()  # warmed up, nothing run
+    lines: list[str] = []
+    run = dvcrepo.repro(repo, ["repro"], lines.append, metrics=True)
+    assert run.result.ok and run.metrics == {"m.json": {"acc": 0.5}}
+    assert "scoring" in lines
+    assert dvcrepo._warm == {}  # claimed
+
+
+def test_unclaimed_warm_child_exits_without_running_dvc(repo: Path) -> None:
+    dvcrepo.warm_up(["repro"], repo)
+    (process,) = dvcrepo._warm.values()
+    dvcrepo._warm.clear()
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.close()  # as when dvcflow exits without asking
+    assert process.wait(timeout=60) == 0
+    assert process.stdout.read() == ""
+    process.stdout.close()
+    assert not (repo / "m.json").exists() and not (repo / "dvc.lock").exists()
+
+
+def test_child_refuses_to_run_for_a_dead_parent(repo: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, dvcrepo.PARENT_PID_ENV: "1"}  # not our parent: dvcflow is gone
+    result = subprocess.run(dvcrepo.dvc_command("repro"), cwd=repo, env=env, capture_output=True, timeout=60)
+    assert result.returncode == 143
+    assert not (repo / "m.json").exists()
