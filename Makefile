@@ -53,8 +53,11 @@ lint: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/mypy
 
+# Two workers, one test file each at a time: most integration tests wait on processes and the server,
+# so the two cores stay busy; each worker has its own session server (PYTEST_ARGS= to override).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 test: lint check-bytecode
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 # What the set-up promises: every site-packages module dvcflow imports has a current .pyc.
 check-bytecode: setup
@@ -62,7 +65,7 @@ check-bytecode: setup
 
 # The fast layer while you work: our own logic, no server, no real pipeline run.
 test-fast: setup
-	$(BIN)/pytest -m "not integration" -q
+	$(BIN)/pytest -m "not integration" -q $(PYTEST_ARGS)
 
 format: setup
 	$(BIN)/ruff check --fix src tests bench scripts

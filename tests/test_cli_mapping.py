@@ -32,6 +32,7 @@ RUN_A = {
     "announce": mock.ANY,
 }
 PER_STAGE = {
+    "selection": Selection(),
     "jobs": None,
     "keep_going": False,
     "retries": 1,
@@ -102,7 +103,24 @@ CASES: list[tuple[list[str], str, Path | None, dict[str, Any]]] = [
         None,
         {**PER_STAGE, "show_metrics": False, "ephemeral": True},
     ),
-    (["run-a", "--per-stage", "--dry-run", "--repo", "r"], "plan_stages", Path("r"), {}),
+    (
+        ["run-a", "--per-stage", "train", "--downstream", "-f"],
+        "run_per_stage",
+        None,
+        {**PER_STAGE, "selection": Selection(("train",), downstream=True, force=True)},
+    ),
+    (
+        ["run-a", "--per-stage", "--dry-run", "--repo", "r"],
+        "plan_stages",
+        Path("r"),
+        {"selection": EVERYTHING},
+    ),
+    (
+        ["run-a", "--per-stage", "--dry-run", "train", "-s"],
+        "plan_stages",
+        None,
+        {"selection": Selection(("train",), single_item=True)},
+    ),
     (["run-b"], "run_option_b", None, RUN_B),
     (["run-b", "--params", "p.yaml"], "run_option_b", None, {**RUN_B, "params_path": Path("p.yaml")}),
     (["run-b", "--force"], "run_option_b", None, {**RUN_B, "selection": Selection(force=True)}),

@@ -81,17 +81,13 @@ def test_sync_flags_become_dvc_repro_arguments() -> None:
     ("args", "message"),
     [
         (
-            ["train", "--per-stage"],
-            "Error: targets, -s, --downstream, --glob and -f are not yet supported with --per-stage",
-        ),
-        (
             ["--pull", "--push", "--per-stage"],
             "Error: --pull --push not yet with --per-stage: use run-a without it",
         ),
         (["--retries", "-1"], "Error: --retries must be 0 or more, got -1"),
         (["-s"], "Error: -s/--single-item needs a target"),
     ],
-    ids=["per-stage-targets", "per-stage-sync", "negative-retries", "single-item-alone"],
+    ids=["per-stage-sync", "negative-retries", "single-item-alone"],
 )
 def test_refused_before_the_repository_is_read(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["run-a", *args, "--repo", str(tmp_path)])

@@ -139,6 +139,33 @@ def test_run_a_runs_the_stages_dvc_repro_runs(
     assert [task["name"] for task in data["tasks"]] == ["dvc repro"]  # type: ignore[index]
 
 
+# The engine under `--per-stage` picks stages with the same arguments: a subset of the cases above, chosen
+# to cover targets, -s, -f, --downstream and --glob once each (every case costs a real flow run).
+PER_STAGE_CASES = [CASES[0], CASES[2], CASES[4], CASES[6], CASES[9]]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"), PER_STAGE_CASES, ids=[" ".join(a) or "(all)" for a, _ in PER_STAGE_CASES]
+)
+def test_run_a_per_stage_runs_the_stages_dvc_repro_runs(
+    pipeline: Path, tmp_path: Path, client_env: dict[str, str], args: list[str], expected: set[str]
+) -> None:
+    by_dvc = copy_of(pipeline, tmp_path / "dvc")
+    by_dvcflow = copy_of(pipeline, tmp_path / "dvcflow")
+    reference = dvc("repro", *args, cwd=by_dvc, env=client_env)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    result = dvcflow(
+        "run-a", "--per-stage", *args, "--json", "--no-show-metrics", cwd=by_dvcflow, env=client_env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tasks = json.loads(result.stdout)["tasks"]
+    ran = {
+        task["name"] for task in tasks if task["state"] == "Completed" and not task["name"].endswith(".dvc")
+    }
+    assert ran == set(dvc_ran(reference.stdout)) == expected
+    assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
+
+
 # Real remotes: a directory, and a WebDAV server on 127.0.0.1 run by the test.
 
 

@@ -300,7 +300,7 @@ def run_per_stage(
     if sync != NO_SYNC:
         from dvcflow.errors import UsageError
 
-        # TODO(lead/engine): --pull/--allow-missing per stage, and a push after a Completed per-stage flow.
+        # Not yet: the engine would have to fetch per stage and push after the flow (see README's roadmap).
         raise UsageError(f"{' '.join(sync.flags())} not yet with --per-stage: use run-a without it")
     if dask_address is not None:
         _check_dask_address(dask_address)

@@ -135,15 +135,13 @@ def run_a(
     """Option A: DVC owns the DAG; Prefect runs `dvc repro` with logs, retries and run history.
 
     Targets and -s/--downstream/--glob/-f choose the stages as `dvc repro` does. With --per-stage, each
-    stage is its own task (`dvc repro -s`), independent ones in parallel.
+    stage is its own task, independent ones in parallel.
 
     Example: dvcflow run-a train -s --force; dvcflow run-a --pull --push; dvcflow run-a --per-stage -j 4
     """
     from dvcflow import render, runner
     from dvcflow.datasync import DataSync
-    from dvcflow.errors import UsageError
     from dvcflow.render.runs import run_json, run_summary
-    from dvcflow.selection import EVERYTHING
 
     selection = selection_from(targets, single_item, downstream, glob, force)
     sync = DataSync(pull=pull, allow_missing=allow_missing, push=push)
@@ -157,18 +155,15 @@ def run_a(
             "--dask-address": dask_address is not None,
         },
     )
-    if per_stage and selection != EVERYTHING:
-        # TODO(lead): pass `selection=selection` to `runner.run_per_stage` and `plan_stages` once the
-        # engine branch (which adds that keyword) has landed, and drop this refusal.
-        raise UsageError("targets, -s, --downstream, --glob and -f are not yet supported with --per-stage")
     if dry_run:
         from dvcflow.render.plan import plan_view
 
-        plan_view(runner.plan_stages(repo), json=json)
+        plan_view(runner.plan_stages(repo, selection=selection), json=json)
         return
     if per_stage:
         record = runner.run_per_stage(
             repo,
+            selection=selection,
             jobs=jobs,
             keep_going=keep_going,
             retries=1 if retries is None else retries,
