@@ -87,17 +87,17 @@ class Watched:
         return code, "".join(self.out), "".join(self.lines)
 
 
-def dvc_processes_in(repo: Path) -> list[int]:
-    """Live `dvc` processes whose working directory is `repo`."""
+def processes_in(repo: Path) -> list[str]:
+    """Live processes (DVC, a stage's command, anything) working in `repo` or below: their command lines."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"dvc" in b" ".join(cmdline) and Path(os.readlink(entry / "cwd")) == repo:
-                found.append(int(entry.name))
-        except OSError:
+            cwd = Path(os.readlink(entry / "cwd"))
+            if cwd == repo or repo in cwd.parents:
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone, or not ours to look at
             continue
     return found
 
@@ -133,11 +133,12 @@ def test_ctrl_c_during_a_stage_exits_130_and_the_next_run_finishes(
 CRASHED_WITHIN_S = 15.0  # the watchdog needs ~0.1 s; the margin is for a loaded 2-core CI machine
 
 
-def test_sigkill_mid_stage_is_crashed_at_once_leaves_no_dvc_behind_and_a_rerun_completes(
-    tmp_path: Path, client_env: dict[str, str]
+@pytest.mark.parametrize("command", ["run-a", "run-b"])  # DVC runs the stage; dvcflow's engine does
+def test_sigkill_mid_stage_is_crashed_at_once_leaves_no_process_behind_and_a_rerun_completes(
+    tmp_path: Path, client_env: dict[str, str], command: str
 ) -> None:
     repo = slow_repo(tmp_path, client_env, seconds=60)
-    run = Watched(["run-a"], repo, client_env)
+    run = Watched([command], repo, client_env)
     wait_for_file(repo / "started")
     os.kill(run.process.pid, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -157,15 +158,16 @@ def test_sigkill_mid_stage_is_crashed_at_once_leaves_no_dvc_behind_and_a_rerun_c
     assert state == "Crashed", f"still {state} {CRASHED_WITHIN_S} s after SIGKILL"
     assert "watchdog" in ghost[0]["state"]["message"]
     deadline = time.monotonic() + 10
-    while dvc_processes_in(repo) and time.monotonic() < deadline:
+    while processes_in(repo) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert dvc_processes_in(repo) == []  # DVC died with dvcflow instead of racing the next run
+    assert processes_in(repo) == []  # DVC and the stage's command died with dvcflow, not re-parented
 
     (repo / "release").touch()
-    again = dvcflow("run-a", cwd=repo, env=client_env)
+    again = dvcflow(command, cwd=repo, env=client_env)
     assert again.returncode == 0, again.stderr
     assert json.loads(dvc("status", "--json", cwd=repo, env=client_env).stdout) == {}
     assert "Marked" not in again.stderr  # nothing left for the next run to sweep
+    assert (repo / "completions.txt").read_text() == "x"  # only the re-run's command finished
 
 
 def test_two_runs_at_once_take_turns(tmp_path: Path, client_env: dict[str, str]) -> None:

@@ -20,6 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from dvcflow import tether
 from dvcflow.datasync import DataSync, StagesReport
 from dvcflow.engine.graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 from dvcflow.errors import ConfigError, NotADvcRepoError, PipelineError, StageCommandError, UsageError
@@ -122,10 +123,10 @@ def dvc_environment() -> dict[str, str]:
     return env
 
 
-# A SIGKILLed dvcflow must not leave an orphan `dvc repro` behind that races the next run for the same
-# stage: on Linux DVC runs in a child (`python -m dvcflow.dvcrepo`, see `_child_main`) that first asks
-# the kernel to SIGTERM it when dvcflow dies (PR_SET_PDEATHSIG; `preexec_fn` is not safe in a process
-# with threads, as Prefect's is).
+# A SIGKILLed dvcflow must not leave an orphan `dvc repro` (or its stage's command) behind that races
+# the next run for the same stage: DVC runs in a child (`python -m dvcflow.dvcrepo`, see `_child_main`)
+# that first ties itself and its process group to dvcflow (`tether`; `preexec_fn` is not safe in a
+# process with threads, as Prefect's is).
 PARENT_PID_ENV = "DVCFLOW_PARENT_PID"
 METRICS_ENV = "DVCFLOW_DVC_METRICS"  # "1": after success, the child prints the metrics on a marked line
 WAIT_ENV = "DVCFLOW_DVC_WAIT"  # "1": the child imports DVC, then waits for a line on stdin to run
@@ -222,9 +223,10 @@ def stream_process(
 ) -> tuple[int, tuple[str, ...]]:
     """Run any `command` (a stage's `cmd`) like `stream_dvc` runs DVC: every non-blank output line to
     `on_line` as it arrives, in a process group of its own that a Ctrl-C reaches; its exit code and last
-    lines."""
+    lines. On Linux it runs through the `tether` shim, so it and its children die with dvcflow."""
+    argv = tether.shim_command(list(command)) if sys.platform.startswith("linux") else list(command)
     process = subprocess.Popen(
-        list(command),
+        argv,
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -1070,12 +1072,8 @@ def _child_main(argv: list[str]) -> int:
     """
     import gc
 
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        if os.getppid() != int(os.environ.get(PARENT_PID_ENV, "0")):
-            return 143  # dvcflow died before the line above: don't run DVC for nobody
+    if not tether.tether(int(os.environ.get(PARENT_PID_ENV, "0"))):
+        return 143  # dvcflow died before it could be tied to it: don't run DVC for nobody
     os.environ.pop(PARENT_PID_ENV, None)  # not for the stage commands, nor these two
     waits = os.environ.pop(WAIT_ENV, None) == "1"
     metrics = os.environ.pop(METRICS_ENV, None) == "1"
