@@ -78,3 +78,17 @@ def test_child_refuses_to_run_for_a_dead_parent(repo: Path) -> None:
     result = subprocess.run(dvcrepo.dvc_command("repro"), cwd=repo, env=env, capture_output=True, timeout=60)
     assert result.returncode == 143
     assert not (repo / "m.json").exists()
+
+
+def test_interrupt_from_a_signal_handler_while_the_lock_is_held() -> None:
+    """A Ctrl-C handler runs in the thread it interrupts, possibly inside `_pump` holding the lock."""
+    import threading
+
+    def handler_inside_pump() -> None:
+        with dvcrepo._RUNNING_LOCK:
+            dvcrepo.interrupt_commands(grace=0.1)
+
+    thread = threading.Thread(target=handler_inside_pump, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "interrupt_commands deadlocked on _RUNNING_LOCK"

@@ -152,7 +152,9 @@ class CommandResult:
 # The DVC processes running now, so a Ctrl-C caught in the main thread can stop those that worker
 # threads started (a signal sent to dvcflow alone does not reach them).
 _RUNNING: set[subprocess.Popen[str]] = set()
-_RUNNING_LOCK = threading.Lock()
+# Re-entrant: a SIGINT handler (`runner._ctrl_c_ends_at_once`) calls `interrupt_commands` in the main
+# thread, which may be inside `_pump` holding this lock at that moment.
+_RUNNING_LOCK = threading.RLock()
 
 
 def interrupt_commands(grace: float = 10.0) -> int:
