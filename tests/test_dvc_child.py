@@ -4,6 +4,7 @@ metrics; a warmed-up child runs nothing until asked, and exits quietly when neve
 from __future__ import annotations
 
 import os
+import select
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,11 @@ def test_failed_repro_reports_no_metrics(repo: Path) -> None:
 
 def test_warm_child_runs_only_when_asked(repo: Path) -> None:
     dvcrepo.warm_up(["repro"], repo, metrics=True)
-    assert not (repo / "m.json").exists()  # warmed up, nothing run
+    (process,) = dvcrepo._warm.values()
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 60)
+    assert ready and process.stdout.readline() == dvcrepo.READY_MARK  # DVC imported, now waiting
+    assert process.poll() is None and not (repo / "m.json").exists()  # warmed up, nothing run
     lines: list[str] = []
     run = dvcrepo.repro(repo, ["repro"], lines.append, metrics=True)
     assert run.result.ok and run.metrics == {"m.json": {"acc": 0.5}}
@@ -66,7 +71,7 @@ def test_unclaimed_warm_child_exits_without_running_dvc(repo: Path) -> None:
     assert process.stdin is not None and process.stdout is not None
     process.stdin.close()  # as when dvcflow exits without asking
     assert process.wait(timeout=60) == 0
-    assert process.stdout.read() == ""
+    assert process.stdout.read() in ("", dvcrepo.READY_MARK)  # no output but the ready mark
     process.stdout.close()
     assert not (repo / "m.json").exists() and not (repo / "dvc.lock").exists()
 

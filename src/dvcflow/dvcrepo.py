@@ -131,6 +131,7 @@ PARENT_PID_ENV = "DVCFLOW_PARENT_PID"
 METRICS_ENV = "DVCFLOW_DVC_METRICS"  # "1": after success, the child prints the metrics on a marked line
 WAIT_ENV = "DVCFLOW_DVC_WAIT"  # "1": the child imports DVC, then waits for a line on stdin to run
 _METRICS_MARK = "\x00dvcflow-metrics "
+READY_MARK = "\x00dvcflow-ready\n"  # a waiting child has imported DVC (not shown as output)
 
 
 def dvc_command(*args: str) -> list[str]:
@@ -262,6 +263,8 @@ def _pump(
             _RUNNING.add(process)
         try:
             for raw in process.stdout:
+                if raw == READY_MARK:
+                    continue
                 if raw.startswith(_METRICS_MARK):
                     shown = raw.removeprefix(_METRICS_MARK)
                     continue
@@ -1087,6 +1090,7 @@ def _child_main(argv: list[str]) -> int:
     gc.freeze()
     gc.enable()
     if waits:
+        print(READY_MARK, end="", flush=True)
         try:
             if not sys.stdin.readline():
                 return 0  # never asked for
