@@ -17,6 +17,8 @@ from typing import IO
 import pytest
 import yaml
 
+from dvcflow.dvcrepo import TERM_WAIT_S
+from dvcflow.runner import EPHEMERAL_INTERRUPT_GRACE_S
 from tests.helpers import api_post, base_env, dvc, dvcflow, free_port, make_tiny_repo
 
 pytestmark = pytest.mark.integration
@@ -260,7 +262,11 @@ def client_env_api(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{env['DVCFLOW_PORT']}/api"
 
 
-def test_ctrl_c_with_the_temporary_server_exits_130_within_5_s(tmp_path: Path) -> None:
+# dvcflow's own worst case after Ctrl-C (SIGINT, SIGTERM, SIGKILL of DVC's group), plus a loaded CI's margin
+EPHEMERAL_EXIT_WITHIN_S = EPHEMERAL_INTERRUPT_GRACE_S + TERM_WAIT_S + 3.0
+
+
+def test_ctrl_c_with_the_temporary_server_exits_130_at_once(tmp_path: Path) -> None:
     """--ephemeral: the terminal's SIGINT stops Prefect's temporary server too; dvcflow must not spend
     minutes retrying to record the run on it."""
     env = base_env(tmp_path / "home")
@@ -286,5 +292,5 @@ def test_ctrl_c_with_the_temporary_server_exits_130_within_5_s(tmp_path: Path) -
                 os.killpg(run.pid, signal.SIGKILL)  # the temporary server and the stage, if still there
     text = (tmp_path / "output.txt").read_text()
     assert code == 130, text
-    assert took < 5, f"exited {took:.1f} s after Ctrl-C"
+    assert took < EPHEMERAL_EXIT_WITHIN_S, f"exited {took:.1f} s after Ctrl-C"
     assert "Interrupted" in text and "Traceback" not in text

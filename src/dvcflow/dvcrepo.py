@@ -296,6 +296,9 @@ def _signal(process: subprocess.Popen[str], sig: int) -> None:
             process.send_signal(sig)
 
 
+TERM_WAIT_S = 5.0  # after SIGTERM, how long `_stop` waits before SIGKILL
+
+
 def _stop(process: subprocess.Popen[str], grace: float = 10.0) -> None:
     """SIGINT first, as a terminal's Ctrl-C would, so DVC never dies halfway through writing dvc.lock."""
     if process.poll() is not None:
@@ -307,7 +310,7 @@ def _stop(process: subprocess.Popen[str], grace: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         _signal(process, signal.SIGTERM)
     try:
-        process.wait(timeout=5)
+        process.wait(timeout=TERM_WAIT_S)
     except subprocess.TimeoutExpired:
         _signal(process, signal.SIGKILL)
         process.wait()

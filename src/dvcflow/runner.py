@@ -50,6 +50,9 @@ def _check_retries(retries: int) -> None:
         raise UsageError(f"--retries must be 0 or more, got {retries}")
 
 
+EPHEMERAL_INTERRUPT_GRACE_S = 2.0  # what DVC gets to stop its stage after Ctrl-C with --ephemeral
+
+
 @contextlib.contextmanager
 def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
     """With Prefect's temporary server, Ctrl-C ends the process at once (exit 130).
@@ -65,7 +68,7 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
     from dvcflow.errors import ExitCode
 
     def stop(signum: int, frame: object) -> None:
-        dvcrepo.interrupt_commands(grace=2.0)
+        dvcrepo.interrupt_commands(grace=EPHEMERAL_INTERRUPT_GRACE_S)
         announce("Interrupted (Prefect's temporary server stopped with it; nothing more to record).")
         sys.stdout.flush()
         sys.stderr.flush()
