@@ -43,8 +43,9 @@ def retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:
     return not isinstance(exc, DvcflowError) or isinstance(exc, StageCommandError)
 
 
-# The stages each `dvc repro` task run visited, across its attempts, until the flow takes them: a retry
-# starts a new `dvc repro` that skips what the failed attempt finished, which still ran in this flow run.
+# The stages each `dvc repro` task run visited, across its attempts, until its caller takes them (every
+# caller must, with `take_visited`, or this grows in a long-lived process): a retry starts a new
+# `dvc repro` that skips what the failed attempt finished, which still ran in this flow run.
 _visited: dict[str, StagesReport] = {}
 _visited_lock = threading.Lock()
 
@@ -57,7 +58,8 @@ def _record(task_run_id: str | None, attempt: StagesReport) -> None:
         _visited[key] = _visited.get(key, StagesReport()).merged(attempt)
 
 
-def _take(task_run_id: object) -> StagesReport:
+def take_visited(task_run_id: object) -> StagesReport:
+    """The stages a `dvc_repro_task` run visited, forgotten here once taken."""
     with _visited_lock:
         return _visited.pop(str(task_run_id), StagesReport())
 
@@ -133,7 +135,7 @@ def dvc_pipeline_flow(
     state = repro(
         repo_root, fail_once=fail_once, args=repro_args, with_metrics=show_metrics, return_state=True
     )
-    stages = _take(state.state_details.task_run_id)
+    stages = take_visited(state.state_details.task_run_id)
     if state.is_failed():  # the flow fails with the task's error, and still says which stages ran
         return Failed(message="the `dvc repro` task failed", data=ReproOutcome(stages=stages))
     shown = state.result()  # anything else that did not complete (cancelled, crashed) ends the flow here

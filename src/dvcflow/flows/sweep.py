@@ -24,7 +24,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from dvcflow import dvcexp, dvcrepo
 from dvcflow.errors import PipelineError
-from dvcflow.flows.repro import dvc_repro_task
+from dvcflow.flows.repro import dvc_repro_task, take_visited
 from dvcflow.metrics import Scalar, artifact_key, read_metrics
 from dvcflow.sweep import CANCELLED, COMPLETED, FAILED, TrialResult, pick_best, session, table_rows
 
@@ -54,7 +54,9 @@ def workspace_task(session_id: str, index: int) -> dvcexp.Workspace:
 def reproduce_trial(workspace: Path, *, per_stage: bool) -> None:
     """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow."""
     if not per_stage:
-        dvc_repro_task.with_options(retries=0)(workspace)
+        repro = dvc_repro_task.with_options(retries=0)(workspace, return_state=True)
+        take_visited(repro.state_details.task_run_id)  # only run-a reports them; not kept for nobody
+        repro.result()  # raises the task's error
         return
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
