@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -139,10 +140,18 @@ def make_tiny_repo(root: Path, env: dict[str, str], stages: str | None = None) -
     return root
 
 
+# Prefect answers 503 when SQLite was busy (`is_client_retryable_exception`: SQLITE_BUSY, e.g. a deferred
+# transaction meeting the services' writes on a loaded machine); its own client retries those, so do we.
+API_RETRIES = 5
+RETRIED_STATUSES = {429, 502, 503}
+
+
 def api_post(api_url: str, path: str, body: dict[str, object], auth: str | None = None) -> object:
-    """POST JSON to the Prefect REST API, as a client independent of dvcflow would."""
+    """POST JSON to the Prefect REST API, as a client independent of dvcflow would (with Prefect's
+    client's bounded retries of a busy server: 0.5, 1, 2, 4, 8 s apart)."""
     import base64
     import json
+    import urllib.error
     import urllib.request
 
     request = urllib.request.Request(
@@ -150,8 +159,15 @@ def api_post(api_url: str, path: str, body: dict[str, object], auth: str | None 
     )
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
+    for attempt in range(API_RETRIES + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code not in RETRIED_STATUSES or attempt == API_RETRIES:
+                raise
+            time.sleep(0.5 * 2**attempt)  # a back-off, as Prefect's client's, not a synchronisation
+    raise AssertionError("unreachable")
 
 
 BRANCH_PY = """\

@@ -90,15 +90,17 @@ def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None
             },
         )
         assert isinstance(automation, dict)
-        event = {
-            "id": str(uuid.uuid4()),
-            "occurred": datetime.now(UTC).isoformat(),
-            "event": kind,
-            "resource": {"prefect.resource.id": "dvcflow.test"},
-        }
 
         def fired() -> object:
-            _post_events(api, [event])  # again each time: the trigger may still be loading
+            # A new event each time: the trigger may still be loading, and Prefect drops an event whose
+            # id it has seen (its event publisher deduplicates by id), so a repeat would never count.
+            event = {
+                "id": str(uuid.uuid4()),
+                "occurred": datetime.now(UTC).isoformat(),
+                "event": kind,
+                "resource": {"prefect.resource.id": "dvcflow.test"},
+            }
+            _post_events(api, [event])
             about = {"filter": {"resource": {"id": [f"prefect.automation.{automation['id']}"]}}}
             found = api_post(api, "/events/filter", about)
             assert isinstance(found, dict)
