@@ -33,15 +33,15 @@ CASES = {
     "jobs-zero": (["deploy", "--per-stage", "--jobs", "0"], "Error: --jobs must be at least 1, got 0"),
     "webhook-not-http": (
         ["notify", "--webhook", "ftp://example.com/hook"],
-        "Error: --webhook must be an http(s) URL, got 'ftp://example.com/***'",
+        "Error: --webhook must be an http(s) URL such as https://host/path, got 'ftp://example.com/***'",
     ),
     "webhook-no-scheme": (
         ["notify", "--webhook", "example.com/hook"],
-        "Error: --webhook must be an http(s) URL, got 'example.com/hook'",
+        "Error: --webhook must be an http(s) URL such as https://host/path, got a value without scheme://host",
     ),
     "slack-not-http": (
         ["notify", "--slack", "hooks.slack.com"],
-        "Error: --slack must be an http(s) URL, got 'hooks.slack.com'",
+        "Error: --slack must be an http(s) URL such as https://host/path, got a value without scheme://host",
     ),
     "on-unknown-state": (
         ["notify", "--webhook", "https://example.com/hook", "--on", "failed,exploded"],
@@ -83,6 +83,26 @@ def test_bad_input_is_one_error_line(case: str, tmp_path: Path, monkeypatch: pyt
 )
 def test_a_webhook_url_is_shown_without_its_token(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+@pytest.mark.parametrize("flag", ["--webhook", "--slack"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "hooks.example.com/services/T0/B0/SECRETTOKEN",
+        "//SECRETTOKEN@hooks.example.com/x",
+        "ftp://hooks.example.com/SECRETTOKEN",
+        "https:///SECRETTOKEN",
+        "SECRETTOKEN",
+    ],
+)
+def test_a_refused_url_never_shows_its_token(
+    flag: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["notify", flag, url])
+    assert result.exit_code == 2 and "Error: " + flag in result.output, result.output
+    assert "SECRETTOKEN" not in result.output
 
 
 @pytest.mark.parametrize("command", ["deploy", "trigger", "runs", "notify"])

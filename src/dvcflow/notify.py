@@ -80,9 +80,11 @@ def _parse_states(on: str | None) -> tuple[str, ...]:
 
 
 def _check_url(flag: str, url: str) -> None:
+    """Never echo the value: without a host, a token would be printed whole (redact needs the host)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{flag} must be an http(s) URL, got {redact(url) if parts.hostname else url!r}")
+        shown = repr(redact(url)) if parts.scheme and parts.hostname else "a value without scheme://host"
+        raise UsageError(f"{flag} must be an http(s) URL such as https://host/path, got {shown}")
 
 
 def check_request(
