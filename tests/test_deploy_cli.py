@@ -202,3 +202,19 @@ def test_each_option_reaches_the_library(args: list[str], target: str, kwargs: d
         result = runner.invoke(app, args)
     assert "Error: stopped at the library call" in result.output, result.output
     checked.assert_called_once_with(None, **kwargs)
+
+
+def test_a_deployment_run_refuses_a_repo_root_other_than_its_own(tmp_path: Path) -> None:
+    """A custom run (`--param repo_root=/elsewhere`) would run stage commands anywhere: refused."""
+    from dvcflow.flows.deployed import check_repo_root
+    from dvcflow.runs import repo_tag
+
+    served, other = tmp_path / "served", tmp_path / "other"
+    served.mkdir()
+    other.mkdir()
+    tags = [repo_tag(served), "other-tag"]
+    assert check_repo_root(str(served), str(served), tags) == served
+    with pytest.raises(UsageError, match="is not the repository this deployment serves"):
+        check_repo_root(str(other), str(served), tags)
+    with pytest.raises(UsageError, match="is not the repository this deployment serves"):
+        check_repo_root(str(other), None, tags)  # no deployment defaults: the run's tag decides
