@@ -218,3 +218,13 @@ def test_a_deployment_run_refuses_a_repo_root_other_than_its_own(tmp_path: Path)
         check_repo_root(str(other), str(served), tags)
     with pytest.raises(UsageError, match="is not the repository this deployment serves"):
         check_repo_root(str(other), None, tags)  # no deployment defaults: the run's tag decides
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [("Completed", 0), ("Scheduled", 0), ("Failed", 1), ("Crashed", 1), ("Cancelled", 130)],
+)
+def test_trigger_exits_by_the_one_exit_code_table(state: str, code: int) -> None:
+    from dvcflow.deploy import TriggeredRun
+
+    assert TriggeredRun("id", "run", "flow/dep", state, None).exit_code == code

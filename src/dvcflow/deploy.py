@@ -102,7 +102,12 @@ class TriggeredRun:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.state in ("Completed", "Scheduled", "Pending", "Running") else 1
+        """The one exit-code table (`errors.exit_code_for_state`): Cancelled is 130, as for run-a."""
+        from dvcflow.errors import ExitCode, exit_code_for_state
+
+        if self.state in ("Scheduled", "Pending", "Running"):  # not waited for: started is success
+            return int(ExitCode.OK)
+        return int(exit_code_for_state(self.state))
 
 
 def connect_lasting(root: Path, announce: Callable[[str], None]) -> None:

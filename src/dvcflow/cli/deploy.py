@@ -74,7 +74,7 @@ def trigger(
     name: Annotated[str, typer.Argument(help="The deployment's name (as given to `dvcflow deploy --name`).")],
     repo: RepoOption = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the run to end; exit 1 unless it Completed.")
+        bool, typer.Option("--wait", help="Wait for the run to end; exit as run-a does (0 Completed, 130 Cancelled, else 1).")
     ] = False,
 ) -> None:
     """Start a run of a deployment now.
