@@ -139,11 +139,14 @@ def test_the_serving_watcher_reports_each_attempt_once_and_not_the_past() -> Non
             _run("new", "COMPLETED", 2),
         ],  # retried; started and ended between reads
     ]
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
     events: list[RunEvent] = []
     watcher = _RunWatcher(uuid.uuid4(), events.append)
     client = SimpleNamespace(read_flow_runs=lambda **_: list(reversed(reads.pop(0))))
-    for first in (True, False, False, False, False, False):
-        watcher._poll(client, "http://ui", report=not first)
+    with temporary_settings(updates={PREFECT_UI_URL: "http://ui"}):
+        for first in (True, False, False, False, False, False):
+            watcher._poll(client, report=not first)
     assert [(event.run_name, event.ended, event.state, event.message) for event in events] == [
         ("run-new", False, "Running", None),
         ("run-new", True, "Failed", "b failed"),
@@ -228,3 +231,51 @@ def test_trigger_exits_by_the_one_exit_code_table(state: str, code: int) -> None
     from dvcflow.deploy import TriggeredRun
 
     assert TriggeredRun("id", "run", "flow/dep", state, None).exit_code == code
+
+
+class _FakeClient:
+    """The few Prefect client calls `deploy.trigger` makes, for a deployment nobody serves."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        scheduled = SimpleNamespace(name="Scheduled", is_final=lambda: False)
+        self.run = SimpleNamespace(id="r1", name="quiet-run", state=scheduled, parameters={})
+
+    def __enter__(self) -> _FakeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def read_deployment_by_name(self, name: str) -> Any:
+        return SimpleNamespace(id="d1", status=SimpleNamespace(value="NOT_READY"))
+
+    def create_flow_run_from_deployment(self, *_: object, **__: object) -> Any:
+        return self.run
+
+    def read_flow_run(self, _: object) -> Any:
+        self.reads += 1
+        return self.run
+
+
+def test_trigger_wait_gives_up_after_its_timeout_and_says_nobody_serves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dvcflow import deploy
+    from dvcflow.errors import DvcflowError
+
+    client = _FakeClient()
+    monkeypatch.setattr("prefect.client.orchestration.get_client", lambda **_: client)
+    monkeypatch.setattr(deploy, "TRIGGER_POLL_S", 0.01)
+    notes: list[str] = []
+    with pytest.raises(DvcflowError, match=r"'quiet-run' still Scheduled after 0.05 s: is `dvcflow deploy`"):
+        deploy.trigger("nightly", wait=True, timeout=0.05, announce=notes.append)
+    assert client.reads >= 1
+    assert notes and "NOT_READY" in notes[0]
+
+
+def test_trigger_timeout_must_be_positive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["trigger", "x", "--wait", "--timeout", "0"])
+    assert result.exit_code == 2
+    assert "Error: --timeout must be more than 0 seconds, got 0" in result.output

@@ -118,16 +118,16 @@ def _payload(root: Path) -> str:
     The link is built from this client's UI address: the server's own `ui_url` filter knows it only
     when the server was given PREFECT_UI_URL.
     """
-    from prefect.settings import get_current_settings
+    from dvcflow.runs import flow_run_link
 
-    ui = get_current_settings().ui_url
+    prefix = flow_run_link("")
     fields = {
         "flow": "flow.name",
         "run": "flow_run.name",
         "deployment": "deployment.name",  # none for a `run-a` run
         "state": "flow_run.state.name",
         "reason": "flow_run.state.message",
-        "link": f"{json.dumps(ui + '/runs/flow-run/')} ~ flow_run.id" if ui else "flow_run | ui_url",
+        "link": f"{json.dumps(prefix)} ~ flow_run.id" if prefix else "flow_run | ui_url",
     }
     rendered = {"repository": json.dumps(str(root))}
     rendered.update(

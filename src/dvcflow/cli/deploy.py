@@ -74,8 +74,15 @@ def trigger(
     name: Annotated[str, typer.Argument(help="The deployment's name (as given to `dvcflow deploy --name`).")],
     repo: RepoOption = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the run to end; exit as run-a does (0 Completed, 130 Cancelled, else 1).")
+        bool,
+        typer.Option(
+            "--wait", help="Wait for the run to end; exit as run-a does (0 Completed, 130 Cancelled, else 1)."
+        ),
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="With --wait: give up after SECONDS.", metavar="SECONDS"),
+    ] = 3600.0,
 ) -> None:
     """Start a run of a deployment now.
 
@@ -85,8 +92,9 @@ def trigger(
     from dvcflow import dvcrepo, render
     from dvcflow.render.deploy import triggered_view
 
+    library.check_timeout(timeout)
     library.connect_lasting(dvcrepo.find_repo_root(repo), render.info)
-    run = library.trigger(name, wait=wait)
+    run = library.trigger(name, wait=wait, timeout=timeout, announce=render.info)
     triggered_view(run)
     raise typer.Exit(run.exit_code if wait else 0)
 
