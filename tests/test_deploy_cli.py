@@ -279,3 +279,21 @@ def test_trigger_timeout_must_be_positive(tmp_path: Path, monkeypatch: pytest.Mo
     result = runner.invoke(app, ["trigger", "x", "--wait", "--timeout", "0"])
     assert result.exit_code == 2
     assert "Error: --timeout must be more than 0 seconds, got 0" in result.output
+
+
+def test_stopping_after_the_server_is_gone_is_a_server_error_not_a_crash(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import httpx
+
+    from dvcflow import deploy
+    from dvcflow.errors import ApiLostError, ExitCode
+
+    class Gone(_FakeClient):
+        def request(self, *_: object, **__: object) -> Any:
+            raise httpx.ConnectError("All connection attempts failed")
+
+    monkeypatch.setattr("prefect.client.orchestration.get_client", lambda **_: Gone())
+    with pytest.raises(ApiLostError, match="deployment 'nightly' could not be paused") as raised:
+        deploy._pause_at_stop("d1", "nightly")
+    assert raised.value.exit_code == ExitCode.SERVER_UNREACHABLE

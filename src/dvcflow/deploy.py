@@ -351,8 +351,24 @@ def serve(
         with _RunWatcher(deployment_id, on_run):
             asyncio.run(_run_until_signalled(runner))
     finally:
+        _pause_at_stop(deployment_id, request.name)
+
+
+def _pause_at_stop(deployment_id: Any, name: str) -> None:
+    """Pause the deployment as serving stops; a server already gone is a clear error, not a crash."""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    from dvcflow.errors import ApiLostError
+
+    try:
         with get_client(sync_client=True) as client:
             _set_paused(client, deployment_id, True)
+    except (httpx.HTTPError, OSError) as err:
+        raise ApiLostError(
+            f"the Prefect API went away; deployment {name!r} could not be paused ({type(err).__name__})",
+            hint="its scheduled runs are marked Late; the next `dvcflow deploy` skips them",
+        ) from None
 
 
 def _set_paused(client: Any, deployment_id: Any, paused: bool) -> None:
