@@ -297,3 +297,33 @@ def test_stopping_after_the_server_is_gone_is_a_server_error_not_a_crash(
     with pytest.raises(ApiLostError, match="deployment 'nightly' could not be paused") as raised:
         deploy._pause_at_stop("d1", "nightly")
     assert raised.value.exit_code == ExitCode.SERVER_UNREACHABLE
+
+
+@pytest.mark.parametrize(("old_block", "deleted"), [("old-block", ["old-block"]), ("new-block", [])])
+def test_switching_webhook_and_slack_deletes_the_old_url_block(
+    old_block: str, deleted: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same name, other kind: the previous block (a Webhook, now a SlackWebhook) goes; the same one stays."""
+    from dvcflow import notify
+
+    existing = SimpleNamespace(id="a1", actions=[SimpleNamespace(block_document_id=old_block)])
+    gone: list[str] = []
+    client = SimpleNamespace(
+        update_automation=lambda *_: None,
+        delete_block_document=gone.append,
+    )
+
+    class Client:
+        def __enter__(self) -> Any:
+            return client
+
+        def __exit__(self, *_: object) -> None:
+            pass
+
+    monkeypatch.setattr("prefect.client.orchestration.get_client", lambda **_: Client())
+    monkeypatch.setattr(notify, "_save_block", lambda _: "new-block")
+    monkeypatch.setattr(notify, "_automation", lambda *_: "automation")
+    monkeypatch.setattr(notify, "_find", lambda *_: existing)
+    request = notify.NotifyRequest(tmp_path, "n", notify.SLACK, "https://hooks.example/x", ("Failed",))
+    assert notify.set_notification(request).created is False
+    assert gone == deleted

@@ -207,6 +207,8 @@ def set_notification(request: NotifyRequest) -> Notification:
         else:
             automation_id = existing.id
             client.update_automation(existing.id, automation)
+            # webhook <-> Slack: a block of the other type held the old URL; it must not stay behind
+            _delete_blocks(client, existing, keep=block_id)
     return Notification(
         name=request.name,
         kind=request.kind,
@@ -265,7 +267,6 @@ def list_notifications(repo: Path | None) -> tuple[Notification, ...]:
 def remove_notification(repo: Path | None, name: str) -> Notification:
     """Delete the automation and the block holding its URL."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     root = dvcrepo.find_repo_root(repo)
     with get_client(sync_client=True) as client:
@@ -277,7 +278,16 @@ def remove_notification(repo: Path | None, name: str) -> Notification:
                 hint=f"this repository has: {known}" if known else "`dvcflow notify --list` shows none",
             )
         client.delete_automation(automation.id)
-        for action in automation.actions:
-            with contextlib.suppress(ObjectNotFound):
-                client.delete_block_document(action.block_document_id)
+        _delete_blocks(client, automation, keep=None)
     return _describe(automation)
+
+
+def _delete_blocks(client: Any, automation: Any, *, keep: Any) -> None:
+    """Delete the blocks (the stored URLs) of `automation`'s actions, except block `keep`."""
+    from prefect.exceptions import ObjectNotFound
+
+    for action in automation.actions:
+        block_id = getattr(action, "block_document_id", None)
+        if block_id is not None and str(block_id) != str(keep):
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_block_document(block_id)
