@@ -327,3 +327,30 @@ def test_switching_webhook_and_slack_deletes_the_old_url_block(
     request = notify.NotifyRequest(tmp_path, "n", notify.SLACK, "https://hooks.example/x", ("Failed",))
     assert notify.set_notification(request).created is False
     assert gone == deleted
+
+
+def test_the_repository_path_is_not_jinja_to_the_server(tmp_path: Path) -> None:
+    """The server renders the message as a Jinja template; a folder named like a template stays a name."""
+    import json
+
+    import jinja2
+    from prefect.settings import PREFECT_UI_URL, temporary_settings
+
+    from dvcflow import notify
+
+    root = tmp_path / "{{ 7 * 7 }}{% if 1 %}x{% endif %}"
+    with temporary_settings(updates={PREFECT_UI_URL: "http://ui"}):
+        payload = notify._payload(root)
+    state = SimpleNamespace(name="Failed", message="stage b is broken")
+    context = {
+        "flow": SimpleNamespace(name="f"),
+        "flow_run": SimpleNamespace(name="r", id="i1", state=state),
+        "deployment": None,
+    }
+    message = json.loads(jinja2.Environment().from_string(payload).render(**context))
+    assert message["repository"] == str(root)
+    assert message["reason"] == "stage b is broken" and message["link"] == "http://ui/runs/flow-run/i1"
+    server = jinja2.Environment()
+    server.filters["ui_url"] = lambda run: f"http://ui/runs/flow-run/{run.id}"  # Prefect's own filter
+    body = server.from_string(notify.SLACK_BODY.format(repo=notify._verbatim(str(root))))
+    assert body.render(**context).startswith(f"Repository: {root}\nFlow run r of f ended Failed.")

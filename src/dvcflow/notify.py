@@ -129,11 +129,16 @@ def _payload(root: Path) -> str:
         "reason": "flow_run.state.message",
         "link": f"{json.dumps(prefix)} ~ flow_run.id" if prefix else "flow_run | ui_url",
     }
-    rendered = {"repository": json.dumps(str(root))}
+    rendered = {"repository": _verbatim(json.dumps(str(root)))}
     rendered.update(
         (key, f"{{{{ ({value}) | default(none, true) | tojson }}}}") for key, value in fields.items()
     )
     return "{" + ", ".join(f'"{key}": {value}' for key, value in rendered.items()) + "}"
+
+
+def _verbatim(text: str) -> str:
+    """`text` kept out of the server's Jinja: a folder may be named `{{ ... }}` or `{% ... %}`."""
+    return "{% raw %}" + text + "{% endraw %}"
 
 
 SLACK_SUBJECT = "{{ flow_run.name }} ({{ flow.name }}): {{ flow_run.state.name }}"
@@ -180,7 +185,9 @@ def _automation(request: NotifyRequest, block_id: Any) -> Any:
     )
     action = (
         SendNotification(
-            block_document_id=block_id, subject=SLACK_SUBJECT, body=SLACK_BODY.format(repo=request.root)
+            block_document_id=block_id,
+            subject=SLACK_SUBJECT,
+            body=SLACK_BODY.format(repo=_verbatim(str(request.root))),
         )
         if request.kind == SLACK
         else CallWebhook(block_document_id=block_id, payload=_payload(request.root))
