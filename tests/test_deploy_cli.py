@@ -60,6 +60,9 @@ CASES = {
         "Error: --list takes no --webhook",
     ),
     "runs-limit-zero": (["runs", "--limit", "0"], "Error: --limit must be between 1 and 200, got 0"),
+    "runs-limit-too-many": (["runs", "-n", "201"], "Error: --limit must be between 1 and 200, got 201"),
+    "notify-list-and-remove": (["notify", "--list", "--remove", "x"], "Error: --list takes no --remove"),
+    "notify-remove-with-on": (["notify", "--remove", "x", "--on", "failed"], "Error: --remove takes no --on"),
 }
 
 
@@ -354,3 +357,13 @@ def test_the_repository_path_is_not_jinja_to_the_server(tmp_path: Path) -> None:
     server.filters["ui_url"] = lambda run: f"http://ui/runs/flow-run/{run.id}"  # Prefect's own filter
     body = server.from_string(notify.SLACK_BODY.format(repo=notify._verbatim(str(root))))
     assert body.render(**context).startswith(f"Repository: {root}\nFlow run r of f ended Failed.")
+
+
+def test_list_or_remove_alone_is_the_library_s_check() -> None:
+    from dvcflow.notify import check_list_or_remove
+
+    settings = {"webhook": None, "slack": None, "on": None, "name": None}
+    check_list_or_remove(True, None, **settings)
+    check_list_or_remove(False, "n", **settings)
+    with pytest.raises(UsageError, match="--remove takes no --name"):
+        check_list_or_remove(False, "n", **{**settings, "name": "m"})

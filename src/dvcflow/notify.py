@@ -1,7 +1,8 @@
 """`dvcflow notify`: a Prefect automation that tells a webhook (or Slack) how this repository's runs end.
 
 Provides:
-- `check_request`: the flags checked before anything is registered (a `UsageError` otherwise).
+- `check_request`, `check_list_or_remove`: the flags checked before anything is registered (a
+  `UsageError` otherwise).
 - `set_notification`: creates the automation, or updates the one of that name in place.
 - `list_notifications`, `remove_notification`.
 
@@ -102,6 +103,25 @@ def check_request(
     if not chosen.strip():
         raise UsageError("--name must not be empty")
     return NotifyRequest(root, chosen, kind, url, states)
+
+
+def check_list_or_remove(
+    list_: bool,
+    remove: str | None,
+    *,
+    webhook: str | None,
+    slack: str | None,
+    on: str | None,
+    name: str | None,
+) -> None:
+    """`--list` and `--remove NAME` stand alone: refuse them with each other or with a setting flag."""
+    extra = [
+        flag
+        for flag, used in (("--webhook", webhook), ("--slack", slack), ("--on", on), ("--name", name))
+        if used is not None
+    ]
+    if (list_ and remove is not None) or extra:
+        raise UsageError(f"{'--list' if list_ else '--remove'} takes no {extra[0] if extra else '--remove'}")
 
 
 def _block_name(root: Path, name: str) -> str:

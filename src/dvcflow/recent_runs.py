@@ -14,6 +14,15 @@ from typing import Any
 MAX_LIMIT = 200  # the API's page size
 
 
+def check_limit(limit: int) -> int:
+    """`runs --limit`, refused before the API is contacted."""
+    from dvcflow.errors import UsageError
+
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
 @dataclass(frozen=True)
 class RunRow:
     id: str
