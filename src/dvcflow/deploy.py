@@ -28,7 +28,6 @@ from dvcflow.errors import DvcflowError, UsageError
 POLL_S = 1.0  # how often the serving process looks at its deployment's runs
 RUNNER_POLL_S = 2.0  # how often it asks for runs to start (Prefect's default, 10 s, delays the Run button)
 TRIGGER_POLL_S = 1.0  # how often `trigger --wait` reads the run's state
-DEFAULT_TRIGGER_TIMEOUT_S = 3600.0
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 # Served flow runs write their logs to the Prefect API; the terminal gets one line per run start and end.
 QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}
@@ -423,7 +422,7 @@ def trigger(
     *,
     parameters: dict[str, Any] | None = None,
     wait: bool = False,
-    timeout: float = DEFAULT_TRIGGER_TIMEOUT_S,
+    timeout: float,
     announce: Callable[[str], None] = lambda _: None,
 ) -> TriggeredRun:
     """Start a run of deployment `name` (of dvcflow's pipeline flow) now; with `wait`, until it ends
