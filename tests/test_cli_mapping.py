@@ -215,3 +215,28 @@ def test_each_server_option_reaches_the_configuration(
     assert called.call_args.args[0] == config
     if function == "start":
         assert called.call_args.kwargs == {"timeout": 90.0}
+
+
+# (command line, the keyword arguments `dvcflow.deploy.trigger` must receive after the name)
+TRIGGER = {"wait": False, "timeout": 3600.0, "announce": mock.ANY}
+TRIGGER_CASES: list[tuple[list[str], dict[str, Any]]] = [
+    (["trigger", "nightly"], TRIGGER),
+    (["trigger", "nightly", "--wait"], {**TRIGGER, "wait": True}),
+    (["trigger", "nightly", "--wait", "--timeout", "90"], {**TRIGGER, "wait": True, "timeout": 90.0}),
+]
+
+
+@pytest.mark.parametrize(("argv", "kwargs"), TRIGGER_CASES, ids=[" ".join(c[0]) for c in TRIGGER_CASES])
+def test_each_trigger_option_reaches_the_library(argv: list[str], kwargs: dict[str, Any]) -> None:
+    from dvcflow import deploy
+    from dvcflow.deploy import TriggeredRun
+
+    done = TriggeredRun("id", "run", "dvcflow pipeline/nightly", "Completed", None)
+    with (
+        mock.patch("dvcflow.dvcrepo.find_repo_root", autospec=True, return_value=Path(".")),
+        mock.patch.object(deploy, "connect_lasting", autospec=True),
+        mock.patch.object(deploy, "trigger", autospec=True, return_value=done) as called,
+    ):
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    called.assert_called_once_with("nightly", **kwargs)

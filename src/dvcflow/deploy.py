@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from dvcflow import dvcrepo
-from dvcflow.errors import UsageError
+from dvcflow.errors import DvcflowError, UsageError
 
 POLL_S = 1.0  # how often the serving process looks at its deployment's runs
 RUNNER_POLL_S = 2.0  # how often it asks for runs to start (Prefect's default, 10 s, delays the Run button)
+TRIGGER_POLL_S = 1.0  # how often `trigger --wait` reads the run's state
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 # Served flow runs write their logs to the Prefect API; the terminal gets one line per run start and end.
 QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}
@@ -102,7 +103,12 @@ class TriggeredRun:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.state in ("Completed", "Scheduled", "Pending", "Running") else 1
+        """The one exit-code table (`errors.exit_code_for_state`): Cancelled is 130, as for run-a."""
+        from dvcflow.errors import ExitCode, exit_code_for_state
+
+        if self.state in ("Scheduled", "Pending", "Running"):  # not waited for: started is success
+            return int(ExitCode.OK)
+        return int(exit_code_for_state(self.state))
 
 
 def connect_lasting(root: Path, announce: Callable[[str], None]) -> None:
@@ -240,20 +246,18 @@ class _RunWatcher:
 
     def _loop(self) -> None:
         from prefect.client.orchestration import get_client
-        from prefect.settings import get_current_settings
 
-        ui = get_current_settings().ui_url
         first = True
         with get_client(sync_client=True) as client:
             while not self.stop.is_set():
                 try:
-                    self._poll(client, ui, report=not first)
+                    self._poll(client, report=not first)
                     first = False
                 except Exception:  # a hiccup of the API must not end serving
                     pass
                 self.stop.wait(POLL_S)
 
-    def _poll(self, client: Any, ui: str | None, report: bool) -> None:
+    def _poll(self, client: Any, report: bool) -> None:
         from prefect.client.schemas.filters import (
             DeploymentFilter,
             DeploymentFilterId,
@@ -263,6 +267,8 @@ class _RunWatcher:
         )
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
+
+        from dvcflow.runs import flow_run_link
 
         begun = FlowRunFilter(
             state=FlowRunFilterState(
@@ -280,7 +286,7 @@ class _RunWatcher:
             if state is None:
                 continue
             kind = state.type.value
-            link = f"{ui}/runs/flow-run/{run.id}" if ui else None
+            link = flow_run_link(run.id)
             attempt = (run.id, run.run_count)
             if kind in FINAL and attempt in self.ended:
                 continue
@@ -344,8 +350,24 @@ def serve(
         with _RunWatcher(deployment_id, on_run):
             asyncio.run(_run_until_signalled(runner))
     finally:
+        _pause_at_stop(deployment_id, request.name)
+
+
+def _pause_at_stop(deployment_id: Any, name: str) -> None:
+    """Pause the deployment as serving stops; a server already gone is a clear error, not a crash."""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    from dvcflow.errors import ApiLostError
+
+    try:
         with get_client(sync_client=True) as client:
             _set_paused(client, deployment_id, True)
+    except (httpx.HTTPError, OSError) as err:
+        raise ApiLostError(
+            f"the Prefect API went away; deployment {name!r} could not be paused ({type(err).__name__})",
+            hint="its scheduled runs are marked Late; the next `dvcflow deploy` skips them",
+        ) from None
 
 
 def _set_paused(client: Any, deployment_id: Any, paused: bool) -> None:
@@ -388,17 +410,25 @@ async def _run_until_signalled(runner: Any) -> None:
             loop.remove_signal_handler(signum)
 
 
+def check_timeout(timeout: float) -> float:
+    """`trigger --timeout`, refused before Prefect is contacted."""
+    if not timeout > 0:
+        raise UsageError(f"--timeout must be more than 0 seconds, got {timeout:g}")
+    return timeout
+
+
 def trigger(
     name: str,
     *,
     parameters: dict[str, Any] | None = None,
     wait: bool = False,
-    timeout: float | None = None,
+    timeout: float,
+    announce: Callable[[str], None] = lambda _: None,
 ) -> TriggeredRun:
-    """Start a run of deployment `name` (of dvcflow's pipeline flow) now; with `wait`, until it ends."""
+    """Start a run of deployment `name` (of dvcflow's pipeline flow) now; with `wait`, until it ends
+    or `timeout` seconds pass (a run nobody serves stays Scheduled forever)."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import get_current_settings
 
     from dvcflow.flows.deployed import FLOW_NAME
 
@@ -410,20 +440,31 @@ def trigger(
             raise UsageError(
                 f"no deployment named {name!r}", hint="register one with `dvcflow deploy --name NAME`"
             ) from None
+        if getattr(deployment.status, "value", deployment.status) == "NOT_READY":
+            announce(
+                f"No process serves {full_name!r} now (status NOT_READY): the run waits for "
+                "`dvcflow deploy` or a worker of its pool."
+            )
         run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters or {})
         if wait:
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = time.monotonic() + timeout
             while not (run.state and run.state.is_final()):
-                if deadline is not None and time.monotonic() > deadline:
-                    break
-                time.sleep(1.0)
+                if time.monotonic() > deadline:
+                    state = (run.state.name if run.state else None) or "Scheduled"
+                    raise DvcflowError(
+                        f"flow run {run.name!r} still {state} after {timeout:g} s: "
+                        "is `dvcflow deploy` or a worker running?",
+                        hint="the run stays queued; `dvcflow runs` shows how it ends",
+                    )
+                time.sleep(TRIGGER_POLL_S)
                 run = client.read_flow_run(run.id)
-    ui = get_current_settings().ui_url
+    from dvcflow.runs import flow_run_link
+
     return TriggeredRun(
         id=str(run.id),
         name=run.name,
         deployment=full_name,
         state=(run.state.name if run.state else None) or "Unknown",
-        ui_link=f"{ui}/runs/flow-run/{run.id}" if ui else None,
+        ui_link=flow_run_link(run.id),
         parameters=dict(run.parameters),
     )

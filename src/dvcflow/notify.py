@@ -1,7 +1,8 @@
 """`dvcflow notify`: a Prefect automation that tells a webhook (or Slack) how this repository's runs end.
 
 Provides:
-- `check_request`: the flags checked before anything is registered (a `UsageError` otherwise).
+- `check_request`, `check_list_or_remove`: the flags checked before anything is registered (a
+  `UsageError` otherwise).
 - `set_notification`: creates the automation, or updates the one of that name in place.
 - `list_notifications`, `remove_notification`.
 
@@ -80,9 +81,11 @@ def _parse_states(on: str | None) -> tuple[str, ...]:
 
 
 def _check_url(flag: str, url: str) -> None:
+    """Never echo the value: without a host, a token would be printed whole (redact needs the host)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"{flag} must be an http(s) URL, got {redact(url) if parts.hostname else url!r}")
+        shown = repr(redact(url)) if parts.scheme and parts.hostname else "a value without scheme://host"
+        raise UsageError(f"{flag} must be an http(s) URL such as https://host/path, got {shown}")
 
 
 def check_request(
@@ -102,6 +105,25 @@ def check_request(
     return NotifyRequest(root, chosen, kind, url, states)
 
 
+def check_list_or_remove(
+    list_: bool,
+    remove: str | None,
+    *,
+    webhook: str | None,
+    slack: str | None,
+    on: str | None,
+    name: str | None,
+) -> None:
+    """`--list` and `--remove NAME` stand alone: refuse them with each other or with a setting flag."""
+    extra = [
+        flag
+        for flag, used in (("--webhook", webhook), ("--slack", slack), ("--on", on), ("--name", name))
+        if used is not None
+    ]
+    if (list_ and remove is not None) or extra:
+        raise UsageError(f"{'--list' if list_ else '--remove'} takes no {extra[0] if extra else '--remove'}")
+
+
 def _block_name(root: Path, name: str) -> str:
     """One block per (repository, notification): a slug, as Prefect requires for block names."""
     from dvcflow.runs import repo_tag
@@ -116,22 +138,27 @@ def _payload(root: Path) -> str:
     The link is built from this client's UI address: the server's own `ui_url` filter knows it only
     when the server was given PREFECT_UI_URL.
     """
-    from prefect.settings import get_current_settings
+    from dvcflow.runs import flow_run_link
 
-    ui = get_current_settings().ui_url
+    prefix = flow_run_link("")
     fields = {
         "flow": "flow.name",
         "run": "flow_run.name",
         "deployment": "deployment.name",  # none for a `run-a` run
         "state": "flow_run.state.name",
         "reason": "flow_run.state.message",
-        "link": f"{json.dumps(ui + '/runs/flow-run/')} ~ flow_run.id" if ui else "flow_run | ui_url",
+        "link": f"{json.dumps(prefix)} ~ flow_run.id" if prefix else "flow_run | ui_url",
     }
-    rendered = {"repository": json.dumps(str(root))}
+    rendered = {"repository": _verbatim(json.dumps(str(root)))}
     rendered.update(
         (key, f"{{{{ ({value}) | default(none, true) | tojson }}}}") for key, value in fields.items()
     )
     return "{" + ", ".join(f'"{key}": {value}' for key, value in rendered.items()) + "}"
+
+
+def _verbatim(text: str) -> str:
+    """`text` kept out of the server's Jinja: a folder may be named `{{ ... }}` or `{% ... %}`."""
+    return "{% raw %}" + text + "{% endraw %}"
 
 
 SLACK_SUBJECT = "{{ flow_run.name }} ({{ flow.name }}): {{ flow_run.state.name }}"
@@ -178,7 +205,9 @@ def _automation(request: NotifyRequest, block_id: Any) -> Any:
     )
     action = (
         SendNotification(
-            block_document_id=block_id, subject=SLACK_SUBJECT, body=SLACK_BODY.format(repo=request.root)
+            block_document_id=block_id,
+            subject=SLACK_SUBJECT,
+            body=SLACK_BODY.format(repo=_verbatim(str(request.root))),
         )
         if request.kind == SLACK
         else CallWebhook(block_document_id=block_id, payload=_payload(request.root))
@@ -205,6 +234,8 @@ def set_notification(request: NotifyRequest) -> Notification:
         else:
             automation_id = existing.id
             client.update_automation(existing.id, automation)
+            # webhook <-> Slack: a block of the other type held the old URL; it must not stay behind
+            _delete_blocks(client, existing, keep=block_id)
     return Notification(
         name=request.name,
         kind=request.kind,
@@ -263,7 +294,6 @@ def list_notifications(repo: Path | None) -> tuple[Notification, ...]:
 def remove_notification(repo: Path | None, name: str) -> Notification:
     """Delete the automation and the block holding its URL."""
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
 
     root = dvcrepo.find_repo_root(repo)
     with get_client(sync_client=True) as client:
@@ -275,7 +305,16 @@ def remove_notification(repo: Path | None, name: str) -> Notification:
                 hint=f"this repository has: {known}" if known else "`dvcflow notify --list` shows none",
             )
         client.delete_automation(automation.id)
-        for action in automation.actions:
-            with contextlib.suppress(ObjectNotFound):
-                client.delete_block_document(action.block_document_id)
+        _delete_blocks(client, automation, keep=None)
     return _describe(automation)
+
+
+def _delete_blocks(client: Any, automation: Any, *, keep: Any) -> None:
+    """Delete the blocks (the stored URLs) of `automation`'s actions, except block `keep`."""
+    from prefect.exceptions import ObjectNotFound
+
+    for action in automation.actions:
+        block_id = getattr(action, "block_document_id", None)
+        if block_id is not None and str(block_id) != str(keep):
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_block_document(block_id)

@@ -14,6 +14,15 @@ from typing import Any
 MAX_LIMIT = 200  # the API's page size
 
 
+def check_limit(limit: int) -> int:
+    """`runs --limit`, refused before the API is contacted."""
+    from dvcflow.errors import UsageError
+
+    if not 1 <= limit <= MAX_LIMIT:
+        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
 @dataclass(frozen=True)
 class RunRow:
     id: str
@@ -56,9 +65,8 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
     )
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
-    from prefect.settings import get_current_settings
 
-    from dvcflow.runs import repo_tag
+    from dvcflow.runs import flow_run_link, repo_tag
 
     begun = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])),
@@ -82,7 +90,6 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
             if deployment_ids
             else {}
         )
-    ui = get_current_settings().ui_url
     return tuple(
         RunRow(
             id=str(run.id),
@@ -92,7 +99,7 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
             state=(run.state.name if run.state else None) or "Unknown",
             start=run.start_time,
             seconds=run.total_run_time.total_seconds() or _elapsed(run),
-            ui_link=f"{ui}/runs/flow-run/{run.id}" if ui else None,
+            ui_link=flow_run_link(run.id),
             message=run.state.message if run.state and not run.state.is_completed() else None,
         )
         for run in runs

@@ -106,6 +106,15 @@ def hide_console_tracebacks() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
+def flow_run_link(flow_run_id: object) -> str | None:
+    """The Prefect UI page of a flow run (None when no UI address is known): the one place that knows
+    the UI's URL layout. `flow_run_link("")` is the prefix a server-side template appends an id to."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    return f"{ui}/runs/flow-run/{flow_run_id}" if ui else None
+
+
 def _state_message(state: Any) -> str | None:
     message = getattr(state, "message", None)
     return str(message) if message else None
@@ -221,7 +230,7 @@ def _execute(
 ) -> FlowRunRecord:
     from prefect import tags as prefect_tags
     from prefect.client.orchestration import get_client
-    from prefect.settings import get_current_settings, temporary_settings
+    from prefect.settings import temporary_settings
 
     if not debug:
         hide_console_tracebacks()
@@ -231,7 +240,7 @@ def _execute(
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
             task_runs = _final_task_runs(client, flow_run_id)
-        ui_url = get_current_settings().ui_url
+        ui_link = flow_run_link(flow_run_id) if keep_link else None
     returned = _returned(state)
     freeze_for_exit()
     tasks = tuple(
@@ -251,7 +260,7 @@ def _execute(
         state=state.name or state.type.value,
         seconds=flow_run.total_run_time.total_seconds() or _elapsed(flow_run),
         tasks=tasks,
-        ui_link=f"{ui_url}/runs/flow-run/{flow_run_id}" if keep_link and ui_url else None,
+        ui_link=ui_link,
         message=_state_message(state) if not state.is_completed() else None,
         metrics=returned.metrics if isinstance(returned, ReproOutcome) else returned,
         stages=returned.stages if isinstance(returned, ReproOutcome) else None,

@@ -74,8 +74,15 @@ def trigger(
     name: Annotated[str, typer.Argument(help="The deployment's name (as given to `dvcflow deploy --name`).")],
     repo: RepoOption = None,
     wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the run to end; exit 1 unless it Completed.")
+        bool,
+        typer.Option(
+            "--wait", help="Wait for the run to end; exit as run-a does (0 Completed, 130 Cancelled, else 1)."
+        ),
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", help="With --wait: give up after SECONDS.", metavar="SECONDS"),
+    ] = 3600.0,
 ) -> None:
     """Start a run of a deployment now.
 
@@ -85,8 +92,9 @@ def trigger(
     from dvcflow import dvcrepo, render
     from dvcflow.render.deploy import triggered_view
 
+    library.check_timeout(timeout)
     library.connect_lasting(dvcrepo.find_repo_root(repo), render.info)
-    run = library.trigger(name, wait=wait)
+    run = library.trigger(name, wait=wait, timeout=timeout, announce=render.info)
     triggered_view(run)
     raise typer.Exit(run.exit_code if wait else 0)
 
@@ -105,12 +113,10 @@ def runs(
     """
     from dvcflow import deploy as library
     from dvcflow import dvcrepo, render
-    from dvcflow.errors import UsageError
-    from dvcflow.recent_runs import MAX_LIMIT, recent_runs
+    from dvcflow.recent_runs import check_limit, recent_runs
     from dvcflow.render.deploy import runs_table
 
-    if not 1 <= limit <= MAX_LIMIT:
-        raise UsageError(f"--limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    check_limit(limit)
     root = dvcrepo.find_repo_root(repo)
     library.connect_lasting(root, render.info)
     runs_table(recent_runs(None if all_repos else root, limit=limit), as_json=json_output)
@@ -159,19 +165,10 @@ def notify(
     from dvcflow import deploy as library
     from dvcflow import dvcrepo, render
     from dvcflow import notify as notifications
-    from dvcflow.errors import UsageError
     from dvcflow.render.deploy import notification_view, notifications_table
 
     if list_ or remove is not None:
-        extra = [
-            flag
-            for flag, used in (("--webhook", webhook), ("--slack", slack), ("--on", on), ("--name", name))
-            if used is not None
-        ]
-        if (list_ and remove is not None) or extra:
-            raise UsageError(
-                f"{'--list' if list_ else '--remove'} takes no {extra[0] if extra else '--remove'}"
-            )
+        notifications.check_list_or_remove(list_, remove, webhook=webhook, slack=slack, on=on, name=name)
         library.connect_lasting(dvcrepo.find_repo_root(repo), render.info)
         if list_:
             notifications_table(notifications.list_notifications(repo), as_json=json_output)

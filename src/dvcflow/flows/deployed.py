@@ -27,7 +27,8 @@ def deployed_pipeline_flow(
     """Reproduce this repository's DVC pipeline; DVC decides what is out of date.
 
     Args:
-        repo_root: The DVC repository, an absolute path on the machine that runs the flow.
+        repo_root: The DVC repository, an absolute path on the machine that runs the flow (fixed by
+            `dvcflow deploy`: a run that names another one is refused).
         per_stage: One task per DVC stage, independent stages in parallel (like `run-a --per-stage`).
         jobs: With per_stage: stages reproducing at once (empty: the CPUs of the machine).
         keep_going: With per_stage: after a failure, finish the independent branches.
@@ -36,7 +37,7 @@ def deployed_pipeline_flow(
     from dvcflow.runlock import exclusive_run
     from dvcflow.runs import crash_orphaned_runs
 
-    root = Path(repo_root)
+    root = _registered_root(repo_root)
     if jobs is not None and jobs < 1:
         raise UsageError(f"jobs must be at least 1, got {jobs}")
     logger = get_run_logger()
@@ -54,3 +55,33 @@ def deployed_pipeline_flow(
         from dvcflow.flows.repro import dvc_pipeline_flow
 
         return dvc_pipeline_flow.fn(root, fail_once=False, show_metrics=True)
+
+
+def check_repo_root(repo_root: str, registered: str | None, tags: list[str]) -> Path:
+    """`repo_root` if it is the repository the deployment was registered for: a custom run (UI form,
+    `--param repo_root=...`) must not run stage commands in another directory."""
+    from dvcflow.errors import UsageError
+    from dvcflow.runs import repo_tag
+
+    root = Path(repo_root)
+    if (registered is not None and Path(registered) != root) or repo_tag(root) not in tags:
+        raise UsageError(
+            f"repo_root {repo_root!r} is not the repository this deployment serves"
+            + (f" ({registered})" if registered else ""),
+            hint="register a deployment for that repository with `dvcflow deploy` there",
+        )
+    return root
+
+
+def _registered_root(repo_root: str) -> Path:
+    """The checked root: compared with the deployment's own `repo_root` and the run's repository tag."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    registered = None
+    if run is not None and run.deployment_id is not None:
+        with get_client(sync_client=True) as client:
+            registered = client.read_deployment(run.deployment_id).parameters.get("repo_root")
+    return check_repo_root(repo_root, registered, list(run.tags) if run is not None else [])

@@ -137,7 +137,9 @@ def dvc_pipeline_flow(
     )
     stages = take_visited(state.state_details.task_run_id)
     if state.is_failed():  # the flow fails with the task's error, and still says which stages ran
-        return Failed(message="the `dvc repro` task failed", data=ReproOutcome(stages=stages))
+        return Failed(
+            message=state.message or "the `dvc repro` task failed", data=ReproOutcome(stages=stages)
+        )
     shown = state.result()  # anything else that did not complete (cancelled, crashed) ends the flow here
     if push is not None:
         dvc_push_task.with_options(retries=retries, retry_condition_fn=retry_helps)(repo_root, push)

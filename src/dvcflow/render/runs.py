@@ -41,7 +41,7 @@ def run_summary(record: FlowRunRecord) -> None:
             out.print(Text(f"{task.name}: ", style="bold red") + Text(task.message), soft_wrap=True)
     if record.metrics is not None and not record.metrics.empty:
         metrics_table(record.metrics)
-    if record.message:
+    if record.message and all(record.message != task.message for task in record.tasks):  # said above
         out.print(Text(record.message, style="red"), soft_wrap=True)
     verdict(record)
 
