@@ -141,7 +141,7 @@ def run_a(
     """
     from dvcflow import render, runner
     from dvcflow.datasync import DataSync
-    from dvcflow.render.runs import run_json, run_summary
+    from dvcflow.render.runs import show_run
 
     selection = selection_from(targets, single_item, downstream, glob, force)
     sync = DataSync(pull=pull, allow_missing=allow_missing, push=push)
@@ -186,10 +186,7 @@ def run_a(
             debug=debug_requested(),
             announce=render.info,
         )
-    if json:
-        run_json(record)
-    else:
-        run_summary(record)
+    show_run(record, json=json)
     raise typer.Exit(record.exit_code)
 
 
@@ -218,6 +215,7 @@ def run_b(
     ] = False,
     retries: Annotated[int, typer.Option("--retries", help="Retries per stage.")] = 1,
     ephemeral: EphemeralOption = False,
+    json: JsonOption = False,
 ) -> None:
     """Option B on any DVC repository: Prefect owns the stage DAG; unchanged stages end Cached.
 
@@ -227,7 +225,7 @@ def run_b(
     Example: dvcflow run-b --params params.yaml; dvcflow run-b train --force
     """
     from dvcflow import render, runner
-    from dvcflow.render.runs import run_summary
+    from dvcflow.render.runs import show_run
 
     selection = selection_from(targets, single_item, downstream, glob, force)
     record = runner.run_option_b(
@@ -241,5 +239,5 @@ def run_b(
         debug=debug_requested(),
         announce=render.info,
     )
-    run_summary(record)
+    show_run(record, json=json)
     raise typer.Exit(record.exit_code)

@@ -96,3 +96,11 @@ def run_json(record: FlowRunRecord) -> None:
         "metrics": record.metrics.by_file() if record.metrics is not None else None,
     }
     as_json(data)
+
+
+def show_run(record: FlowRunRecord, *, json: bool = False) -> None:
+    """What every run command prints at the end: strict JSON for scripts, else the Rich summary."""
+    if json:
+        run_json(record)
+    else:
+        run_summary(record)
