@@ -26,8 +26,12 @@ help:
 	@echo "make bench          every benchmark in bench/, written to docs/benchmarks.md (BENCH_QUICK=1: fewer rounds)"
 	@echo "make docs           regenerate docs/cli.md from the CLI (make test fails while it is stale)"
 
+# The template database a first `dvcflow server start` copies (per user and Prefect version, in
+# ~/.cache/dvcflow): ~8 s once, 0.1 s after; a failure only means the first start migrates (~7 s).
 setup: $(STAMP) $(BYTECODE)
 	@$(BIN)/python -m mltoy.data --out data/raw/iris.csv
+	@$(BIN)/python -m dvcflow.prefect_server --prepare-template \
+		|| echo "note: no template database for Prefect's server; its first start will migrate one"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -15,8 +15,15 @@ The memo (`<PREFECT_HOME>/dvcflow-server-memo.json`) is written once the server'
 migrations and block registration) has completed. Settings come from the environment, as for Prefect.
 
 A fresh SQLite database starts as a copy of a template: the first database this user's Prefect version
-and collections migrated (~5 s of Alembic on 2 cores), copied once its start-up had completed, under
-`$XDG_CACHE_HOME/dvcflow/` (`~/.cache/dvcflow/`). Delete that folder to migrate from scratch again.
+and collections migrated, copied once its start-up had completed, under `$XDG_CACHE_HOME/dvcflow/`
+(`~/.cache/dvcflow/`). `make setup` prepares it (`--prepare-template`), so a user's first start is a copy
+too. Delete that folder to migrate from scratch again.
+
+With no template, Prefect's own Alembic migrations run (`migrate_new_database`) on a private file then
+renamed into place, through a synchronous SQLite connection: Prefect's migration environment otherwise
+sends each of its ~34,000 driver calls through aiosqlite's thread and the event loop (~7 s → ~2.5 s on
+2 cores). The same migration scripts, pragmas and transactions; `tests/test_server_services.py` proves the
+schema identical to Prefect's own path.
 """
 
 from __future__ import annotations
@@ -105,6 +112,76 @@ def _memo(home: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+class _SyncConnection:
+    """What Prefect's migration environment calls on an async connection: `run_sync(fn)`."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def run_sync(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(self._connection, *args, **kwargs)
+
+
+class _SyncEngine:
+    """An engine whose `connect()` yields a plain pysqlite connection wearing the async interface."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[_SyncConnection]:
+        with self._engine.connect() as connection:
+            yield _SyncConnection(connection)
+
+
+def migrate_new_database(database: Path) -> None:
+    """Run Prefect's Alembic migrations ("upgrade head") into a new SQLite file, renamed into place once
+    complete. Prefect's own environment script runs them; only its engine is swapped for a synchronous one
+    with the same connect pragmas (`setup_sqlite`) and `BEGIN` statements (`begin_sqlite_stmt`)."""
+    import asyncio
+    from unittest import mock
+
+    import sqlalchemy
+    from prefect.server.database import provide_database_interface
+    from prefect.server.database.alembic_commands import alembic_upgrade
+    from prefect.server.database.configurations import AioSqliteConfiguration
+    from prefect.utilities.asyncutils import run_sync_in_worker_thread
+
+    interface = provide_database_interface()
+    config = interface.database_config
+    assert isinstance(config, AioSqliteConfiguration), "only a SQLite database is migrated here"
+    partial = database.with_name(f".{database.name}.{os.getpid()}.migrating")
+    engine = sqlalchemy.create_engine(f"sqlite:///{partial}", poolclass=sqlalchemy.pool.NullPool)
+
+    def on_connect(connection: Any, record: Any) -> None:
+        connection.isolation_level = None  # as Prefect's `begin_sqlite_conn`: it emits BEGIN itself
+        config.setup_sqlite(connection, record)
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    sqlalchemy.event.listen(engine, "begin", config.begin_sqlite_stmt)
+    swapped = _SyncEngine(engine)
+
+    async def sync_engine() -> _SyncEngine:
+        return swapped
+
+    async def upgrade() -> None:
+        with mock.patch.object(interface, "engine", sync_engine):
+            await run_sync_in_worker_thread(alembic_upgrade)
+
+    collecting = gc.isenabled()
+    gc.disable()  # Alembic's reflection builds many short-lived objects: no collector passes meanwhile
+    try:
+        asyncio.run(upgrade())
+        engine.dispose()  # the last connection closes: SQLite checkpoints and removes the WAL file
+        partial.replace(database)
+    finally:
+        engine.dispose()
+        for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+            leftover.unlink(missing_ok=True)
+        if collecting:
+            gc.enable()
+
+
 def up_to_date(home: Path, database: Path) -> bool:
     """True when the last completed start of this database had the same key and left this revision."""
     memo = _memo(home)
@@ -142,8 +219,10 @@ def serve(host: str, port: int) -> None:
     database = _sqlite_file(url.get_secret_value() if url else None)
     home = Path(settings.home)
     fresh = database is not None and not database.exists() and not seed_from_template(home, database)
+    if fresh and database is not None:
+        migrate_new_database(database)
     skip = database is not None and up_to_date(home, database)
-    updates: dict[str, Any] = {}
+    updates: dict[str, Any] = {"server.database.migrate_on_start": False} if fresh else {}
     if skip:
         updates = {
             "server.database.migrate_on_start": False,
@@ -167,6 +246,45 @@ def serve(host: str, port: int) -> None:
         )
 
 
+def prepare_template() -> str:
+    """Make the template database if this Prefect version and set of collections has none yet: what a
+    first server start would leave (migrated, block types registered), built in a private Prefect home.
+    Set-up work (`make setup` runs it): quick when the template exists, since Prefect is not imported."""
+    template = template_path()
+    if schema_revision(template) is not None:
+        return f"{template}: up to date"
+    import asyncio
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dvcflow-template-") as folder:
+        database = Path(folder) / "prefect.db"
+        for name in [name for name in os.environ if name.startswith("PREFECT_")]:
+            del os.environ[name]  # this process's Prefect: a private home and database, nothing else
+        os.environ.update(
+            PREFECT_HOME=folder,
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=f"{SQLITE_PREFIX}{database}",
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        )
+        gc.disable()
+        import prefect.plugins
+        from prefect.server.api.server import create_app  # noqa: F401 - the server's block classes
+        from prefect.server.database import provide_database_interface
+        from prefect.server.models.block_registration import run_block_auto_registration
+
+        migrate_new_database(database)
+
+        async def register_blocks() -> None:  # what the server's start-up does after migrating
+            prefect.plugins.load_prefect_collections()
+            interface = provide_database_interface()
+            async with await interface.session() as session:
+                await run_block_auto_registration(session=session)
+            await (await interface.engine()).dispose()
+
+        asyncio.run(register_blocks())
+        _copy_database(database, template)
+    return f"{template}: prepared"
+
+
 def _record_after_start(app: Any, home: Path, database: Path, *, template: bool) -> None:
     """Write the memo once the app's own start-up (migrations, then block registration) succeeded;
     `template`: a fresh database, also kept as the template for the next fresh one."""
@@ -186,9 +304,17 @@ def _record_after_start(app: Any, home: Path, database: Path, *, template: bool)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dvcflow.prefect_server", description=__doc__)
-    parser.add_argument("--host", required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument(
+        "--prepare-template", action="store_true", help="make the template database (set-up), then exit"
+    )
     options = parser.parse_args(argv)
+    if options.prepare_template:
+        print(prepare_template())
+        return 0
+    if options.host is None or options.port is None:
+        parser.error("--host and --port are required to serve")
     serve(options.host, options.port)
     return 0
 
