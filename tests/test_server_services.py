@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -47,17 +49,26 @@ def _server_env(home: Path, cache: Path) -> dict[str, str]:
 
 @pytest.mark.integration
 def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None:
-    """A first server migrates a fresh database and leaves it as the template; a second one, on another
-    fresh home, starts from that copy, skipping migrations and block registration."""
-    cache = tmp_path / "cache"
-    first_env = _server_env(tmp_path / "first", cache)
+    """A first server with no template migrates a fresh database and leaves it as the template; set-up's
+    `--prepare-template` makes the same one in another cache; a second server, on another fresh home,
+    starts from that copy, skipping migrations and block registration."""
+    first_env = _server_env(tmp_path / "first", tmp_path / "cache-first")
     first = dvcflow("server", "start", cwd=PROJECT, env=first_env, timeout=180)
     assert first.returncode == 0, first.stderr
     assert dvcflow("server", "stop", cwd=PROJECT, env=first_env, timeout=60).returncode == 0
     assert (tmp_path / "first" / "prefect" / prefect_server.MEMO_NAME).is_file()
-    assert list((cache / "dvcflow").glob("prefect-*.db"))
+    [left] = (tmp_path / "cache-first" / "dvcflow").glob("prefect-*.db")
 
+    cache = tmp_path / "cache"
     env = _server_env(tmp_path / "second", cache)
+    prepare = [sys.executable, "-m", "dvcflow.prefect_server", "--prepare-template"]
+    for outcome in ("prepared", "up to date"):
+        done = subprocess.run(prepare, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stdout.strip().endswith(outcome), done.stdout + done.stderr
+    [prepared] = (cache / "dvcflow").glob("prefect-*.db")
+    assert prepared.name == left.name and _schema(prepared) == _schema(left)
+    assert _block_types(prepared) == _block_types(left) != []
+
     api = f"http://127.0.0.1:{env['DVCFLOW_PORT']}/api"
     second = dvcflow("server", "start", cwd=PROJECT, env=env, timeout=180)
     assert second.returncode == 0, second.stderr
@@ -109,6 +120,66 @@ def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None
         _wait_for("the automation's action", fired)
     finally:
         dvcflow("server", "stop", cwd=PROJECT, env=env, timeout=60)
+
+
+def _split_top_level(body: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in body:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*parts, current.strip()]
+
+
+def _schema(database: Path) -> list[object]:
+    """Every table, index and trigger as SQLite stores it, with the Alembic revision. Within a table the
+    constraint clauses are sorted: Prefect's own migrations write them in an order that varies from run to
+    run (their batch operations iterate sets), so only their set is a fact of the schema."""
+    clauses = ("CONSTRAINT", "PRIMARY KEY", "UNIQUE", "FOREIGN KEY", "CHECK")
+    schema: list[object] = []
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"
+        ).fetchall()
+        schema.append(sorted(row[0] for row in db.execute("SELECT version_num FROM alembic_version")))
+    for kind, name, table, sql in rows:
+        if kind == "table" and sql:
+            head, _, rest = sql.partition("(")
+            parts = _split_top_level(rest[: rest.rindex(")")])
+            columns = [part for part in parts if not part.upper().startswith(clauses)]
+            constraints = sorted(part for part in parts if part.upper().startswith(clauses))
+            schema.append((kind, name, table, head.strip(), columns, constraints))
+        else:
+            schema.append((kind, name, table, sql))
+    return schema
+
+
+@pytest.mark.integration
+def test_fast_migration_leaves_prefects_own_schema(tmp_path: Path) -> None:
+    """`migrate_new_database` (a synchronous connection under Prefect's migration scripts) and Prefect's own
+    `prefect server database upgrade` leave the same tables, columns, constraints, indexes and revision."""
+    env = base_env(tmp_path / "home")
+    theirs, ours = tmp_path / "theirs.db", tmp_path / "ours.db"
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{prefect_server.SQLITE_PREFIX}{theirs}"
+    upgrade = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
+    done = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{prefect_server.SQLITE_PREFIX}{ours}"
+    code = f"import pathlib, dvcflow.prefect_server as s; s.migrate_new_database(pathlib.Path({str(ours)!r}))"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ours")] == []  # renamed into place
+    assert prefect_server.schema_revision(ours) is not None
+    assert _schema(ours) == _schema(theirs)
+
+
+def _block_types(database: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(database) as db:
+        query = "SELECT t.slug, s.checksum FROM block_type t JOIN block_schema s ON s.block_type_id = t.id"
+        return sorted(db.execute(query).fetchall())
 
 
 def _database(path: Path, revision: str | None) -> Path:
