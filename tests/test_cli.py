@@ -91,3 +91,46 @@ def test_debug_does_not_travel_through_the_environment(tmp_path: Path) -> None:
 
     runner.invoke(app, ["--debug", "run-a", "--repo", str(tmp_path)])
     assert "DVCFLOW_DEBUG" not in os.environ
+
+
+def test_command_modules_keep_annotations_evaluated() -> None:
+    """Typer would compile and evaluate string annotations while building `--help` (see `dvcflow.cli`)."""
+    import __future__
+
+    import inspect
+
+    import typer
+
+    group = typer.main.get_command(app)
+    assert isinstance(group, typer.core.TyperGroup)
+    commands = [group, *group.commands.values()]
+    commands += [sub for c in commands if isinstance(c, typer.core.TyperGroup) for sub in c.commands.values()]
+    modules = {inspect.getmodule(c.callback) for c in commands if c.callback is not None}
+    assert {m.__name__ for m in modules if m} >= {"dvcflow.cli.app", "dvcflow.cli.run", "dvcflow.cli.server"}
+    assert [
+        m.__name__ for m in modules if m and getattr(m, "annotations", None) is __future__.annotations
+    ] == []
+
+
+def test_help_imports_neither_markdown_nor_traceback_and_typer_still_gets_them() -> None:
+    """`dvcflow.cli.lean_help`: help without `rich.markdown`/`rich.traceback`; Typer's uses of them
+    (Markdown markup mode, pretty tracebacks) get the real classes."""
+    code = (
+        "import sys, subprocess\n"
+        "from typer.testing import CliRunner\n"
+        "from dvcflow.cli.app import app\n"
+        "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n"
+        "assert 'typer.rich_utils' in sys.modules\n"
+        "assert 'rich.markdown' not in sys.modules and 'rich.traceback' not in sys.modules\n"
+        "from typer import rich_utils\n"
+        "made = rich_utils._make_rich_text(text='*x*', markup_mode='markdown')\n"
+        "import rich.markdown, rich.traceback\n"
+        "assert type(made) is rich.markdown.Markdown\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError as exc:\n"
+        "    trace = rich_utils.Traceback.from_exception(type(exc), exc, exc.__traceback__)\n"
+        "assert type(trace) is rich.traceback.Traceback\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -1,7 +1,5 @@
 """The root `dvcflow` app: command groups joined here, and the one place outcomes become exit codes."""
 
-from __future__ import annotations
-
 import gc
 import os
 import sys
@@ -13,7 +11,10 @@ from typer import _click
 from typer.core import TyperGroup
 
 from dvcflow import __version__
+from dvcflow.cli import lean_help
 from dvcflow.errors import DvcflowError, ExitCode, exit_code_table
+
+lean_help.install()
 
 DEBUG_ENV = "DVCFLOW_DEBUG"  # user input, read once here: `DVCFLOW_DEBUG=1 dvcflow` is `dvcflow --debug`
 

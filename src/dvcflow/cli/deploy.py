@@ -1,7 +1,5 @@
 """`dvcflow deploy`, `trigger`, `runs`, `notify`: the pipeline running without a person at the keyboard."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """`dvcflow metrics`: the pipeline's metrics now, against a git revision, or across past flow runs."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`dvcflow plan`: the waves of stages and which would run, without running anything."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer

@@ -1,7 +1,5 @@
 """`dvcflow run-a` (and later run modes): connect to Prefect, run a flow, render its summary."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

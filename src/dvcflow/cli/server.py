@@ -1,7 +1,5 @@
 """`dvcflow server start|stop|status|env`: the local Prefect server every dvcflow command agrees with."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

@@ -1,7 +1,5 @@
 """`dvcflow sweep`: a grid of `-S` values, each trial a child flow run and a DVC experiment."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 import typer
