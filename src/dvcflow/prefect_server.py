@@ -231,6 +231,7 @@ def serve(host: str, port: int) -> None:
         }
     with temporary_settings(updates=updates):
         app = create_app(final=True)
+        _reuse_app(app, get_current_settings())
         if database is not None and not skip:
             _record_after_start(app, home, database, template=fresh)
         server = get_current_settings().server
@@ -283,6 +284,31 @@ def prepare_template() -> str:
         asyncio.run(register_blocks())
         _copy_database(database, template)
     return f"{template}: prepared"
+
+
+def _reuse_app(app: Any, made_with: Any) -> None:
+    """Prefect's in-process clients (the services' orchestration and events clients) call `create_app()`
+    for the app to talk to, which sets logging up again and hashes every setting (~0.15 s each, twice
+    before the server listens, then once per client) to return this same app from its cache. Return it
+    directly while the settings are the very ones it was made with; any other call goes to Prefect."""
+    import prefect.server.api.server as module
+    from prefect.settings import get_current_settings
+
+    original = module.create_app
+
+    def create_app(
+        settings: Any = None,
+        ephemeral: bool = False,
+        webserver_only: bool = False,
+        final: bool = False,
+        ignore_cache: bool = False,
+    ) -> Any:
+        default = settings is None and not (ephemeral or webserver_only or ignore_cache)
+        if default and get_current_settings() is made_with:
+            return app
+        return original(settings, ephemeral, webserver_only, final, ignore_cache)
+
+    module.create_app = create_app
 
 
 def _record_after_start(app: Any, home: Path, database: Path, *, template: bool) -> None:
