@@ -156,12 +156,16 @@ def _tail(path: Path, lines: int = 12) -> str:
 def status(config: ServerConfig) -> ServerStatus:
     pid = recorded_pid(config)
     running = pid is not None and health(config.url)
+    return _status(config, pid, _version(config) if running else None, running=running)
+
+
+def _status(config: ServerConfig, pid: int | None, version: str | None, *, running: bool) -> ServerStatus:
     return ServerStatus(
         running=running,
         url=config.url,
         api_url=config.api_url,
         pid=pid,
-        prefect_version=_version(config) if running else None,
+        prefect_version=version,
         database=config.database_location,
         log_file=log_file(config),
         home=config.home,
@@ -275,7 +279,10 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
             json.dumps({"pid": process.pid, "url": config.url, "database": config.database_location}) + "\n"
         )
         _wait_healthy(config, process, timeout)
-    return StartResult(status(config), already_running=False, seconds=time.monotonic() - began)
+    # Just started and healthy: no need to ask. Its Prefect is this interpreter's (it runs sys.executable);
+    # the API, busy starting its services, would take 0.1-1 s to say so.
+    started = _status(config, process.pid, _installed_prefect(), running=True)
+    return StartResult(started, already_running=False, seconds=time.monotonic() - began)
 
 
 def run_foreground(config: ServerConfig) -> None:
