@@ -40,7 +40,10 @@ from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
 RESULTS = PROJECT / "bench" / "results"
 BIN = Path(sys.executable).parent
 UP_TO_DATE = "Data and pipelines are up to date."
-FIRST_EVER = "server start, first ever (no template database yet)"
+FIRST_EVER = "server start, first ever after make setup (template copy)"
+NO_TEMPLATE = "server start, first ever, no template at all (migrations)"
+PREPARE = "make setup: prepare the template database (once per Prefect version)"
+EXISTING = "server start, existing database"
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -66,29 +69,47 @@ def help_rounds(repeat: int, workdir: Path) -> dict[str, list[float]]:
     return samples
 
 
-def server_rounds(repeat: int, fresh_repeat: int, workdir: Path) -> dict[str, list[float]]:
-    """Round 0 is a first start ever (an empty cache: no template database yet); later fresh homes start
-    from the template it left (see `dvcflow.prefect_server`)."""
+def _server_cpu(home: Path) -> float:
+    """CPU seconds (user + sys) the server process has used so far: its start-up, as `start` just returned."""
+    pid = int((home / "server.pid").read_text())
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_rounds(
+    repeat: int, fresh_repeat: int, workdir: Path
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each fresh round, interleaved: a first start ever with an empty cache (no template database: the
+    migrations run); `make setup`'s template preparation into another empty cache; a first start ever
+    after it (a template copy; see `dvcflow.prefect_server`). Then restarts on an existing database.
+    Returns wall-clock samples and the server process's CPU seconds when `start` returned."""
     dvcflow = [sys.executable, "-m", "dvcflow", "server"]
-    samples: dict[str, list[float]] = {
-        FIRST_EVER: [],
-        "server start, fresh database, template cached": [],
-        "server start, existing database": [],
-    }
-    for round_no in range(fresh_repeat + 1):
-        env = _env(workdir / f"fresh-home-{round_no}")
-        env["XDG_CACHE_HOME"] = str(workdir / "cache")
-        label = FIRST_EVER if round_no == 0 else "server start, fresh database, template cached"
-        samples[label].append(_run([*dvcflow, "start"], workdir, env)[0])
-        _run([*dvcflow, "stop"], workdir, env)
-    env = _env(workdir / "fresh-home-0")  # an existing database from here on
-    env["XDG_CACHE_HOME"] = str(workdir / "cache")
-    for _ in range(repeat):
+    prepare = [sys.executable, "-m", "dvcflow.prefect_server", "--prepare-template"]
+    samples: dict[str, list[float]] = {name: [] for name in (NO_TEMPLATE, PREPARE, FIRST_EVER, EXISTING)}
+    cpu: dict[str, list[float]] = {name: [] for name in (NO_TEMPLATE, FIRST_EVER, EXISTING)}
+
+    def start(label: str, env: dict[str, str]) -> None:
         seconds, result = _run([*dvcflow, "start"], workdir, env)
         assert "Started Prefect server" in result.stdout, result.stdout
-        samples["server start, existing database"].append(seconds)
+        samples[label].append(seconds)
+        cpu[label].append(_server_cpu(Path(env["DVCFLOW_HOME"])))
         _run([*dvcflow, "stop"], workdir, env)
-    return samples
+
+    for round_no in range(fresh_repeat):
+        env = _env(workdir / f"bare-home-{round_no}")
+        env["XDG_CACHE_HOME"] = str(workdir / f"bare-cache-{round_no}")
+        start(NO_TEMPLATE, env)
+        env = _env(workdir / f"setup-home-{round_no}")
+        env["XDG_CACHE_HOME"] = str(workdir / f"setup-cache-{round_no}")
+        seconds, result = _run(prepare, workdir, env)
+        assert result.stdout.strip().endswith("prepared"), result.stdout
+        samples[PREPARE].append(seconds)
+        start(FIRST_EVER, env)
+    env = _env(workdir / "bare-home-0")  # an existing database from here on
+    env["XDG_CACHE_HOME"] = str(workdir / "bare-cache-0")
+    for _ in range(repeat):
+        start(EXISTING, env)
+    return samples, cpu
 
 
 def run_a_rounds(
@@ -129,7 +150,8 @@ def main() -> None:
     load_before = os.getloadavg()
     try:
         samples = help_rounds(repeat, workdir)
-        samples.update(server_rounds(repeat, max(1, repeat // 2), workdir))
+        server_samples, server_cpu = server_rounds(repeat, max(1, repeat // 2), workdir)
+        samples.update(server_samples)
         run_samples, slices = run_a_rounds(repeat, workdir, max(1, (repeat + 1) // 2))
         samples.update(run_samples)
     finally:
@@ -141,8 +163,9 @@ def main() -> None:
         "no-op run-a / no-op dvc repro (target <= 2.5)": round(
             medians["dvcflow run-a"] / medians["dvc repro"], 3
         ),
-        "server start, existing database, s (target <= 4)": medians["server start, existing database"],
-        "server start, first ever, s (target <= 8)": medians[FIRST_EVER],
+        "server start, existing database, s (target <= 4)": medians[EXISTING],
+        "server start, first ever after make setup, s (target <= 8)": medians[FIRST_EVER],
+        "server start, first ever with no template at all, s (target <= 8)": medians[NO_TEMPLATE],
         "dvcflow --help / dvc --help (target <= 1.0)": round(
             medians["dvcflow --help"] / medians["dvc --help"], 3
         ),
@@ -161,6 +184,7 @@ def main() -> None:
         "repeat": repeat,
         "samples_s": {name: [round(v, 3) for v in values] for name, values in samples.items()},
         "medians_s": medians,
+        "server_cpu_s": {name: _median(values) for name, values in server_cpu.items()},
         "rows": rows,
         "run_a_profile_s": {label: round(value, 3) for label, value in slices.items()},
     }

@@ -47,6 +47,12 @@ def _newest(prefix: str, sleep: float | None = None) -> dict[str, Any]:
     raise SystemExit(f"no {prefix} results in {RESULTS}")
 
 
+def _server_cpu(overhead: dict[str, Any], label: str) -> str:
+    """The server process's CPU time to healthy (load disturbs it far less than the wall clock)."""
+    cpu = overhead.get("server_cpu_s", {}).get(label)
+    return f"server CPU {cpu:.2f} s" if cpu is not None else ""
+
+
 def _verdict(value: float, target: float, unit: str = "") -> str:
     return f"{value:.2f}{unit} — {'met' if value <= target else 'missed'}"
 
@@ -83,20 +89,26 @@ def _section(overhead: dict[str, Any], wide2: dict[str, Any], wide10: dict[str, 
         ),
         (
             "`dvcflow server start` on an existing database",
-            "",
+            _server_cpu(overhead, "server start, existing database"),
             _verdict(m["server start, existing database"], 4.0, " s"),
             "≤ 4 s",
         ),
         (
-            "`dvcflow server start`, first ever (fresh database, no template yet)",
-            "",
-            _verdict(m["server start, first ever (no template database yet)"], 8.0, " s"),
+            "`dvcflow server start`, first ever after `make setup` (a template copy)",
+            _server_cpu(overhead, "server start, first ever after make setup (template copy)"),
+            _verdict(m["server start, first ever after make setup (template copy)"], 8.0, " s"),
             "≤ 8 s",
         ),
         (
-            "`dvcflow server start`, a further fresh database (from the template)",
+            "`dvcflow server start`, first ever with no template at all (Prefect's migrations)",
+            _server_cpu(overhead, "server start, first ever, no template at all (migrations)"),
+            _verdict(m["server start, first ever, no template at all (migrations)"], 8.0, " s"),
+            "≤ 8 s",
+        ),
+        (
+            "`make setup`'s template preparation (once per user and Prefect version)",
             "",
-            f"{m['server start, fresh database, template cached']:.2f} s",
+            f"{m['make setup: prepare the template database (once per Prefect version)']:.2f} s",
             "",
         ),
         (
