@@ -337,7 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     if options.prepare_template:
-        print(prepare_template())
+        try:
+            print(prepare_template())
+        except Exception as exc:  # set-up goes on without it: the first server start migrates instead
+            print(f"could not prepare the template database: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         return 0
     if options.host is None or options.port is None:
         parser.error("--host and --port are required to serve")
