@@ -22,7 +22,7 @@ too. Delete that folder to migrate from scratch again.
 With no template, Prefect's own Alembic migrations run (`migrate_new_database`) on a private file then
 renamed into place, through a synchronous SQLite connection: Prefect's migration environment otherwise
 sends each of its ~34,000 driver calls through aiosqlite's thread and back through the event loop, two
-thread wake-ups per call (3–10 s of wall time here for ~2.5 s of CPU). The same migration scripts, pragmas
+thread wake-ups per call (3 to 10 s of wall time here for ~2.5 s of CPU). The same migration scripts, pragmas
 and transactions; `tests/test_server_services.py` proves the schema identical to Prefect's own path.
 """
 
