@@ -162,6 +162,7 @@ def test_fast_migration_leaves_prefects_own_schema(tmp_path: Path) -> None:
     """`migrate_new_database` (a synchronous connection under Prefect's migration scripts) and Prefect's own
     `prefect server database upgrade` leave the same tables, columns, constraints, indexes and revision."""
     env = base_env(tmp_path / "home")
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # not the user's ~/.prefect
     theirs, ours = tmp_path / "theirs.db", tmp_path / "ours.db"
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{prefect_server.SQLITE_PREFIX}{theirs}"
     upgrade = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
