@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dvcflow import server
+from dvcflow import server, warm
 from dvcflow.errors import ApiUnreachableError
 from dvcflow.settings import (
     QUIET_ENV,
@@ -20,6 +20,9 @@ from dvcflow.settings import (
 )
 
 REACH_TIMEOUT_S = 5.0
+# Prefect retries a dead connection 5 times with 2**n s back-off (about a minute per request); on a
+# loopback server that has died, three tries say so in about 14 s.
+LOCAL_CLIENT_DEFAULTS = {"PREFECT_CLIENT_MAX_RETRIES": "3"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,17 @@ def connect(
     on_server_start: Callable[[str], None] | None = None,
 ) -> ApiConnection:
     """Export the client settings for this run; start the local server on first use."""
+    connection = _connect(config, ephemeral=ephemeral, on_server_start=on_server_start)
+    warm.sync_prefect_settings()  # in a warm starter's child, Prefect is imported already
+    return connection
+
+
+def _connect(
+    config: ServerConfig,
+    *,
+    ephemeral: bool | None,
+    on_server_start: Callable[[str], None] | None,
+) -> ApiConnection:
     mode = choose_api_mode(ephemeral=ephemeral)
     if mode is ApiMode.EXTERNAL:
         api_url = os.environ["PREFECT_API_URL"]
@@ -74,7 +88,12 @@ def connect(
                 "it keeps run history between runs (stop it with `dvcflow server stop`)"
             )
     apply_environment(config.client_environment())
-    # Prefect retries a dead connection 5 times with 2**n s back-off (about a minute per request); on a
-    # loopback server that has died, three tries say so in about 14 s. An explicit setting wins.
-    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "3")
+    for key, value in LOCAL_CLIENT_DEFAULTS.items():  # an explicit setting wins
+        os.environ.setdefault(key, value)
     return ApiConnection(mode, config.api_url, f"Prefect API: {config.api_url} (dvcflow local server)")
+
+
+def local_client_environment(config: ServerConfig) -> dict[str, str]:
+    """Every `PREFECT_*` variable `connect` exports for dvcflow's local server when none is set (what
+    the warm starter imports Prefect with, `dvcflow.warm`)."""
+    return {**config.client_environment(), **LOCAL_CLIENT_DEFAULTS}

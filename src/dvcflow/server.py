@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dvcflow import warm
 from dvcflow.errors import ServerError
 from dvcflow.settings import ServerConfig
 
@@ -262,6 +263,7 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
                     f"last lines of {log_file(config)}:\n{_tail(log_file(config))}",
                     hint="`dvcflow server stop`, then start it again",
                 )
+            warm.launch(config, pid)
             return StartResult(status(config), already_running=True, seconds=time.monotonic() - began)
         _refuse_busy_port(config)
         config.prefect_home.mkdir(parents=True, exist_ok=True)
@@ -279,6 +281,7 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
             json.dumps({"pid": process.pid, "url": config.url, "database": config.database_location}) + "\n"
         )
         _wait_healthy(config, process, timeout)
+        warm.launch(config, process.pid)  # imports in the background; commands use it once it is ready
     # Just started and healthy: no need to ask. Its Prefect is this interpreter's (it runs sys.executable);
     # the API, busy starting its services, would take 0.1-1 s to say so.
     started = _status(config, process.pid, _installed_prefect(), running=True)
@@ -331,6 +334,7 @@ def _is_group_leader(pid: int) -> bool:
 
 def stop(config: ServerConfig, *, timeout: float = 20.0) -> int | None:
     """Stop the server dvcflow started; returns its pid, or None if none was running."""
+    warm.stop(config.home)
     pid = recorded_pid(config)
     if pid is not None:
         _terminate(pid, timeout)

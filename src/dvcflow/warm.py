@@ -1,0 +1,666 @@
+"""The warm starter: a process that has already imported what dvcflow's commands need (Typer, Prefect and
+its flow and task engines, DVC's repository code, dvcflow's flows) and forks one child per command.
+
+Half of a no-op `dvcflow run-a` was importing Prefect (~1.4 s on 2 cores); a child forked from this
+process starts with all of it in memory, as Gradle's daemon, dmypy or Android's zygote do.
+
+- `dvcflow server start` launches it (`launch`) next to the server, without waiting for it; `server stop`
+  stops it (`stop`), and it exits by itself when the server process ends. It listens on
+  `<home>/warm.sock` (mode 0600) and logs what it serves or refuses to `<home>/warm.log`.
+- The console script (`dvcflow.cli.entry`) first tries it (`serve_here`, standard library only): it sends
+  argv, cwd, environment, umask, stdio settings, `sys.path` and its fds 0/1/2 (SCM_RIGHTS). The starter
+  forks only when the fingerprint matches (same interpreter, `sys.path`, installed packages and dvcflow
+  source files) and the command's `PREFECT_*` variables are ones it imported Prefect with; otherwise,
+  or on any failure before the child is accepted, the command runs in the calling process as before.
+  `DVCFLOW_WARM=0` turns it off (for a command, or for the starter when given to `server start`).
+- The child takes over the fds, cwd, environment and signal defaults, rebuilds Prefect's logging, and
+  runs the Typer app; the starter reports its exit status (a signal death included) to the client,
+  which exits the same way. The client forwards SIGINT/SIGQUIT to the child's process group (what a
+  terminal's Ctrl-C reaches), SIGTERM/SIGHUP to the child, and stops/continues it on Ctrl-Z/`fg`.
+  If the client dies, the starter SIGKILLs the child, so the run's watchdog marks its flow run Crashed
+  exactly as for a killed dvcflow process.
+- `server` commands are never served: they do not import Prefect, and `server stop` stops the starter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
+
+    from dvcflow.settings import ServerConfig
+
+SWITCH_ENV = "DVCFLOW_WARM"
+SOCKET_NAME = "warm.sock"
+PID_NAME = "warm.pid"
+LOG_NAME = "warm.log"
+MAX_MESSAGE = 200_000  # a request larger than this (a huge environment) runs the usual way
+HANDSHAKE_TIMEOUT_S = 10.0  # a starter still importing answers once ready: still sooner than importing
+UNSERVED = frozenset({"server"})
+PROTOCOL = 1
+
+# What a forked child would otherwise import itself; DVC because run-a's pre-flight opens the repository
+# in process. Not scikit-learn/pandas: their thread pools would start threads, and a process with
+# threads cannot fork safely.
+PRELOAD = (
+    "dvcflow.cli.app",
+    "dvcflow.runner",
+    "dvcflow.flows.repro",
+    "dvcflow.flows.per_stage",
+    "dvcflow.flows.stage_dag",
+    "dvcflow.flows.sweep",
+    "dvcflow.history",
+    "dvcflow.deploy",
+    "dvc.repo",
+    "dvc.repo.reproduce",
+    "dvc.stage",
+)
+
+_FORWARD_TO_GROUP = (signal.SIGINT, signal.SIGQUIT)  # what a terminal sends to the foreground group
+_FORWARD_TO_CHILD = (signal.SIGTERM, signal.SIGHUP)  # what `kill PID` or a closed terminal sends
+_IGNORABLE = (*_FORWARD_TO_GROUP, *_FORWARD_TO_CHILD)
+
+
+def enabled(environ: Mapping[str, str]) -> bool:
+    return environ.get(SWITCH_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def socket_path(home: Path) -> Path:
+    return home / SOCKET_NAME
+
+
+def fingerprint(path: Sequence[str]) -> dict[str, Any]:
+    """What must be equal for a child of the starter to behave as this process would (~1 ms): the
+    interpreter, the import path (its first entry, the script's folder, aside), when each path folder
+    last changed (an install or upgrade), and the size and mtime of every dvcflow source file."""
+
+    def mtime(entry: str) -> int | None:
+        try:
+            return os.stat(entry).st_mtime_ns
+        except OSError:
+            return None
+
+    package = os.path.dirname(os.path.abspath(__file__))
+    code = []
+    for folder, subfolders, files in os.walk(package):
+        subfolders.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                stat = os.stat(os.path.join(folder, name))
+                code.append(
+                    [os.path.relpath(os.path.join(folder, name), package), stat.st_size, stat.st_mtime_ns]
+                )
+    return {
+        "python": [sys.executable, sys.version, sys.flags.optimize, sys.flags.dev_mode, sys.flags.utf8_mode],
+        "path": list(path[1:]),
+        "path_mtimes": [mtime(entry) for entry in path[1:]],
+        "code": [package, code],
+    }
+
+
+def prefect_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environ.items() if key.startswith("PREFECT_")}
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+def _stdio_settings() -> list[dict[str, Any]] | None:
+    settings = []
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        if stream is None or not hasattr(stream, "reconfigure"):
+            return None
+        settings.append(
+            {
+                "encoding": stream.encoding,
+                "errors": stream.errors,
+                "line_buffering": stream.line_buffering,
+                "write_through": getattr(stream, "write_through", False),
+            }
+        )
+    return settings
+
+
+def _request(argv: Sequence[str]) -> dict[str, Any] | None:
+    stdio = _stdio_settings()
+    if stdio is None:
+        return None
+    umask = os.umask(0o022)
+    os.umask(umask)
+    main = sys.modules.get("__main__")
+    return {
+        "protocol": PROTOCOL,
+        "fingerprint": fingerprint(sys.path),
+        "argv": [sys.argv[0], *argv],
+        "main_package": getattr(main, "__package__", None),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "umask": umask,
+        "path": list(sys.path),
+        "stdio": stdio,
+        "ignored": [int(number) for number in _IGNORABLE if signal.getsignal(number) is signal.SIG_IGN],
+    }
+
+
+def serve_here(argv: Sequence[str]) -> int | None:
+    """Run this command in a child of the warm starter and return its exit code (negative: the signal
+    that ended it); None when no starter takes it, and the command must run in this process."""
+    if not enabled(os.environ) or (argv and argv[0] in UNSERVED):
+        return None
+    try:
+        from dvcflow.settings import resolve_server_config
+
+        path = socket_path(resolve_server_config().home)
+        if not path.exists():
+            return None
+        import json  # only now: `dvcflow --help` without a server never pays for them
+        import socket
+
+        request = _request(argv)
+        if request is None:
+            return None
+        payload = json.dumps(request).encode()
+        if len(payload) > MAX_MESSAGE:
+            return None
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except Exception:  # a bad [tool.dvcflow], an unreadable cwd ...: the usual path reports it
+        return None
+    try:
+        connection.settimeout(HANDSHAKE_TIMEOUT_S)
+        connection.connect(str(path))
+        socket.send_fds(connection, [payload], [0, 1, 2])
+        reply = json.loads(connection.recv(MAX_MESSAGE) or b"{}")
+    except (OSError, ValueError):
+        connection.close()
+        return None
+    child = reply.get("accepted")
+    if not isinstance(child, int):
+        connection.close()
+        return None
+    return _wait_for(connection, child, set(request["ignored"]))
+
+
+def _forward_signals(child: int, ignored: set[int]) -> None:
+    def to_group(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signum)
+
+    def to_child(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signum)
+
+    def suspend(signum: int, _frame: object) -> None:  # Ctrl-Z: stop the child too; `fg` resumes both
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, suspend)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signal.SIGCONT)
+
+    for number in _FORWARD_TO_GROUP:
+        if number not in ignored:
+            signal.signal(number, to_group)
+    for number in _FORWARD_TO_CHILD:
+        if number not in ignored:
+            signal.signal(number, to_child)
+    signal.signal(signal.SIGTSTP, suspend)
+
+
+def _wait_for(connection: socket.socket, child: int, ignored: set[int]) -> int:
+    import json
+
+    _forward_signals(child, ignored)
+    connection.settimeout(None)
+    while True:
+        try:
+            data = connection.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:  # the starter died: the child's status cannot be known any more
+            print(
+                "dvcflow: the warm starter went away; the command's exit status is unknown", file=sys.stderr
+            )
+            return 1
+        try:
+            message = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(message.get("exit"), int):
+            return int(message["exit"])
+
+
+def exit_like(code: int) -> None:
+    """End this process as the child ended: with its exit code, or by the same signal."""
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        code = 128 - code  # a signal that does not end a process by default
+    os._exit(code)
+
+
+def ping(home: Path, timeout: float = 60.0) -> int | None:
+    """The pid of the starter serving `home` once it is ready (it answers after its imports); None
+    when there is none."""
+    import json
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
+            connection.settimeout(timeout)
+            connection.connect(str(socket_path(home)))
+            connection.send(json.dumps({"protocol": PROTOCOL, "ping": True}).encode())
+            reply = json.loads(connection.recv(MAX_MESSAGE) or b"{}")
+    except (OSError, ValueError):
+        return None
+    pid = reply.get("pong")
+    return pid if isinstance(pid, int) else None
+
+
+# ------------------------------------------------------------------------ launching and stopping it
+
+
+def _recorded(home: Path) -> int | None:
+    """The recorded starter's pid when that process is still a warm starter."""
+    try:
+        pid = int((home / PID_NAME).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"dvcflow.warm" in cmdline else None
+
+
+def running(home: Path) -> int | None:
+    return _recorded(home)
+
+
+def launch(config: ServerConfig, server_pid: int) -> None:
+    """Start the warm starter for the server `server_pid` unless one runs; does not wait for it."""
+    import subprocess
+
+    from dvcflow.api import local_client_environment
+
+    if not enabled(os.environ) or not sys.platform.startswith("linux") or _recorded(config.home):
+        return
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(local_client_environment(config))
+    try:
+        with open(config.home / LOG_NAME, "ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", "dvcflow.warm", str(config.home), str(server_pid)],
+                cwd=config.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+    except OSError:  # commands then import what they need themselves, as without a starter
+        return
+
+
+def stop(home: Path, timeout: float = 10.0) -> int | None:
+    """SIGTERM the starter (it stops serving at once and exits when its running commands have ended);
+    wait up to `timeout` s for it to exit. Its pid, or None when none ran."""
+    import time
+
+    pid = _recorded(home)
+    if pid is None:
+        return None
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _recorded(home) == pid and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return pid
+
+
+# ---------------------------------------------------------------------------------------------- starter
+
+
+class _Starter:
+    """The select loop: accept requests, fork, report exit statuses, kill children of dead clients."""
+
+    def __init__(self, home: Path, server_pid: int) -> None:
+        import selectors
+
+        self.home = home
+        self.pid = os.getpid()
+        self.fingerprint = fingerprint(sys.path)
+        self.prefect_env = prefect_environment(os.environ)
+        self.children: dict[int, socket.socket] = {}
+        self.orphans: set[int] = set()
+        self.stopping = False
+        self.stale = False
+        self.selector = selectors.DefaultSelector()
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listener = self._listen()
+        self.server = self._watch(server_pid)
+        (home / PID_NAME).write_text(f"{self.pid}\n")
+
+    def _listen(self) -> socket.socket:
+        """Bound before the imports: a client that comes early waits for them instead of importing."""
+        import socket
+
+        path = socket_path(self.home)
+        partial = self.home / f".{SOCKET_NAME}.{self.pid}"
+        partial.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        old = os.umask(0o177)
+        try:
+            listener.bind(str(partial))
+        finally:
+            os.umask(old)
+        listener.listen(64)
+        partial.replace(path)
+        self.inode = path.stat().st_ino
+        return listener
+
+    def _watch(self, server_pid: int) -> int | None:
+        try:
+            return os.pidfd_open(server_pid)
+        except OSError:  # already gone
+            self.stopping = True
+            return None
+
+    def log(self, message: str) -> None:
+        import time
+
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.pid}] {message}", flush=True)
+
+    def _unlisten(self) -> None:
+        if self.listener.fileno() < 0:
+            return
+        self.selector.unregister(self.listener)
+        self.listener.close()
+        path = socket_path(self.home)
+        try:
+            if path.stat().st_ino == self.inode:
+                path.unlink()
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        import selectors
+
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, not SIG_IGN: the loop reaps
+        signal.set_wakeup_fd(self.wake_write)
+        self.selector.register(self.wake_read, selectors.EVENT_READ, "wake")
+        self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+        if self.server is not None:
+            self.selector.register(self.server, selectors.EVENT_READ, "server")
+        self.log(f"serving {socket_path(self.home)}")
+        while True:
+            self._reap()
+            if self.stopping or self.stale:
+                self._unlisten()
+                if not self.children:
+                    break
+            for key, _ in self.selector.select():
+                if key.data == "wake":
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.read(self.wake_read, 512)
+                elif key.data == "server":
+                    self.log("the server has exited; stopping")
+                    self.selector.unregister(key.fileobj)
+                    self.stopping = True
+                elif key.data == "listen":
+                    self._accept()
+                else:
+                    self._client_gone(key.data, key.fileobj)  # type: ignore[arg-type]
+        (self.home / PID_NAME).unlink(missing_ok=True) if _recorded(self.home) == self.pid else None
+        if self.stale and not self.stopping:
+            self.log("dvcflow's code or packages changed: starting afresh")
+            os.execv(sys.executable, [sys.executable, "-m", "dvcflow.warm", *sys.argv[1:]])
+        self.log("stopped")
+
+    def _on_stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _reap(self) -> None:
+        import json
+
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            connection = self.children.pop(pid, None)
+            if connection is None:
+                continue
+            if pid not in self.orphans:
+                with contextlib.suppress(OSError):
+                    connection.send(json.dumps({"exit": code}).encode())
+                self.selector.unregister(connection)
+            self.orphans.discard(pid)
+            connection.close()
+
+    def _client_gone(self, child: int, connection: socket.socket) -> None:
+        try:
+            data = connection.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if data:
+            return  # clients send nothing after their request
+        self.log(f"the client of {child} is gone: killing {child}")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
+        self.selector.unregister(connection)
+        self.orphans.add(child)  # reaped by `_reap`, which then has no one to tell
+
+    def _refusal(self, request: Mapping[str, Any], fds: list[int]) -> str | None:
+        if request.get("protocol") != PROTOCOL:
+            return "another protocol"
+        if len(fds) != 3:
+            return "not given fds 0, 1 and 2"
+        if request.get("fingerprint") != self.fingerprint:
+            if fingerprint(sys.path) != self.fingerprint:
+                self.stale = True
+                return "dvcflow's code or installed packages changed since this starter imported them"
+            theirs = request.get("fingerprint") or {}
+            differ = ", ".join(key for key in self.fingerprint if theirs.get(key) != self.fingerprint[key])
+            return f"another interpreter or import path ({differ})"
+        extra = set(prefect_environment(request.get("env") or {}).items()) - set(self.prefect_env.items())
+        if extra:
+            names = ", ".join(sorted(key for key, _ in extra))
+            return f"Prefect settings this starter was not imported with: {names}"
+        if len(os.listdir("/proc/self/task")) != 1:
+            return "the starter has threads; it cannot fork safely"
+        return None
+
+    def _accept(self) -> None:
+        import json
+        import selectors
+        import socket
+
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        connection.settimeout(2.0)
+        fds: list[int] = []
+        try:
+            data, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, 3)
+            request = json.loads(data)
+            if request.get("ping"):
+                connection.send(json.dumps({"pong": self.pid}).encode())
+                raise OSError("answered")
+            refusal = self._refusal(request, fds)
+            if refusal is not None:
+                self.log(f"refused {request.get('argv', [])[1:]}: {refusal}")
+                connection.send(json.dumps({"refused": refusal}).encode())
+                raise OSError("refused")
+        except (OSError, ValueError):
+            for fd in fds:
+                os.close(fd)
+            connection.close()
+            return
+        child = os.fork()
+        if child == 0:
+            self._become(request, fds, connection)  # raises SystemExit when the command ends
+            os._exit(70)  # unreachable
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpgid(child, child)  # also in the child: whichever runs first, signals find the group
+        try:
+            connection.send(json.dumps({"accepted": child}).encode())
+        except OSError:  # the client left during the handshake
+            os.kill(child, signal.SIGKILL)
+        self.children[child] = connection
+        self.selector.register(connection, selectors.EVENT_READ, child)
+        self.log(f"serving {request['argv'][1:]} in {child}")
+
+    def _become(self, request: Mapping[str, Any], fds: list[int], connection: socket.socket) -> None:
+        """In the forked child: take over the client's process state, then run the command."""
+        try:
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(number, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for number in request["ignored"]:
+                signal.signal(number, signal.SIG_IGN)
+            keep = {connection.fileno(), *fds}
+            for other in self.children.values():
+                if other.fileno() not in keep:
+                    other.close()
+            self.selector.close()
+            self.listener.close()
+            os.close(self.wake_read)
+            os.close(self.wake_write)
+            if self.server is not None:
+                os.close(self.server)
+            os.setpgid(0, 0)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+                os.close(fd)
+            # `connection` stays open until this process ends: the client sees EOF only when both the
+            # starter and this child are gone.
+            _adopt(request)
+        except BaseException as err:  # the client waits: say why, end with EX_SOFTWARE
+            print(
+                f"dvcflow: the warm starter could not start the command ({err!r})",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(70)
+        _run(request)
+
+
+# Set in a forked child: the PREFECT_* variables the starter imported Prefect with.
+_imported_prefect_env: dict[str, str] | None = None
+
+
+def _adopt(request: Mapping[str, Any]) -> None:
+    """This process becomes the client's: cwd, umask, environment, locale, time zone, argv, import path,
+    stdio buffering; Prefect's log handlers rebuilt for the new stderr (a terminal's colours)."""
+    import locale
+    import time
+
+    global _imported_prefect_env
+    _imported_prefect_env = prefect_environment(os.environ)
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        locale.setlocale(locale.LC_CTYPE, "")
+    time.tzset()
+    sys.argv = list(request["argv"])
+    sys.path[:] = request["path"]
+    for stream, settings in zip((sys.stdin, sys.stdout, sys.stderr), request["stdio"], strict=True):
+        stream.reconfigure(**settings)  # type: ignore[union-attr]
+    _rebuild_prefect_logging()
+
+
+def _rebuild_prefect_logging() -> None:
+    """Prefect configured its handlers at import, for the starter's log file; configure them afresh."""
+    import logging
+
+    from prefect.logging.configuration import setup_logging
+    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
+
+    extra = logging.getLogger("prefect.extra").handlers
+    for name in PREFECT_LOGGING_EXTRA_LOGGERS.value():
+        for handler in extra:
+            logging.getLogger(name).removeHandler(handler)
+    setup_logging(incremental=False)
+
+
+def sync_prefect_settings() -> None:
+    """Called once a command has exported its Prefect settings (`dvcflow.api.connect`). A process
+    imports Prefect after that; a warm child had Prefect imported by the starter, so when the final
+    `PREFECT_*` variables differ from those (`--ephemeral`, another port), Prefect's root settings are
+    rebuilt from the environment, as its import would have built them."""
+    global _imported_prefect_env
+    if _imported_prefect_env is None:
+        return
+    now = prefect_environment(os.environ)
+    if now == _imported_prefect_env:
+        return
+    import prefect.context
+
+    prefect.context.refresh_global_settings_context()
+    _imported_prefect_env = now
+
+
+def _run(request: Mapping[str, Any]) -> None:
+    import gc
+
+    import click.utils
+
+    from dvcflow.cli.app import app
+
+    gc.disable()  # as `entry.main`: the root callback freezes and re-enables the collector
+    argv = request["argv"]
+    main = type("Main", (), {"__package__": request.get("main_package")})
+    prog_name = click.utils._detect_program_name(argv[0], _main=main)  # type: ignore[arg-type]
+    app(args=argv[1:], prog_name=prog_name)
+
+
+def _preload() -> None:
+    import gc
+    import importlib
+
+    gc.disable()
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from dvcflow.runs import import_engine
+
+    import_engine()
+    # The render consoles detect colours and width for the terminal they are made on: a child makes its own.
+    for name in [
+        name for name in sys.modules if name == "dvcflow.render" or name.startswith("dvcflow.render.")
+    ]:
+        del sys.modules[name]
+    if "dvcflow" in sys.modules and hasattr(sys.modules["dvcflow"], "render"):
+        delattr(sys.modules["dvcflow"], "render")
+    gc.freeze()
+    gc.enable()
+
+
+def starter_main(argv: Sequence[str]) -> int:
+    """`python -m dvcflow.warm HOME SERVER_PID` (started by `launch`)."""
+    home, server_pid = Path(argv[0]), int(argv[1])
+    starter = _Starter(home, server_pid)
+    _preload()
+    starter.run()
+    return 0
+
+
+if __name__ == "__main__":
+    from dvcflow import warm as _module  # one module object: the child's state lives in `dvcflow.warm`
+
+    sys.exit(_module.starter_main(sys.argv[1:]))
