@@ -431,12 +431,14 @@ class _Starter:
 
         while self.children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
+            cpu = usage.ru_utime + usage.ru_stime  # its process tree's, waited-for children included
+            self.log(f"{pid} ended: exit {code}, {cpu:.2f} s CPU")
             connection = self.children.pop(pid, None)
             if connection is None:
                 continue
@@ -580,9 +582,22 @@ def _adopt(request: Mapping[str, Any]) -> None:
     time.tzset()
     sys.argv = list(request["argv"])
     sys.path[:] = request["path"]
-    for stream, settings in zip((sys.stdin, sys.stdout, sys.stderr), request["stdio"], strict=True):
-        stream.reconfigure(**settings)  # type: ignore[union-attr]
+    _fresh_stdio(request["stdio"])
     _rebuild_prefect_logging()
+
+
+def _fresh_stdio(settings: Sequence[Mapping[str, Any]]) -> None:
+    """New `sys.stdin/stdout/stderr` on fds 0-2, made as the client's were: the starter's were made for
+    /dev/null and a log file (seekable, block-buffered), not for a pipe or a terminal."""
+    import io
+
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
+        raw.name = f"<{name}>"  # type: ignore[misc]
+        buffered = io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
+        stream = io.TextIOWrapper(buffered, newline=None if fd == 0 else "\n", **settings[fd])
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
 
 
 def _rebuild_prefect_logging() -> None:
