@@ -76,7 +76,7 @@ def socket_path(home: Path) -> Path:
     return home / SOCKET_NAME
 
 
-def fingerprint(path: Sequence[str]) -> dict[str, Any]:
+def fingerprint(path: Sequence[str], package: str | None = None) -> dict[str, Any]:
     """What must be equal for a child of the starter to behave as this process would (~1 ms): the
     interpreter, the import path (its first entry, the script's folder, aside), when each path folder
     last changed (an install or upgrade), and the size and mtime of every dvcflow source file."""
@@ -87,7 +87,7 @@ def fingerprint(path: Sequence[str]) -> dict[str, Any]:
         except OSError:
             return None
 
-    package = os.path.dirname(os.path.abspath(__file__))
+    package = package or os.path.dirname(os.path.abspath(__file__))
     code = []
     for folder, subfolders, files in os.walk(package):
         subfolders.sort()
@@ -309,16 +309,22 @@ def launch(config: ServerConfig, server_pid: int) -> None:
 def stop(home: Path, timeout: float = 10.0) -> int | None:
     """SIGTERM the starter (it stops serving at once and exits when its running commands have ended);
     wait up to `timeout` s for it to exit. Its pid, or None when none ran."""
-    import time
+    import select
 
     pid = _recorded(home)
     if pid is None:
         return None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+    try:
+        handle = os.pidfd_open(pid)
+    except OSError:
+        return pid
+    try:
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _recorded(home) == pid and time.monotonic() < deadline:
-        time.sleep(0.02)
+        select.select([handle], [], [], timeout)  # readable once the process has exited
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
     return pid
 
 
@@ -422,6 +428,7 @@ class _Starter:
             self.log("dvcflow's code or packages changed: starting afresh")
             os.execv(sys.executable, [sys.executable, "-m", "dvcflow.warm", *sys.argv[1:]])
         self.log("stopped")
+        os._exit(0)  # nothing to flush or close: skip the interpreter's (and Prefect's) tear-down
 
     def _on_stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
@@ -593,7 +600,7 @@ def _fresh_stdio(settings: Sequence[Mapping[str, Any]]) -> None:
 
     for fd, name in enumerate(("stdin", "stdout", "stderr")):
         raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
-        raw.name = f"<{name}>"  # type: ignore[misc]
+        raw.name = f"<{name}>"
         buffered = io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
         stream = io.TextIOWrapper(buffered, newline=None if fd == 0 else "\n", **settings[fd])
         setattr(sys, name, stream)

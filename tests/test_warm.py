@@ -1,0 +1,220 @@
+"""The warm starter (`dvcflow.warm`): a command forked from the pre-imported process behaves as if the
+console script had run it itself. With the session's server up, every integration test's `dvcflow(...)`
+goes through it; these tests check that it does, and what a child takes over from its client."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from dvcflow import warm
+from dvcflow.runs import PID_TAG
+from tests.conftest import LiveServer
+from tests.helpers import api_post, dvcflow, make_tiny_repo
+from tests.test_faults import CRASHED_WITHIN_S, Watched, processes_in, slow_repo, wait_for_file
+
+integration = pytest.mark.integration
+
+
+def served(home: Path) -> dict[int, list[str]]:
+    """The children the starter forked (pid: the command's arguments), from its log."""
+    log = (home / warm.LOG_NAME).read_text()
+    return {int(pid): eval(args) for args, pid in re.findall(r"serving (\[.*\]) in (\d+)", log)}
+
+
+def refusals(home: Path) -> list[str]:
+    return re.findall(r"refused .*", (home / warm.LOG_NAME).read_text())
+
+
+def flow_run(api_url: str, output: str) -> dict[str, object]:
+    match = re.search(r"/runs/flow-run/([0-9a-f-]{36})", output)
+    assert match, output
+    runs = api_post(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [match.group(1)]}}})
+    assert isinstance(runs, list) and len(runs) == 1
+    run = runs[0]
+    assert isinstance(run, dict)
+    return run
+
+
+def run_pid(run: dict[str, object]) -> int:
+    tags = run["tags"]
+    assert isinstance(tags, list)
+    token = next(tag.removeprefix(PID_TAG) for tag in tags if tag.startswith(PID_TAG))
+    return int(token.partition(".")[0])
+
+
+def normalized(text: str) -> str:
+    """Without what differs between any two runs: names, ids, times, durations, task-run suffixes."""
+    text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}", "ID", text)
+    text = re.sub(r"\d\d:\d\d:\d\d\.\d+", "TIME", text)
+    text = re.sub(r"\d+\.\d+s", "Ns", text)
+    text = re.sub(r"'[a-z]+-[a-z]+'", "'NAME'", text)
+    text = re.sub(r"\b[a-z]+-[a-z]+ · | · [a-z]+-[a-z]+$", " · NAME", text, flags=re.M)
+    return re.sub(r"(Task run '[a-z ]+)-[0-9a-f]{3}'", r"\1-XXX'", text)
+
+
+@pytest.fixture
+def starter(live_server: LiveServer) -> int:
+    pid = warm.ping(live_server.home)  # returns once the starter has finished its imports
+    assert pid is not None, (live_server.home / warm.LOG_NAME).read_text()
+    return pid
+
+
+@integration
+def test_run_a_is_served_warm_and_prints_and_exits_as_without_it(
+    tmp_path: Path, live_server: LiveServer, starter: int
+) -> None:
+    env = live_server.env
+    repo = make_tiny_repo(tmp_path / "repo", env)
+    first = dvcflow("run-a", cwd=repo, env=env)
+    assert first.returncode == 0, first.stderr
+    served_first = flow_run(live_server.api_url, first.stdout)
+    assert served(live_server.home).get(run_pid(served_first)) == ["run-a"]  # a child of the starter ran it
+
+    warm_run = dvcflow("run-a", cwd=repo, env=env)
+    cold_run = dvcflow("run-a", cwd=repo, env={**env, "DVCFLOW_WARM": "0"})
+    assert (warm_run.returncode, cold_run.returncode) == (0, 0), warm_run.stderr + cold_run.stderr
+    assert run_pid(flow_run(live_server.api_url, cold_run.stdout)) not in served(live_server.home)
+    assert normalized(warm_run.stdout) == normalized(cold_run.stdout)
+    assert normalized(warm_run.stderr) == normalized(cold_run.stderr)
+    assert "Stage 'hello' didn't change, skipping" in warm_run.stderr
+
+    usage = dvcflow("run-a", "--no-such-flag", cwd=repo, env=env)
+    cold_usage = dvcflow("run-a", "--no-such-flag", cwd=repo, env={**env, "DVCFLOW_WARM": "0"})
+    assert (usage.returncode, usage.stdout, usage.stderr) == (
+        cold_usage.returncode,
+        cold_usage.stdout,
+        cold_usage.stderr,
+    )
+    assert usage.returncode == 2 and "Usage: python -m dvcflow run-a" in usage.stderr
+    assert os.getpid() != starter
+
+
+@integration
+def test_environment_and_cwd_reach_the_stage_command(
+    tmp_path: Path, live_server: LiveServer, starter: int
+) -> None:
+    stage = (
+        "stages:\n  probe:\n"
+        "    cmd: python -c \"import os; open('probe.txt', 'w').write(os.environ['WARM_PROBE'])\"\n"
+        "    outs:\n      - probe.txt\n"
+    )
+    repo = make_tiny_repo(tmp_path / "repo", live_server.env, stage)
+    (repo / "sub").mkdir()
+    before = set(served(live_server.home))
+    run = dvcflow("run-a", cwd=repo / "sub", env={**live_server.env, "WARM_PROBE": "from the client"})
+    assert run.returncode == 0, run.stderr
+    assert (repo / "probe.txt").read_text() == "from the client"
+    assert list(set(served(live_server.home)) - before) == [
+        run_pid(flow_run(live_server.api_url, run.stdout))
+    ]
+
+
+@integration
+def test_ctrl_c_reaches_the_served_command(tmp_path: Path, live_server: LiveServer, starter: int) -> None:
+    repo = slow_repo(tmp_path, live_server.env, seconds=60)
+    run = Watched(["run-a"], repo, live_server.env)
+    wait_for_file(repo / "started")
+    os.killpg(run.process.pid, signal.SIGINT)  # a terminal's Ctrl-C: the client's process group
+    code, _, stderr = run.finish(timeout=60)
+    assert code == 130, stderr
+    assert "Interrupted" in stderr and "Traceback" not in stderr
+    assert ["run-a"] in served(live_server.home).values()
+
+
+@integration
+def test_sigkill_of_the_client_kills_the_child_and_the_flow_run_is_crashed(
+    tmp_path: Path, live_server: LiveServer, starter: int
+) -> None:
+    repo = slow_repo(tmp_path, live_server.env, seconds=60)
+    before = set(served(live_server.home))
+    run = Watched(["run-a"], repo, live_server.env)
+    wait_for_file(repo / "started")
+    os.kill(run.process.pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, _, log = run.finish(timeout=30)  # the child held the same pipes: they close once it is dead
+    (child,) = set(served(live_server.home)) - before
+    state = None
+    while time.monotonic() - killed_at < CRASHED_WITHIN_S:
+        ghost = flow_run(live_server.api_url, log)
+        state = ghost["state_name"]
+        if state == "Crashed":
+            break
+        time.sleep(0.1)
+    assert state == "Crashed", f"still {state} {CRASHED_WITHIN_S} s after SIGKILL"
+    assert run_pid(ghost) == child
+    deadline = time.monotonic() + 10
+    while processes_in(repo) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_in(repo) == []  # the child, DVC and the stage's command
+    assert f"the client of {child} is gone" in (live_server.home / warm.LOG_NAME).read_text()
+
+
+@integration
+def test_another_import_path_or_prefect_setting_runs_in_the_calling_process(
+    tmp_path: Path, live_server: LiveServer, starter: int
+) -> None:
+    other_path = dvcflow("--version", cwd=tmp_path, env={**live_server.env, "PYTHONPATH": str(tmp_path)})
+    debug_logs = dvcflow("--version", cwd=tmp_path, env={**live_server.env, "PREFECT_LOGGING_LEVEL": "DEBUG"})
+    assert other_path.stdout == debug_logs.stdout == f"dvcflow {warm_version()}\n"
+    refused = refusals(live_server.home)
+    assert any("another interpreter or import path (path, path_mtimes)" in line for line in refused)
+    assert any(
+        "Prefect settings this starter was not imported with: PREFECT_LOGGING_LEVEL" in line
+        for line in refused
+    )
+    assert warm.ping(live_server.home) == starter  # refusing is no reason to stop
+
+
+def warm_version() -> str:
+    from dvcflow import __version__
+
+    return __version__
+
+
+def test_fingerprint_sees_a_changed_or_added_source_file(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("A = 1\n")
+    first = warm.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))
+    assert warm.fingerprint(["other-script-dir", str(tmp_path)], package=str(tmp_path)) == first
+    (tmp_path / "a.py").write_text("A = 10\n")
+    second = warm.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))
+    assert second["code"] != first["code"]
+    (tmp_path / "b.py").write_text("")
+    assert warm.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))["code"] != second["code"]
+
+
+def test_commands_run_here_when_off_for_server_commands_or_without_a_starter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DVCFLOW_HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert warm.serve_here(["--version"]) is None  # no socket
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as dead:  # a socket no one listens on
+        dead.bind(str(warm.socket_path(tmp_path)))
+    assert warm.serve_here(["--version"]) is None
+    monkeypatch.setenv("DVCFLOW_WARM", "0")
+    assert not warm.enabled(os.environ)
+    assert warm.serve_here(["--version"]) is None
+    assert warm.serve_here(["server", "stop"]) is None
+
+
+def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> None:
+    saved = {number: signal.getsignal(number) for number in (*warm._IGNORABLE, signal.SIGTSTP)}
+    try:
+        client, starter = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        starter.send(b'{"exit": -9}')
+        assert warm._wait_for(client, os.getpid(), ignored={int(signal.SIGQUIT)}) == -9
+        assert signal.getsignal(signal.SIGQUIT) is saved[signal.SIGQUIT]  # ignored stays the client's own
+        assert signal.getsignal(signal.SIGINT) is not saved[signal.SIGINT]  # forwarded to the child
+        starter.close()
+        assert warm._wait_for(client, os.getpid(), ignored=set()) == 1  # the starter went away
+        client.close()
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
