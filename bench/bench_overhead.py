@@ -1,6 +1,7 @@
 """dvcflow's fixed costs, timed in one session: a no-op run, a server start, `--help`.
 
-1. No-op `dvcflow run-a` ÷ no-op `dvc repro`, server up, on a copy of the demo pipeline (target ≤ 2.5).
+1. No-op `dvcflow run-a` ÷ no-op `dvc repro`, server up, on a copy of the demo pipeline (target ≤ 2.5):
+   served by the warm starter (`dvcflow.warm`), and with it off (`DVCFLOW_WARM=0`); CPU seconds too.
 2. `dvcflow server start` on an existing database (target ≤ 4 s), the first ever (target ≤ 8 s), and on a
    further fresh database, which starts from the template the first one left.
 3. `dvcflow --help` ÷ `dvc --help` (target ≤ 1.0).
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +38,8 @@ sys.path.insert(0, str(PROJECT))
 from bench.bench_per_stage import _run  # noqa: E402 - one timed-command helper for every benchmark
 from bench.profile_run_a import profile  # noqa: E402
 from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
+
+from dvcflow import warm  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 BIN = Path(sys.executable).parent
@@ -112,29 +116,57 @@ def server_rounds(
     return samples, cpu
 
 
+WARM_OFF = "dvcflow run-a, warm starter off"
+HELP_WARM = "dvcflow --help, server up (warm starter)"
+
+
+def _served_cpu(home: Path, seen: int) -> float:
+    """CPU seconds of the warm starter's newest child (its log line `PID ended: exit N, X s CPU`) when
+    it forked one since `seen` lines; the client's own CPU does not include it (not its child)."""
+    lines = (home / warm.LOG_NAME).read_text().splitlines()
+    ended = [line for line in lines[seen:] if " ended: exit " in line]
+    return float(ended[-1].split(", ")[-1].split()[0]) if ended else 0.0
+
+
 def run_a_rounds(
     repeat: int, workdir: Path, profile_rounds: int
-) -> tuple[dict[str, list[float]], dict[str, float]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, float]]:
+    """Wall and CPU seconds (user+sys of the whole process tree, a served child included)."""
     home = workdir / "run-home"
     env = _env(home)
     repo = make_pipeline_repo(workdir / "repo", env)
     dvcflow = [sys.executable, "-m", "dvcflow"]
-    commands = {"dvc repro": [str(BIN / "dvc"), "repro"], "dvcflow run-a": [str(BIN / "dvcflow"), "run-a"]}
+    cold = {**env, warm.SWITCH_ENV: "0"}
+    commands = {
+        "dvc repro": ([str(BIN / "dvc"), "repro"], env),
+        "dvcflow run-a": ([str(BIN / "dvcflow"), "run-a"], env),
+        WARM_OFF: ([str(BIN / "dvcflow"), "run-a"], cold),
+        HELP_WARM: ([str(BIN / "dvcflow"), "--help"], env),
+    }
     samples: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     try:
         _run([*dvcflow, "server", "start"], PROJECT, env)
-        for args in commands.values():  # warm-up: dvc.lock up to date, the flow registered
-            _run(args, repo, env)
+        assert warm.ping(home) is not None, "no warm starter"
+        for args, command_env in commands.values():  # warm-up: dvc.lock up to date, the flow registered
+            _run(args, repo, command_env)
         for round_no in range(repeat):
-            for name in list(commands)[round_no % 2 :] + list(commands)[: round_no % 2]:
-                seconds, result = _run(commands[name], repo, env)
-                output = result.stdout + result.stderr
-                assert UP_TO_DATE in output and "Running stage" not in output, output
+            for name in list(commands)[round_no % 4 :] + list(commands)[: round_no % 4]:
+                args, command_env = commands[name]
+                seen = len((home / warm.LOG_NAME).read_text().splitlines())
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                seconds, result = _run(args, repo, command_env)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                own = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                cpu[name].append(own + (_served_cpu(home, seen) if command_env is env else 0.0))
+                if name != HELP_WARM:
+                    output = result.stdout + result.stderr
+                    assert UP_TO_DATE in output and "Running stage" not in output, output
                 samples[name].append(seconds)
         slices = profile(repo, profile_rounds, env)
     finally:
         subprocess.run([*dvcflow, "server", "stop"], cwd=PROJECT, env=env, capture_output=True, timeout=120)
-    return samples, slices
+    return samples, cpu, slices
 
 
 def main() -> None:
@@ -152,7 +184,7 @@ def main() -> None:
         samples = help_rounds(repeat, workdir)
         server_samples, server_cpu = server_rounds(repeat, max(1, repeat // 2), workdir)
         samples.update(server_samples)
-        run_samples, slices = run_a_rounds(repeat, workdir, max(1, (repeat + 1) // 2))
+        run_samples, cpu, slices = run_a_rounds(repeat, workdir, max(1, (repeat + 1) // 2))
         samples.update(run_samples)
     finally:
         if not options.keep:
@@ -166,6 +198,7 @@ def main() -> None:
         "server start, existing database, s (target <= 4)": medians[EXISTING],
         "server start, first ever after make setup, s (target <= 8)": medians[FIRST_EVER],
         "server start, first ever with no template at all, s (target <= 8)": medians[NO_TEMPLATE],
+        "no-op run-a, warm starter off / no-op dvc repro": round(medians[WARM_OFF] / medians["dvc repro"], 3),
         "dvcflow --help / dvc --help (target <= 1.0)": round(
             medians["dvcflow --help"] / medians["dvc --help"], 3
         ),
@@ -185,6 +218,7 @@ def main() -> None:
         "samples_s": {name: [round(v, 3) for v in values] for name, values in samples.items()},
         "medians_s": medians,
         "server_cpu_s": {name: _median(values) for name, values in server_cpu.items()},
+        "cpu_medians_s": {name: _median(values) for name, values in cpu.items()},
         "rows": rows,
         "run_a_profile_s": {label: round(value, 3) for label, value in slices.items()},
     }
@@ -194,6 +228,8 @@ def main() -> None:
     width = max(map(len, medians))
     for name, value in medians.items():
         print(f"{name:<{width}}  {value:7.2f} s  (samples {', '.join(f'{v:.2f}' for v in samples[name])})")
+    for name, values in cpu.items():
+        print(f"{name:<{width}}  {_median(values):7.2f} s CPU (user+sys, process tree)")
     for name, value in rows.items():
         print(f"{name}: {value:.2f}")
     print(f"wrote {out.relative_to(PROJECT)}")

@@ -118,6 +118,29 @@ def _section(overhead: dict[str, Any], wide2: dict[str, Any], wide10: dict[str, 
             "≤ 1.0",
         ),
     ]
+    off, help_warm = (
+        m.get("dvcflow run-a, warm starter off"),
+        m.get("dvcflow --help, server up (warm starter)"),
+    )
+    if off is not None:  # results from before the warm starter lack them
+        warm_rows = [
+            (
+                "no-op `dvcflow run-a`, warm starter off (`DVCFLOW_WARM=0`) ÷ no-op `dvc repro`",
+                f"{off:.2f} s ÷ {m['dvc repro']:.2f} s",
+                f"{off / m['dvc repro']:.2f}",
+                "",
+            ),
+        ]
+        if help_warm is not None:
+            warm_rows.append(
+                (
+                    "`dvcflow --help`, server up (warm starter) ÷ `dvc --help`",
+                    f"{help_warm:.2f} s ÷ {m['dvc --help']:.2f} s",
+                    f"{help_warm / m['dvc --help']:.2f}",
+                    "",
+                )
+            )
+        rows[1:1] = warm_rows
     lines = [
         BEGIN,
         f"## Fixed costs and parallel stages (`make bench{' --quick' if quick else ''}`, "
