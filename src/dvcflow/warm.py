@@ -630,12 +630,31 @@ def sync_prefect_settings() -> None:
     if _imported_prefect_env is None:
         return
     now = prefect_environment(os.environ)
-    if now == _imported_prefect_env:
-        return
-    import prefect.context
+    if now != _imported_prefect_env:
+        import prefect.context
 
-    prefect.context.refresh_global_settings_context()
-    _imported_prefect_env = now
+        prefect.context.refresh_global_settings_context()
+        _imported_prefect_env = now
+    _first_import_notice()
+
+
+def _first_import_notice() -> None:
+    """What `import prefect` does on a terminal: its first-run telemetry notice (once per Prefect home);
+    the starter imported Prefect with no terminal."""
+    global _noticed
+    if _noticed:
+        return
+    _noticed = True
+    try:
+        from prefect._internal import analytics
+
+        analytics._telemetry_initialized = False
+        analytics.initialize_analytics()
+    except Exception:  # a private API: without it, the notice is all that is missing
+        return
+
+
+_noticed = False
 
 
 def _run(request: Mapping[str, Any]) -> None:
