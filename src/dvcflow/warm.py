@@ -41,6 +41,7 @@ SWITCH_ENV = "DVCFLOW_WARM"
 SOCKET_NAME = "warm.sock"
 PID_NAME = "warm.pid"
 LOG_NAME = "warm.log"
+LOCK_NAME = "warm.lock"
 MAX_MESSAGE = 200_000  # a request larger than this (a huge environment) runs the usual way
 HANDSHAKE_TIMEOUT_S = 10.0  # a starter still importing answers once ready: still sooner than importing
 UNSERVED = frozenset({"server"})
@@ -292,9 +293,10 @@ def launch(config: ServerConfig, server_pid: int) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env.update(local_client_environment(config))
     try:
-        with open(config.home / LOG_NAME, "ab") as log:
+        log_fd = os.open(config.home / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(log_fd, "wb") as log:  # one server's worth of lines
             subprocess.Popen(
-                [sys.executable, "-m", "dvcflow.warm", str(config.home), str(server_pid)],
+                [sys.executable, "-m", "dvcflow.warm", str(config.home.resolve()), str(server_pid)],
                 cwd=config.home,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -339,6 +341,7 @@ class _Starter:
 
         self.home = home
         self.pid = os.getpid()
+        self.lock = self._only_one()
         self.fingerprint = fingerprint(sys.path)
         self.prefect_env = prefect_environment(os.environ)
         self.children: dict[int, socket.socket] = {}
@@ -350,6 +353,17 @@ class _Starter:
         self.listener = self._listen()
         self.server = self._watch(server_pid)
         (home / PID_NAME).write_text(f"{self.pid}\n")
+
+    def _only_one(self) -> int:
+        """One starter per home: a second one (two `server start`s at once) exits at once."""
+        import fcntl
+
+        handle = os.open(self.home / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os._exit(0)
+        return handle
 
     def _listen(self) -> socket.socket:
         """Bound before the imports: a client that comes early waits for them instead of importing."""
@@ -469,7 +483,9 @@ class _Starter:
         self.selector.unregister(connection)
         self.orphans.add(child)  # reaped by `_reap`, which then has no one to tell
 
-    def _refusal(self, request: Mapping[str, Any], fds: list[int]) -> str | None:
+    def _refusal(self, request: Mapping[str, Any], fds: list[int], peer_uid: int) -> str | None:
+        if peer_uid != os.getuid():
+            return "another user"
         if request.get("protocol") != PROTOCOL:
             return "another protocol"
         if len(fds) != 3:
@@ -506,9 +522,10 @@ class _Starter:
             if request.get("ping"):
                 connection.send(json.dumps({"pong": self.pid}).encode())
                 raise OSError("answered")
-            refusal = self._refusal(request, fds)
+            credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # pid, uid, gid
+            refusal = self._refusal(request, fds, int.from_bytes(credentials[4:8], sys.byteorder))
             if refusal is not None:
-                self.log(f"refused {request.get('argv', [])[1:]}: {refusal}")
+                self.log(f"refused {_command(request)}: {refusal}")
                 connection.send(json.dumps({"refused": refusal}).encode())
                 raise OSError("refused")
         except (OSError, ValueError):
@@ -530,7 +547,7 @@ class _Starter:
             os.kill(child, signal.SIGKILL)
         self.children[child] = connection
         self.selector.register(connection, selectors.EVENT_READ, child)
-        self.log(f"serving {request['argv'][1:]} in {child}")
+        self.log(f"serving {_command(request)} in {child}")
 
     def _become(self, request: Mapping[str, Any], fds: list[int], connection: socket.socket) -> None:
         """In the forked child: take over the client's process state, then run the command."""
@@ -549,6 +566,7 @@ class _Starter:
             self.listener.close()
             os.close(self.wake_read)
             os.close(self.wake_write)
+            os.close(self.lock)  # a child still running must not keep a new starter from starting
             if self.server is not None:
                 os.close(self.server)
             os.setpgid(0, 0)
@@ -566,6 +584,11 @@ class _Starter:
             )
             os._exit(70)
         _run(request)
+
+
+def _command(request: Mapping[str, Any]) -> list[str]:
+    """What the log names: the command, not its arguments (they may hold a URL with a token)."""
+    return list(request.get("argv", [])[1:2])
 
 
 # Set in a forked child: the PREFECT_* variables the starter imported Prefect with.
