@@ -318,7 +318,9 @@ def stop(home: Path, timeout: float = 10.0) -> int | None:
         return None
     try:
         handle = os.pidfd_open(pid)
-    except OSError:
+    except OSError:  # gone already, or a kernel before 5.3: signal it, do not wait
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
         return pid
     try:
         os.kill(pid, signal.SIGTERM)
@@ -384,11 +386,24 @@ class _Starter:
         return listener
 
     def _watch(self, server_pid: int) -> int | None:
+        """A descriptor readable once the server has exited; None (the loop then polls) without pidfds."""
+        self.server_pid = server_pid
         try:
             return os.pidfd_open(server_pid)
-        except OSError:  # already gone
+        except ProcessLookupError:
             self.stopping = True
-            return None
+        except OSError:
+            pass
+        return None
+
+    def _server_gone(self) -> bool:
+        try:
+            os.kill(self.server_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
 
     def log(self, message: str) -> None:
         import time
@@ -425,9 +440,13 @@ class _Starter:
                 self._unlisten()
                 if not self.children:
                     break
-            for key, _ in self.selector.select():
+            events = self.selector.select(timeout=None if self.server is not None else 2.0)
+            if self.server is None and not self.stopping and self._server_gone():
+                self.log("the server has exited; stopping")
+                self.stopping = True
+            for key, _ in events:
                 if key.data == "wake":
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                    with contextlib.suppress(OSError):
                         os.read(self.wake_read, 512)
                 elif key.data == "server":
                     self.log("the server has exited; stopping")
@@ -437,7 +456,8 @@ class _Starter:
                     self._accept()
                 else:
                     self._client_gone(key.data, key.fileobj)  # type: ignore[arg-type]
-        (self.home / PID_NAME).unlink(missing_ok=True) if _recorded(self.home) == self.pid else None
+        if _recorded(self.home) == self.pid:
+            (self.home / PID_NAME).unlink(missing_ok=True)
         if self.stale and not self.stopping:
             self.log("dvcflow's code or packages changed: starting afresh")
             os.execv(sys.executable, [sys.executable, "-m", "dvcflow.warm", *sys.argv[1:]])
