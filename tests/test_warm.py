@@ -8,6 +8,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 from dvcflow import warm
 from dvcflow.runs import PID_TAG
 from tests.conftest import LiveServer
-from tests.helpers import api_post, dvcflow, make_tiny_repo
+from tests.helpers import api_post, base_env, dvcflow, make_tiny_repo
 from tests.test_faults import CRASHED_WITHIN_S, Watched, processes_in, slow_repo, wait_for_file
 
 integration = pytest.mark.integration
@@ -170,6 +172,42 @@ def test_another_import_path_or_prefect_setting_runs_in_the_calling_process(
         for line in refused
     )
     assert warm.ping(live_server.home) == starter  # refusing is no reason to stop
+
+
+@integration
+def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afresh(tmp_path: Path) -> None:
+    """On its own starter (no server needed for `--version`): the session's one is left alone."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**base_env(home), "DVCFLOW_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
+    with (home / warm.LOG_NAME).open("wb") as log:
+        starter = subprocess.Popen(
+            [sys.executable, "-m", "dvcflow.warm", str(home), str(os.getpid())],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_file(warm.socket_path(home), timeout=30)  # bound at start-up, before its imports
+        assert warm.ping(home) == starter.pid
+        assert dvcflow("--version", cwd=tmp_path, env=env).returncode == 0
+        assert "serving ['--version']" in (home / warm.LOG_NAME).read_text()
+        probe = Path(warm.__file__).with_name("_warm_test_probe.py")
+        try:
+            probe.write_text("# written by tests/test_warm.py; delete me\n")
+            changed = dvcflow("--version", cwd=tmp_path, env=env)
+        finally:
+            probe.unlink()
+        assert (changed.returncode, changed.stdout) == (0, f"dvcflow {warm_version()}\n")
+        assert any("changed since this starter imported them" in line for line in refusals(home))
+        deadline = time.monotonic() + 60
+        while "starting afresh" not in (home / warm.LOG_NAME).read_text():
+            assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
+            time.sleep(0.05)
+    finally:
+        starter.terminate()
+        assert starter.wait(timeout=60) == 0
 
 
 def warm_version() -> str:

@@ -355,6 +355,14 @@ class _Starter:
         self.listener = self._listen()
         self.server = self._watch(server_pid)
         (home / PID_NAME).write_text(f"{self.pid}\n")
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # while importing: no one to wait for
+            signal.signal(number, self._stop_now)
+
+    def _stop_now(self, _signum: int, _frame: object) -> None:
+        self._unlisten()
+        if _recorded(self.home) == self.pid:
+            (self.home / PID_NAME).unlink(missing_ok=True)
+        os._exit(0)
 
     def _only_one(self) -> int:
         """One starter per home: a second one (two `server start`s at once) exits at once."""
@@ -413,7 +421,8 @@ class _Starter:
     def _unlisten(self) -> None:
         if self.listener.fileno() < 0:
             return
-        self.selector.unregister(self.listener)
+        with contextlib.suppress(KeyError):  # not registered while importing
+            self.selector.unregister(self.listener)
         self.listener.close()
         path = socket_path(self.home)
         try:
