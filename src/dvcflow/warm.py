@@ -278,10 +278,6 @@ def _recorded(home: Path) -> int | None:
     return pid if b"dvcflow.warm" in cmdline else None
 
 
-def running(home: Path) -> int | None:
-    return _recorded(home)
-
-
 def launch(config: ServerConfig, server_pid: int) -> None:
     """Start the warm starter for the server `server_pid` unless one runs; does not wait for it."""
     import subprocess
@@ -564,8 +560,8 @@ class _Starter:
             return
         child = os.fork()
         if child == 0:
-            self._become(request, fds, connection)  # raises SystemExit when the command ends
-            os._exit(70)  # unreachable
+            self._become(request, fds, connection)  # ends this process with the command's exit status
+            os._exit(70)  # not reached
         for fd in fds:
             os.close(fd)
         with contextlib.suppress(ProcessLookupError, PermissionError):
