@@ -205,6 +205,8 @@ def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afre
         while "starting afresh" not in (home / warm.LOG_NAME).read_text():
             assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
             time.sleep(0.05)
+        wait_for_file(warm.socket_path(home), timeout=30)  # the same process, its new image listening
+        assert warm.ping(home) == starter.pid
     finally:
         starter.terminate()
         assert starter.wait(timeout=60) == 0
