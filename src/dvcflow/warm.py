@@ -260,14 +260,20 @@ def exit_like(code: int) -> None:
 
 
 def ping(home: Path, timeout: float = 60.0) -> int | None:
-    """The pid of the starter serving `home` once it is ready (it answers after its imports); None
-    when there is none."""
+    """The pid of the starter serving `home` once it is ready (it answers after its imports), waiting up
+    to `timeout` s for one just launched to listen; None when there is none (for tests and benchmarks)."""
     import json
     import socket
+    import time
 
+    deadline = time.monotonic() + timeout
+    while not socket_path(home).exists():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
-            connection.settimeout(timeout)
+            connection.settimeout(max(0.1, deadline - time.monotonic()))
             connection.connect(str(socket_path(home)))
             connection.send(json.dumps({"protocol": PROTOCOL, "ping": True}).encode())
             reply = json.loads(connection.recv(MAX_MESSAGE) or b"{}")
