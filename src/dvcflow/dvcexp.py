@@ -12,10 +12,11 @@ repository's `refs/exps`, where `dvc exp show` finds it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,8 @@ def save_experiment(workspace: Path, name: str, on_line: Callable[[str], None]) 
 
     A process of its own (DVC's experiments code works from the current directory), in a session of
     its own so that a Ctrl-C on the terminal cannot stop it halfway: an experiment is saved whole or
-    not at all. One at a time: every save writes the same `refs/exps/exec/*` refs.
+    not at all. One at a time, across processes too (trials on Dask workers): every save writes the
+    same `refs/exps/exec/*` refs.
     """
     top = Path(_git(workspace, "rev-parse", "--show-toplevel").decode().strip())
     untracked = [
@@ -259,7 +261,7 @@ def save_experiment(workspace: Path, name: str, on_line: Callable[[str], None]) 
         if raw and (top / raw.decode()).is_relative_to(workspace)
     ]
     args = ["exp", "save", "--name", name, *(f"--include-untracked={path}" for path in untracked)]
-    with _DVC_LOCK:
+    with _DVC_LOCK, _saving(top):
         result = subprocess.run(
             dvcrepo.dvc_command(*args),
             cwd=workspace,
@@ -277,6 +279,18 @@ def save_experiment(workspace: Path, name: str, on_line: Callable[[str], None]) 
     if result.returncode != 0:
         raise dvcrepo.failure(dvcrepo.CommandResult(tuple(args[:4]), result.returncode, tuple(lines[-15:])))
     return _git(top, "rev-parse", f"refs/exps/{_baseline_path(top)}/{name}").decode().strip()
+
+
+@contextlib.contextmanager
+def _saving(top: Path) -> Iterator[None]:
+    """An flock in git's common folder (shared by all worktrees), held while one experiment is saved."""
+    common = Path(_git(top, "rev-parse", "--git-common-dir").decode().strip())
+    with open(top / common / "dvcflow-exp-save.lock", "a") as handle:  # `top /`: git may answer relative
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _baseline_path(top: Path) -> str:
