@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
 from tests.helpers import api_post, base_env, dvcflow, free_port, git, make_pipeline_repo
-from tests.test_sweep import experiments, tree_digest, worktrees
+from tests.test_sweep import experiments, make_third_party_repo, tree_digest, worktrees
 
 
 def tasks_done_by(address: str) -> dict[str, int]:
@@ -36,21 +36,23 @@ def tasks_done_by(address: str) -> dict[str, int]:
 def test_trials_run_on_a_dask_cluster_as_child_flow_runs_and_become_experiments(
     tmp_path: Path, client_env: dict[str, str], dask_scheduler: str
 ) -> None:
-    repo = make_pipeline_repo(tmp_path / "repo", client_env)
+    repo = make_third_party_repo(tmp_path / "repo", client_env)  # small stages: this is about where they run
     before = tree_digest(repo)
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = {**client_env, "TMPDIR": str(scratch)}
 
     result = dvcflow(
-        "sweep", "-S", "train.C=0.1,10", "--dask-address", dask_scheduler, "--json",
+        "sweep", "-S", "conf/hp.yaml:scale=1,2", "--dask-address", dask_scheduler, "--json",
         cwd=repo, env=env, timeout=600,
     )  # fmt: skip
 
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     trials = report["trials"]
-    assert [(t["train.C"], t["state"]) for t in trials] == [("0.1", "Completed"), ("10", "Completed")]
+    assert [(t["conf/hp.yaml:scale"], t["total"], t["state"]) for t in trials] == [
+        ("1", 4, "Completed"), ("2", 7, "Completed"),
+    ]  # fmt: skip
     assert tasks_done_by(dask_scheduler) == {"trial_task": 2}  # both ran on the cluster's workers
     # each trial is a child flow run of the sweep's flow run
     parent = re.search(r"/runs/flow-run/([0-9a-f-]{36})", report["ui_link"])
@@ -67,9 +69,8 @@ def test_trials_run_on_a_dask_cluster_as_child_flow_runs_and_become_experiments(
     assert set(saved) == {trial["name"] for trial in trials}
     for trial in trials:
         data = saved[trial["name"]]
-        assert str(data["params"]["params.yaml"]["data"]["train"]["C"]) == trial["train.C"]  # type: ignore[index]
-        metrics = data["metrics"]["reports/metrics.json"]["data"]  # type: ignore[index]
-        assert metrics == {"accuracy": trial["accuracy"], "f1_macro": trial["f1_macro"]}
+        assert str(data["params"]["conf/hp.yaml"]["data"]["scale"]) == trial["conf/hp.yaml:scale"]  # type: ignore[index]
+        assert data["metrics"]["summary.json"]["data"] == {"total": trial["total"]}  # type: ignore[index]
     # the workers removed their workspaces; the user's workspace is untouched
     assert len(worktrees(repo)) == 1
     assert list(scratch.iterdir()) == []
