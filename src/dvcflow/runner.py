@@ -408,6 +408,7 @@ def run_sweep(
         baseline,
         trials,
         scratch,
+        dvcexp.cache_dir(root),
         save=save,
         per_stage=per_stage,
         metric=metric,

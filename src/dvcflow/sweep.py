@@ -45,6 +45,7 @@ class TrialJob:
     root: Path  # the user's repository
     baseline: str  # the commit the trial starts from
     scratch: Path  # the sweep's folder for trial workspaces
+    cache: Path  # the repository's DVC cache, shared by the trials
     spec: TrialSpec
     name: str  # the trial's flow run name, and its experiment's name when saved
     save: bool
@@ -99,6 +100,7 @@ class SweepSession:
         baseline: str,
         trials: tuple[TrialSpec, ...],
         scratch: Path,
+        cache: Path,
         *,
         save: bool,
         per_stage: bool,
@@ -107,6 +109,7 @@ class SweepSession:
         on_progress: Callable[[SweepProgress], None] = lambda _: None,
     ) -> None:
         self.root, self.baseline, self.trials, self.scratch = root, baseline, trials, scratch
+        self.cache = cache
         self.save, self.per_stage = save, per_stage
         self.metric, self.maximize = metric, maximize
         self.varying = varying_params(trials)
@@ -119,7 +122,9 @@ class SweepSession:
     def job(self, index: int) -> TrialJob:
         spec = self.trials[index - 1]
         name = f"{self.run_name}-{index}"
-        return TrialJob(self.root, self.baseline, self.scratch, spec, name, self.save, self.per_stage)
+        return TrialJob(
+            self.root, self.baseline, self.scratch, self.cache, spec, name, self.save, self.per_stage
+        )
 
     def interrupt(self) -> None:
         """Ctrl-C: trials not yet saved stop (see `TrialJob.cancelled`)."""

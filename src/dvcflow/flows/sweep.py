@@ -25,7 +25,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from dvcflow import dvcexp, dvcrepo
 from dvcflow.errors import PipelineError
 from dvcflow.flows.repro import dvc_repro_task, take_visited
-from dvcflow.metrics import Scalar, artifact_key, read_metrics
+from dvcflow.metrics import MetricsSnapshot, Scalar, artifact_key
 from dvcflow.sweep import (
     CANCELLED,
     COMPLETED,
@@ -52,7 +52,7 @@ class TrialCancelled(Exception):
 def workspace_task(trial: TrialJob) -> dvcexp.Workspace:
     """A worktree of the baseline with the workspace's changes and this trial's params."""
     folder = trial.scratch / f"trial-{trial.spec.index}"
-    workspace = dvcexp.create_workspace(trial.root, folder, trial.baseline)
+    workspace = dvcexp.create_workspace(trial.root, folder, trial.baseline, trial.cache)
     dvcexp.apply_params(workspace.root, trial.spec.overrides)
     logger = get_run_logger()
     logger.info("Workspace: %s", workspace.root)
@@ -60,13 +60,13 @@ def workspace_task(trial: TrialJob) -> dvcexp.Workspace:
     return workspace
 
 
-def reproduce_trial(workspace: Path, *, per_stage: bool) -> None:
-    """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow."""
+def reproduce_trial(workspace: Path, *, per_stage: bool) -> MetricsSnapshot | None:
+    """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow. Returns the
+    metrics when the `dvc repro` process could read them (it has DVC loaded already)."""
     if not per_stage:
-        repro = dvc_repro_task.with_options(retries=0)(workspace, return_state=True)
+        repro = dvc_repro_task.with_options(retries=0)(workspace, with_metrics=True, return_state=True)
         take_visited(repro.state_details.task_run_id)  # only run-a reports them; not kept for nobody
-        repro.result()  # raises the task's error
-        return
+        return repro.result()  # raises the task's error
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
     jobs = max(1, (os.cpu_count() or 1) // 2)
@@ -75,11 +75,13 @@ def reproduce_trial(workspace: Path, *, per_stage: bool) -> None:
     )
     if not state.is_completed():
         raise PipelineError(state.message or "the per-stage flow did not complete")
+    return None
 
 
 @task(name="metrics", cache_policy=NO_CACHE)
-def trial_metrics_task(workspace: Path) -> dict[str, Scalar]:
-    snapshot = read_metrics(workspace)
+def trial_metrics_task(workspace: Path, shown: MetricsSnapshot | None = None) -> dict[str, Scalar]:
+    """The trial's metrics: as its `dvc repro` process read them, or read here."""
+    snapshot = shown if shown is not None else dvcexp.read_trial_metrics(workspace)
     get_run_logger().info("Metrics: %s", snapshot.to_json())
     return snapshot.flat()
 
@@ -89,7 +91,7 @@ def save_task(workspace: Path, name: str) -> str:
     """`dvc exp save -n NAME`: the trial becomes an experiment under the repository's HEAD."""
     logger = get_run_logger()
     logger.info("Running: dvc exp save --name %s", name)
-    rev = dvcexp.save_experiment(workspace, name, on_line=logger.info)
+    rev = dvcexp.save_experiment(workspace, name)
     logger.info("Saved experiment %s (%s)", name, rev[:7])
     return rev
 
@@ -100,8 +102,8 @@ def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] 
     workspace: dvcexp.Workspace | None = None
     try:
         workspace = workspace_task(trial)
-        reproduce_trial(workspace.root, per_stage=trial.per_stage)
-        metrics = trial_metrics_task(workspace.root)
+        shown = reproduce_trial(workspace.root, per_stage=trial.per_stage)
+        metrics = trial_metrics_task(workspace.root, shown)
         if trial.cancelled:
             raise TrialCancelled
         rev = save_task(workspace.root, trial.name) if trial.save else None
