@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +28,7 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from bench.timing import run_command  # noqa: E402
 from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
@@ -41,19 +40,8 @@ TARGET = 0.8
 CPU_SECONDS: list[float] = []  # user+sys of each command's process tree (not the Prefect server's)
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start, cpu = time.perf_counter(), _children_cpu()
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-    seconds = time.perf_counter() - start
-    CPU_SECONDS.append(_children_cpu() - cpu)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return seconds, result
+    return run_command(args, cwd, env, timeout=1200, cpu=CPU_SECONDS)
 
 
 def _sweep(repo: Path, env: dict[str, str]) -> tuple[float, dict[str, object]]:
