@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
+from dvcflow.sweep import CANCEL_MARK, TrialJob, TrialSpec, mark_cancelled
 from tests.helpers import api_post, base_env, dvcflow, free_port, git, make_pipeline_repo
 from tests.test_sweep import experiments, make_third_party_repo, tree_digest, worktrees
 
@@ -93,3 +94,17 @@ def test_an_unreachable_dask_address_is_one_line_before_any_trial(tmp_path: Path
     assert len(lines) == 1 and lines[0].startswith(f"Error: no Dask scheduler answers at {address} ("), lines
     assert git(repo, "for-each-ref", "refs/exps") == ""
     assert time.monotonic() - started < 10
+
+
+def test_a_trial_learns_of_ctrl_c_from_its_scratch_folder_wherever_it_runs(tmp_path: Path) -> None:
+    """The cancel flag must reach a trial in another process: a mark in the folder, or the folder gone."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    job = TrialJob(tmp_path, "0" * 40, scratch, tmp_path / "cache", TrialSpec(1, ()), "t-1", True, False)
+    assert not job.cancelled
+    mark_cancelled(scratch)
+    assert job.cancelled
+    (scratch / CANCEL_MARK).unlink()
+    scratch.rmdir()
+    assert job.cancelled
+    mark_cancelled(scratch)  # the folder is gone: nothing to mark, no error
