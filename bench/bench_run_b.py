@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
@@ -30,20 +29,12 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
+from bench.timing import run_command as _run  # noqa: E402
 from tests.helpers import base_env, free_port, make_chain_repo  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 UP_TO_DATE = "Data and pipelines are up to date."
 CHAIN = 50
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return seconds, result
 
 
 def _run_b_cached(result: subprocess.CompletedProcess[str]) -> bool:

@@ -3,6 +3,8 @@ and fresh git+DVC repositories per test."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,3 +60,32 @@ def client_env(live_server: LiveServer) -> dict[str, str]:
 def pipeline_repo(tmp_path: Path, client_env: dict[str, str]) -> Path:
     """A committed git+DVC copy of the demo pipeline with its raw data in place."""
     return make_pipeline_repo(tmp_path / "repo", client_env)
+
+
+@pytest.fixture
+def dask_scheduler(tmp_path: Path, client_env: dict[str, str]) -> Iterator[str]:
+    """A `distributed.LocalCluster` (two threaded workers) in its own process, on a free port."""
+    port = free_port()
+    script = (
+        "import time\n"
+        "from distributed import LocalCluster\n"
+        f"cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, scheduler_port={port},"
+        " dashboard_address=None)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=client_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

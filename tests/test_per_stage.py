@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 # `import dvc` binds DVC's log handlers to the sys.stdout of that moment: import it before any
@@ -126,35 +123,6 @@ def test_failed_branch_stops_the_run_then_keep_going_resumes_and_finishes_the_ot
     assert "join: not run: upstream stage 'branch@1' failed" in resumed.stdout
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"branch@0", "branch@2"}
-
-
-@pytest.fixture
-def dask_scheduler(tmp_path: Path, client_env: dict[str, str]) -> Iterator[str]:
-    """A `distributed.LocalCluster` (two threaded workers) in its own process, on a free port."""
-    port = free_port()
-    script = (
-        "import time\n"
-        "from distributed import LocalCluster\n"
-        f"cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, scheduler_port={port},"
-        " dashboard_address=None)\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=client_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.mark.integration

@@ -12,19 +12,23 @@ repository's `refs/exps`, where `dvc exp show` finds it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dvcflow import dvcrepo
 from dvcflow.errors import ConfigError, PipelineError, UsageError
 
-# DVC in-process objects are not made for several threads at once, and `dvc exp save` writes
-# shared refs (refs/exps/exec/*): one trial at a time talks to DVC in-process.
+if TYPE_CHECKING:
+    from dvcflow.metrics import MetricsSnapshot
+
+# DVC in-process objects are not made for several threads at once, and `dvc exp save` moves into the
+# workspace and writes shared refs (refs/exps/exec/*): one trial at a time talks to DVC in-process.
 _DVC_LOCK = threading.Lock()
 
 
@@ -165,10 +169,20 @@ class Workspace:
     root: Path  # the DVC root inside it, where `dvc repro` runs
 
 
-def create_workspace(root: Path, folder: Path, baseline: str) -> Workspace:
+def cache_dir(root: Path) -> Path:
+    """The repository's DVC cache folder, which every trial workspace shares (read once per sweep)."""
+    main: Any = dvcrepo.open_repo(root)
+    try:
+        return Path(main.cache.local_cache_dir)
+    finally:
+        main.close()
+
+
+def create_workspace(root: Path, folder: Path, baseline: str, cache: Path | None = None) -> Workspace:
     """A detached worktree of `baseline` in `folder`, with the workspace's uncommitted changes, its
-    untracked files, the DVC config pointing at the repository's cache, and DVC-tracked files checked
-    out from that cache (or copied from the workspace when the cache lacks them)."""
+    untracked files, the DVC config pointing at the repository's cache (`cache`, or read here), and
+    DVC-tracked files checked out from that cache (or copied from the workspace when the cache lacks
+    them)."""
     top = Path(_git(root, "rev-parse", "--show-toplevel").decode().strip())
     _git(top, "worktree", "add", "--quiet", "--detach", str(folder), baseline)
     inner = folder / root.relative_to(top)
@@ -183,30 +197,29 @@ def create_workspace(root: Path, folder: Path, baseline: str) -> Workspace:
     local = root / ".dvc" / "config.local"
     if local.is_file():
         shutil.copy2(local, inner / ".dvc" / "config.local")
+    _point_at_cache(inner, cache or cache_dir(root))
     with _DVC_LOCK:
-        _link_cache(root, inner)
+        _check_out(root, inner)
     return Workspace(folder, inner)
 
 
-def _link_cache(root: Path, inner: Path) -> None:
+def _point_at_cache(inner: Path, cache: Path) -> None:
+    """`dvc cache dir --local CACHE` in the trial, written directly: no DVC repository to open for it."""
+    from configobj import ConfigObj  # DVC's own config format and library
+
+    config = ConfigObj(str(inner / ".dvc" / "config.local"))
+    config.setdefault("cache", {})["dir"] = str(cache)
+    config.write()
+
+
+def _check_out(root: Path, inner: Path) -> None:
     import logging
 
     from dvc.exceptions import CheckoutError, DvcException
 
     logging.getLogger("dvc_data").setLevel(logging.ERROR)  # files the cache lacks are copied below
 
-    main: Any = dvcrepo.open_repo(root)
-    try:
-        cache_dir = main.cache.local_cache_dir
-    finally:
-        main.close()
     trial: Any = dvcrepo.open_repo(inner)
-    try:
-        with trial.config.edit("local") as conf:
-            conf["cache"]["dir"] = str(cache_dir)
-    finally:
-        trial.close()
-    trial = dvcrepo.open_repo(inner)  # reopened: the cache is configured when the repo opens
     try:
         with contextlib.suppress(CheckoutError):  # what the cache lacks is copied below
             trial.checkout(allow_missing=True)
@@ -244,39 +257,54 @@ def apply_params(workspace: Path, overrides: Sequence[Override]) -> None:
         apply_overrides(str(workspace / file), texts)
 
 
-def save_experiment(workspace: Path, name: str, on_line: Callable[[str], None]) -> str:
+def save_experiment(workspace: Path, name: str) -> str:
     """`dvc exp save -n NAME` in the trial workspace, untracked outputs (such as metrics files with
     `cache: false`) included as `dvc exp run` includes them; returns the experiment's commit.
 
-    A process of its own (DVC's experiments code works from the current directory), in a session of
-    its own so that a Ctrl-C on the terminal cannot stop it halfway: an experiment is saved whole or
-    not at all. One at a time: every save writes the same `refs/exps/exec/*` refs.
+    DVC's own `Repo.experiments.save`, in this process (a `dvc` process would cost a DVC start-up per
+    trial). DVC's experiments code resolves paths against the working directory, so the process moves
+    into the workspace while it saves (absolute paths everywhere else in a sweep), holding `_DVC_LOCK`
+    like every in-process DVC call of a sweep. It runs in a trial's thread, where a Ctrl-C (delivered
+    to the main thread) cannot stop it halfway: an experiment is saved whole or not at all. One at a
+    time across processes too (trials on Dask workers): every save writes the same `refs/exps/exec/*`.
     """
+    from dvc.exceptions import DvcException
+
     top = Path(_git(workspace, "rev-parse", "--show-toplevel").decode().strip())
     untracked = [
         str((top / raw.decode()).relative_to(workspace))
         for raw in _git(top, "ls-files", "--others", "--exclude-standard", "-z").split(b"\0")
         if raw and (top / raw.decode()).is_relative_to(workspace)
     ]
-    args = ["exp", "save", "--name", name, *(f"--include-untracked={path}" for path in untracked)]
-    with _DVC_LOCK:
-        result = subprocess.run(
-            dvcrepo.dvc_command(*args),
-            cwd=workspace,
-            env=dvcrepo.dvc_environment(),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-            check=False,
-        )
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    for line in lines:
-        on_line(line)
-    if result.returncode != 0:
-        raise dvcrepo.failure(dvcrepo.CommandResult(tuple(args[:4]), result.returncode, tuple(lines[-15:])))
+    with _DVC_LOCK, _saving(top), contextlib.chdir(workspace):
+        repo: Any = dvcrepo.open_repo(workspace)
+        try:
+            repo.experiments.save(name=name, include_untracked=untracked or None)
+        except DvcException as err:
+            raise PipelineError(f"`dvc exp save --name {name}` failed: {err}") from None
+        finally:
+            repo.close()
     return _git(top, "rev-parse", f"refs/exps/{_baseline_path(top)}/{name}").decode().strip()
+
+
+def read_trial_metrics(workspace: Path) -> MetricsSnapshot:
+    """The trial's metrics read in this process, under `_DVC_LOCK` (a save may be in another folder)."""
+    from dvcflow.metrics import read_metrics
+
+    with _DVC_LOCK:
+        return read_metrics(workspace)
+
+
+@contextlib.contextmanager
+def _saving(top: Path) -> Iterator[None]:
+    """An flock in git's common folder (shared by all worktrees), held while one experiment is saved."""
+    common = Path(_git(top, "rev-parse", "--git-common-dir").decode().strip())
+    with open(top / common / "dvcflow-exp-save.lock", "a") as handle:  # `top /`: git may answer relative
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _baseline_path(top: Path) -> str:

@@ -360,12 +360,14 @@ def run_sweep(
     per_stage: bool = False,
     save: bool = True,
     max_trials: int = 100,
+    dask_address: str | None = None,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
     on_progress: Callable[[SweepProgress], None] = lambda _: None,
 ) -> SweepReport:
-    """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once.
+    """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once (default:
+    the CPUs here; on a Dask cluster, every trial, the cluster deciding).
 
     All input is checked before the first flow run; the workspace is never written to.
     """
@@ -389,6 +391,8 @@ def run_sweep(
         )
     if metric is not None:
         _check_metric(root, metric)
+    if dask_address is not None:
+        _check_dask_address(dask_address)
     trials = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
     # Trials' logs interleaved on the terminal say less than the progress bar and the final table (which
     # names each failure): they go to the UI only.
@@ -396,7 +400,7 @@ def run_sweep(
     keep_link = _connect(root, ephemeral, announce)
     from dvcflow.flows.sweep import sweep_flow, trial_runner
 
-    limit = min(jobs or os.cpu_count() or 1, len(trials))
+    limit = min(jobs or (_cpus() if dask_address is None else len(trials)), len(trials))
     dvcexp.prune_workspaces(root)
     scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
     sweep = SweepSession(
@@ -404,6 +408,7 @@ def run_sweep(
         baseline,
         trials,
         scratch,
+        dvcexp.cache_dir(root),
         save=save,
         per_stage=per_stage,
         metric=metric,
@@ -415,7 +420,7 @@ def run_sweep(
             record = _execute_exclusively(
                 root,
                 announce,
-                sweep_flow.with_options(task_runner=trial_runner(limit)),
+                sweep_flow.with_options(task_runner=trial_runner(limit, dask_address)),
                 keep_link,
                 debug,
                 session_id=session_id,
@@ -423,7 +428,7 @@ def run_sweep(
                 jobs=limit,
             )
     except KeyboardInterrupt:  # outside the flow's own handling: stop what runs, then leave
-        sweep.cancel.set()
+        sweep.interrupt()
         dvcrepo.interrupt_commands()
         raise
     finally:

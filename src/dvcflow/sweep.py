@@ -4,12 +4,15 @@ its flow runs.
 Provides:
 - `TrialSpec`, `TrialResult`, `SweepProgress`, `SweepReport`: plain records for the CLI to render.
 - `SweepSession`: the one mutable object of a sweep (results, progress, the Ctrl-C event), found by the
-  flows through `session(id)`, since a Prefect flow parameter must be plain JSON.
+  parent flow through `session(id)`, since a Prefect flow parameter must be plain JSON.
+- `TrialJob`: all a trial needs, as plain data, since it may run in another process (a Dask worker); it
+  learns of a Ctrl-C from a mark in the sweep's scratch folder (`mark_cancelled`).
 - `best_trial` and `table_rows`: the best trial by a metric, and the trial table (CLI and artifact).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import uuid
@@ -23,6 +26,7 @@ from dvcflow.metrics import Scalar
 from dvcflow.runs import FlowRunRecord
 
 COMPLETED, FAILED, CANCELLED, NOT_RUN = "Completed", "Failed", "Cancelled", "NotRun"
+CANCEL_MARK = "cancelled"  # a file in the scratch folder: the sweep was interrupted
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,31 @@ class TrialSpec:
 
     def values(self) -> dict[str, str]:
         return {override.label: override.value for override in self.overrides}
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """One trial to run: plain data, so that a Dask worker (which sees the same paths) can run it."""
+
+    root: Path  # the user's repository
+    baseline: str  # the commit the trial starts from
+    scratch: Path  # the sweep's folder for trial workspaces
+    cache: Path  # the repository's DVC cache, shared by the trials
+    spec: TrialSpec
+    name: str  # the trial's flow run name, and its experiment's name when saved
+    save: bool
+    per_stage: bool
+
+    @property
+    def cancelled(self) -> bool:
+        """The sweep was interrupted: its scratch folder is marked, or already removed."""
+        return (self.scratch / CANCEL_MARK).exists() or not self.scratch.is_dir()
+
+
+def mark_cancelled(scratch: Path) -> None:
+    """Tell every trial of the sweep, in this process or on a worker, that it was interrupted."""
+    with contextlib.suppress(OSError):  # the folder is already gone: that says the same
+        (scratch / CANCEL_MARK).touch()
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,7 @@ class SweepSession:
         baseline: str,
         trials: tuple[TrialSpec, ...],
         scratch: Path,
+        cache: Path,
         *,
         save: bool,
         per_stage: bool,
@@ -79,15 +109,26 @@ class SweepSession:
         on_progress: Callable[[SweepProgress], None] = lambda _: None,
     ) -> None:
         self.root, self.baseline, self.trials, self.scratch = root, baseline, trials, scratch
+        self.cache = cache
         self.save, self.per_stage = save, per_stage
         self.metric, self.maximize = metric, maximize
         self.varying = varying_params(trials)
         self.run_name = "sweep"  # the parent flow run's name, set when it starts; trials are named after it
-        self.cancel = threading.Event()
         self._on_progress = on_progress
         self._lock = threading.Lock()
         self._running: set[int] = set()
         self._results: dict[int, TrialResult] = {}
+
+    def job(self, index: int) -> TrialJob:
+        spec = self.trials[index - 1]
+        name = f"{self.run_name}-{index}"
+        return TrialJob(
+            self.root, self.baseline, self.scratch, self.cache, spec, name, self.save, self.per_stage
+        )
+
+    def interrupt(self) -> None:
+        """Ctrl-C: trials not yet saved stop (see `TrialJob.cancelled`)."""
+        mark_cancelled(self.scratch)
 
     def started(self, index: int) -> None:
         with self._lock:

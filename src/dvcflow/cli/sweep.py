@@ -43,6 +43,15 @@ def sweep(
     max_trials: Annotated[
         int, typer.Option("--max-trials", help="Refuse a grid with more trials than this.")
     ] = DEFAULT_MAX_TRIALS,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(
+            "--dask-address",
+            help="Run the trials on this Dask scheduler (tcp://HOST:PORT); its workers must see the "
+            "repository at the same path.",
+            show_default=False,
+        ),
+    ] = None,
     json: JsonOption = False,
     ephemeral: EphemeralOption = False,
 ) -> None:
@@ -65,6 +74,7 @@ def sweep(
             per_stage=per_stage,
             save=save,
             max_trials=max_trials,
+            dask_address=dask_address,
             ephemeral=ephemeral,
             debug=debug_requested(),
             announce=render.info,

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -25,8 +25,18 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from dvcflow import dvcexp, dvcrepo
 from dvcflow.errors import PipelineError
 from dvcflow.flows.repro import dvc_repro_task, take_visited
-from dvcflow.metrics import Scalar, artifact_key, read_metrics
-from dvcflow.sweep import CANCELLED, COMPLETED, FAILED, TrialResult, pick_best, session, table_rows
+from dvcflow.metrics import MetricsSnapshot, Scalar, artifact_key
+from dvcflow.sweep import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    SweepSession,
+    TrialJob,
+    TrialResult,
+    pick_best,
+    session,
+    table_rows,
+)
 
 SWEEP_FLOW_NAME = "dvcflow sweep"
 TRIAL_FLOW_NAME = "sweep trial"
@@ -39,25 +49,24 @@ class TrialCancelled(Exception):
 
 
 @task(name="workspace", cache_policy=NO_CACHE)
-def workspace_task(session_id: str, index: int) -> dvcexp.Workspace:
+def workspace_task(trial: TrialJob) -> dvcexp.Workspace:
     """A worktree of the baseline with the workspace's changes and this trial's params."""
-    sweep = session(session_id)
-    spec = sweep.trials[index - 1]
-    workspace = dvcexp.create_workspace(sweep.root, sweep.scratch / f"trial-{index}", sweep.baseline)
-    dvcexp.apply_params(workspace.root, spec.overrides)
+    folder = trial.scratch / f"trial-{trial.spec.index}"
+    workspace = dvcexp.create_workspace(trial.root, folder, trial.baseline, trial.cache)
+    dvcexp.apply_params(workspace.root, trial.spec.overrides)
     logger = get_run_logger()
     logger.info("Workspace: %s", workspace.root)
-    logger.info("Params: %s", ", ".join(override.text for override in spec.overrides))
+    logger.info("Params: %s", ", ".join(override.text for override in trial.spec.overrides))
     return workspace
 
 
-def reproduce_trial(workspace: Path, *, per_stage: bool) -> None:
-    """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow."""
+def reproduce_trial(workspace: Path, *, per_stage: bool) -> MetricsSnapshot | None:
+    """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow. Returns the
+    metrics when the `dvc repro` process could read them (it has DVC loaded already)."""
     if not per_stage:
-        repro = dvc_repro_task.with_options(retries=0)(workspace, return_state=True)
+        repro = dvc_repro_task.with_options(retries=0)(workspace, with_metrics=True, return_state=True)
         take_visited(repro.state_details.task_run_id)  # only run-a reports them; not kept for nobody
-        repro.result()  # raises the task's error
-        return
+        return repro.result()  # raises the task's error
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
     jobs = max(1, (os.cpu_count() or 1) // 2)
@@ -66,11 +75,13 @@ def reproduce_trial(workspace: Path, *, per_stage: bool) -> None:
     )
     if not state.is_completed():
         raise PipelineError(state.message or "the per-stage flow did not complete")
+    return None
 
 
 @task(name="metrics", cache_policy=NO_CACHE)
-def trial_metrics_task(workspace: Path) -> dict[str, Scalar]:
-    snapshot = read_metrics(workspace)
+def trial_metrics_task(workspace: Path, shown: MetricsSnapshot | None = None) -> dict[str, Scalar]:
+    """The trial's metrics: as its `dvc repro` process read them, or read here."""
+    snapshot = shown if shown is not None else dvcexp.read_trial_metrics(workspace)
     get_run_logger().info("Metrics: %s", snapshot.to_json())
     return snapshot.flat()
 
@@ -80,66 +91,66 @@ def save_task(workspace: Path, name: str) -> str:
     """`dvc exp save -n NAME`: the trial becomes an experiment under the repository's HEAD."""
     logger = get_run_logger()
     logger.info("Running: dvc exp save --name %s", name)
-    rev = dvcexp.save_experiment(workspace, name, on_line=logger.info)
+    rev = dvcexp.save_experiment(workspace, name)
     logger.info("Saved experiment %s (%s)", name, rev[:7])
     return rev
 
 
-@flow(name=TRIAL_FLOW_NAME)
-def sweep_trial_flow(session_id: str, index: int, params: dict[str, str]) -> dict[str, Any] | State[Any]:
+@flow(name=TRIAL_FLOW_NAME, validate_parameters=False)  # built by the sweep itself
+def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] | State[Any]:
     """One trial of a sweep, in its own workspace; `params` shows its values in the UI."""
-    sweep = session(session_id)
-    name = str(flow_run.name)
     workspace: dvcexp.Workspace | None = None
     try:
-        workspace = workspace_task(session_id, index)
-        reproduce_trial(workspace.root, per_stage=sweep.per_stage)
-        metrics = trial_metrics_task(workspace.root)
-        if sweep.cancel.is_set():
+        workspace = workspace_task(trial)
+        shown = reproduce_trial(workspace.root, per_stage=trial.per_stage)
+        metrics = trial_metrics_task(workspace.root, shown)
+        if trial.cancelled:
             raise TrialCancelled
-        rev = save_task(workspace.root, name) if sweep.save else None
+        rev = save_task(workspace.root, trial.name) if trial.save else None
         return {"metrics": metrics, "experiment": rev}
     except Exception:
-        if sweep.cancel.is_set():
+        if trial.cancelled:
             return Cancelled(message="the sweep was interrupted")
         raise
     finally:
         if workspace is not None:
-            dvcexp.remove_workspace(sweep.root, workspace)
+            dvcexp.remove_workspace(trial.root, workspace)
 
 
 @task(name="trial", cache_policy=NO_CACHE)
-def trial_task(session_id: str, index: int) -> TrialResult:
-    """Runs the trial's child flow run and records how it ended; never fails the parent by itself."""
-    sweep = session(session_id)
-    spec = sweep.trials[index - 1]
-    if sweep.cancel.is_set():
-        result = TrialResult(index, "", spec.values(), CANCELLED, 0.0, message="not started: interrupted")
-        sweep.finished(result)
-        return result
-    sweep.started(index)
+def trial_task(trial: TrialJob) -> TrialResult:
+    """Runs the trial's child flow run (here, or on a Dask worker) and returns how it ended; never
+    fails the parent by itself."""
+    spec = trial.spec
+    if trial.cancelled:
+        return TrialResult(spec.index, "", spec.values(), CANCELLED, 0.0, message="not started: interrupted")
     start = time.monotonic()
-    name = f"{sweep.run_name}-{index}"
-    state = sweep_trial_flow.with_options(flow_run_name=name)(
-        session_id, index, spec.values(), return_state=True
-    )
+    state = sweep_trial_flow.with_options(flow_run_name=trial.name)(trial, spec.values(), return_state=True)
     seconds = time.monotonic() - start
     if state.is_completed():
         value = cast(dict[str, Any], state.result())
-        result = TrialResult(
-            index, name, spec.values(), COMPLETED, seconds, value["metrics"], value["experiment"]
+        return TrialResult(
+            spec.index, trial.name, spec.values(), COMPLETED, seconds, value["metrics"], value["experiment"]
         )
-    else:
-        result = TrialResult(
-            index,
-            name,
-            spec.values(),
-            CANCELLED if state.is_cancelled() else FAILED,
-            seconds,
-            message=state.message,
-        )
-    sweep.finished(result)
-    return result
+    return TrialResult(
+        spec.index,
+        trial.name,
+        spec.values(),
+        CANCELLED if state.is_cancelled() else FAILED,
+        seconds,
+        message=state.message,
+    )
+
+
+def _ended(sweep: SweepSession, index: int, future: PrefectFuture[TrialResult]) -> None:
+    """Record a finished trial task; one that itself failed (e.g. its Dask worker died) is Failed."""
+    future.wait()  # its final state from the runner: the API may not have recorded it yet
+    state = future.state
+    if state.is_completed():
+        sweep.finished(future.result())
+        return
+    spec = sweep.trials[index - 1]
+    sweep.finished(TrialResult(index, "", spec.values(), FAILED, 0.0, message=state.message))
 
 
 def _publish(session_id: str, repo_root: Path) -> None:
@@ -159,30 +170,48 @@ def _publish(session_id: str, repo_root: Path) -> None:
         get_run_logger().warning("Could not publish the sweep table: %s", exc)
 
 
-def trial_runner(jobs: int) -> TaskRunner[Any]:
-    """One thread per trial running at once: each waits on its child flow run."""
+def trial_runner(jobs: int, dask_address: str | None = None) -> TaskRunner[Any]:
+    """One thread per trial running at once (each waits on its child flow run); with `dask_address`,
+    the workers of an existing Dask cluster, as for `run-a --per-stage`."""
+    if dask_address is not None:
+        from dvcflow.flows.per_stage import task_runner
+
+        return task_runner(jobs, dask_address)
     runner: TaskRunner[Any] = ThreadPoolTaskRunner(max_workers=jobs)
     return runner
 
 
 @flow(name=SWEEP_FLOW_NAME)
 def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], jobs: int) -> State[Any]:
-    """Run every trial of the grid (`grid` shows the values in the UI), at most `jobs` at once."""
+    """Run every trial of the grid (`grid` shows the values in the UI), at most `jobs` at once: the
+    next is submitted when one ends, so this process knows which run (on threads or on Dask)."""
     sweep = session(session_id)
     sweep.run_name = str(flow_run.name)
     logger = get_run_logger()
     logger.info("%d trials, %d at once, in %s", len(grid), jobs, sweep.scratch)
-    futures = [
-        trial_task.with_options(task_run_name=f"trial {index}").submit(session_id, index)
-        for index in range(1, len(grid) + 1)
-    ]
+    waiting = list(range(1, len(grid) + 1))
+    running: dict[PrefectFuture[TrialResult], int] = {}
     try:
-        wait(futures)
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                index = waiting.pop(0)
+                sweep.started(index)
+                task = trial_task.with_options(task_run_name=f"trial {index}")
+                running[task.submit(sweep.job(index))] = index
+            done = next(as_completed(list(running)))
+            _ended(sweep, running.pop(done), done)
     except KeyboardInterrupt:
-        sweep.cancel.set()
+        sweep.interrupt()
         stopped = dvcrepo.interrupt_commands()
         logger.warning("Interrupted: stopping %d running DVC command(s)", stopped)
-        wait(futures, timeout=CANCEL_GRACE_S)
+        for index in waiting:
+            spec = sweep.trials[index - 1]
+            sweep.finished(
+                TrialResult(index, "", spec.values(), CANCELLED, 0.0, message="not started: interrupted")
+            )
+        finished, _ = wait(list(running), timeout=CANCEL_GRACE_S)
+        for future in finished:
+            _ended(sweep, running[future], future)
         _publish(session_id, repo_root)
         return Cancelled(message="interrupted (Ctrl-C): running trials cancelled")
     _publish(session_id, repo_root)

@@ -1,0 +1,76 @@
+"""The one way the benchmarks time a command: wall seconds, and the CPU seconds of its process tree."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_command(
+    args: list[str], cwd: Path, env: dict[str, str], *, timeout: float = 600, cpu: list[float] | None = None
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run `args` to the end: its wall seconds and result; the benchmark stops if it fails. With `cpu`,
+    append its user+sys seconds (its whole process tree, not daemons it leaves behind)."""
+    start, cpu_start = time.perf_counter(), _children_cpu()
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - start
+    if cpu is not None:
+        cpu.append(_children_cpu() - cpu_start)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return seconds, result
+
+
+class CpuUnder:
+    """The CPU seconds of every process whose working directory is under `root`, polled every 0.1 s
+    while the block runs: unlike RUSAGE_CHILDREN it counts daemons the command leaves detached (DVC's
+    queue runs its trials in Celery workers that are not our children). Processes that live under
+    0.1 s are missed, on both sides alike."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root.resolve())
+        self._seen: dict[tuple[int, str], float] = {}  # (pid, start time) → last user+sys seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._tick = os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> CpuUnder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._scan()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self._seen.values())
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.1):
+            self._scan()
+
+    def _scan(self) -> None:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                cwd = os.readlink(f"/proc/{entry.name}/cwd")
+                with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone, or not ours to read
+            if cwd == self.root or cwd.startswith(self.root + os.sep):
+                # fields[0] is the state (field 3 of stat): utime, stime are fields 14, 15; start time 22
+                used = (int(fields[11]) + int(fields[12])) / self._tick
+                self._seen[(int(entry.name), fields[19])] = used
