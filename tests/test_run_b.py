@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tests.helpers import PROJECT, base_env, dvc, dvcflow
 pytestmark = pytest.mark.integration
 
 STAGES = ("prepare", "train", "evaluate")
+FINAL_TYPES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 OUTPUTS = (
     "data/processed/train.csv",
     "data/processed/test.csv",
@@ -55,8 +57,9 @@ def run_b(repo: Path, env: dict[str, str], *args: str) -> tuple[dict[str, str], 
     return task_states(result.stdout), result.stderr
 
 
-def api_task_runs(server: LiveServer, stdout: str) -> dict[str, dict[str, Any]]:
-    """The flow run's task runs as the API has them, by task name."""
+def api_task_runs(server: LiveServer, stdout: str, count: int) -> dict[str, dict[str, Any]]:
+    """The flow run's `count` task runs as the API has them, by task name, once it has recorded them
+    all in a final state (it does so from events, after the run's summary is printed)."""
     link = re.search(r"/runs/flow-run/([0-9a-f-]{36})", stdout)
     assert link is not None, stdout
     request = urllib.request.Request(
@@ -64,9 +67,15 @@ def api_task_runs(server: LiveServer, stdout: str) -> dict[str, dict[str, Any]]:
         data=json.dumps({"flow_runs": {"id": {"any_": [link.group(1)]}}}).encode(),
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        runs = json.load(response)
-    return {re.sub(r"-[0-9a-f]{3}$", "", run["name"]): run for run in runs}
+    deadline = time.monotonic() + 20
+    while True:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.load(response)
+        final = [run for run in runs if run["state"] and run["state"]["type"] in FINAL_TYPES]
+        if len(final) == count:
+            return {re.sub(r"-[0-9a-f]{3}$", "", run["name"]): run for run in runs}
+        assert time.monotonic() < deadline, f"the API recorded {len(final)} of {count} task runs"
+        time.sleep(0.2)  # polling the API for records written asynchronously, bounded above
 
 
 @pytest.mark.timeout(600)  # five dvcflow processes and a dvc repro: slow on a loaded 2-CPU machine
@@ -91,7 +100,7 @@ def test_run_b_matches_dvc_then_caches_until_inputs_or_outputs_change(
     logged = re.search(r"Metrics: (\{.*\})", first.stderr)
     assert logged is not None and json.loads(logged.group(1)) == expected
     assert re.search(r"reports/metrics\.json\s+│\s+accuracy", first.stdout)  # the summary's metrics table
-    runs = api_task_runs(live_server, first.stdout)
+    runs = api_task_runs(live_server, first.stdout, len(STAGES) + 1)
     edges = {name: {edge["id"] for edge in runs[name]["task_inputs"].get("wait_for", [])} for name in STAGES}
     assert edges == {
         "prepare": set(),

@@ -5,11 +5,12 @@ Imported only once Prefect's settings are in the environment (see `dvcflow.api`)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,12 +235,12 @@ def _execute(
 
     if not debug:
         hide_console_tracebacks()
-    with temporary_settings(updates=_quiet_heartbeats()), prefect_tags(*tags):
+    with temporary_settings(updates=_quiet_heartbeats()), prefect_tags(*tags), _task_runs_seen():
         state = flow(**parameters, return_state=True)
         flow_run_id: UUID = state.state_details.flow_run_id
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
-            task_runs = _final_task_runs(client, flow_run_id)
+            task_runs = _known_task_runs(flow_run_id) or _final_task_runs(client, flow_run_id)
         ui_link = flow_run_link(flow_run_id) if keep_link else None
     returned = _returned(state)
     freeze_for_exit()
@@ -265,6 +266,58 @@ def _execute(
         metrics=returned.metrics if isinstance(returned, ReproOutcome) else returned,
         stages=returned.stages if isinstance(returned, ReproOutcome) else None,
     )
+
+
+# The engine's own `TaskRun` objects, which it keeps updating (state, attempts, run time) until the final
+# state: what the summary shows, without waiting for the server to record them from events. A flow that
+# knows every task run it submitted declares them (`declare_task_runs`); otherwise the API is read.
+# Only while `execute` runs a flow (not in a long-lived `serve` process, where nothing would read them).
+_seen_task_runs: dict[UUID, Any] = {}
+_declared: dict[UUID, tuple[UUID, ...]] = {}
+_collecting = False
+
+
+def remember_task_run(task_run: Any = None) -> None:
+    """Called by a task as it starts (the current one), and by a cache policy, which also sees cache
+    hits (whose function never runs)."""
+    if not _collecting:
+        return
+    if task_run is None:
+        from prefect.context import TaskRunContext
+
+        context = TaskRunContext.get()
+        if context is None:
+            return
+        task_run = context.task_run
+    _seen_task_runs[task_run.id] = task_run
+
+
+def declare_task_runs(flow_run_id: UUID, task_run_ids: Iterable[UUID]) -> None:
+    """Every task run of the flow run, all finished: the summary may be built from them."""
+    if _collecting:
+        _declared[flow_run_id] = tuple(task_run_ids)
+
+
+@contextlib.contextmanager
+def _task_runs_seen() -> Iterator[None]:
+    """Collect the task runs of the flow `execute` runs, and forget them afterwards."""
+    global _collecting
+    _collecting = True
+    try:
+        yield
+    finally:
+        _collecting = False
+        _seen_task_runs.clear()
+        _declared.clear()
+
+
+def _known_task_runs(flow_run_id: UUID) -> list[Any] | None:
+    """The declared task runs, as `_final_task_runs` orders them, if each was seen in a final state."""
+    ids = _declared.pop(flow_run_id, None)
+    runs = [_seen_task_runs.pop(task_run_id, None) for task_run_id in ids or ()]
+    if ids is None or not all(run is not None and run.state and run.state.is_final() for run in runs):
+        return None
+    return sorted(runs, key=lambda run: run.expected_start_time or run.state.timestamp)
 
 
 def _final_task_runs(client: Any, flow_run_id: UUID, patience: float = 5.0) -> list[Any]:

@@ -48,7 +48,12 @@ class DvcCachePolicy(CachePolicy):
         flow_parameters: dict[str, Any],
         **kwargs: Any,
     ) -> str | None:
-        """Everything the key needs is on the policy; the task's arguments are not hashed."""
+        """Everything the key needs is on the policy; the task's arguments are not hashed.
+
+        Also the one moment a cache hit's task run is seen in this process (its function never runs)."""
+        from dvcflow.runs import remember_task_run
+
+        remember_task_run(task_ctx.task_run)
         return self.key
 
 

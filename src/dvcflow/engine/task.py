@@ -31,6 +31,7 @@ from dvcflow.engine.executor import StageResult, Status, execute
 from dvcflow.engine.graph import PlannedStage
 from dvcflow.engine.plugins import StageFunction
 from dvcflow.engine.scheduler import Action, Outcome
+from dvcflow.runs import remember_task_run
 
 RETRY_DELAY_S = 2
 UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
@@ -70,6 +71,7 @@ def _run_stage(
     function: StageFunction | None = None,
 ) -> StageResult | State[Any]:
     """One stage; its command's output lines go into this task's log."""
+    remember_task_run()
     logger = get_run_logger()
     if action is Action.NOT_RUN:
         logger.warning("Stage '%s' not run: %s", stage, reason)

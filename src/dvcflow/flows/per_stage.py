@@ -10,13 +10,12 @@ Provides:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -26,10 +25,10 @@ from dvcflow.engine.scheduler import run_stages
 from dvcflow.engine.task import NOT_RUN_STATE, UP_TO_DATE_STATE, PrefectLauncher, close_session, open_session
 from dvcflow.flows.repro import metrics_summary_task
 from dvcflow.metrics import MetricsSnapshot
+from dvcflow.runs import declare_task_runs
 from dvcflow.selection import EVERYTHING, Selection
 
 FLOW_NAME = "Prefect runs DVC stages"
-RECORD_TIMEOUT_S = 20.0
 SHOWN_NAMES = 12
 SPARE_THREADS = 4
 
@@ -47,32 +46,6 @@ def publish_dag(stage_plan: Plan, repo_root: Path) -> None:
         get_run_logger().warning("Could not publish the DAG artifact: %s", exc)
 
 
-def _await_records(task_run_ids: list[UUID]) -> None:
-    """Wait until the API shows every task run in its final state.
-
-    The server records task runs from events, a moment after they happen; the run summary reads
-    them back as soon as the flow ends and would otherwise miss stages of a large pipeline.
-    """
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterId
-
-    deadline = time.monotonic() + RECORD_TIMEOUT_S
-    chunks = [task_run_ids[i : i + 200] for i in range(0, len(task_run_ids), 200)]  # API page limit
-    with get_client(sync_client=True) as client:
-        while chunks:
-            chunk = chunks[0]
-            runs = client.read_task_runs(task_run_filter=TaskRunFilter(id=TaskRunFilterId(any_=chunk)))
-            if len(runs) == len(chunk) and all(
-                run.state is not None and run.state.is_final() for run in runs
-            ):
-                chunks.pop(0)
-            elif time.monotonic() > deadline:
-                get_run_logger().warning("The Prefect API has not recorded every task run yet")
-                return
-            else:
-                time.sleep(0.1)
-
-
 def _names(names: list[str]) -> str:
     shown = ", ".join(names[:SHOWN_NAMES])
     return shown + (f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else "")
@@ -81,7 +54,7 @@ def _names(names: list[str]) -> str:
 def finish(
     futures: dict[str, PrefectFuture[Any]], repo_root: Path, *, show_metrics: bool, counts: bool = True
 ) -> MetricsSnapshot | State[Any] | None:
-    """Log what ran, read the metrics unless a stage failed, wait for the API to record the task runs;
+    """Log what ran, read the metrics unless a stage failed, declare the run's task runs (all final);
     a `Failed` state naming the failed and not-run stages, else the metrics."""
     logger = get_run_logger()
     states = {name: future.state for name, future in futures.items()}
@@ -102,11 +75,16 @@ def finish(
             len(not_run),
         )
     metrics = metrics_summary_task.submit(repo_root) if show_metrics and not failed else None
-    _await_records([future.task_run_id for future in futures.values()])  # while the metrics are read
     snapshot: MetricsSnapshot | None = None
+    task_runs = [future.task_run_id for future in futures.values()]
     if metrics is not None:
         snapshot = metrics.result()
-        _await_records([metrics.task_run_id])
+        task_runs.append(metrics.task_run_id)
+    # Every task run is final now: the summary is built from this process's view of them rather than
+    # read back from the server, which records them from events a moment later (`runs.execute`).
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        declare_task_runs(context.flow_run.id, task_runs)
     if failed:
         message = f"{len(failed)} stage(s) failed: {_names(failed)}"
         if not_run:

@@ -22,6 +22,7 @@ from dvcflow.metrics import (
     read_metrics,
     snapshot_of,
 )
+from dvcflow.runs import remember_task_run
 
 FLOW_NAME = "Prefect operates DVC pipeline"
 FAIL_ONCE_MESSAGE = "Intentional one-time failure to demonstrate retries."
@@ -106,6 +107,7 @@ def metrics_summary_task(repo_root: Path, shown: MetricsSnapshot | None = None) 
     table artifact (one key per repository) for the UI and `dvcflow metrics --history`.
 
     `shown`: the metrics as the `dvc repro` process already read them; otherwise DVC reads them here."""
+    remember_task_run()
     snapshot = shown if shown is not None else read_metrics(repo_root)
     logger = get_run_logger()
     logger.info("Metrics: %s", snapshot.to_json())
