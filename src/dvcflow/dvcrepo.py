@@ -565,6 +565,7 @@ class PipelineSession:
         self._lock_order: dict[str, int] = {}  # lock-file key → position in `dvc repro`'s order
         self._lock_keys_at_start: dict[str, list[str]] = {}  # lock file → its stage keys when opened
         self._before_run: dict[str, list[tuple[Any, Any, Any]]] = {}  # stage → (dep/out, hash, meta)
+        self._selected: dict[Selection, tuple[str, ...]] = {}  # `select`'s answers (DVC parses dvc.yaml)
         self._load()
 
     def _load(self) -> None:
@@ -647,17 +648,28 @@ class PipelineSession:
         from dvc.dvcfile import PROJECT_FILE
         from dvc.exceptions import DvcException
 
+        if selection in self._selected:  # the pre-flight asked already (`collect`); the flow asks again
+            return self._selected[selection]
         if selection.everything and not (self.root / PROJECT_FILE).exists():
             names = tuple(self._stages)  # no root dvc.yaml (e.g. only sub/dvc.yaml): every stage
-        else:
-            try:
-                with self._locked():
-                    steps = _collect(self._repo, selection)
-            except DvcException as err:
-                raise PipelineError(f"DVC cannot read the pipeline of {self.root} ({err})") from None
-            names = tuple(dict.fromkeys(_address(stage, self._repo.root_dir) for stage in steps))
+            self._remember_lock_order(names)
+            self._selected[selection] = names
+            return names
+        try:
+            self.collect(selection)
+        except DvcException as err:
+            raise PipelineError(f"DVC cannot read the pipeline of {self.root} ({err})") from None
+        return self._selected[selection]
+
+    def collect(self, selection: Selection) -> list[Any]:
+        """DVC's own stage objects for `selection` (`_collect`: DVC parses dvc.yaml again), their names
+        remembered for `select`. Raises DVC's errors."""
+        with self._locked():
+            steps = _collect(self._repo, selection)
+        names = tuple(dict.fromkeys(_address(stage, self._repo.root_dir) for stage in steps))
         self._remember_lock_order(names)
-        return names
+        self._selected[selection] = names
+        return steps
 
     def _remember_lock_order(self, names: tuple[str, ...]) -> None:
         import yaml
@@ -964,20 +976,23 @@ def selected_stages(root: Path, selection: Selection) -> tuple[str, ...]:
         repo.close()
 
 
-def check_repro_inputs(root: Path, selection: Selection, sync: DataSync) -> tuple[str, ...]:
+def check_repro_inputs(
+    root: Path, selection: Selection, sync: DataSync, session: PipelineSession | None = None
+) -> tuple[str, ...]:
     """Pre-flight of a `dvc repro` run, in one in-process look at the repository: the stages it would
     visit (`selected_stages`), a default remote when `--pull`/`--push` need one, and every `.dvc`-tracked
     source among those stages present, unless DVC may fetch (`--pull`) or skip (`--allow-missing`) it.
 
     Each problem is one line raised before any flow run: `dvc repro` itself would fail on a missing
-    source only after the flow started, the same way on every retry.
+    source only after the flow started, the same way on every retry. With `session`, its repository
+    (which the run then goes on using) is read instead of opening one.
     """
     from dvc.exceptions import DvcException
     from dvc.stage import PipelineStage
 
-    repo: Any = _repo(root)
+    repo: Any = session._repo if session is not None else _repo(root)
     try:
-        stages = _collect(repo, selection)
+        stages = session.collect(selection) if session is not None else _collect(repo, selection)
         remote = repo.config["core"].get("remote")
         if sync.needs_remote and not remote:
             flag = "--push" if sync.push else "--pull"
@@ -996,7 +1011,8 @@ def check_repro_inputs(root: Path, selection: Selection, sync: DataSync) -> tupl
     except DvcException as err:  # an invalid dvc.yaml: bad input, before any flow run
         raise ConfigError(f"DVC cannot read the pipeline of {root} ({err})") from None
     finally:
-        repo.close()
+        if session is None:
+            repo.close()
 
 
 def _missing_source(root: Path, dvc_file: str, path: str, remote: str | None) -> str:

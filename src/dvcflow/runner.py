@@ -34,12 +34,20 @@ def _prepare(
     announce: Callable[[str], None],
     selection: Selection = EVERYTHING,
     sync: DataSync = NO_SYNC,
+    *,
+    keep_session: bool = False,
 ) -> tuple[Path, tuple[str, ...], bool]:
     """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), then
-    connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit."""
+    connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit.
+
+    With `keep_session`, the checks read the repository through the run's DVC session (`open_session`),
+    which the engine flow then goes on using; the caller closes it (`close_session`)."""
+    from dvcflow.engine.executor import open_session
+
     root = dvcrepo.find_repo_root(repo)
     dvcrepo.check_params_files(root)
-    stages = dvcrepo.check_repro_inputs(root, selection, sync)
+    session = open_session(root) if keep_session else None
+    stages = dvcrepo.check_repro_inputs(root, selection, sync, session)
     return root, stages, _connect(root, ephemeral, announce)
 
 
@@ -93,10 +101,15 @@ def _execute_exclusively(
     watchdog that marks it Crashed if this process dies (`dvcflow.watchdog`; not with a temporary server,
     which dies too).
     """
+    from dvcflow.engine.executor import close_session
     from dvcflow.runs import crash_orphaned_runs, execute, run_tags
     from dvcflow.watchdog import watching
 
-    with exclusive_run(root, on_wait=announce):
+    def on_wait(message: str) -> None:
+        close_session(root)  # the other run changes the repository: the flow must read it afresh
+        announce(message)
+
+    with exclusive_run(root, on_wait=on_wait):
         # A run of this repository left Running by a process of this host that is gone (one that died
         # before its watchdog could act, e.g. with the machine): say so instead of leaving it Running.
         orphans = crash_orphaned_runs(root)
@@ -166,6 +179,7 @@ def check_stage_inputs(
     declares it, so that DVC agrees with the result; values from anywhere else could not be honoured.
     Also refused: params the stages read that the files lack, and source data that is missing.
     """
+    from dvcflow.engine.executor import open_session
     from dvcflow.errors import ConfigError
 
     default = root / dvcrepo.DEFAULT_PARAMS_FILE
@@ -175,23 +189,23 @@ def check_stage_inputs(
         resolved = (params_path if params_path.is_absolute() else root / params_path).resolve()
         if not resolved.is_file():
             raise ConfigError(f"{root / params_path}: params file not found")
-    with dvcrepo.PipelineSession(root) as session:
-        read = session.params_paths()
-        if params_path is not None and resolved not in read:
-            shown = ", ".join(sorted(path.relative_to(root).as_posix() for path in read))
-            raise ConfigError(
-                f"{resolved}: no stage of this pipeline reads this params file",
-                hint=f"run-b runs the pipeline as dvc.yaml declares it: edit {shown} instead"
-                if shown
-                else "no stage of this pipeline declares params",
-            )
-        for path, key, stage in session.missing_params():
-            raise ConfigError(f"{path}: missing key '{key}'", hint=f"stage {stage} reads it")
-        for path, stage in session.missing_sources(session.select(selection)):
-            raise ConfigError(
-                f"{path}: not found (stage {stage} needs it)",
-                hint="fetch it with `dvc pull` or `dvc checkout`",
-            )
+    session = open_session(root)  # the run's session: the flow goes on using it; the caller closes it
+    read = session.params_paths()
+    if params_path is not None and resolved not in read:
+        shown = ", ".join(sorted(path.relative_to(root).as_posix() for path in read))
+        raise ConfigError(
+            f"{resolved}: no stage of this pipeline reads this params file",
+            hint=f"run-b runs the pipeline as dvc.yaml declares it: edit {shown} instead"
+            if shown
+            else "no stage of this pipeline declares params",
+        )
+    for path, key, stage in session.missing_params():
+        raise ConfigError(f"{path}: missing key '{key}'", hint=f"stage {stage} reads it")
+    for path, stage in session.missing_sources(session.select(selection)):
+        raise ConfigError(
+            f"{path}: not found (stage {stage} needs it)",
+            hint="fetch it with `dvc pull` or `dvc checkout`",
+        )
     return resolved
 
 
@@ -209,30 +223,35 @@ def run_option_b(
 ) -> FlowRunRecord:
     """Option B on any DVC repository: Prefect owns the stage DAG and its cache decides what runs;
     unchanged stages end Cached, and DVC agrees with the result."""
+    from dvcflow.engine.executor import close_session
+
     _check_counts(jobs, retries)
     root = dvcrepo.find_repo_root(repo)
     dvcrepo.check_params_files(root)
-    resolved = check_stage_inputs(root, params_path, selection)
-    keep_link = _connect(root, ephemeral, announce)
-    with collector_paused():
-        from dvcflow.flows.per_stage import task_runner
-        from dvcflow.flows.stage_dag import stage_dag_flow
+    try:
+        resolved = check_stage_inputs(root, params_path, selection)
+        keep_link = _connect(root, ephemeral, announce)
+        with collector_paused():
+            from dvcflow.flows.per_stage import task_runner
+            from dvcflow.flows.stage_dag import stage_dag_flow
 
-        import_engine()
+            import_engine()
 
-    limit = jobs or _cpus()
-    return _execute_exclusively(
-        root,
-        announce,
-        stage_dag_flow.with_options(task_runner=task_runner(limit, None)),
-        keep_link,
-        debug,
-        params_path=resolved,
-        jobs=limit,
-        keep_going=keep_going,
-        retries=retries,
-        selection=selection,
-    )
+        limit = jobs or _cpus()
+        return _execute_exclusively(
+            root,
+            announce,
+            stage_dag_flow.with_options(task_runner=task_runner(limit, None)),
+            keep_link,
+            debug,
+            params_path=resolved,
+            jobs=limit,
+            keep_going=keep_going,
+            retries=retries,
+            selection=selection,
+        )
+    finally:
+        close_session(root)  # the flow closed it, unless it never ran
 
 
 def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> Plan:
@@ -307,25 +326,31 @@ def run_per_stage(
         raise UsageError(f"{' '.join(sync.flags())} not yet with --per-stage: use run-a without it")
     if dask_address is not None:
         _check_dask_address(dask_address)
-    root, _, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
-    with collector_paused():
-        from dvcflow.flows.per_stage import per_stage_flow, task_runner
+    from dvcflow.engine.executor import close_session
 
-        import_engine()
+    root = dvcrepo.find_repo_root(repo)
+    try:
+        _, _, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
+        with collector_paused():
+            from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
-    limit = jobs or (_cpus() if dask_address is None else 10_000)
-    return _execute_exclusively(
-        root,
-        announce,
-        per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
-        keep_link,
-        debug,
-        jobs=limit,
-        keep_going=keep_going,
-        retries=retries,
-        show_metrics=show_metrics,
-        selection=selection,
-    )
+            import_engine()
+
+        limit = jobs or (_cpus() if dask_address is None else 10_000)
+        return _execute_exclusively(
+            root,
+            announce,
+            per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
+            keep_link,
+            debug,
+            jobs=limit,
+            keep_going=keep_going,
+            retries=retries,
+            show_metrics=show_metrics,
+            selection=selection,
+        )
+    finally:
+        close_session(root)  # the flow closed it, unless it never ran
 
 
 def metrics_view(

@@ -24,6 +24,31 @@ from dvcflow.errors import PipelineError
 
 _CWD_LOCK = threading.Lock()  # in-process functions share the process's working directory
 
+_sessions: dict[Path, PipelineSession] = {}
+_sessions_lock = threading.Lock()
+
+
+def open_session(root: Path) -> PipelineSession:
+    """The run's DVC session for `root` in this process, opened on first use: by the run's pre-flight
+    checks (which the flow then reuses instead of loading DVC's index again), by the flow, or on a Dask
+    worker. Closed by `close_session` when the run ends."""
+    with _sessions_lock:
+        if root not in _sessions:
+            # DVC resolves some paths against the working directory and refuses those outside the
+            # repository: a run started with --repo from elsewhere, or a Dask worker, moves into it.
+            if not Path.cwd().resolve().is_relative_to(root.resolve()):
+                os.chdir(root)
+            _sessions[root] = PipelineSession(root)
+        return _sessions[root]
+
+
+def close_session(root: Path) -> None:
+    """Forget `root`'s session (the next `open_session` reads the repository afresh); idempotent."""
+    with _sessions_lock:
+        session = _sessions.pop(root, None)
+    if session is not None:
+        session.close()
+
 
 class Status(StrEnum):
     RAN = "ran"

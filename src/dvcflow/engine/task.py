@@ -9,9 +9,7 @@ run's graph shows the data. `PrefectLauncher` is the scheduler's `StageLauncher`
 
 from __future__ import annotations
 
-import os
 import queue
-import threading
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
@@ -27,7 +25,7 @@ from prefect.states import Cancelled, Completed
 from prefect.tasks import MaterializingTask
 
 from dvcflow.dvcrepo import PipelineSession
-from dvcflow.engine.executor import StageResult, Status, execute
+from dvcflow.engine.executor import StageResult, Status, execute, open_session
 from dvcflow.engine.graph import PlannedStage
 from dvcflow.engine.plugins import StageFunction
 from dvcflow.engine.scheduler import Action, Outcome
@@ -37,28 +35,6 @@ RETRY_DELAY_S = 2
 UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
 NOT_RUN_STATE = "NotRun"  # a Cancelled state: an upstream stage failed, or the run stopped first
 PLACEHOLDER_ASSET = "file:///dev/null"  # replaced per stage by `with_options(assets=...)`
-
-_sessions: dict[Path, PipelineSession] = {}
-_sessions_lock = threading.Lock()
-
-
-def open_session(root: Path) -> PipelineSession:
-    """The run's DVC session for `root` in this process (opened on first use, e.g. on a Dask worker)."""
-    with _sessions_lock:
-        if root not in _sessions:
-            # DVC resolves some paths against the working directory and refuses those outside the
-            # repository: a run started with --repo from elsewhere, or a Dask worker, moves into it.
-            if not Path.cwd().resolve().is_relative_to(root.resolve()):
-                os.chdir(root)
-            _sessions[root] = PipelineSession(root)
-        return _sessions[root]
-
-
-def close_session(root: Path) -> None:
-    with _sessions_lock:
-        session = _sessions.pop(root, None)
-    if session is not None:
-        session.close()
 
 
 def _run_stage(

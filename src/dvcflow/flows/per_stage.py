@@ -20,9 +20,10 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.graph import Plan, plan
 from dvcflow.engine.scheduler import run_stages
-from dvcflow.engine.task import NOT_RUN_STATE, UP_TO_DATE_STATE, PrefectLauncher, close_session, open_session
+from dvcflow.engine.task import NOT_RUN_STATE, UP_TO_DATE_STATE, PrefectLauncher
 from dvcflow.flows.repro import metrics_summary_task
 from dvcflow.metrics import MetricsSnapshot
 from dvcflow.runs import declare_task_runs

@@ -16,10 +16,11 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.results import ResultStore, get_result_store
 
+from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.graph import PipelineSnapshot, StageKind, plan
 from dvcflow.engine.plugins import load_registry
 from dvcflow.engine.scheduler import run_stages
-from dvcflow.engine.task import PrefectLauncher, close_session, open_session, stage_task
+from dvcflow.engine.task import PrefectLauncher, stage_task
 from dvcflow.flows.per_stage import finish, publish_dag
 from dvcflow.metrics import MetricsSnapshot
 from dvcflow.selection import EVERYTHING, Selection
