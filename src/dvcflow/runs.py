@@ -299,6 +299,17 @@ def declare_task_runs(flow_run_id: UUID, task_run_ids: Iterable[UUID]) -> None:
 
 
 @contextlib.contextmanager
+def untagged_tasks() -> Iterator[None]:
+    """Inside a flow: task runs submitted here do not inherit the flow run's tags (`run_tags`, which
+    only identify flow runs). Prefect asks the API for a concurrency slot for each tag of each task run,
+    a database write that a busy SQLite answers 503 and the client retries after ~2 s."""
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
+
+
+@contextlib.contextmanager
 def _task_runs_seen() -> Iterator[None]:
     """Collect the task runs of the flow `execute` runs, and forget them afterwards."""
     global _collecting

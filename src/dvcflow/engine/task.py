@@ -29,7 +29,7 @@ from dvcflow.engine.executor import StageResult, Status, execute, open_session
 from dvcflow.engine.graph import PlannedStage
 from dvcflow.engine.plugins import StageFunction
 from dvcflow.engine.scheduler import Action, Outcome
-from dvcflow.runs import remember_task_run
+from dvcflow.runs import remember_task_run, untagged_tasks
 
 RETRY_DELAY_S = 2
 UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
@@ -162,17 +162,18 @@ class PrefectLauncher:
 
     def launch(self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...]) -> None:
         task_for_stage = stage_task.with_options(**self._options(stage, action))
-        future = task_for_stage.submit(
-            self.root,
-            stage.name,
-            action,
-            reason,
-            self.by_cache,
-            self.force,
-            self.functions.get(stage.name),
-            wait_for=[allow_failure(self.futures[up]) for up in edges],
-            return_state=False,
-        )
+        with untagged_tasks():
+            future = task_for_stage.submit(
+                self.root,
+                stage.name,
+                action,
+                reason,
+                self.by_cache,
+                self.force,
+                self.functions.get(stage.name),
+                wait_for=[allow_failure(self.futures[up]) for up in edges],
+                return_state=False,
+            )
         self.futures[stage.name] = future
         future.add_done_callback(partial(_report_done, self._finished, stage.name))
 

@@ -26,7 +26,7 @@ from dvcflow.engine.scheduler import run_stages
 from dvcflow.engine.task import NOT_RUN_STATE, UP_TO_DATE_STATE, PrefectLauncher
 from dvcflow.flows.repro import metrics_summary_task
 from dvcflow.metrics import MetricsSnapshot
-from dvcflow.runs import declare_task_runs
+from dvcflow.runs import declare_task_runs, untagged_tasks
 from dvcflow.selection import EVERYTHING, Selection
 
 FLOW_NAME = "Prefect runs DVC stages"
@@ -75,7 +75,8 @@ def finish(
             len(failed),
             len(not_run),
         )
-    metrics = metrics_summary_task.submit(repo_root) if show_metrics and not failed else None
+    with untagged_tasks():
+        metrics = metrics_summary_task.submit(repo_root) if show_metrics and not failed else None
     snapshot: MetricsSnapshot | None = None
     task_runs = [future.task_run_id for future in futures.values()]
     if metrics is not None:

@@ -22,7 +22,7 @@ from dvcflow.metrics import (
     read_metrics,
     snapshot_of,
 )
-from dvcflow.runs import remember_task_run
+from dvcflow.runs import remember_task_run, untagged_tasks
 
 FLOW_NAME = "Prefect operates DVC pipeline"
 FAIL_ONCE_MESSAGE = "Intentional one-time failure to demonstrate retries."
@@ -133,6 +133,18 @@ def dvc_pipeline_flow(
 ) -> ReproOutcome | State[Any]:
     """Operate the DVC pipeline via `dvc repro ARGS`; then, if asked, `dvc push` the outputs (`push`
     names the stages, empty for all) and log the metrics."""
+    with untagged_tasks():
+        return _operate(repo_root, fail_once, show_metrics, repro_args, retries, push)
+
+
+def _operate(
+    repo_root: Path,
+    fail_once: bool,
+    show_metrics: bool,
+    repro_args: tuple[str, ...],
+    retries: int,
+    push: tuple[str, ...] | None,
+) -> ReproOutcome | State[Any]:
     repro = dvc_repro_task.with_options(retries=retries, retry_condition_fn=retry_helps)
     state = repro(
         repo_root, fail_once=fail_once, args=repro_args, with_metrics=show_metrics, return_state=True
