@@ -74,13 +74,14 @@ def main() -> None:
         for args, _ in commands.values():
             _run(args, repo, env)
         samples: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}  # user+sys, the process tree
         load_before = os.getloadavg()
         for round_no in range(options.repeat):
             names = list(commands)
             names = names[round_no % 3 :] + names[: round_no % 3]  # rotate: no command always goes first
             for name in names:
                 args, no_change = commands[name]
-                seconds, result = _run(args, repo, env)
+                seconds, result = _run(args, repo, env, cpu=cpu[name])
                 if not no_change(result):
                     output = f"{result.stdout}\n{result.stderr}"
                     raise SystemExit(f"`{name}` did work on a no-change run:\n{output}")
@@ -93,12 +94,13 @@ def main() -> None:
             shutil.rmtree(workdir, ignore_errors=True)
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
+    cpu_medians = {name: statistics.median(values) for name, values in cpu.items()}
     baseline = medians["dvc repro"]
     print(f"No-change runs, {options.repeat} rounds each, interleaved (load {load_before[0]:.2f}):")
     for name, values in samples.items():
         print(
             f"  {name:<14} median {medians[name]:6.2f}s  min {min(values):6.2f}s  max {max(values):6.2f}s"
-            f"  x{medians[name] / baseline:5.2f} vs dvc repro"
+            f"  x{medians[name] / baseline:5.2f} vs dvc repro  (CPU median {cpu_medians[name]:5.2f}s)"
         )
     ratio = medians["dvcflow run-b"] / medians["dvcflow run-a"]
     met = ratio <= 1.0
@@ -123,6 +125,8 @@ def main() -> None:
                 "versions": {name: metadata.version(name) for name in ("prefect", "dvc", "dvcflow")},
                 "samples_s": samples,
                 "median_s": medians,
+                "cpu_samples_s": cpu,
+                "cpu_median_s": cpu_medians,
                 "ratio_vs_dvc_repro": {name: value / baseline for name, value in medians.items()},
                 "run_b_over_run_a": ratio,
                 "target_met": met,

@@ -551,6 +551,10 @@ def _overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/")
 
 
+KEPT = ("index", "config", "dvcignore")  # `Repo` cached properties a session keeps across DVC's lock
+WORKSPACE_CACHES = ("config", "dvcignore")  # of those, what a stage's command could change
+
+
 class PipelineSession:
     """DVC's repository, opened once for a run; thread-safe (one DVC call at a time)."""
 
@@ -566,6 +570,7 @@ class PipelineSession:
         self._lock_keys_at_start: dict[str, list[str]] = {}  # lock file → its stage keys when opened
         self._before_run: dict[str, list[tuple[Any, Any, Any]]] = {}  # stage → (dep/out, hash, meta)
         self._selected: dict[Selection, tuple[str, ...]] = {}  # `select`'s answers (DVC parses dvc.yaml)
+        self._kept: dict[str, Any] = {}  # DVC's caches carried over its lock's resets (`_locked`)
         self._load()
 
     def _load(self) -> None:
@@ -589,7 +594,12 @@ class PipelineSession:
             self._repo.close()
 
     def _locked(self) -> Any:
-        """The session's mutex and DVC's repository lock, for one DVC call."""
+        """The session's mutex and DVC's repository lock, for one DVC call.
+
+        DVC drops its caches each time its lock is taken (`Repo._reset`), and rebuilding them (the index:
+        dvc.yaml and dvc.lock parsed again; the config; the .dvcignore rules) cost more than the call.
+        The session keeps them: its index is the one its stage objects come from, and which it updates
+        itself; the config and .dvcignore rules are read again after a stage's command ran (`record`)."""
         from contextlib import ExitStack
 
         from dvc.repo import lock_repo
@@ -597,7 +607,12 @@ class PipelineSession:
         stack = ExitStack()
         stack.enter_context(self._mutex)
         stack.enter_context(lock_repo(self._repo))
+        self._repo.__dict__.update(self._kept)
+        stack.callback(self._keep)  # before the lock's release resets them
         return stack
+
+    def _keep(self) -> None:
+        self._kept = {key: self._repo.__dict__[key] for key in KEPT if key in self._repo.__dict__}
 
     def _stage(self, name: str) -> Any:
         try:
@@ -852,6 +867,8 @@ class PipelineSession:
         from dvc.exceptions import DvcException
 
         stage = self._stage(name)
+        with self._mutex:  # the command may have changed what they say: read them again
+            self._kept = {key: value for key, value in self._kept.items() if key not in WORKSPACE_CACHES}
         try:
             with self._locked():
                 self._save_commit_dump(stage)
