@@ -22,7 +22,7 @@ import pytest
 from dvcflow.engine.plugins import StageFunction, command_arguments, load_registry
 from dvcflow.errors import ConfigError
 from tests.conftest import LiveServer
-from tests.helpers import PROJECT, api_post, dvc, dvcflow, make_shaped_repo
+from tests.helpers import PROJECT, api_post, base_env, dvc, dvcflow, make_shaped_repo
 
 STAGES = ("prep", "feature@max", "feature@sum", "shards", "train")
 
@@ -197,3 +197,55 @@ def test_in_process_functions_get_the_commands_arguments(command: str, argv: lis
 def test_commands_that_cannot_run_in_process_are_refused(commands: tuple[str, ...]) -> None:
     with pytest.raises(ConfigError, match="stage 's'"):
         command_arguments("s", commands)
+
+
+def _verdicts(root: Path) -> tuple[dict[str, bool], dict[str, bool]]:
+    """Each stage's `PipelineSession.changed` and DVC's own `Stage.changed`, from a fresh session."""
+    from dvc.repo import lock_repo
+
+    from dvcflow.dvcrepo import PipelineSession
+    from dvcflow.engine.graph import StageKind
+
+    with PipelineSession(root) as session:
+        graph = session.snapshot(with_status=False).graph
+        names = [node.name for node in graph.nodes if node.kind is StageKind.STAGE]
+        ours = {name: session.changed(name) for name in names}
+        with lock_repo(session._repo):
+            theirs = {name: bool(session._stage(name).changed(False, None)) for name in names}
+    return ours, theirs
+
+
+@pytest.mark.integration
+def test_the_sessions_changed_check_agrees_with_dvcs_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run-b asks `PipelineSession.changed` (DVC's checks without its read-write locks) whether a
+    trusted hit must be recorded: it must say what `Stage.changed` says, whatever changed."""
+    env = base_env(tmp_path / "home")
+    repo = make_shaped_repo(tmp_path / "repo", env)
+    assert dvc("repro", cwd=repo, env=env).returncode == 0
+    monkeypatch.chdir(repo)
+    ours, theirs = _verdicts(repo)
+    assert ours == theirs and not any(ours.values())
+
+    scenarios: list[tuple[str, Any]] = [
+        ("a param", lambda: (repo / "params.yaml").write_text("prep:\n  scale: 11\ntrain:\n  epochs: 3\n")),
+        ("a dep", lambda: (repo / "feature.py").write_text((repo / "feature.py").read_text() + "\n")),
+        ("a deleted output", lambda: (repo / "features/max.txt").unlink()),
+        ("a directory output", lambda: (repo / "shards/extra.shard").write_text("1\n")),
+        (
+            "a command",
+            lambda: (repo / "dvc.yaml").write_text(
+                (repo / "dvc.yaml").read_text().replace("python shard.py", "python  shard.py")
+            ),
+        ),
+        ("the DVC cache", lambda: shutil.rmtree(repo / ".dvc/cache")),
+    ]
+    for what, change in scenarios:
+        subprocess.run(["git", "stash", "-q", "-u"], cwd=repo, env=env, check=True)  # start clean
+        subprocess.run(["git", "stash", "drop", "-q"], cwd=repo, env=env, check=False)
+        assert dvc("repro", cwd=repo, env=env).returncode == 0
+        change()
+        ours, theirs = _verdicts(repo)
+        assert ours == theirs, what
+        assert any(ours.values()), what

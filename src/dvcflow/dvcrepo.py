@@ -715,10 +715,21 @@ class PipelineSession:
         )
 
     def changed(self, name: str) -> bool:
-        """DVC's own verdict, now (upstream stages may just have rewritten this one's deps)."""
+        """DVC's own verdict, now (upstream stages may just have rewritten this one's deps).
+
+        `Stage.changed(allow_missing=False)`'s checks, in its order, without the three nested DVC
+        read-write locks it takes: each rewrites `.dvc/tmp/rwlock` twice, ten times the cost of the
+        checks. They guard paths that another DVC process runs a command on with the repository lock
+        released; the checks here hold that repository lock, and only read."""
         stage = self._stage(name)
         with self._locked():
-            return bool(stage.changed(False, self._upstream(stage)))
+            if stage.changed_stage():
+                return True
+            if not stage.frozen and (
+                stage.is_callback or stage.always_changed or any(dep.status() for dep in stage.deps)
+            ):
+                return True
+            return any(out.status() for out in stage.outs)
 
     def fingerprint(self, name: str) -> StageFingerprint:
         """The hashes DVC computes for the stage's deps (directories included) and its params' values;
