@@ -339,12 +339,13 @@ def _repo(root: Path) -> object:
     import logging
 
     os.environ.update(QUIET_ENV)
-    logging.getLogger("dvc").setLevel(logging.ERROR)
     try:
         from dvc.repo import Repo
     except ImportError as err:  # pragma: no cover - dvc is a dependency
         raise PipelineError(f"DVC is not installed in this environment ({err})") from None
     from dvc.exceptions import DvcException
+
+    logging.getLogger("dvc").setLevel(logging.ERROR)  # after the import: importing DVC sets it to INFO
 
     try:
         return Repo(str(root))
@@ -778,6 +779,11 @@ class PipelineSession:
                     )
                 )
         return tuple(records)
+
+    def metrics(self) -> MetricsFiles:
+        """What `metrics_show` reads, through this session's repository (its index already loaded)."""
+        with self._locked():
+            return _metrics_files(self._repo, self.root)
 
     def params_paths(self) -> set[Path]:
         """Every params file a stage reads (resolved paths)."""

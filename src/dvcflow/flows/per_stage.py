@@ -20,12 +20,14 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from dvcflow.dvcrepo import PipelineSession
 from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.graph import Plan, plan
 from dvcflow.engine.scheduler import run_stages
 from dvcflow.engine.task import NOT_RUN_STATE, UP_TO_DATE_STATE, PrefectLauncher
+from dvcflow.errors import PipelineError
 from dvcflow.flows.repro import metrics_summary_task
-from dvcflow.metrics import MetricsSnapshot
+from dvcflow.metrics import MetricsSnapshot, snapshot_of
 from dvcflow.runs import declare_task_runs, untagged_tasks
 from dvcflow.selection import EVERYTHING, Selection
 
@@ -53,10 +55,15 @@ def _names(names: list[str]) -> str:
 
 
 def finish(
-    futures: dict[str, PrefectFuture[Any]], repo_root: Path, *, show_metrics: bool, counts: bool = True
+    futures: dict[str, PrefectFuture[Any]],
+    session: PipelineSession,
+    *,
+    show_metrics: bool,
+    counts: bool = True,
 ) -> MetricsSnapshot | State[Any] | None:
-    """Log what ran, read the metrics unless a stage failed, declare the run's task runs (all final);
-    a `Failed` state naming the failed and not-run stages, else the metrics."""
+    """Log what ran, read the metrics unless a stage failed (through the run's DVC session, whose index
+    is loaded already), declare the run's task runs (all final); a `Failed` state naming the failed and
+    not-run stages, else the metrics."""
     logger = get_run_logger()
     states = {name: future.state for name, future in futures.items()}
     failed = [
@@ -75,8 +82,14 @@ def finish(
             len(failed),
             len(not_run),
         )
-    with untagged_tasks():
-        metrics = metrics_summary_task.submit(repo_root) if show_metrics and not failed else None
+    metrics: PrefectFuture[MetricsSnapshot] | None = None
+    if show_metrics and not failed:
+        try:
+            shown: MetricsSnapshot | None = snapshot_of(session.metrics())
+        except PipelineError:  # the task reads them again, and fails as it always did
+            shown = None
+        with untagged_tasks():
+            metrics = metrics_summary_task.submit(session.root, shown)
     snapshot: MetricsSnapshot | None = None
     task_runs = [future.task_run_id for future in futures.values()]
     if metrics is not None:
@@ -120,9 +133,9 @@ def per_stage_flow(
         publish_dag(stage_plan, repo_root)
         launcher = PrefectLauncher(repo_root, session, retries=retries, force=selection.force)
         run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going)
+        return finish(launcher.futures, session, show_metrics=show_metrics)
     finally:
         close_session(repo_root)
-    return finish(launcher.futures, repo_root, show_metrics=show_metrics)
 
 
 def task_runner(jobs: int, dask_address: str | None) -> TaskRunner[Any]:

@@ -64,6 +64,6 @@ def stage_dag_flow(
             name_runs_after_stages=False,
         )
         run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going)
+        return finish(launcher.futures, session, show_metrics=True, counts=False)
     finally:
         close_session(repo_root)
-    return finish(launcher.futures, repo_root, show_metrics=True, counts=False)
