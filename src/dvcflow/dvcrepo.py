@@ -722,15 +722,8 @@ class PipelineSession:
         read-write locks it takes: each rewrites `.dvc/tmp/rwlock` twice, ten times the cost of the
         checks. They guard paths that another DVC process runs a command on with the repository lock
         released; the checks here hold that repository lock, and only read."""
-        stage = self._stage(name)
         with self._locked():
-            if stage.changed_stage():
-                return True
-            if not stage.frozen and (
-                stage.is_callback or stage.always_changed or any(dep.status() for dep in stage.deps)
-            ):
-                return True
-            return any(out.status() for out in stage.outs)
+            return _changed(self._stage(name))
 
     def fingerprint(self, name: str) -> StageFingerprint:
         """The hashes DVC computes for the stage's deps (directories included) and its params' values;
@@ -839,7 +832,7 @@ class PipelineSession:
 
         stage = self._stage(name)
         with self._locked():
-            if check_changed and not force and not stage.changed(False, self._upstream(stage)):
+            if check_changed and not force and not _changed(stage):
                 return Prepared.UP_TO_DATE
             # What `dvc.lock` says until the stage is recorded: a failed run must not leave the saved
             # deps in memory, or a retry would find the stage up to date.
@@ -966,6 +959,17 @@ class PipelineSession:
             }
             data["stages"] = {key: entries[key] for key in sorted(entries, key=rank.__getitem__)}
         self._repo.scm_context.track_file(lockfile.relpath)
+
+
+def _changed(stage: Any) -> bool:
+    """`Stage.changed(allow_missing=False)` without its locks (see `PipelineSession.changed`)."""
+    if stage.changed_stage():
+        return True
+    if not stage.frozen and (
+        stage.is_callback or stage.always_changed or any(dep.status() for dep in stage.deps)
+    ):
+        return True
+    return any(out.status() for out in stage.outs)
 
 
 def _collect(repo: Any, selection: Selection) -> list[Any]:
