@@ -82,7 +82,7 @@ def test_sync_flags_become_dvc_repro_arguments() -> None:
     [
         (
             ["--pull", "--push", "--per-stage"],
-            "Error: --pull --push not yet with --per-stage: use run-a without it",
+            "Error: --pull not yet with --per-stage: use run-a without it",
         ),
         (["--retries", "-1"], "Error: --retries must be 0 or more, got -1"),
         (["-s"], "Error: -s/--single-item needs a target"),

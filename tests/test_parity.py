@@ -240,6 +240,25 @@ def test_push_then_pull_in_a_fresh_clone_reruns_nothing(
     assert (clone / "join.txt").read_text() == (origin / "join.txt").read_text()
 
 
+def test_run_a_per_stage_pushes_what_the_selected_stages_wrote(
+    pipeline: Path, tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """`--per-stage --push`: the stages run in the engine, then one `dvc push` task uploads the outputs of
+    the selected stages (here `join` and what it depends on), as run-a's does."""
+    env = client_env
+    origin = copy_of(pipeline, tmp_path / "origin")
+    (tmp_path / "store").mkdir()
+    assert dvc("remote", "add", "-d", "store", str(tmp_path / "store"), cwd=origin, env=env).returncode == 0
+    pushed = run_json(["join", "--per-stage", "--push"], origin, env)
+    tasks = pushed["tasks"]
+    assert isinstance(tasks, list)
+    assert (tasks[-1]["name"], tasks[-1]["state"]) == ("dvc push", "Completed")
+    assert {task["state"] for task in tasks[:-1]} <= {"Completed", "UpToDate"}
+    cloud = dvc("status", "--cloud", "--json", "join", "--with-deps", cwd=origin, env=env)
+    assert cloud.returncode == 0 and json.loads(cloud.stdout) == {}, cloud.stdout
+    assert any((tmp_path / "store").rglob("*")), "nothing reached the remote"
+
+
 def test_a_fresh_clone_without_pull(pipeline: Path, tmp_path: Path, client_env: dict[str, str]) -> None:
     """--allow-missing skips stages that only lack their data, as `dvc repro --allow-missing` does; a
     stage whose input is missing fails once, without a retry (none could help)."""

@@ -319,18 +319,19 @@ def run_per_stage(
     """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
     here; on a Dask cluster, as many as it takes)."""
     _check_counts(jobs, retries)
-    if sync != NO_SYNC:
+    fetching = [flag for flag in sync.flags() if flag != "--push"]
+    if fetching:
         from dvcflow.errors import UsageError
 
-        # Not yet: the engine would have to fetch per stage and push after the flow (see README's roadmap).
-        raise UsageError(f"{' '.join(sync.flags())} not yet with --per-stage: use run-a without it")
+        # Not yet: the engine would have to fetch per stage as `dvc repro --pull` does (README's roadmap).
+        raise UsageError(f"{' '.join(fetching)} not yet with --per-stage: use run-a without it")
     if dask_address is not None:
         _check_dask_address(dask_address)
     from dvcflow.engine.executor import close_session
 
     root = dvcrepo.find_repo_root(repo)
     try:
-        _, _, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
+        _, stages, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
         with collector_paused():
             from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
@@ -348,6 +349,7 @@ def run_per_stage(
             retries=retries,
             show_metrics=show_metrics,
             selection=selection,
+            push=(() if selection.everything else stages) if sync.push else None,
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran

@@ -26,7 +26,7 @@ from dvcflow.engine.graph import Plan, plan
 from dvcflow.engine.scheduler import run_stages
 from dvcflow.engine.task import NOT_RUN_STATE, UP_TO_DATE_STATE, PrefectLauncher
 from dvcflow.errors import PipelineError
-from dvcflow.flows.repro import metrics_summary_task
+from dvcflow.flows.repro import dvc_push_task, metrics_summary_task, retry_helps
 from dvcflow.metrics import MetricsSnapshot, snapshot_of
 from dvcflow.runs import declare_task_runs, untagged_tasks
 from dvcflow.selection import EVERYTHING, Selection
@@ -60,10 +60,13 @@ def finish(
     *,
     show_metrics: bool,
     counts: bool = True,
+    push: tuple[str, ...] | None = None,
+    retries: int = 0,
 ) -> MetricsSnapshot | State[Any] | None:
     """Log what ran, read the metrics unless a stage failed (through the run's DVC session, whose index
     is loaded already), declare the run's task runs (all final); a `Failed` state naming the failed and
-    not-run stages, else the metrics."""
+    not-run stages, else the metrics. With `push` (stage names, empty for all), a `dvc push` task
+    uploads their outputs first, as run-a's does, unless a stage failed."""
     logger = get_run_logger()
     states = {name: future.state for name, future in futures.items()}
     failed = [
@@ -82,6 +85,14 @@ def finish(
             len(failed),
             len(not_run),
         )
+    task_runs = [future.task_run_id for future in futures.values()]
+    if push is not None and not failed:
+        with untagged_tasks():
+            pushed = dvc_push_task.with_options(retries=retries, retry_condition_fn=retry_helps).submit(
+                session.root, push
+            )
+        task_runs.append(pushed.task_run_id)
+        pushed.result()  # a failed push fails the flow, as with run-a
     metrics: PrefectFuture[MetricsSnapshot] | None = None
     if show_metrics and not failed:
         try:
@@ -91,7 +102,6 @@ def finish(
         with untagged_tasks():
             metrics = metrics_summary_task.submit(session.root, shown)
     snapshot: MetricsSnapshot | None = None
-    task_runs = [future.task_run_id for future in futures.values()]
     if metrics is not None:
         snapshot = metrics.result()
         task_runs.append(metrics.task_run_id)
@@ -116,8 +126,10 @@ def per_stage_flow(
     retries: int = 1,
     show_metrics: bool = True,
     selection: Selection = EVERYTHING,
+    push: tuple[str, ...] | None = None,
 ) -> MetricsSnapshot | State[Any] | None:
-    """Reproduce the DVC pipeline stage by stage, independent stages in parallel."""
+    """Reproduce the DVC pipeline stage by stage, independent stages in parallel; with `push`, upload
+    the outputs of those stages (all when empty) to the default DVC remote afterwards."""
     logger = get_run_logger()
     session = open_session(repo_root)
     try:
@@ -133,7 +145,7 @@ def per_stage_flow(
         publish_dag(stage_plan, repo_root)
         launcher = PrefectLauncher(repo_root, session, retries=retries, force=selection.force)
         run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going)
-        return finish(launcher.futures, session, show_metrics=show_metrics)
+        return finish(launcher.futures, session, show_metrics=show_metrics, push=push, retries=retries)
     finally:
         close_session(repo_root)
 

@@ -94,6 +94,7 @@ def dvc_repro_task(
 @task(name="dvc push", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
 def dvc_push_task(repo_root: Path, stages: tuple[str, ...] = ()) -> None:
     """Upload the outputs of `stages` (all tracked data when empty) to the default DVC remote."""
+    remember_task_run()
     logger = get_run_logger()
     logger.info("Running: %s", " ".join(["dvc", "push", *stages]))
     result = dvcrepo.push(repo_root, stages, on_line=logger.info)
