@@ -240,7 +240,8 @@ def _execute(
         flow_run_id: UUID = state.state_details.flow_run_id
         with get_client(sync_client=True) as client:
             flow_run = client.read_flow_run(flow_run_id)
-            task_runs = _known_task_runs(flow_run_id) or _final_task_runs(client, flow_run_id)
+            seen = sum(1 for run in _seen_task_runs.values() if run.flow_run_id == flow_run_id)
+            task_runs = _known_task_runs(flow_run_id) or _final_task_runs(client, flow_run_id, seen)
         ui_link = flow_run_link(flow_run_id) if keep_link else None
     returned = _returned(state)
     freeze_for_exit()
@@ -331,11 +332,12 @@ def _known_task_runs(flow_run_id: UUID) -> list[Any] | None:
     return sorted(runs, key=lambda run: run.expected_start_time or run.state.timestamp)
 
 
-def _final_task_runs(client: Any, flow_run_id: UUID, patience: float = 5.0) -> list[Any]:
-    """The flow run's task runs once the API shows each in its final state.
+def _final_task_runs(client: Any, flow_run_id: UUID, at_least: int = 0, patience: float = 5.0) -> list[Any]:
+    """The flow run's task runs once the API shows each in its final state (and at least the `at_least`
+    this process saw run).
 
-    The server records task-run states from events, a moment after they happen; read too early and the
-    summary would show a stage still Running.
+    The server records task runs and their states from events, a moment after they happen; read too
+    early and the summary would show a stage still Running, or miss a task run altogether.
     """
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
@@ -353,7 +355,7 @@ def _final_task_runs(client: Any, flow_run_id: UUID, patience: float = 5.0) -> l
             runs.extend(page)
             if len(page) < PAGE:
                 break
-        if all(run.state is not None and run.state.is_final() for run in runs):
+        if len(runs) >= at_least and all(run.state is not None and run.state.is_final() for run in runs):
             return runs
         if time.monotonic() > deadline:
             return runs

@@ -71,6 +71,7 @@ def dvc_repro_task(
 ) -> MetricsSnapshot | None:
     """Run `dvc repro ARGS` in the repo root, every output line into this task's log; with
     `with_metrics`, return the metrics that DVC process read afterwards (None if it could not)."""
+    remember_task_run()
     if fail_once and task_run.run_count <= 1:
         raise RuntimeError(FAIL_ONCE_MESSAGE)
     logger = get_run_logger()
