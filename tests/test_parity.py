@@ -286,3 +286,94 @@ def test_a_fresh_clone_without_pull(pipeline: Path, tmp_path: Path, client_env: 
     tasks = json.loads(once.stdout)["tasks"]
     assert [(t["name"], t["state"], t["attempts"]) for t in tasks] == [("dvc repro", "Failed", 1)]
     assert "Intentional one-time failure" in tasks[0]["message"]
+
+
+@pytest.fixture(scope="module")
+def pushed_origin(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline reproduced, pushed to a directory remote (`store` beside it) and committed."""
+    root = tmp_path_factory.mktemp("pushed")
+    env = base_env(root)
+    origin = copy_of(pipeline, root / "origin")
+    (root / "store").mkdir()
+    for args in (("remote", "add", "-d", "store", str(root / "store")), ("repro", "-q"), ("push", "-q")):
+        done = dvc(*args, cwd=origin, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    git(origin, "add", "-A", env=env)
+    git(origin, "commit", "-q", "-m", "reproduced and pushed", env=env)
+    return origin
+
+
+def workspace(root: Path) -> dict[str, str]:
+    """Every file outside .git and .dvc, with its text: what a run leaves for the user."""
+    return {
+        path.relative_to(root).as_posix(): path.read_text()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not {".git", ".dvc"} & set(path.relative_to(root).parts)
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "edited", "expected"),
+    [
+        (["--pull"], False, set()),
+        (["--pull"], True, {"fork_left", "join"}),
+        (["--pull", "--allow-missing"], True, {"fork_left", "join"}),
+    ],
+    ids=["pull", "pull-one-input-changed", "pull-allow-missing-one-input-changed"],
+)
+def test_run_a_per_stage_pulls_as_dvc_repro_pull_does(
+    pushed_origin: Path,
+    tmp_path: Path,
+    client_env: dict[str, str],
+    args: list[str],
+    edited: bool,
+    expected: set[str],
+) -> None:
+    """`--per-stage --pull [--allow-missing]` in fresh clones: the stages that run, `dvc.lock` and the
+    workspace equal `dvc repro --pull [--allow-missing]`'s. Unchanged stages are pulled, not rerun; with
+    --allow-missing they are skipped and only what the changed stages read is fetched."""
+    env = client_env
+    clones = [tmp_path / "dvc", tmp_path / "dvcflow"]
+    for clone in clones:
+        git(tmp_path, "clone", "-q", str(pushed_origin), str(clone), env=env)
+        if edited:
+            (clone / "left.cfg").write_text("left, changed in the clone")
+    by_dvc, by_dvcflow = clones
+    reference = dvc("repro", *args, cwd=by_dvc, env=env)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    result = dvcflow("run-a", "--per-stage", *args, "--json", "--no-show-metrics", cwd=by_dvcflow, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    tasks = json.loads(result.stdout)["tasks"]
+    ran = {t["name"] for t in tasks if t["state"] == "Completed" and not t["name"].endswith(".dvc")}
+    assert ran == set(dvc_ran(reference.stdout)) == expected
+    assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
+    assert workspace(by_dvcflow) == workspace(by_dvc)
+    if "--allow-missing" not in args:
+        assert "join.txt" in workspace(by_dvcflow)  # everything restored, not only what ran
+        status = dvc("status", "--json", cwd=by_dvcflow, env=env)
+        assert json.loads(status.stdout) == {}
+
+
+def test_run_a_per_stage_allow_missing_skips_what_only_lacks_data(
+    pipeline: Path, tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """A fresh clone without a remote: `--per-stage --allow-missing chain2` runs nothing, as
+    `dvc repro --allow-missing chain2` does (without the flag, src would run and fail on raw.txt)."""
+    env = client_env
+    clones = [tmp_path / "dvc", tmp_path / "dvcflow"]
+    for clone in clones:
+        git(tmp_path, "clone", "-q", str(pipeline), str(clone), env=env)
+    by_dvc, by_dvcflow = clones
+    reference = dvc("repro", "--allow-missing", "chain2", cwd=by_dvc, env=env)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    result = dvcflow(
+        "run-a", "--per-stage", "--allow-missing", "chain2", "--json", "--no-show-metrics", cwd=by_dvcflow, env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    tasks = json.loads(result.stdout)["tasks"]
+    assert [(t["name"], t["state"]) for t in tasks] == [
+        (name, "UpToDate") for name in ("raw.txt.dvc", "src", "chain1", "chain2")
+    ]
+    assert dvc_ran(reference.stdout) == []
+    assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
+    assert workspace(by_dvcflow) == workspace(by_dvc)

@@ -816,19 +816,28 @@ class PipelineSession:
 
     # Running
 
-    def reproduce_by_dvc(self, name: str, *, force: bool) -> bool:
-        """`.dvc` sources, frozen stages and imports: exactly `dvc repro`'s own step. True if it ran."""
+    def reproduce_by_dvc(
+        self, name: str, *, force: bool, pull: bool = False, allow_missing: bool = False
+    ) -> bool:
+        """`.dvc` sources, frozen stages and imports: exactly `dvc repro`'s own step (with `--pull` and
+        `--allow-missing` as given). True if it ran."""
         stage = self._stage(name)
-        with self._locked():
-            ran = stage.reproduce(upstream=self._upstream(stage), force=force)
+        # DVC pulls by addresses relative to the working directory.
+        moved = contextlib.chdir(self._repo.root_dir) if pull else contextlib.nullcontext()
+        with self._locked(), moved:
+            ran = stage.reproduce(
+                upstream=self._upstream(stage), force=force, pull=pull, allow_missing=allow_missing
+            )
             if ran:
                 self._dump(stage)
         return bool(ran)
 
-    def prepare(self, name: str, *, force: bool, check_changed: bool) -> Prepared:
+    def prepare(self, name: str, *, force: bool, check_changed: bool, pull: bool = False) -> Prepared:
         """What `Stage.reproduce` does before the command: skip if unchanged (with `check_changed`),
-        remove the outputs unless `persist`, then take the run from DVC's run cache if it has it."""
+        remove the outputs unless `persist`, then take the run from DVC's run cache if it has it. With
+        `pull` (`dvc repro --pull`), missing deps and the run cache's outputs come from the remote."""
         from dvc.stage.cache import RunCacheNotFoundError
+        from dvc.stage.run import _pull_missing_deps
 
         stage = self._stage(name)
         with self._locked():
@@ -841,14 +850,51 @@ class PipelineSession:
             ]
             stage.remove_outs(ignore_remove=False, force=False)
             if not force:
+                if pull:
+                    with contextlib.chdir(self._repo.root_dir):
+                        _pull_missing_deps(stage)
                 try:
-                    stage.repo.stage_cache.restore(stage)
+                    stage.repo.stage_cache.restore(stage, pull=pull)
                 except RunCacheNotFoundError:
                     stage.save_deps()
                 else:
                     self._save_commit_dump(stage)
                     return Prepared.RESTORED
         return Prepared.READY
+
+    def missing_data_only(self, name: str) -> bool:
+        """DVC finds the stage changed, but not with `allow_missing` (its upstream stages as they are
+        now): missing data is its only change, what `dvc repro --allow-missing` skips and `--pull`
+        fetches (`Stage.reproduce`)."""
+        stage = self._stage(name)
+        with self._locked():
+            return _changed(stage) and not stage.changed(True, self._upstream(stage))
+
+    def pull_run_cache(self, log: Callable[[str], None]) -> None:
+        """`dvc repro --pull`'s first step: the default remote's run cache into the local one."""
+        from dvc.stage.cache import RunCacheNotSupported
+
+        with self._locked():
+            try:
+                self._repo.stage_cache.pull(None)
+            except RunCacheNotSupported as err:
+                log(f"Failed to pull run cache: {err}")
+
+    def pull_stage(self, name: str, log: Callable[[str], None]) -> bool:
+        """`dvc repro --pull` for a stage whose only change is missing data: `dvc pull` its outputs and
+        check them out. False when DVC cannot check them out (the stage must then run)."""
+        from dvc.exceptions import CheckoutError
+
+        stage = self._stage(name)
+        log(f"Pulling data for {stage}")
+        try:
+            with self._locked(), contextlib.chdir(self._repo.root_dir):
+                self._repo.pull(stage.addressing)
+                stage.checkout()
+        except CheckoutError:
+            log(f"Unable to pull data for {stage}")
+            return False
+        return True
 
     def command_env(self, name: str) -> tuple[list[list[str]], Path, dict[str, str]]:
         """The stage's commands as DVC would start them (its shell, `-c`), its wdir and environment."""

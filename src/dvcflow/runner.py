@@ -319,12 +319,6 @@ def run_per_stage(
     """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
     here; on a Dask cluster, as many as it takes)."""
     _check_counts(jobs, retries)
-    fetching = [flag for flag in sync.flags() if flag != "--push"]
-    if fetching:
-        from dvcflow.errors import UsageError
-
-        # Not yet: the engine would have to fetch per stage as `dvc repro --pull` does (README's roadmap).
-        raise UsageError(f"{' '.join(fetching)} not yet with --per-stage: use run-a without it")
     if dask_address is not None:
         _check_dask_address(dask_address)
     from dvcflow.engine.executor import close_session
@@ -350,6 +344,8 @@ def run_per_stage(
             show_metrics=show_metrics,
             selection=selection,
             push=(() if selection.everything else stages) if sync.push else None,
+            pull=sync.pull,
+            allow_missing=sync.allow_missing,
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran

@@ -55,6 +55,8 @@ class Status(StrEnum):
     RESTORED = "restored"
     """Taken from DVC's run cache: outputs checked out, nothing ran."""
     UP_TO_DATE = "up to date"
+    PULLED = "pulled"
+    """Only its data was missing: fetched from the DVC remote (`--pull`), nothing ran."""
 
 
 @dataclass(frozen=True)
@@ -78,16 +80,26 @@ def execute(
     check_changed: bool,
     function: StageFunction | None = None,
     log: Callable[[str], None],
+    pull: bool = False,
+    allow_missing: bool = False,
 ) -> StageResult:
-    """Run stage `name` if it needs to (see the module doc); `PipelineError` when it fails."""
+    """Run stage `name` if it needs to (see the module doc); `PipelineError` when it fails. `pull` and
+    `allow_missing` are `dvc repro --pull/--allow-missing`: a stage whose only change is missing data is
+    skipped (`allow_missing`) or fetched from the remote (`pull`), as `Stage.reproduce` does."""
     spec = session.spec(name)
     if spec.by_dvc:
-        if session.reproduce_by_dvc(name, force=force):
+        if session.reproduce_by_dvc(name, force=force, pull=pull, allow_missing=allow_missing):
             log(f"Verified and recorded {name}")
             return StageResult(name, Status.RAN, session.recorded_outputs(name))
         log(f"{_quoted(name)} didn't change, skipping")
         return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
-    prepared = session.prepare(name, force=force, check_changed=check_changed)
+    if check_changed and not force and (pull or allow_missing) and session.missing_data_only(name):
+        if allow_missing:
+            log(f"{_quoted(name)} didn't change, skipping")
+            return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
+        if session.pull_stage(name, log):
+            return StageResult(name, Status.PULLED, session.recorded_outputs(name))
+    prepared = session.prepare(name, force=force, check_changed=check_changed, pull=pull)
     if prepared is Prepared.UP_TO_DATE:
         log(f"{_quoted(name)} didn't change, skipping")
         return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))

@@ -45,6 +45,8 @@ def _run_stage(
     by_cache: bool = False,
     force: bool = False,
     function: StageFunction | None = None,
+    pull: bool = False,
+    allow_missing: bool = False,
 ) -> StageResult | State[Any]:
     """One stage; its command's output lines go into this task's log."""
     remember_task_run()
@@ -61,13 +63,22 @@ def _run_stage(
         logger.info("Reproducing %s (%s)", stage, reason)
     session = open_session(repo_root)
     result = execute(
-        session, stage, force=force, check_changed=not by_cache, function=function, log=logger.info
+        session,
+        stage,
+        force=force,
+        check_changed=not by_cache,
+        function=function,
+        log=logger.info,
+        pull=pull,
+        allow_missing=allow_missing,
     )
     _describe_assets(repo_root, result)
     if by_cache:
         return result
     if result.status is Status.UP_TO_DATE:
         return Completed(name=UP_TO_DATE_STATE, message="DVC found it up to date")
+    if result.status is Status.PULLED:  # nothing ran: up to date once its data came from the remote
+        return Completed(name=UP_TO_DATE_STATE, message="pulled its data from the DVC remote")
     return Completed(
         message="restored from DVC's run cache" if result.status is Status.RESTORED else "reproduced"
     )
@@ -122,6 +133,8 @@ class PrefectLauncher:
         store: ResultStore | None = None,
         functions: Mapping[str, StageFunction] | None = None,
         name_runs_after_stages: bool = True,
+        pull: bool = False,
+        allow_missing: bool = False,
     ) -> None:
         self.root = root
         self.session = session
@@ -131,6 +144,8 @@ class PrefectLauncher:
         self.store = store
         self.functions = functions or {}
         self.name_runs_after_stages = name_runs_after_stages
+        self.pull = pull
+        self.allow_missing = allow_missing
         self.futures: dict[str, PrefectFuture[Any]] = {}
         self.keys: dict[str, str] = {}
         self._finished: queue.Queue[str] = queue.Queue()
@@ -171,6 +186,8 @@ class PrefectLauncher:
                 self.by_cache,
                 self.force,
                 self.functions.get(stage.name),
+                self.pull,
+                self.allow_missing,
                 wait_for=[allow_failure(self.futures[up]) for up in edges],
                 return_state=False,
             )

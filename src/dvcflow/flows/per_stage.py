@@ -127,12 +127,18 @@ def per_stage_flow(
     show_metrics: bool = True,
     selection: Selection = EVERYTHING,
     push: tuple[str, ...] | None = None,
+    pull: bool = False,
+    allow_missing: bool = False,
 ) -> MetricsSnapshot | State[Any] | None:
     """Reproduce the DVC pipeline stage by stage, independent stages in parallel; with `push`, upload
-    the outputs of those stages (all when empty) to the default DVC remote afterwards."""
+    the outputs of those stages (all when empty) to the default DVC remote afterwards. `pull` and
+    `allow_missing` as `dvc repro --pull/--allow-missing`: the run cache is pulled first, then each
+    stage whose only change is missing data is fetched (or skipped) when its turn comes."""
     logger = get_run_logger()
     session = open_session(repo_root)
     try:
+        if pull:
+            session.pull_run_cache(logger.warning)
         selected = session.select(selection)
         stage_plan = plan(session.snapshot(), selected, force=selection.force)
         logger.info(
@@ -143,7 +149,14 @@ def per_stage_flow(
             len(stage_plan.up_to_date),
         )
         publish_dag(stage_plan, repo_root)
-        launcher = PrefectLauncher(repo_root, session, retries=retries, force=selection.force)
+        launcher = PrefectLauncher(
+            repo_root,
+            session,
+            retries=retries,
+            force=selection.force,
+            pull=pull,
+            allow_missing=allow_missing,
+        )
         run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going)
         return finish(launcher.futures, session, show_metrics=show_metrics, push=push, retries=retries)
     finally:
