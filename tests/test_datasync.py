@@ -80,14 +80,10 @@ def test_sync_flags_become_dvc_repro_arguments() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (
-            ["--pull", "--push", "--per-stage"],
-            "Error: --pull not yet with --per-stage: use run-a without it",
-        ),
         (["--retries", "-1"], "Error: --retries must be 0 or more, got -1"),
         (["-s"], "Error: -s/--single-item needs a target"),
     ],
-    ids=["per-stage-sync", "negative-retries", "single-item-alone"],
+    ids=["negative-retries", "single-item-alone"],
 )
 def test_refused_before_the_repository_is_read(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["run-a", *args, "--repo", str(tmp_path)])

@@ -346,9 +346,14 @@ def test_run_a_per_stage_pulls_as_dvc_repro_pull_does(
     tasks = json.loads(result.stdout)["tasks"]
     ran = {t["name"] for t in tasks if t["state"] == "Completed" and not t["name"].endswith(".dvc")}
     assert ran == set(dvc_ran(reference.stdout)) == expected
+    pulled = {t["name"] for t in tasks if t["state"] == "Pulled"}
+    assert pulled == set(
+        re.findall(r"^Pulling data for stage: '(.+)'$", reference.stdout, flags=re.MULTILINE)
+    )
     assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
     assert workspace(by_dvcflow) == workspace(by_dvc)
     if "--allow-missing" not in args:
+        assert len(pulled) == 9 - len(expected)  # the source and every stage that did not run
         assert "join.txt" in workspace(by_dvcflow)  # everything restored, not only what ran
         status = dvc("status", "--json", cwd=by_dvcflow, env=env)
         assert json.loads(status.stdout) == {}
@@ -367,7 +372,14 @@ def test_run_a_per_stage_allow_missing_skips_what_only_lacks_data(
     reference = dvc("repro", "--allow-missing", "chain2", cwd=by_dvc, env=env)
     assert reference.returncode == 0, reference.stdout + reference.stderr
     result = dvcflow(
-        "run-a", "--per-stage", "--allow-missing", "chain2", "--json", "--no-show-metrics", cwd=by_dvcflow, env=env
+        "run-a",
+        "--per-stage",
+        "--allow-missing",
+        "chain2",
+        "--json",
+        "--no-show-metrics",
+        cwd=by_dvcflow,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     tasks = json.loads(result.stdout)["tasks"]

@@ -87,18 +87,18 @@ def execute(
     `allow_missing` are `dvc repro --pull/--allow-missing`: a stage whose only change is missing data is
     skipped (`allow_missing`) or fetched from the remote (`pull`), as `Stage.reproduce` does."""
     spec = session.spec(name)
-    if spec.by_dvc:
-        if session.reproduce_by_dvc(name, force=force, pull=pull, allow_missing=allow_missing):
-            log(f"Verified and recorded {name}")
-            return StageResult(name, Status.RAN, session.recorded_outputs(name))
-        log(f"{_quoted(name)} didn't change, skipping")
-        return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
     if check_changed and not force and (pull or allow_missing) and session.missing_data_only(name):
         if allow_missing:
             log(f"{_quoted(name)} didn't change, skipping")
             return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
         if session.pull_stage(name, log):
             return StageResult(name, Status.PULLED, session.recorded_outputs(name))
+    if spec.by_dvc:
+        if session.reproduce_by_dvc(name, force=force, pull=pull, allow_missing=allow_missing):
+            log(f"Verified and recorded {name}")
+            return StageResult(name, Status.RAN, session.recorded_outputs(name))
+        log(f"{_quoted(name)} didn't change, skipping")
+        return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
     prepared = session.prepare(name, force=force, check_changed=check_changed, pull=pull)
     if prepared is Prepared.UP_TO_DATE:
         log(f"{_quoted(name)} didn't change, skipping")

@@ -33,6 +33,7 @@ from dvcflow.runs import remember_task_run, untagged_tasks
 
 RETRY_DELAY_S = 2
 UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
+PULLED_STATE = "Pulled"  # a Completed state: only its data was missing, fetched from the remote (--pull)
 NOT_RUN_STATE = "NotRun"  # a Cancelled state: an upstream stage failed, or the run stopped first
 PLACEHOLDER_ASSET = "file:///dev/null"  # replaced per stage by `with_options(assets=...)`
 
@@ -77,8 +78,8 @@ def _run_stage(
         return result
     if result.status is Status.UP_TO_DATE:
         return Completed(name=UP_TO_DATE_STATE, message="DVC found it up to date")
-    if result.status is Status.PULLED:  # nothing ran: up to date once its data came from the remote
-        return Completed(name=UP_TO_DATE_STATE, message="pulled its data from the DVC remote")
+    if result.status is Status.PULLED:
+        return Completed(name=PULLED_STATE, message="nothing ran: its data came from the DVC remote")
     return Completed(
         message="restored from DVC's run cache" if result.status is Status.RESTORED else "reproduced"
     )

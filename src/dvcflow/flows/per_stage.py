@@ -24,7 +24,7 @@ from dvcflow.dvcrepo import PipelineSession
 from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.graph import Plan, plan
 from dvcflow.engine.scheduler import run_stages
-from dvcflow.engine.task import NOT_RUN_STATE, UP_TO_DATE_STATE, PrefectLauncher
+from dvcflow.engine.task import NOT_RUN_STATE, PULLED_STATE, UP_TO_DATE_STATE, PrefectLauncher
 from dvcflow.errors import PipelineError
 from dvcflow.flows.repro import dvc_push_task, metrics_summary_task, retry_helps
 from dvcflow.metrics import MetricsSnapshot, snapshot_of
@@ -75,12 +75,16 @@ def finish(
     not_run = [name for name, state in states.items() if state.name == NOT_RUN_STATE]
     if counts:
         up_to_date = [name for name, state in states.items() if state.name == UP_TO_DATE_STATE]
+        pulled = [name for name, state in states.items() if state.name == PULLED_STATE]
         ran = [
-            name for name, state in states.items() if state.is_completed() and state.name != UP_TO_DATE_STATE
+            name
+            for name, state in states.items()
+            if state.is_completed() and state.name not in (UP_TO_DATE_STATE, PULLED_STATE)
         ]
         logger.info(
-            "%d ran, %d up to date, %d failed, %d not run",
+            "%d ran, %s%d up to date, %d failed, %d not run",
             len(ran),
+            f"{len(pulled)} pulled from the DVC remote, " if pulled else "",
             len(up_to_date),
             len(failed),
             len(not_run),

@@ -27,6 +27,7 @@ STATE_STYLES = {
     "Cancelled": "yellow",
     "NotReady": "yellow",
     "UpToDate": "cyan",
+    "Pulled": "cyan",
     "NotRun": "yellow",
 }
 
