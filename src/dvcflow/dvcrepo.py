@@ -882,8 +882,9 @@ class PipelineSession:
 
     def pull_stage(self, name: str, log: Callable[[str], None]) -> bool:
         """`dvc repro --pull` for a stage whose only change is missing data: `dvc pull` its outputs and
-        check them out. False when DVC cannot check them out (the stage must then run)."""
-        from dvc.exceptions import CheckoutError
+        check them out. False when DVC cannot check them out (the stage must then run); `PipelineError`
+        when the download fails."""
+        from dvc.exceptions import CheckoutError, DvcException
 
         stage = self._stage(name)
         log(f"Pulling data for {stage}")
@@ -894,6 +895,8 @@ class PipelineSession:
         except CheckoutError:
             log(f"Unable to pull data for {stage}")
             return False
+        except DvcException as err:
+            raise PipelineError(f"stage '{name}': DVC could not pull its data ({err})") from None
         return True
 
     def command_env(self, name: str) -> tuple[list[list[str]], Path, dict[str, str]]:
