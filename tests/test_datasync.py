@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
 from dvcflow.datasync import DataSync, StagesReport
-from dvcflow.dvcrepo import CommandResult, StageLog, failure
+from dvcflow.dvcrepo import CommandResult, Prepared, StageLog, StageSpec, failure
+from dvcflow.engine.executor import Status, execute
 from dvcflow.errors import PipelineError, StageCommandError
 
 REPRO_LOG = """\
@@ -89,3 +90,50 @@ def test_refused_before_the_repository_is_read(tmp_path: Path, args: list[str], 
     result = CliRunner().invoke(app, ["run-a", *args, "--repo", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[0] == message
+
+
+class _MissingDataStage:
+    """The executor's view of a session whose stage `s` only lacks its data (`pull_stage` succeeds or not);
+    `prepare` stands for running it (the run cache has it, so no command starts)."""
+
+    def __init__(self, pullable: bool) -> None:
+        self.pullable = pullable
+        self.calls: list[object] = []
+
+    def spec(self, name: str) -> StageSpec:
+        return StageSpec(name, ("true",), Path("."), (), (), by_dvc=False)
+
+    def missing_data_only(self, name: str) -> bool:
+        return True
+
+    def pull_stage(self, name: str, log: object) -> bool:
+        self.calls.append("pull")
+        return self.pullable
+
+    def recorded_outputs(self, name: str) -> tuple[()]:
+        return ()
+
+    def prepare(self, name: str, *, force: bool, check_changed: bool, pull: bool = False) -> Prepared:
+        self.calls.append(("prepare", pull))
+        return Prepared.RESTORED
+
+
+@pytest.mark.parametrize(
+    ("flags", "pullable", "status", "calls"),
+    [
+        ({"allow_missing": True}, True, Status.UP_TO_DATE, []),  # skipped, nothing fetched
+        ({"allow_missing": True, "pull": True}, True, Status.UP_TO_DATE, []),  # as DVC: skip wins
+        ({"pull": True}, True, Status.PULLED, ["pull"]),
+        ({"pull": True}, False, Status.RESTORED, ["pull", ("prepare", True)]),  # cannot check out: runs
+        ({}, True, Status.RESTORED, [("prepare", False)]),  # no flag: DVC's plain rules
+        ({"pull": True, "force": True}, True, Status.RESTORED, [("prepare", True)]),
+    ],
+    ids=["allow-missing", "both", "pull", "pull-unavailable", "neither", "pull-forced"],
+)
+def test_a_stage_missing_only_its_data_is_skipped_or_pulled_as_stage_reproduce_does(
+    flags: dict[str, bool], pullable: bool, status: Status, calls: list[object]
+) -> None:
+    session = _MissingDataStage(pullable)
+    force = flags.pop("force", False)
+    result = execute(session, "s", force=force, check_changed=True, log=lambda _: None, **flags)  # type: ignore[arg-type]
+    assert (result.status, session.calls) == (status, calls)
