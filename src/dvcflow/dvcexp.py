@@ -15,7 +15,6 @@ import contextlib
 import fcntl
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,6 @@ from dvcflow.errors import ConfigError, PipelineError, UsageError
 
 if TYPE_CHECKING:
     from dvcflow.metrics import MetricsSnapshot
-
-# DVC in-process objects are not made for several threads at once, and `dvc exp save` moves into the
-# workspace and writes shared refs (refs/exps/exec/*): one trial at a time talks to DVC in-process.
-_DVC_LOCK = threading.Lock()
-
 
 @dataclass(frozen=True)
 class Override:
@@ -198,7 +192,7 @@ def create_workspace(root: Path, folder: Path, baseline: str, cache: Path | None
     if local.is_file():
         shutil.copy2(local, inner / ".dvc" / "config.local")
     _point_at_cache(inner, cache or cache_dir(root))
-    with _DVC_LOCK:
+    with dvcrepo.CWD_LOCK:
         _check_out(root, inner)
     return Workspace(folder, inner)
 
@@ -263,10 +257,11 @@ def save_experiment(workspace: Path, name: str) -> str:
 
     DVC's own `Repo.experiments.save`, in this process (a `dvc` process would cost a DVC start-up per
     trial). DVC's experiments code resolves paths against the working directory, so the process moves
-    into the workspace while it saves (absolute paths everywhere else in a sweep), holding `_DVC_LOCK`
-    like every in-process DVC call of a sweep. It runs in a trial's thread, where a Ctrl-C (delivered
-    to the main thread) cannot stop it halfway: an experiment is saved whole or not at all. One at a
-    time across processes too (trials on Dask workers): every save writes the same `refs/exps/exec/*`.
+    into the workspace while it saves (absolute paths everywhere else in a sweep), holding
+    `dvcrepo.CWD_LOCK` like every in-process DVC call of a sweep. It runs in a trial's thread, where a
+    Ctrl-C (delivered to the main thread) cannot stop it halfway: an experiment is saved whole or not at
+    all. One at a time across processes too (trials on Dask workers): every save writes the same
+    `refs/exps/exec/*`.
     """
     from dvc.exceptions import DvcException
 
@@ -276,7 +271,7 @@ def save_experiment(workspace: Path, name: str) -> str:
         for raw in _git(top, "ls-files", "--others", "--exclude-standard", "-z").split(b"\0")
         if raw and (top / raw.decode()).is_relative_to(workspace)
     ]
-    with _DVC_LOCK, _saving(top), contextlib.chdir(workspace):
+    with dvcrepo.in_directory(workspace), _saving(top):
         repo: Any = dvcrepo.open_repo(workspace)
         try:
             repo.experiments.save(name=name, include_untracked=untracked or None)
@@ -288,11 +283,10 @@ def save_experiment(workspace: Path, name: str) -> str:
 
 
 def read_trial_metrics(workspace: Path) -> MetricsSnapshot:
-    """The trial's metrics read in this process, under `_DVC_LOCK` (a save may be in another folder)."""
+    """The trial's metrics read in this process (in the workspace: `dvcrepo.in_repository`)."""
     from dvcflow.metrics import read_metrics
 
-    with _DVC_LOCK:
-        return read_metrics(workspace)
+    return read_metrics(workspace)
 
 
 @contextlib.contextmanager

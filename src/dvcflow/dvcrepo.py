@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -334,6 +334,33 @@ def failure(result: CommandResult) -> PipelineError:
     return kind(f"`dvc {' '.join(result.args)}` failed: {headline}\n{shown}")
 
 
+CWD_LOCK = threading.RLock()
+"""The process's working directory is one for all threads: every code that changes it, or runs DVC code that
+reads it, holds this lock (`in_directory`, `in_repository`) — sessions of sweep trials, in-process stage
+functions, experiment saves."""
+
+
+@contextlib.contextmanager
+def in_directory(path: Path) -> Iterator[None]:
+    """Inside `path` for the block, holding `CWD_LOCK`; the previous directory restored after it."""
+    with CWD_LOCK, contextlib.chdir(path):
+        yield
+
+
+@contextlib.contextmanager
+def in_repository(root: Path) -> Iterator[None]:
+    """Where DVC calls about `root` run, holding `CWD_LOCK`: the working directory if it is inside `root`
+    (DVC shows paths relative to it, as `dvc` run there does), else `root` itself (DVC resolves some paths
+    against the working directory and refuses those outside the repository: a run started with --repo from
+    elsewhere, a sweep trial's workspace, a Dask worker)."""
+    with CWD_LOCK:
+        if Path.cwd().resolve().is_relative_to(root.resolve()):
+            yield
+        else:
+            with contextlib.chdir(root):
+                yield
+
+
 def _repo(root: Path) -> object:
     """An in-process DVC repository; DVC's own log lines stay out of dvcflow's output."""
     import logging
@@ -361,11 +388,12 @@ MetricsFiles = dict[str, dict[str, object] | str]  # file → its parsed data, o
 
 def metrics_show(root: Path) -> MetricsFiles:
     """The metrics files `dvc.yaml` declares: file → its parsed data, or an error message."""
-    repo = _repo(root)
-    try:
-        return _metrics_files(repo, root)
-    finally:
-        repo.close()  # type: ignore[attr-defined]
+    with in_repository(root):
+        repo = _repo(root)
+        try:
+            return _metrics_files(repo, root)
+        finally:
+            repo.close()  # type: ignore[attr-defined]
 
 
 def _metrics_files(repo: Any, root: Path) -> MetricsFiles:
@@ -557,13 +585,13 @@ WORKSPACE_CACHES = ("config", "dvcignore")  # of those, what a stage's command c
 
 
 class PipelineSession:
-    """DVC's repository, opened once for a run; thread-safe (one DVC call at a time)."""
+    """DVC's repository, opened once for a run; thread-safe (one DVC call at a time, in the repository:
+    `in_repository`)."""
 
     def __init__(self, root: Path) -> None:
-        import threading
-
         self.root = root
-        self._repo: Any = _repo(root)
+        with in_repository(root):
+            self._repo: Any = _repo(root)
         self._mutex = threading.RLock()
         self._graph: Any = None
         self._stages: dict[str, Any] = {}
@@ -595,7 +623,9 @@ class PipelineSession:
             self._repo.close()
 
     def _locked(self) -> Any:
-        """The session's mutex and DVC's repository lock, for one DVC call.
+        """The session's mutex, the process's working directory (`in_repository`) and DVC's repository
+        lock, for one DVC call. Another DVC process holding the lock beyond DVC's own retries (3 s) is a
+        one-line `PipelineError`, and nothing stays held.
 
         DVC drops its caches each time its lock is taken (`Repo._reset`), and rebuilding them (the index:
         dvc.yaml and dvc.lock parsed again; the config; the .dvcignore rules) cost more than the call.
@@ -603,14 +633,23 @@ class PipelineSession:
         itself; the config and .dvcignore rules are read again after a stage's command ran (`record`)."""
         from contextlib import ExitStack
 
+        from dvc.lock import LockError
         from dvc.repo import lock_repo
 
-        stack = ExitStack()
-        stack.enter_context(self._mutex)
-        stack.enter_context(lock_repo(self._repo))
-        self._repo.__dict__.update(self._kept)
-        stack.callback(self._keep)  # before the lock's release resets them
-        return stack
+        with ExitStack() as stack:  # closed (all released) if taking any of them fails
+            stack.enter_context(self._mutex)
+            stack.enter_context(in_repository(self.root))
+            try:
+                stack.enter_context(lock_repo(self._repo))
+            except LockError:
+                lock = Path(self._repo.tmp_dir) / "lock"
+                raise PipelineError(
+                    f"another DVC process holds the repository lock of {self.root} ({lock})",
+                    hint=f"wait until it ends and run again; if no DVC process runs, remove {lock}",
+                ) from None
+            self._repo.__dict__.update(self._kept)
+            stack.callback(self._keep)  # before the lock's release resets them
+            return stack.pop_all()
 
     def _keep(self) -> None:
         self._kept = {key: self._repo.__dict__[key] for key in KEPT if key in self._repo.__dict__}
@@ -933,6 +972,9 @@ class PipelineSession:
                 self._save_commit_dump(stage)
                 self._before_run.pop(name, None)
                 return self._records(stage)
+        except PipelineError:
+            self.abandon(name)
+            raise
         except DvcException as err:
             self.abandon(name)
             raise PipelineError(f"stage '{name}': DVC could not record it ({err})") from None
@@ -1031,8 +1073,7 @@ def _collect(repo: Any, selection: Selection) -> list[Any]:
     targets = list(selection.targets) or [PROJECT_FILE]
     try:
         # DVC resolves targets against the working directory; dvcflow runs `dvc repro` in the root.
-        # (The CLI reads the repository before any thread starts, so changing directory here is safe.)
-        with contextlib.chdir(repo.root_dir):
+        with in_directory(Path(repo.root_dir)):
             stages = collect_stages(repo, targets, glob=selection.glob)
     except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
         named = " ".join(selection.targets) or PROJECT_FILE

@@ -11,18 +11,15 @@ No Prefect here: the task in `engine.task` gives `log` the task's logger.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from dvcflow.dvcrepo import OutputRecord, PipelineSession, Prepared, stream_process
+from dvcflow.dvcrepo import OutputRecord, PipelineSession, Prepared, in_directory, stream_process
 from dvcflow.engine.plugins import StageFunction, command_arguments
 from dvcflow.errors import PipelineError
-
-_CWD_LOCK = threading.Lock()  # in-process functions share the process's working directory
 
 _sessions: dict[Path, PipelineSession] = {}
 _sessions_lock = threading.Lock()
@@ -31,13 +28,10 @@ _sessions_lock = threading.Lock()
 def open_session(root: Path) -> PipelineSession:
     """The run's DVC session for `root` in this process, opened on first use: by the run's pre-flight
     checks (which the flow then reuses instead of loading DVC's index again), by the flow, or on a Dask
-    worker. Closed by `close_session` when the run ends."""
+    worker. Closed by `close_session` when the run ends. The process's working directory is left as it
+    is: each DVC call moves into the repository for its duration (`dvcrepo.in_repository`)."""
     with _sessions_lock:
         if root not in _sessions:
-            # DVC resolves some paths against the working directory and refuses those outside the
-            # repository: a run started with --repo from elsewhere, or a Dask worker, moves into it.
-            if not Path.cwd().resolve().is_relative_to(root.resolve()):
-                os.chdir(root)
             _sessions[root] = PipelineSession(root)
         return _sessions[root]
 
@@ -136,12 +130,7 @@ def _call(function: StageFunction, commands: tuple[str, ...], wdir: Path, log: C
     argv = command_arguments(function.stage, commands)
     target = function.load()
     log(f"> {function.target}({argv})")
-    with _CWD_LOCK:
-        previous = Path.cwd()
-        os.chdir(wdir)
-        try:
-            returned = target(argv)
-        finally:
-            os.chdir(previous)
+    with in_directory(wdir):  # one in-process function (or DVC call) at a time in this process
+        returned = target(argv)
     if isinstance(returned, int) and not isinstance(returned, bool) and returned != 0:
         raise PipelineError(f"stage '{function.stage}': {function.target} returned {returned}")
