@@ -182,6 +182,30 @@ def make_third_party_repo(root: Path, env: dict[str, str], sleep: float = 0) -> 
 
 
 @pytest.mark.integration
+def test_per_stage_trials_at_once_in_one_process_equal_the_usual_sweep(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """Two `--per-stage` trials at once share the process's working directory (each trial's DVC session,
+    its saves and metrics move into its own worktree): both complete with the metrics the usual sweep
+    gives (the test below: scale 1 → 4, scale 2 → 7), and the workspace is left alone."""
+    repo = make_third_party_repo(tmp_path / "third", client_env, sleep=0.5)  # the trials' stages overlap
+    before = tree_digest(repo)
+
+    options = ["--per-stage", "--jobs", "2", "--json"]
+    result = dvcflow("sweep", "-S", "conf/hp.yaml:scale=1,2", *options, cwd=repo, env=client_env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    saved = experiments(repo, client_env)
+    totals = {
+        data["params"]["conf/hp.yaml"]["data"]["scale"]: data["metrics"]["summary.json"]["data"]["total"]  # type: ignore[index]
+        for data in saved.values()
+    }
+    assert totals == {1: 4, 2: 7}
+    assert tree_digest(repo) == before
+    assert len(worktrees(repo)) == 1
+
+
+@pytest.mark.integration
 def test_a_foreach_pipeline_with_params_in_another_file_and_one_failing_trial(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
