@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pytest
 from dvcflow.engine.plugins import StageFunction, command_arguments, load_registry
 from dvcflow.errors import ConfigError
 from tests.conftest import LiveServer
-from tests.helpers import PROJECT, api_post, base_env, dvc, dvcflow, make_shaped_repo
+from tests.helpers import PROJECT, api_post, base_env, dvc, dvcflow, make_shaped_repo, make_tiny_repo
 
 STAGES = ("prep", "feature@max", "feature@sum", "shards", "train")
 
@@ -249,3 +250,58 @@ def test_the_sessions_changed_check_agrees_with_dvcs_own(
         ours, theirs = _verdicts(repo)
         assert ours == theirs, what
         assert any(ours.values()), what
+
+
+def write_label(argv: list[str]) -> None:
+    """An in-process stage function for the test below: writes relative to the working directory."""
+    Path("out.txt").write_text(argv[0])
+
+
+def test_sessions_in_threads_keep_the_process_in_its_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two repositories' sessions used at once (sweep trials with --per-stage, a threaded Dask worker): each
+    DVC call and in-process function runs in its own repository, and the process's working directory is
+    the same afterwards (one lock, `dvcrepo.CWD_LOCK`, for every change of it)."""
+    from dvcflow.engine.executor import close_session, execute, open_session
+
+    env = base_env(tmp_path / "home")
+    stages = (
+        "stages:\n  hello:\n    cmd: python write.py {label}\n    deps: [write.py]\n    outs: [out.txt]\n"
+    )
+    repos = {}
+    for label in ("left", "right"):
+        root = tmp_path / label
+        root.mkdir()
+        (root / "write.py").write_text("import sys\nopen('out.txt', 'w').write(sys.argv[1])\n")
+        repos[label] = make_tiny_repo(root, env, stages=stages.format(label=label)).resolve()
+    monkeypatch.chdir(tmp_path)
+    function = StageFunction("hello", "tests.test_engine:write_label")
+    start = threading.Barrier(len(repos))
+    failures: list[BaseException] = []
+
+    def use(root: Path) -> None:
+        try:
+            session = open_session(root)
+            start.wait(timeout=60)
+            for turn in range(6):
+                session.changed("hello")
+                execute(session, "hello", force=True, check_changed=False,
+                        function=function if turn % 2 else None, log=lambda _: None)  # fmt: skip
+                assert (root / "out.txt").read_text() == root.name
+        except BaseException as err:  # reported by the main thread
+            failures.append(err)
+        finally:
+            close_session(root)
+
+    threads = [threading.Thread(target=use, args=(root,)) for root in repos.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not failures, failures
+    assert Path.cwd() == tmp_path
+    assert not (tmp_path / "out.txt").exists()
+    for root in repos.values():
+        assert "out.txt" in (root / "dvc.lock").read_text()
