@@ -305,3 +305,40 @@ def test_sessions_in_threads_keep_the_process_in_its_directory(
     assert not (tmp_path / "out.txt").exists()
     for root in repos.values():
         assert "out.txt" in (root / "dvc.lock").read_text()
+
+
+HOLD_PY = """\
+import subprocess, sys
+open("out.txt", "w").write("done")
+# A DVC process of someone else's (a `dvc status` of an editor, say) takes the repository lock as this
+# stage ends, and keeps it well beyond DVC's own retries (3 s) — bounded: it lets go after 8 s.
+holder = subprocess.Popen(
+    [sys.executable, "-c", "import sys, time\\nfrom dvc.lock import Lock\\nlock = Lock('.dvc/tmp/lock')\\n"
+     "lock.lock()\\nprint('held', flush=True)\\ntime.sleep(8)\\nlock.unlock()"],
+    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+)
+assert holder.stdout.readline().strip() == b"held"
+"""
+
+
+@pytest.mark.integration
+def test_a_repository_lock_held_by_another_dvc_process_fails_the_stage_in_one_line_not_a_hang(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """The engine takes DVC's repository lock only around its DVC calls: another DVC process may hold it
+    when a stage is to be recorded. After DVC's retries the stage fails with one line and the run ends
+    (no lock left held inside the process: the flow closes its session)."""
+    stages = "stages:\n  hold:\n    cmd: python hold.py\n    deps: [hold.py]\n    outs: [out.txt]\n"
+    root = tmp_path / "held"
+    root.mkdir()
+    (root / "hold.py").write_text(HOLD_PY)
+    repo = make_tiny_repo(root, client_env, stages=stages)
+
+    result = dvcflow("run-a", "--per-stage", "--retries", "0", cwd=repo, env=client_env, timeout=120)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"another DVC process holds the repository lock of {repo}" in output
+    assert "Traceback" not in output
+    assert "finished in state Failed" in result.stdout
+    assert not (repo / "dvc.lock").exists()  # untouched by the failed stage
