@@ -124,6 +124,7 @@ def _state_message(state: Any) -> str | None:
 REPO_TAG = "dvcflow-repo:"
 HOST_TAG = "dvcflow-host:"
 PID_TAG = "dvcflow-pid:"
+IDENTITY_TAGS = (REPO_TAG, HOST_TAG, PID_TAG)
 
 
 def repo_tag(repo_root: Path) -> str:
@@ -301,12 +302,14 @@ def declare_task_runs(flow_run_id: UUID, task_run_ids: Iterable[UUID]) -> None:
 
 @contextlib.contextmanager
 def untagged_tasks() -> Iterator[None]:
-    """Inside a flow: task runs submitted here do not inherit the flow run's tags (`run_tags`, which
+    """Inside a flow: task runs submitted here do not inherit dvcflow's identity tags (`run_tags`, which
     only identify flow runs). Prefect asks the API for a concurrency slot for each tag of each task run,
-    a database write that a busy SQLite answers 503 and the client retries after ~2 s."""
+    a database write that a busy SQLite answers 503 and the client retries after ~2 s. A user's own tags
+    (`prefect.tags(...)` around a run) still reach the task runs: tag concurrency limits and filters apply."""
     from prefect.context import TagsContext
 
-    with TagsContext(current_tags=set()):
+    inherited = TagsContext.get().current_tags
+    with TagsContext(current_tags={tag for tag in inherited if not tag.startswith(IDENTITY_TAGS)}):
         yield
 
 
