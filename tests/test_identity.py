@@ -13,7 +13,7 @@ import pytest
 from dvcflow.errors import ConfigError
 from dvcflow.identity import repo_identity
 from dvcflow.metrics import artifact_key
-from dvcflow.runs import HOST_TAG, PID_TAG, REPO_TAG, repo_tag, untagged_tasks
+from dvcflow.runs import REPO_TAG, repo_tag
 from tests.conftest import LiveServer
 from tests.helpers import api_post, base_env, dvcflow, git
 
@@ -117,18 +117,3 @@ def test_history_still_reads_metrics_published_under_the_old_path_key(
     data = json.loads(history.stdout)
     assert data["key"] == artifact_key(repo)
     assert [run["metrics"] for run in data["runs"]] == [{"m.json": {"accuracy": 0.5}}]
-
-
-def test_task_runs_keep_a_users_tags_but_not_dvcflows_identity_tags() -> None:
-    """A task run's tags are Prefect's current tags when it is submitted: a user's `prefect.tags(...)`
-    around a run must still reach the stage tasks (tag concurrency limits, filters), while the flow run's
-    repository/host/process tags must not (each tag costs a concurrency-slot write per task run)."""
-    from prefect import tags
-    from prefect.context import TagsContext
-
-    identity = {f"{REPO_TAG}abc", f"{HOST_TAG}h1", f"{PID_TAG}42"}
-    with tags("team-ml", "gpu"), tags(*identity):
-        assert TagsContext.get().current_tags == identity | {"team-ml", "gpu"}  # what the flow run gets
-        with untagged_tasks():
-            assert TagsContext.get().current_tags == {"team-ml", "gpu"}
-        assert TagsContext.get().current_tags == identity | {"team-ml", "gpu"}

@@ -332,7 +332,14 @@ def _known_task_runs(flow_run_id: UUID) -> list[Any] | None:
     runs = [_seen_task_runs.pop(task_run_id, None) for task_run_id in ids or ()]
     if ids is None or not all(run is not None and run.state and run.state.is_final() for run in runs):
         return None
-    return sorted(runs, key=lambda run: run.expected_start_time or run.state.timestamp)
+    return sorted(runs, key=_summary_order)
+
+
+def _summary_order(run: Any) -> tuple[bool, float, str]:
+    """The summary's order, whether its task runs were seen here or read from the API: expected start
+    (the client's, which the server stores), then name for task runs submitted in the same instant."""
+    when = run.expected_start_time or (run.state.timestamp if run.state is not None else None)
+    return (when is None, when.timestamp() if when is not None else 0.0, run.name)
 
 
 def _final_task_runs(client: Any, flow_run_id: UUID, at_least: int = 0, patience: float = 5.0) -> list[Any]:
@@ -359,9 +366,9 @@ def _final_task_runs(client: Any, flow_run_id: UUID, at_least: int = 0, patience
             if len(page) < PAGE:
                 break
         if len(runs) >= at_least and all(run.state is not None and run.state.is_final() for run in runs):
-            return runs
+            return sorted(runs, key=_summary_order)
         if time.monotonic() > deadline:
-            return runs
+            return sorted(runs, key=_summary_order)
         time.sleep(0.1)
 
 
