@@ -41,6 +41,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dvcflow.errors import ServerError
+
 MEMO_NAME = "dvcflow-server-memo.json"
 SQLITE_PREFIX = "sqlite+aiosqlite:///"
 
@@ -139,7 +141,6 @@ def migrate_new_database(database: Path) -> None:
     complete. Prefect's own environment script runs them; only its engine is swapped for a synchronous one
     with the same connect pragmas (`setup_sqlite`) and `BEGIN` statements (`begin_sqlite_stmt`)."""
     import asyncio
-    from unittest import mock
 
     import sqlalchemy
     from prefect.server.database import provide_database_interface
@@ -149,7 +150,8 @@ def migrate_new_database(database: Path) -> None:
 
     interface = provide_database_interface()
     config = interface.database_config
-    assert isinstance(config, AioSqliteConfiguration), "only a SQLite database is migrated here"
+    if not isinstance(config, AioSqliteConfiguration):
+        raise ServerError(f"only a SQLite database is migrated by dvcflow, not {type(config).__name__}")
     partial = database.with_name(f".{database.name}.{os.getpid()}.migrating")
     engine = sqlalchemy.create_engine(f"sqlite:///{partial}", poolclass=sqlalchemy.pool.NullPool)
 
@@ -165,8 +167,16 @@ def migrate_new_database(database: Path) -> None:
         return swapped
 
     async def upgrade() -> None:
-        with mock.patch.object(interface, "engine", sync_engine):
+        own = vars(interface)  # the engine is swapped on this instance only, and put back afterwards
+        had, previous = "engine" in own, own.get("engine")
+        own["engine"] = sync_engine
+        try:
             await run_sync_in_worker_thread(alembic_upgrade)
+        finally:
+            if had:
+                own["engine"] = previous
+            else:
+                del own["engine"]
 
     collecting = gc.isenabled()
     gc.disable()  # Alembic's reflection builds many short-lived objects: no collector passes meanwhile
