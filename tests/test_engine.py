@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -200,19 +203,39 @@ def test_commands_that_cannot_run_in_process_are_refused(commands: tuple[str, ..
         command_arguments("s", commands)
 
 
-def _verdicts(root: Path) -> tuple[dict[str, bool], dict[str, bool]]:
-    """Each stage's `PipelineSession.changed` and DVC's own `Stage.changed`, from a fresh session."""
+Verdicts = dict[str, tuple[bool, list[str]]]
+
+
+def _logged(call: Callable[[], Any]) -> tuple[bool, list[str]]:
+    """`call`'s answer and the lines it logged to DVC's `dvc.stage` logger at debug level (`dvc -v`)."""
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("dvc.stage")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        return bool(call()), lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _verdicts(root: Path, session: Any = None) -> tuple[Verdicts, Verdicts]:
+    """Each stage's `PipelineSession.changed` (of `session`, else a fresh one) and DVC's own
+    `Stage.changed` from a fresh session, each with the debug lines it logged."""
     from dvc.repo import lock_repo
 
     from dvcflow.dvcrepo import PipelineSession
     from dvcflow.engine.graph import StageKind
 
-    with PipelineSession(root) as session:
-        graph = session.snapshot(with_status=False).graph
+    with PipelineSession(root) as fresh:
+        graph = fresh.snapshot(with_status=False).graph
         names = [node.name for node in graph.nodes if node.kind is StageKind.STAGE]
-        ours = {name: session.changed(name) for name in names}
-        with lock_repo(session._repo):
-            theirs = {name: bool(session._stage(name).changed(False, None)) for name in names}
+        ours = {name: _logged(partial((session or fresh).changed, name)) for name in names}
+        with lock_repo(fresh._repo):
+            theirs = {name: _logged(partial(fresh._stage(name).changed, False, None)) for name in names}
     return ours, theirs
 
 
@@ -227,7 +250,7 @@ def test_the_sessions_changed_check_agrees_with_dvcs_own(
     assert dvc("repro", cwd=repo, env=env).returncode == 0
     monkeypatch.chdir(repo)
     ours, theirs = _verdicts(repo)
-    assert ours == theirs and not any(ours.values())
+    assert ours == theirs and not any(changed for changed, _ in ours.values())
 
     scenarios: list[tuple[str, Any]] = [
         ("a param", lambda: (repo / "params.yaml").write_text("prep:\n  scale: 11\ntrain:\n  epochs: 3\n")),
@@ -249,7 +272,23 @@ def test_the_sessions_changed_check_agrees_with_dvcs_own(
         change()
         ours, theirs = _verdicts(repo)
         assert ours == theirs, what
-        assert any(ours.values()), what
+        assert any(changed for changed, _ in ours.values()), what
+        assert any(line.endswith(" changed.") for _, lines in ours.values() for line in lines), what  # logged
+
+    # A session that recorded a stage itself asks with the index it kept: still DVC's verdicts afresh
+    from dvcflow.dvcrepo import PipelineSession
+    from dvcflow.engine.executor import execute
+
+    subprocess.run(["git", "stash", "-q", "-u"], cwd=repo, env=env, check=True)
+    subprocess.run(["git", "stash", "drop", "-q"], cwd=repo, env=env, check=False)
+    assert dvc("repro", cwd=repo, env=env).returncode == 0
+    (repo / "params.yaml").write_text("prep:\n  scale: 11\ntrain:\n  epochs: 3\n")
+    with PipelineSession(repo) as session:
+        assert session.changed("prep")
+        execute(session, "prep", force=False, check_changed=True, log=lambda _: None)
+        ours, theirs = _verdicts(repo, session)
+    assert ours == theirs
+    assert not ours["prep"][0] and ours["feature@sum"][0], ours
 
 
 def write_label(argv: list[str]) -> None:

@@ -1053,14 +1053,29 @@ class PipelineSession:
 
 
 def _changed(stage: Any) -> bool:
-    """`Stage.changed(allow_missing=False)` without its locks (see `PipelineSession.changed`)."""
-    if stage.changed_stage():
-        return True
-    if not stage.frozen and (
-        stage.is_callback or stage.always_changed or any(dep.status() for dep in stage.deps)
-    ):
-        return True
-    return any(out.status() for out in stage.outs)
+    """`Stage.changed(allow_missing=False)` without its locks (see `PipelineSession.changed`), with the
+    debug lines it logs to DVC's logger (`dvc -v`: why a stage changed)."""
+    from dvc.stage import logger
+
+    changed = (
+        stage.changed_stage()  # logs its own line
+        or (not stage.frozen and (stage.is_callback or stage.always_changed))
+        or (not stage.frozen and _first_changed("Dependency", stage, stage.deps, logger))
+        or _first_changed("Output", stage, stage.outs, logger)
+    )
+    if changed:
+        logger.debug("%s changed.", stage)
+    return bool(changed)
+
+
+def _first_changed(kind: str, stage: Any, entries: Sequence[Any], logger: Any) -> bool:
+    """Whether one of a stage's deps or outs changed; the first one's line as `Stage.changed` logs it."""
+    for entry in entries:
+        status = entry.status()
+        if status:
+            logger.debug("%s '%s' of %s changed because it is '%s'.", kind, entry, stage, status[str(entry)])
+            return True
+    return False
 
 
 def _collect(repo: Any, selection: Selection) -> list[Any]:
