@@ -7,6 +7,7 @@ line, and wraps DVC's failures as `PipelineError`s.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import signal
@@ -354,11 +355,18 @@ def in_repository(root: Path) -> Iterator[None]:
     against the working directory and refuses those outside the repository: a run started with --repo from
     elsewhere, a sweep trial's workspace, a Dask worker)."""
     with CWD_LOCK:
-        if Path.cwd().resolve().is_relative_to(root.resolve()):
+        cwd, real = os.getcwd(), _real(root)  # the kernel's cwd has no symlinks left
+        if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
             yield
         else:
             with contextlib.chdir(root):
                 yield
+
+
+@functools.lru_cache(maxsize=64)
+def _real(root: Path) -> str:
+    """`root` without symlinks (asked before each DVC call of a session: `in_repository`)."""
+    return str(root.resolve())
 
 
 def _repo(root: Path) -> object:
