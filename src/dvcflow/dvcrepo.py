@@ -870,7 +870,7 @@ class PipelineSession:
         `--allow-missing` as given). True if it ran."""
         stage = self._stage(name)
         # DVC pulls by addresses relative to the working directory.
-        moved = contextlib.chdir(self._repo.root_dir) if pull else contextlib.nullcontext()
+        moved = in_directory(Path(self._repo.root_dir)) if pull else contextlib.nullcontext()
         with self._locked(), moved:
             ran = stage.reproduce(
                 upstream=self._upstream(stage), force=force, pull=pull, allow_missing=allow_missing
@@ -898,7 +898,7 @@ class PipelineSession:
             stage.remove_outs(ignore_remove=False, force=False)
             if not force:
                 if pull:
-                    with contextlib.chdir(self._repo.root_dir):
+                    with in_directory(Path(self._repo.root_dir)):
                         _pull_missing_deps(stage)
                 try:
                     stage.repo.stage_cache.restore(stage, pull=pull)
@@ -936,7 +936,7 @@ class PipelineSession:
         stage = self._stage(name)
         log(f"Pulling data for {stage}")
         try:
-            with self._locked(), contextlib.chdir(self._repo.root_dir):
+            with self._locked(), in_directory(Path(self._repo.root_dir)):
                 self._repo.pull(stage.addressing)
                 stage.checkout()
         except CheckoutError:
