@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -174,12 +176,21 @@ def test_another_import_path_or_prefect_setting_runs_in_the_calling_process(
     assert warm.ping(live_server.home) == starter  # refusing is no reason to stop
 
 
-@integration
-def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afresh(tmp_path: Path) -> None:
-    """On its own starter (no server needed for `--version`): the session's one is left alone."""
+@pytest.fixture
+def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
+    """A starter of the test's own (no server needed for `--version`), importing a copy of dvcflow's
+    source (`PYTHONPATH`, for it and its clients): what a test writes there never reaches the session's
+    starter or the checkout. Yields its home, the clients' environment and its pid."""
+    src = tmp_path / "src"
+    shutil.copytree(Path(warm.__file__).parent, src / "dvcflow")  # with its bytecode: no recompiling
     home = tmp_path / "home"
     home.mkdir()
-    env = {**base_env(home), "DVCFLOW_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
+    env = {
+        **base_env(home),
+        "DVCFLOW_HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PYTHONPATH": str(src),
+    }
     with (home / warm.LOG_NAME).open("wb") as log:
         starter = subprocess.Popen(
             [sys.executable, "-m", "dvcflow.warm", str(home), str(os.getpid())],
@@ -191,25 +202,76 @@ def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afre
     try:
         wait_for_file(warm.socket_path(home), timeout=30)  # bound at start-up, before its imports
         assert warm.ping(home) == starter.pid
-        assert dvcflow("--version", cwd=tmp_path, env=env).returncode == 0
-        assert "serving ['--version']" in (home / warm.LOG_NAME).read_text()
-        probe = Path(warm.__file__).with_name("_warm_test_probe.py")
-        try:
-            probe.write_text("# written by tests/test_warm.py; delete me\n")
-            changed = dvcflow("--version", cwd=tmp_path, env=env)
-        finally:
-            probe.unlink()
-        assert (changed.returncode, changed.stdout) == (0, f"dvcflow {warm_version()}\n")
-        assert any("changed since this starter imported them" in line for line in refusals(home))
-        deadline = time.monotonic() + 60
-        while "starting afresh" not in (home / warm.LOG_NAME).read_text():
-            assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
-            time.sleep(0.05)
-        wait_for_file(warm.socket_path(home), timeout=30)  # the same process, its new image listening
-        assert warm.ping(home) == starter.pid
+        yield home, env, starter.pid
     finally:
         starter.terminate()
         assert starter.wait(timeout=60) == 0
+
+
+@integration
+def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afresh(
+    tmp_path: Path, own_starter: tuple[Path, dict[str, str], int]
+) -> None:
+    home, env, pid = own_starter
+    assert dvcflow("--version", cwd=tmp_path, env=env).returncode == 0
+    assert "serving ['--version']" in (home / warm.LOG_NAME).read_text()
+    (Path(env["PYTHONPATH"]) / "dvcflow" / "_warm_test_probe.py").write_text("# a new source file\n")
+    changed = dvcflow("--version", cwd=tmp_path, env=env)
+    assert (changed.returncode, changed.stdout) == (0, f"dvcflow {warm_version()}\n")
+    assert any("changed since this starter imported them" in line for line in refusals(home))
+    deadline = time.monotonic() + 60
+    while "starting afresh" not in (home / warm.LOG_NAME).read_text():
+        assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
+        time.sleep(0.05)
+    wait_for_file(warm.socket_path(home), timeout=30)  # the same process, its new image listening
+    assert warm.ping(home) == pid
+
+
+# A client that sends its request, gets its child's pid and leaves without saying GO (as one whose
+# handshake timed out does, then running the command itself). The child's stdout is a pipe it watches
+# meanwhile: the command must print nothing there (before the fix, its child ran at once).
+GIVE_UP = """
+import json, os, select, socket, sys
+from dvcflow import warm
+child_out, child_in = os.pipe()
+connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+connection.connect(sys.argv[1])
+socket.send_fds(connection, [json.dumps(warm._request(["--version"])).encode()], [0, child_in, 2])
+os.close(child_in)
+print("accepted", json.loads(connection.recv(warm.MAX_MESSAGE))["accepted"])
+ready, _, _ = select.select([child_out], [], [], 1.5)
+print("it ran:", os.read(child_out, 100) if ready else b"")
+"""
+
+
+@integration
+def test_a_client_that_gave_up_never_gets_its_command_run_and_a_stalled_one_delays_no_one(
+    tmp_path: Path, own_starter: tuple[Path, dict[str, str], int]
+) -> None:
+    home, env, _ = own_starter
+    gave_up = subprocess.run(
+        [sys.executable, "-c", GIVE_UP, str(warm.socket_path(home))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,  # returns once the child (holding the same pipes) is gone too
+    )
+    child = int(gave_up.stdout.split()[1])
+    assert gave_up.stdout == f"accepted {child}\nit ran: b''\n", gave_up.stderr
+    deadline = time.monotonic() + 30
+    while f"{child} ended" not in (home / warm.LOG_NAME).read_text():
+        assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
+        time.sleep(0.05)
+    assert f"the client of {child} is gone" in (home / warm.LOG_NAME).read_text()
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as stalled:
+        stalled.connect(str(warm.socket_path(home)))  # and never sends its request
+        started = time.monotonic()
+        assert warm.ping(home, timeout=5) is not None
+        assert time.monotonic() - started < 0.5  # the previous loop waited 2 s for the stalled request
+        served_now = dvcflow("--version", cwd=tmp_path, env=env)
+        assert served_now.stdout == f"dvcflow {warm_version()}\n"
+    assert "serving ['--version']" in (home / warm.LOG_NAME).read_text()
 
 
 def warm_version() -> str:

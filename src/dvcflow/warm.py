@@ -10,9 +10,12 @@ process starts with all of it in memory, as Gradle's daemon, dmypy or Android's 
 - The console script (`dvcflow.cli.entry`) first tries it (`serve_here`, standard library only): it sends
   argv, cwd, environment, umask, stdio settings, `sys.path` and its fds 0/1/2 (SCM_RIGHTS). The starter
   forks only when the fingerprint matches (same interpreter, `sys.path`, installed packages and dvcflow
-  source files) and the command's `PREFECT_*` variables are ones it imported Prefect with; otherwise,
-  or on any failure before the child is accepted, the command runs in the calling process as before.
-  `DVCFLOW_WARM=0` turns it off (for a command, or for the starter when given to `server start`).
+  source files), the command's `PREFECT_*` variables are ones it imported Prefect with, and the working
+  directory holds no file Prefect's settings read (`_prefect_files`); otherwise, or on any failure
+  before the client has told the forked child to go (`GO`), the command runs in the calling process as
+  before, and that child exits untouched. With a terminal, `--push`/`--pull` run the usual way (password
+  prompts need /dev/tty). `DVCFLOW_WARM=0` turns it off (for a command, or for the starter when given to
+  `server start`).
 - The child takes over the fds, cwd, environment and signal defaults, rebuilds Prefect's logging, and
   runs the Typer app; the starter reports its exit status (a signal death included) to the client,
   which exits the same way. The client forwards SIGINT/SIGQUIT to the child's process group (what a
@@ -42,10 +45,18 @@ SOCKET_NAME = "warm.sock"
 PID_NAME = "warm.pid"
 LOG_NAME = "warm.log"
 LOCK_NAME = "warm.lock"
+READY_NAME = "warm.ready"  # exists while the starter has finished its imports and serves
 MAX_MESSAGE = 200_000  # a request larger than this (a huge environment) runs the usual way
 HANDSHAKE_TIMEOUT_S = 10.0  # a starter still importing answers once ready: still sooner than importing
+READY_TIMEOUT_S = 2.0  # a starter that has imported answers in milliseconds; a hung one costs this much
 UNSERVED = frozenset({"server"})
-PROTOCOL = 1
+# Options whose commands may ask for a password on the terminal (dvc push/pull over SSH/HTTP, git
+# credentials): a served child has no controlling terminal, so with a terminal these run the usual way.
+PROMPTING_OPTIONS = frozenset({"--push", "--pull"})
+# What Prefect's settings read from the working directory besides the environment (prefect/settings/base.py).
+PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")
+PROTOCOL = 2
+GO = b"go"  # the client's answer to `accepted`: only then does the child start the command
 
 # What a forked child would otherwise import itself; DVC because run-a's pre-flight opens the repository
 # in process. Not scikit-learn/pandas: their thread pools would start threads, and a process with
@@ -162,17 +173,24 @@ def _request(argv: Sequence[str]) -> dict[str, Any] | None:
     }
 
 
+def _may_prompt(argv: Sequence[str]) -> bool:
+    """Whether the command may want a terminal a served child would not have."""
+    return any(arg.partition("=")[0] in PROMPTING_OPTIONS for arg in argv) and os.isatty(0)
+
+
 def serve_here(argv: Sequence[str]) -> int | None:
     """Run this command in a child of the warm starter and return its exit code (negative: the signal
     that ended it); None when no starter takes it, and the command must run in this process."""
-    if not enabled(os.environ) or (argv and argv[0] in UNSERVED):
+    if not enabled(os.environ) or (argv and argv[0] in UNSERVED) or _may_prompt(argv):
         return None
     try:
         from dvcflow.settings import resolve_server_config
 
-        path = socket_path(resolve_server_config().home)
+        home = resolve_server_config().home
+        path = socket_path(home)
         if not path.exists():
             return None
+        ready = (home / READY_NAME).exists()
         import json  # only now: `dvcflow --help` without a server never pays for them
         import socket
 
@@ -185,19 +203,31 @@ def serve_here(argv: Sequence[str]) -> int | None:
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     except Exception:  # a bad [tool.dvcflow], an unreadable cwd ...: the usual path reports it
         return None
-    try:
-        connection.settimeout(HANDSHAKE_TIMEOUT_S)
-        connection.connect(str(path))
-        socket.send_fds(connection, [payload], [0, 1, 2])
-        reply = json.loads(connection.recv(MAX_MESSAGE) or b"{}")
-    except (OSError, ValueError):
-        connection.close()
-        return None
-    child = reply.get("accepted")
-    if not isinstance(child, int):
+    child = _handshake(connection, str(path), payload, READY_TIMEOUT_S if ready else HANDSHAKE_TIMEOUT_S)
+    if child is None:
         connection.close()
         return None
     return _wait_for(connection, child, set(request["ignored"]))
+
+
+def _handshake(connection: socket.socket, path: str, payload: bytes, timeout: float) -> int | None:
+    """Send the request; the child's pid once this client has told the starter to go ahead. A client
+    that gives up (a timeout) never sends `GO`, so its child never starts the command: it runs once."""
+    import json
+    import socket
+
+    try:
+        connection.settimeout(timeout)
+        connection.connect(path)
+        socket.send_fds(connection, [payload], [0, 1, 2])
+        reply = json.loads(connection.recv(MAX_MESSAGE) or b"{}")
+        child = reply.get("accepted")
+        if not isinstance(child, int):
+            return None
+        connection.send(GO)
+    except (OSError, ValueError):
+        return None
+    return child
 
 
 def _forward_signals(child: int, ignored: set[int]) -> None:
@@ -361,6 +391,8 @@ class _Starter:
         self.fingerprint = fingerprint(sys.path)
         self.prefect_env = prefect_environment(os.environ)
         self.children: dict[int, socket.socket] = {}
+        self.waiting: dict[int, int] = {}  # child: the pipe it waits on for the client's `GO`
+        self.started: dict[int, float] = {}  # child: when it was forked (its wall time in the log)
         self.orphans: set[int] = set()
         self.stopping = False
         self.stale = False
@@ -433,6 +465,7 @@ class _Starter:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.pid}] {message}", flush=True)
 
     def _unlisten(self) -> None:
+        (self.home / READY_NAME).unlink(missing_ok=True)
         if self.listener.fileno() < 0:
             return
         with contextlib.suppress(KeyError):  # not registered while importing
@@ -457,6 +490,7 @@ class _Starter:
         if self.server is not None:
             self.selector.register(self.server, selectors.EVENT_READ, "server")
         self.log(f"serving {socket_path(self.home)}")
+        (self.home / READY_NAME).touch(mode=0o600)
         while True:
             self._reap()
             if self.stopping or self.stale:
@@ -477,6 +511,8 @@ class _Starter:
                     self.stopping = True
                 elif key.data == "listen":
                     self._accept()
+                elif isinstance(key.data, tuple):
+                    self._handle(key.fileobj)  # type: ignore[arg-type]
                 else:
                     self._client_gone(key.data, key.fileobj)  # type: ignore[arg-type]
         if _recorded(self.home) == self.pid:
@@ -492,6 +528,7 @@ class _Starter:
 
     def _reap(self) -> None:
         import json
+        import time
 
         while self.children:
             try:
@@ -502,7 +539,9 @@ class _Starter:
                 return
             code = os.waitstatus_to_exitcode(status)
             cpu = usage.ru_utime + usage.ru_stime  # its process tree's, waited-for children included
-            self.log(f"{pid} ended: exit {code}, {cpu:.2f} s CPU")
+            wall = time.monotonic() - self.started.pop(pid, time.monotonic())
+            self.log(f"{pid} ended: exit {code}, {cpu:.2f} s CPU, {wall:.2f} s wall")
+            self._release(pid, go=False)
             connection = self.children.pop(pid, None)
             if connection is None:
                 continue
@@ -518,8 +557,10 @@ class _Starter:
             data = connection.recv(MAX_MESSAGE)
         except OSError:
             data = b""
+        if data == GO and child in self.waiting:
+            self._release(child, go=True)
         if data:
-            return  # clients send nothing after their request
+            return  # clients send nothing else after their request
         self.log(f"the client of {child} is gone: killing {child}")
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(child, signal.SIGKILL)
@@ -544,24 +585,40 @@ class _Starter:
         if extra:
             names = ", ".join(sorted(key for key, _ in extra))
             return f"Prefect settings this starter was not imported with: {names}"
+        files = _prefect_files(str(request.get("cwd", "")))
+        if files:
+            return f"Prefect settings in the working directory: {', '.join(files)}"
         if len(os.listdir("/proc/self/task")) != 1:
             return "the starter has threads; it cannot fork safely"
         return None
 
     def _accept(self) -> None:
-        import json
+        """Take the connection; its request is read when it arrives (`_handle`), so a client that
+        connects and stalls delays no one."""
         import selectors
-        import socket
 
         try:
             connection, _ = self.listener.accept()
         except OSError:
             return
-        connection.settimeout(2.0)
+        connection.setblocking(False)
+        self.selector.register(connection, selectors.EVENT_READ, ("request",))
+
+    def _handle(self, connection: socket.socket) -> None:
+        """A request has arrived (or its client left): answer a ping, refuse, or fork its child. The
+        child waits for the client's `GO` before it does anything (`_client_gone`, `_release`)."""
+        import json
+        import selectors
+        import socket
+        import time
+
+        self.selector.unregister(connection)
         fds: list[int] = []
         try:
             data, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, 3)
             request = json.loads(data)
+            connection.setblocking(True)
+            connection.settimeout(1.0)  # replies fit the socket's buffer: this never waits
             if request.get("ping"):
                 connection.send(json.dumps({"pong": self.pid}).encode())
                 raise OSError("answered")
@@ -576,21 +633,37 @@ class _Starter:
                 os.close(fd)
             connection.close()
             return
+        go_read, go_write = os.pipe2(os.O_CLOEXEC)
         child = os.fork()
         if child == 0:
+            os.close(go_write)
+            if os.read(go_read, 1) != b"g":  # the client gave up: it runs the command itself
+                os._exit(0)
+            os.close(go_read)
             self._become(request, fds, connection)  # ends this process with the command's exit status
             os._exit(70)  # not reached
+        os.close(go_read)
+        self.waiting[child] = go_write
+        self.started[child] = time.monotonic()
         for fd in fds:
             os.close(fd)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.setpgid(child, child)  # also in the child: whichever runs first, signals find the group
-        try:
-            connection.send(json.dumps({"accepted": child}).encode())
-        except OSError:  # the client left during the handshake
-            os.kill(child, signal.SIGKILL)
         self.children[child] = connection
         self.selector.register(connection, selectors.EVENT_READ, child)
+        with contextlib.suppress(OSError):  # a client that left: its EOF ends the child (`_client_gone`)
+            connection.send(json.dumps({"accepted": child}).encode())
         self.log(f"serving {_command(request)} in {child}")
+
+    def _release(self, child: int, go: bool) -> None:
+        """Let a waiting child start its command, or (no `GO`) close its pipe so that it exits unused."""
+        handle = self.waiting.pop(child, None)
+        if handle is None:
+            return
+        with contextlib.suppress(OSError):
+            if go:
+                os.write(handle, b"g")
+        os.close(handle)
 
     def _become(self, request: Mapping[str, Any], fds: list[int], connection: socket.socket) -> None:
         """In the forked child: take over the client's process state, then run the command."""
@@ -605,6 +678,8 @@ class _Starter:
             for other in self.children.values():
                 if other.fileno() not in keep:
                     other.close()
+            for handle in self.waiting.values():
+                os.close(handle)
             self.selector.close()
             self.listener.close()
             os.close(self.wake_read)
@@ -627,6 +702,31 @@ class _Starter:
             )
             os._exit(70)
         _run(request)
+
+
+def _prefect_files(cwd: str) -> list[str]:
+    """The files in `cwd` that Prefect's settings would read (a `.env` naming a PREFECT_ variable, a
+    prefect.toml, a pyproject.toml with [tool.prefect]): a process importing Prefect there applies them,
+    a child of the starter (which imported Prefect in its home) would not."""
+    import tomllib
+
+    found = []
+    for name in PREFECT_FILES:
+        try:
+            with open(os.path.join(cwd, name), "rb") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        if name == "prefect.toml" or (name == ".env" and b"prefect_" in text.lower()):
+            found.append(name)
+        elif name == "pyproject.toml" and b"prefect" in text:
+            try:
+                tool = tomllib.loads(text.decode()).get("tool", {})
+            except ValueError:
+                tool = {"prefect": None}  # Prefect would fail on it: let the usual way say so
+            if "prefect" in tool:
+                found.append(name)
+    return found
 
 
 def _command(request: Mapping[str, Any]) -> list[str]:
