@@ -209,6 +209,24 @@ def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
 
 
 @integration
+def test_a_repository_with_prefect_toml_behaves_as_without_the_starter(
+    tmp_path: Path, live_server: LiveServer, starter: int
+) -> None:
+    """Prefect's settings also come from the working directory's prefect.toml (and .env, pyproject.toml):
+    a child of the starter, which imported Prefect in its home, would ignore them."""
+    repo = make_tiny_repo(tmp_path / "repo", live_server.env)
+    (repo / "prefect.toml").write_text('[logging]\nlevel = "WARNING"\n')
+    assert dvcflow("run-a", cwd=repo, env=live_server.env).returncode == 0  # both runs below: no-ops
+    warm_run = dvcflow("run-a", cwd=repo, env=live_server.env)
+    cold_run = dvcflow("run-a", cwd=repo, env={**live_server.env, "DVCFLOW_WARM": "0"})
+    assert (warm_run.returncode, cold_run.returncode) == (0, 0), warm_run.stderr + cold_run.stderr
+    assert "Prefect settings in the working directory: prefect.toml" in "\n".join(refusals(live_server.home))
+    assert "Beginning flow run" not in warm_run.stderr + warm_run.stdout  # WARNING: no INFO lines
+    assert normalized(warm_run.stdout) == normalized(cold_run.stdout)
+    assert normalized(warm_run.stderr) == normalized(cold_run.stderr)
+
+
+@integration
 def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afresh(
     tmp_path: Path, own_starter: tuple[Path, dict[str, str], int]
 ) -> None:
@@ -320,3 +338,24 @@ def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> Non
     finally:
         for number, handler in saved.items():
             signal.signal(number, handler)
+
+
+def test_prefect_settings_files_in_the_working_directory_are_seen(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("DATABASE=x\n")
+    (tmp_path / "pyproject.toml").write_text('[tool.black]\nline-length = 100\n# prefect\n')
+    assert warm._prefect_files(str(tmp_path)) == []
+    (tmp_path / ".env").write_text("prefect_logging_level=DEBUG\n")
+    (tmp_path / "pyproject.toml").write_text('[tool.prefect.logging]\nlevel = "DEBUG"\n')
+    assert warm._prefect_files(str(tmp_path)) == [".env", "pyproject.toml"]
+    (tmp_path / "prefect.toml").write_text("")
+    assert warm._prefect_files(str(tmp_path)) == [".env", "prefect.toml", "pyproject.toml"]
+
+
+def test_push_and_pull_on_a_terminal_run_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """They may prompt for a password through /dev/tty, which a served child does not have."""
+    monkeypatch.setattr(os, "isatty", lambda fd: True)
+    assert warm._may_prompt(["run-a", "--push"]) and warm._may_prompt(["run-b", "--pull"])
+    assert not warm._may_prompt(["run-a"])
+    assert warm.serve_here(["run-a", "--push"]) is None
+    monkeypatch.setattr(os, "isatty", lambda fd: False)
+    assert not warm._may_prompt(["run-a", "--push"])  # a pipe or a file: no prompt can be answered
