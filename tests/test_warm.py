@@ -213,9 +213,15 @@ def test_a_repository_with_prefect_toml_behaves_as_without_the_starter(
     tmp_path: Path, live_server: LiveServer, starter: int
 ) -> None:
     """Prefect's settings also come from the working directory's prefect.toml (and .env, pyproject.toml):
-    a child of the starter, which imported Prefect in its home, would ignore them."""
+    a child of the starter, which imported Prefect in its home, would ignore them: the command runs in its
+    own process, as with DVCFLOW_WARM=0, and Prefect applies them."""
     repo = make_tiny_repo(tmp_path / "repo", live_server.env)
     (repo / "prefect.toml").write_text('[logging]\nlevel = "WARNING"\n')
+    run = dvcflow("run-a", cwd=repo, env=live_server.env)
+    assert run.returncode == 0, run.stderr
+    assert "Prefect settings in the working directory: prefect.toml" in "\n".join(refusals(live_server.home))
+    assert run_pid(flow_run(live_server.api_url, run.stdout)) not in served(live_server.home)  # ran here
+    assert "Beginning flow run" not in run.stderr + run.stdout  # as prefect.toml says: no INFO lines
     assert dvcflow("run-a", cwd=repo, env=live_server.env).returncode == 0  # both runs below: no-ops
     warm_run = dvcflow("run-a", cwd=repo, env=live_server.env)
     cold_run = dvcflow("run-a", cwd=repo, env={**live_server.env, "DVCFLOW_WARM": "0"})
