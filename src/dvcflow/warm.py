@@ -586,17 +586,17 @@ class _Starter:
     def _refusal(self, request: Mapping[str, Any], fds: list[int], peer_uid: int) -> str | None:
         if peer_uid != os.getuid():
             return "another user"
-        if request.get("protocol") != PROTOCOL:
-            return "another protocol"
-        if len(fds) != 3:
-            return "not given fds 0, 1 and 2"
-        if request.get("fingerprint") != self.fingerprint:
+        if request.get("fingerprint") != self.fingerprint:  # first: a newer client is newer code
             if fingerprint(sys.path) != self.fingerprint:
                 self.stale = True
                 return "dvcflow's code or installed packages changed since this starter imported them"
             theirs = request.get("fingerprint") or {}
             differ = ", ".join(key for key in self.fingerprint if theirs.get(key) != self.fingerprint[key])
             return f"another interpreter or import path ({differ})"
+        if request.get("protocol") != PROTOCOL:
+            return "another protocol"
+        if len(fds) != 3:
+            return "not given fds 0, 1 and 2"
         extra = set(prefect_environment(request.get("env") or {}).items()) - set(self.prefect_env.items())
         if extra:
             names = ", ".join(sorted(key for key, _ in extra))
