@@ -22,10 +22,7 @@ import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -33,20 +30,13 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from tests.helpers import base_env, free_port, git, make_chain_repo, make_wide_repo  # noqa: E402
+from bench.timing import bench_server  # noqa: E402
+from bench.timing import run_command as _run  # noqa: E402
+from tests.helpers import git, make_chain_repo, make_wide_repo  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 BRANCHES = 4
 CHAIN = 50
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, subprocess.CompletedProcess[str]]:
-    start = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return seconds, result
 
 
 def _overlap(repo: Path) -> float:
@@ -70,10 +60,6 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     options = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="dvcflow-bench-per-stage-"))
-    home = workdir / "home"
-    env = base_env(home)
-    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(free_port()), COLUMNS="120")
     python = sys.executable
     dvcflow = [python, "-m", "dvcflow"]
     per_stage_wide = [*dvcflow, "run-a", "--per-stage", "--jobs", str(BRANCHES)]
@@ -86,8 +72,7 @@ def main() -> None:
         "chain no-change: dvcflow run-a --per-stage": [],
     }
     overlaps: list[float] = []
-    try:
-        _run([*dvcflow, "server", "start"], PROJECT, env)
+    with bench_server("per-stage", keep=options.keep) as (workdir, env):
         template = make_wide_repo(workdir / "wide-template", env, branches=BRANCHES, sleep=options.sleep)
         git(template, "add", "-A", env=env)
         git(template, "commit", "-q", "-m", "pipeline", env=env)
@@ -127,10 +112,6 @@ def main() -> None:
                 assert check in result.stdout + result.stderr, result.stdout + result.stderr
                 assert not re.search(r"Running (stage|: dvc)", result.stderr)
                 samples[label].append(seconds)
-    finally:
-        subprocess.run([*dvcflow, "server", "stop"], cwd=PROJECT, env=env, capture_output=True, timeout=120)
-        if not options.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     medians = {label: _median(values) for label, values in samples.items()}
     ratios = {

@@ -16,11 +16,9 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
@@ -29,9 +27,9 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from bench.timing import CpuUnder  # noqa: E402
+from bench.timing import CpuUnder, bench_server  # noqa: E402
 from bench.timing import run_command as _run  # noqa: E402
-from tests.helpers import base_env, free_port, make_chain_repo  # noqa: E402
+from tests.helpers import make_chain_repo  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 UP_TO_DATE = "Data and pipelines are up to date."
@@ -58,19 +56,14 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     options = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="dvcflow-bench-run-b-"))
-    home = workdir / "home"
-    env = base_env(home)
-    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(free_port()), COLUMNS="120")
     python = sys.executable
     commands: dict[str, tuple[list[str], Callable[[subprocess.CompletedProcess[str]], bool]]] = {
         "dvcflow run-b": ([python, "-m", "dvcflow", "run-b"], _run_b_cached),
         "dvcflow run-a": ([python, "-m", "dvcflow", "run-a"], _run_a_skipped),
         "dvc repro": ([python, "-m", "dvc", "repro"], _dvc_skipped),
     }
-    try:
+    with bench_server("run-b", keep=options.keep) as (workdir, env):
         repo = make_chain_repo(workdir / "chain", env, CHAIN)
-        _run([python, "-m", "dvcflow", "server", "start"], PROJECT, env)
         # Warm-up: DVC brings dvc.lock up to date, run-b fills its cache, every command then has no work.
         for args, _ in commands.values():
             _run(args, repo, env)
@@ -93,11 +86,6 @@ def main() -> None:
                     raise SystemExit(f"`{name}` did work on a no-change run:\n{output}")
                 samples[name].append(seconds)
         load_after = os.getloadavg()
-    finally:
-        stop = [python, "-m", "dvcflow", "server", "stop"]
-        subprocess.run(stop, cwd=PROJECT, env=env, capture_output=True, timeout=120)
-        if not options.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     cpu_medians = {

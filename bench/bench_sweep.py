@@ -16,11 +16,9 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -28,8 +26,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from bench.timing import CpuUnder, run_command  # noqa: E402
-from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
+from bench.timing import CpuUnder, bench_server, run_command  # noqa: E402
+from tests.helpers import make_pipeline_repo  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 VALUES = "0.1,1,10,100"
@@ -90,18 +88,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     options = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="dvcflow-bench-sweep-"))
-    home = workdir / "home"
-    env = base_env(home)
-    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(free_port()), COLUMNS="120")
-    python = sys.executable
     samples: dict[str, list[float]] = {"dvcflow sweep": [], "dvc exp queue": []}
     cpu: dict[str, list[float]] = {name: [] for name in samples}
     cpu_all: dict[str, list[float]] = {name: [] for name in samples}  # detached workers included
-    env["TMPDIR"] = str(workdir / "tmp")  # the sweep's worktrees, so that `CpuUnder` sees them
-    (workdir / "tmp").mkdir()
-    try:
-        _run([python, "-m", "dvcflow", "server", "start"], PROJECT, env)
+    with bench_server("sweep", keep=options.keep) as (workdir, env):
+        env["TMPDIR"] = str(workdir / "tmp")  # the sweep's worktrees, so that `CpuUnder` sees them
+        (workdir / "tmp").mkdir()
         load_before = os.getloadavg()
         for round_no in range(options.repeat):
             order = ["dvcflow sweep", "dvc exp queue"]
@@ -125,11 +117,6 @@ def main() -> None:
             if results["dvcflow sweep"] != results["dvc exp queue"]:
                 raise SystemExit(f"the metrics differ: {results}")
         load_after = os.getloadavg()
-    finally:
-        stop = [python, "-m", "dvcflow", "server", "stop"]
-        subprocess.run(stop, cwd=PROJECT, env=env, capture_output=True, timeout=120)
-        if not options.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     ratio = medians["dvcflow sweep"] / medians["dvc exp queue"]

@@ -1,13 +1,21 @@
-"""The one way the benchmarks time a command: wall seconds, and the CPU seconds of its process tree."""
+"""The one way the benchmarks time a command (wall seconds, and the CPU seconds of its process tree) and
+the one way they get a dvcflow server to time it against (`bench_server`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
 
 
 def _children_cpu() -> float:
@@ -74,3 +82,28 @@ class CpuUnder:
                 # fields[0] is the state (field 3 of stat): utime, stime are fields 14, 15; start time 22
                 used = (int(fields[11]) + int(fields[12])) / self._tick
                 self._seen[(int(entry.name), fields[19])] = used
+
+
+@contextlib.contextmanager
+def bench_server(name: str, *, keep: bool = False) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A temporary folder and the environment of a dvcflow server started for the benchmark (its own home
+    in that folder, a free port), its warm starter ready, so that no timed command runs while the
+    starter is still importing; the server stopped and the folder removed afterwards (unless `keep`)."""
+    from tests.helpers import base_env, free_port
+
+    from dvcflow import warm
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"dvcflow-bench-{name}-"))
+    home = workdir / "home"
+    env = base_env(home)
+    env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(free_port()), COLUMNS="120")
+    dvcflow = [sys.executable, "-m", "dvcflow"]
+    try:
+        run_command([*dvcflow, "server", "start"], PROJECT, env)
+        if warm.ping(home) is None:
+            raise SystemExit(f"the warm starter of {home} did not answer")
+        yield workdir, env
+    finally:
+        subprocess.run([*dvcflow, "server", "stop"], cwd=PROJECT, env=env, capture_output=True, timeout=120)
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
