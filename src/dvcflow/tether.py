@@ -22,10 +22,16 @@ _DEFAULTS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *_ENDING)
 
 
 def _end_group(signum: int, _frame: object) -> None:
-    """Take the process group down with this process (the group's children would survive it)."""
-    signal.signal(signum, signal.SIG_DFL)
+    """Take the process group down with this process (the group's children would survive it).
+
+    Ignore the ending signals until the group has been signalled: the kernel sends the parent-death
+    signal again on every re-parenting (a dying dvcflow's threads exit one by one, then init adopts us),
+    and a repeat landing on the default action would end this process before its group."""
+    for ending in _ENDING:
+        signal.signal(ending, signal.SIG_IGN)
     if os.getpgrp() == os.getpid():  # never dvcflow's own group
-        os.killpg(0, signum)
+        os.killpg(0, signum)  # ignored here, so it cannot cut this handler short
+    signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
 
