@@ -11,6 +11,9 @@ without work a restart does not need:
   another schema revision in the file (read with `sqlite3`). Prefect's own block memo imports every
   installed collection just to check (~0.4 s with prefect-dask); its migration check imports Alembic.
 
+An API request that a busy SQLite answered 503 is replayed within the server after milliseconds,
+not by the client after 2 s (`dvcflow.busy_retry`).
+
 The memo (`<PREFECT_HOME>/dvcflow-server-memo.json`) is written once the server's start-up (its
 migrations and block registration) has completed. Settings come from the environment, as for Prefect.
 
@@ -222,6 +225,8 @@ def serve(host: str, port: int) -> None:
     from prefect.server.api.server import create_app
     from prefect.settings import get_current_settings, temporary_settings
 
+    from dvcflow.busy_retry import RetryBusyDatabase
+
     gc.freeze()
     gc.enable()
     settings = get_current_settings()
@@ -246,7 +251,7 @@ def serve(host: str, port: int) -> None:
             _record_after_start(app, home, database, template=fresh)
         server = get_current_settings().server
         uvicorn.run(
-            app=app,
+            app=RetryBusyDatabase(app),
             app_dir=str(prefect.__module_path__.parent),
             host=host,
             port=port,
