@@ -66,6 +66,9 @@ def test_lifecycle_with_auth(tmp_path: Path) -> None:
     assert pid_alive(pid)
     starter = warm.ping(home)  # the warm starter started with the server (`dvcflow.warm`)
     assert starter is not None and pid_alive(starter)
+    shown = json.loads(dvcflow("server", "status", "--json", cwd=tmp_path, env=env).stdout)
+    assert shown["warm_starter"] == {"pid": starter, "ready": True}
+    assert f"Warm starter  ready (pid {starter})" in dvcflow("server", "status", cwd=tmp_path, env=env).stdout
     assert "s3cret" not in status.stdout
 
     api_url = f"http://127.0.0.1:{port}/api"

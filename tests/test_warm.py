@@ -358,7 +358,7 @@ def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> Non
 
 def test_prefect_settings_files_in_the_working_directory_are_seen(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("DATABASE=x\n")
-    (tmp_path / "pyproject.toml").write_text('[tool.black]\nline-length = 100\n# prefect\n')
+    (tmp_path / "pyproject.toml").write_text("[tool.black]\nline-length = 100\n# prefect\n")
     assert warm._prefect_files(str(tmp_path)) == []
     (tmp_path / ".env").write_text("prefect_logging_level=DEBUG\n")
     (tmp_path / "pyproject.toml").write_text('[tool.prefect.logging]\nlevel = "DEBUG"\n')

@@ -26,6 +26,7 @@ from dvcflow.errors import ConfigError, PipelineError, UsageError
 if TYPE_CHECKING:
     from dvcflow.metrics import MetricsSnapshot
 
+
 @dataclass(frozen=True)
 class Override:
     """One `-S` value of one trial: `file` and `key` as DVC reads them, `text` as Hydra prints it."""

@@ -38,8 +38,10 @@ class ServerStatus:
     database: str
     log_file: Path
     home: Path
+    warm_starter: tuple[int, bool] | None = None  # pid, serving yet (see `dvcflow.warm`)
 
     def as_dict(self) -> dict[str, object]:
+        starter = self.warm_starter
         return {
             "running": self.running,
             "url": self.url,
@@ -49,6 +51,7 @@ class ServerStatus:
             "database": self.database,
             "log_file": str(self.log_file),
             "home": str(self.home),
+            "warm_starter": None if starter is None else {"pid": starter[0], "ready": starter[1]},
         }
 
 
@@ -170,6 +173,7 @@ def _status(config: ServerConfig, pid: int | None, version: str | None, *, runni
         database=config.database_location,
         log_file=log_file(config),
         home=config.home,
+        warm_starter=warm.recorded(config.home),
     )
 
 

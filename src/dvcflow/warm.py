@@ -317,6 +317,13 @@ def ping(home: Path, timeout: float = 60.0) -> int | None:
 # ------------------------------------------------------------------------ launching and stopping it
 
 
+def recorded(home: Path) -> tuple[int, bool] | None:
+    """The running starter of `home` (for `server status`): its pid and whether it serves yet (it does
+    once its imports are done); None when none runs."""
+    pid = _recorded(home)
+    return None if pid is None else (pid, (home / READY_NAME).exists())
+
+
 def _recorded(home: Path) -> int | None:
     """The recorded starter's pid when that process is still a warm starter."""
     try:

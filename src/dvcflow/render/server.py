@@ -23,6 +23,9 @@ def server_status(status: ServerStatus) -> None:
     table.add_row("Prefect", status.prefect_version or "-")
     table.add_row("Database", status.database)
     table.add_row("Log", str(status.log_file))
+    if status.warm_starter is not None:
+        pid, ready = status.warm_starter
+        table.add_row("Warm starter", f"{'ready' if ready else 'starting'} (pid {pid})")
     out.print(table)
 
 
