@@ -53,6 +53,7 @@ def test_lifecycle_with_auth(tmp_path: Path) -> None:
     started = dvcflow("server", "start", "--auth", secret, cwd=tmp_path, env=env)
     assert started.returncode == 0, started.stderr
     assert f"Started Prefect server at http://127.0.0.1:{port}" in started.stdout
+    assert re.search(r"Warm starter  (starting|ready) \(pid \d+\)", started.stdout), started.stdout
 
     again = dvcflow("server", "start", "--auth", secret, cwd=tmp_path, env=env)
     assert again.returncode == 0

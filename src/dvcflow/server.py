@@ -7,6 +7,7 @@ Files under the dvcflow home: `server.pid`, `server.json` (what was started, no 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -267,8 +268,8 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
                     f"last lines of {log_file(config)}:\n{_tail(log_file(config))}",
                     hint="`dvcflow server stop`, then start it again",
                 )
-            warm.launch(config, pid)
-            return StartResult(status(config), already_running=True, seconds=time.monotonic() - began)
+            current = _with_starter(status(config), warm.launch(config, pid))
+            return StartResult(current, already_running=True, seconds=time.monotonic() - began)
         _refuse_busy_port(config)
         config.prefect_home.mkdir(parents=True, exist_ok=True)
         with open(log_file(config), "ab") as log:
@@ -285,11 +286,18 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
             json.dumps({"pid": process.pid, "url": config.url, "database": config.database_location}) + "\n"
         )
         _wait_healthy(config, process, timeout)
-        warm.launch(config, process.pid)  # imports in the background; commands use it once it is ready
+        starter = warm.launch(config, process.pid)  # imports in the background; used once it is ready
     # Just started and healthy: no need to ask. Its Prefect is this interpreter's (it runs sys.executable);
     # the API, busy starting its services, would take 0.1-1 s to say so.
     started = _status(config, process.pid, _installed_prefect(), running=True)
-    return StartResult(started, already_running=False, seconds=time.monotonic() - began)
+    return StartResult(
+        _with_starter(started, starter), already_running=False, seconds=time.monotonic() - began
+    )
+
+
+def _with_starter(current: ServerStatus, launched: int | None) -> ServerStatus:
+    """A starter launched just now has not recorded itself yet: show it as starting."""
+    return current if launched is None else dataclasses.replace(current, warm_starter=(launched, False))
 
 
 def run_foreground(config: ServerConfig) -> None:

@@ -334,20 +334,21 @@ def _recorded(home: Path) -> int | None:
     return pid if b"dvcflow.warm" in cmdline else None
 
 
-def launch(config: ServerConfig, server_pid: int) -> None:
-    """Start the warm starter for the server `server_pid` unless one runs; does not wait for it."""
+def launch(config: ServerConfig, server_pid: int) -> int | None:
+    """Start the warm starter for the server `server_pid` unless one runs; does not wait for it. The
+    pid of the one launched now."""
     import subprocess
 
     from dvcflow.api import local_client_environment
 
     if not enabled(os.environ) or not sys.platform.startswith("linux") or _recorded(config.home):
-        return
+        return None
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env.update(local_client_environment(config))
     try:
         log_fd = os.open(config.home / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(log_fd, "wb") as log:  # one server's worth of lines
-            subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "dvcflow.warm", str(config.home.resolve()), str(server_pid)],
                 cwd=config.home,
                 stdin=subprocess.DEVNULL,
@@ -355,9 +356,9 @@ def launch(config: ServerConfig, server_pid: int) -> None:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-            )
+            ).pid
     except OSError:  # commands then import what they need themselves, as without a starter
-        return
+        return None
 
 
 def stop(home: Path, timeout: float = 10.0) -> int | None:
