@@ -24,6 +24,7 @@ from prefect.results import ResultStore
 from prefect.states import Cancelled, Completed
 from prefect.tasks import MaterializingTask
 
+from dvcflow import dvcrepo
 from dvcflow.dvcrepo import PipelineSession
 from dvcflow.engine.executor import StageResult, Status, execute, open_session
 from dvcflow.engine.graph import PlannedStage
@@ -196,9 +197,15 @@ class PrefectLauncher:
         future.add_done_callback(partial(_report_done, self._finished, stage.name))
 
     def next_finished(self) -> tuple[str, Outcome]:
-        name = self._finished.get()
-        future = self.futures[name]
-        future.wait()
+        try:
+            name = self._finished.get()
+            future = self.futures[name]
+            future.wait()
+        except KeyboardInterrupt:
+            # Ctrl-C reaches this thread only: the stages' commands run in process groups of their own
+            # (so that they can be stopped cleanly), and the task runner would wait for them to finish.
+            dvcrepo.interrupt_commands()
+            raise
         state = future.state
         if state.name == NOT_RUN_STATE:
             return name, Outcome.NOT_RUN
