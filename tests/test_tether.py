@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import dvcflow
+from dvcflow import tether
 
 ROUNDS = 8  # before the fix at least one of eight left processes behind nine times in ten
 
@@ -32,7 +33,7 @@ def idle():
     time.sleep(120)
 
 def start_stage():
-    subprocess.Popen(tether.shim_command(["/bin/sh", "-c", "sleep 30"]), process_group=0)
+    subprocess.Popen(tether.shim_command(["/bin/sh", "-c", sys.argv[2]]), process_group=0)
     idle()
 
 for _ in range(30):
@@ -42,6 +43,14 @@ for _ in range(30):
     threading.Thread(target=idle, daemon=True).start()
 idle()
 """
+
+
+def start_stand_in(tmp_path: Path, folder: Path, command: str) -> subprocess.Popen[bytes]:
+    """The stand-in for dvcflow, running the stage `command` (a shell line) in `folder`."""
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    src = str(Path(dvcflow.__file__).parent.parent)
+    return subprocess.Popen([sys.executable, str(script), src, command], cwd=folder)
 
 
 def processes_in(folder: Path) -> dict[int, str]:
@@ -70,8 +79,6 @@ def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     not sys.platform.startswith("linux"), reason="the tether is Linux-only (PR_SET_PDEATHSIG)"
 )
 def test_a_killed_many_threaded_parent_takes_the_stage_and_its_children_along(tmp_path: Path) -> None:
-    src = str(Path(dvcflow.__file__).parent.parent)
-    (tmp_path / "stand_in.py").write_text(STAND_IN)
     left_behind: list[list[str]] = []
     for round_ in range(ROUNDS):
         folder = tmp_path / f"round{round_}"
@@ -83,7 +90,7 @@ def test_a_killed_many_threaded_parent_takes_the_stage_and_its_children_along(tm
         def nothing_left(folder: Path = folder) -> bool:
             return processes_in(folder) == {}
 
-        parent = subprocess.Popen([sys.executable, str(tmp_path / "stand_in.py"), src], cwd=folder)
+        parent = start_stand_in(tmp_path, folder, "sleep 30")
         try:
             assert wait_until(stage_running, timeout=20), f"the stage never started: {processes_in(folder)}"
         finally:
@@ -96,3 +103,32 @@ def test_a_killed_many_threaded_parent_takes_the_stage_and_its_children_along(tm
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
     assert left_behind == []
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the tether is Linux-only (PR_SET_PDEATHSIG)"
+)
+def test_a_stage_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    parent = start_stand_in(tmp_path, folder, 'trap "" TERM; sleep 30')  # a checkpointing trainer, say
+
+    def stage_running() -> bool:
+        return any(line.startswith("sleep 30") for line in processes_in(folder).values())
+
+    def nothing_left() -> bool:
+        return processes_in(folder) == {}
+
+    try:
+        assert wait_until(stage_running, timeout=20), f"the stage never started: {processes_in(folder)}"
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    try:
+        time.sleep(1)
+        assert stage_running()  # SIGTERM alone did not end it
+        assert wait_until(nothing_left, timeout=tether.GRACE_S + 5), processes_in(folder)
+    finally:
+        for pid in processes_in(folder):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)

@@ -4,7 +4,8 @@ A SIGKILLed dvcflow must leave nothing behind that races the next run: neither t
 (`dvcrepo._child_main`) nor a stage command the engine runs (`dvcrepo.stream_process`, through this
 file as a shim: `python -I -S tether.py PARENT_PID COMMAND...`). Each runs as the leader of a process
 group of its own (so a Ctrl-C can be forwarded to it and its children); on Linux the kernel SIGTERMs it
-when dvcflow dies (PR_SET_PDEATHSIG), and it then passes the signal on to its group before dying.
+when dvcflow dies (PR_SET_PDEATHSIG), and it then passes the signal on to its group before dying. What
+still runs in the group `GRACE_S` later (a command that traps or ignores SIGTERM) is SIGKILLed.
 
 Standard library only: the shim starts in ~15 ms.
 """
@@ -14,8 +15,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 _PR_SET_PDEATHSIG = 1
+GRACE_S = 5.0  # for the group to end after SIGTERM, before SIGKILL
 _ENDING = (signal.SIGTERM, signal.SIGHUP)
 # Reset to their default in the command: Python ignores SIGPIPE and SIGXFSZ, as `subprocess` undoes too.
 _DEFAULTS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *_ENDING)
@@ -29,10 +32,37 @@ def _end_group(signum: int, _frame: object) -> None:
     and a repeat landing on the default action would end this process before its group."""
     for ending in _ENDING:
         signal.signal(ending, signal.SIG_IGN)
-    if os.getpgrp() == os.getpid():  # never dvcflow's own group
+    group = os.getpgrp()
+    if group == os.getpid():  # never dvcflow's own group
         os.killpg(0, signum)  # ignored here, so it cannot cut this handler short
+        deadline = time.monotonic() + GRACE_S
+        while _others_in(group) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _others_in(group):
+            os.killpg(0, signal.SIGKILL)  # this process included: it has nothing left to do
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _others_in(group: int) -> bool:
+    """Whether a live process other than this one is in process group `group` (Linux: /proc; elsewhere
+    False, so only the signal is passed on)."""
+    me = os.getpid()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[-1].split()  # state, ppid, pgrp, ...
+        except OSError:
+            continue
+        if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group:
+            return True
+    return False
 
 
 def tether(parent: int) -> bool:
