@@ -585,9 +585,11 @@ class _Starter:
             self._release(child, go=True)
         if data:
             return  # clients send nothing else after their request
-        self.log(f"the client of {child} is gone: killing {child}")
+        self.log(f"the client of {child} is gone: killing {child} and its process group")
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(child, signal.SIGKILL)
+            os.killpg(child, signal.SIGKILL)  # with it what it started there: `--ephemeral`'s server
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)  # in case it had not made its group yet
         self.selector.unregister(connection)
         self.orphans.add(child)  # reaped by `_reap`, which then has no one to tell
 
