@@ -52,6 +52,8 @@ READY_TIMEOUT_S = 2.0  # a starter that has imported answers in milliseconds; a 
 UNSERVED = frozenset({"server"})
 # Options whose commands may ask for a password on the terminal (dvc push/pull over SSH/HTTP, git
 # credentials): a served child has no controlling terminal, so with a terminal these run the usual way.
+# (DVC then runs in a background process group of that terminal, so a prompt still stops it: a known
+# gap, docs/failure-modes.md.)
 PROMPTING_OPTIONS = frozenset({"--push", "--pull"})
 # What Prefect's settings read from the working directory besides the environment (prefect/settings/base.py).
 PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")
