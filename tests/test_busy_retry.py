@@ -82,3 +82,22 @@ def test_other_answers_and_paths_pass_through_once() -> None:
     response = post(RetryBusyDatabase(failing, prefix="/ui/", pauses=PAUSES))
     assert response.status_code == 503
     assert len(failed_bodies) == 1
+
+
+def test_a_deliberate_not_ready_is_answered_at_once() -> None:
+    calls: list[str] = []
+
+    async def ready(_request: Request) -> Response:
+        calls.append("ready")
+        return JSONResponse({"message": "database not ready"}, status_code=503)
+
+    api = Starlette(routes=[Route("/ready", ready)])
+    app = RetryBusyDatabase(Starlette(routes=[Mount("/api", app=api)]), pauses=PAUSES)
+
+    async def call() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/api/ready")
+
+    assert asyncio.run(call()).status_code == 503
+    assert calls == ["ready"]

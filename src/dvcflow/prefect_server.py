@@ -251,7 +251,7 @@ def serve(host: str, port: int) -> None:
             _record_after_start(app, home, database, template=fresh)
         server = get_current_settings().server
         uvicorn.run(
-            app=RetryBusyDatabase(app),
+            app=app if database is None else RetryBusyDatabase(app),  # SQLite's lock only: see the module
             app_dir=str(prefect.__module_path__.parent),
             host=host,
             port=port,
