@@ -35,6 +35,15 @@ def _no_debug_from_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DVCFLOW_DEBUG", raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _no_interrupt_carried_over() -> Iterator[None]:
+    """A test that interrupts commands in-process must not leave later tests of this worker interrupted."""
+    yield
+    dvcrepo = sys.modules.get("dvcflow.dvcrepo")
+    if dvcrepo is not None:
+        dvcrepo.clear_interrupted()
+
+
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """A real Prefect server on a free port, managed by dvcflow itself."""

@@ -97,3 +97,19 @@ def test_interrupt_from_a_signal_handler_while_the_lock_is_held() -> None:
     thread.start()
     thread.join(timeout=10)
     assert not thread.is_alive(), "interrupt_commands deadlocked on _RUNNING_LOCK"
+
+
+def test_a_command_started_after_an_interrupt_is_stopped_at_once(tmp_path: Path) -> None:
+    """A stage still preparing when Ctrl-C came (or a retry) must not run its command to the end."""
+    import time
+
+    dvcrepo.interrupt_commands(grace=0.1)
+    assert dvcrepo.interrupted()
+    began = time.monotonic()
+    code, _ = dvcrepo.stream_process(["sleep", "30"], tmp_path, dict(os.environ), lambda _line: None)
+    assert code != 0
+    assert time.monotonic() - began < 10
+    dvcrepo.clear_interrupted()
+    assert not dvcrepo.interrupted()
+    code, _ = dvcrepo.stream_process(["true"], tmp_path, dict(os.environ), lambda _line: None)
+    assert code == 0

@@ -126,6 +126,7 @@ def test_ctrl_c_during_a_stage_exits_130_and_the_next_run_finishes(
     assert code == 130, stderr
     assert "Interrupted" in stderr
     assert not re.search(r"^Traceback", stderr, re.MULTILINE), stderr  # the stage's own is in its log
+    assert "Retry 1/1" not in stderr  # an interrupted stage is not retried
     assert not (repo / "completions.txt").exists()  # the stage's command never got to its end
     assert not (repo / "slow.txt").exists()
     assert not (repo / "dvc.lock").exists()

@@ -159,9 +159,26 @@ _RUNNING: set[subprocess.Popen[str]] = set()
 _RUNNING_LOCK = threading.RLock()
 
 
+# Set by `interrupt_commands`: the command is ending, so a DVC process or stage command that starts
+# later (a stage still preparing, a retry) is stopped as soon as it starts, and no retry is attempted.
+_INTERRUPTED = threading.Event()
+
+
+def interrupted() -> bool:
+    """Whether `interrupt_commands` was called (since `clear_interrupted`)."""
+    return _INTERRUPTED.is_set()
+
+
+def clear_interrupted() -> None:
+    """Forget an earlier interrupt: for a process that goes on to run something else (tests, a library)."""
+    _INTERRUPTED.clear()
+
+
 def interrupt_commands(grace: float = 10.0) -> int:
-    """Stop every DVC process `stream_dvc` is running (SIGINT, then harder after `grace` s); the count."""
+    """Stop every DVC process `stream_dvc` is running (SIGINT, then harder after `grace` s), and any that
+    starts from now on; the count of those running now."""
     with _RUNNING_LOCK:
+        _INTERRUPTED.set()
         running = list(_RUNNING)
     stoppers = [threading.Thread(target=_stop, args=(process, grace)) for process in running]
     for thread in stoppers:
@@ -262,7 +279,10 @@ def _pump(
         assert process.stdout is not None
         with _RUNNING_LOCK:
             _RUNNING.add(process)
+            late = _INTERRUPTED.is_set()
         try:
+            if late:  # started after a Ctrl-C: stopped at once, as those running then were
+                _stop(process)
             for raw in process.stdout:
                 if raw == READY_MARK:
                     continue

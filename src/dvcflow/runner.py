@@ -109,6 +109,7 @@ def _execute_exclusively(
         close_session(root)  # the other run changes the repository: the flow must read it afresh
         announce(message)
 
+    dvcrepo.clear_interrupted()  # a process may run more than one command (tests, library use)
     with exclusive_run(root, on_wait=on_wait):
         # A run of this repository left Running by a process of this host that is gone (one that died
         # before its watchdog could act, e.g. with the machine): say so instead of leaving it Running.

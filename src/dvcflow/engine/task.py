@@ -159,6 +159,7 @@ class PrefectLauncher:
         options: dict[str, Any] = {
             "name": stage.name,
             "retries": self.retries if action is Action.RUN else 0,
+            "retry_condition_fn": _unless_interrupted,
             "assets": outs,
             "asset_deps": deps or None,
         }
@@ -210,6 +211,11 @@ class PrefectLauncher:
         if state.name == NOT_RUN_STATE:
             return name, Outcome.NOT_RUN
         return name, Outcome.SUCCEEDED if state.is_completed() else Outcome.FAILED
+
+
+def _unless_interrupted(_task: Any, _task_run: Any, _state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: no retry of a stage once a Ctrl-C stopped the run's commands."""
+    return not dvcrepo.interrupted()
 
 
 def _report_done(finished: queue.Queue[str], name: str, _: PrefectFuture[Any]) -> None:

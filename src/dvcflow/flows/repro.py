@@ -35,8 +35,11 @@ def retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:
 
     dvcflow's own errors say which they are (`StageCommandError`: a stage's command failed, worth
     another attempt; any other `DvcflowError`: missing data, an invalid dvc.yaml, an unknown target...).
-    Anything else, such as `--fail-once`'s error or a killed process, gets its retries.
+    Anything else, such as `--fail-once`'s error or a killed process, gets its retries; nothing does
+    after a Ctrl-C (`dvcrepo.interrupted`).
     """
+    if dvcrepo.interrupted():
+        return False
     try:
         exc = state.result(raise_on_failure=False)
     except Exception:
