@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dvcflow import server, warm
 from dvcflow.errors import ApiUnreachableError
@@ -79,6 +81,7 @@ def _connect(
     if mode is ApiMode.EPHEMERAL:
         config.prefect_home.mkdir(parents=True, exist_ok=True)
         apply_environment(ephemeral_environment(config))
+        _tether_temporary_server()
         return ApiConnection(mode, None, "Prefect API: a temporary server for this run only (--ephemeral)")
     if server.recorded_pid(config) is None or not server.health(config.url):
         result = server.start(config)
@@ -91,6 +94,36 @@ def _connect(
     for key, value in LOCAL_CLIENT_DEFAULTS.items():  # an explicit setting wins
         os.environ.setdefault(key, value)
     return ApiConnection(mode, config.api_url, f"Prefect API: {config.api_url} (dvcflow local server)")
+
+
+class _TetheredSubprocess:
+    """The `subprocess` module as Prefect's server module sees it, but `Popen` starts the command through
+    dvcflow's tether shim (Linux), so that the command dies with this process."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def Popen(self, args: list[str], **kwargs: Any) -> Any:  # the name Prefect calls
+        from dvcflow import tether
+
+        return self._real.Popen(tether.shim_command(list(args)), **kwargs)
+
+
+def _tether_temporary_server() -> None:
+    """Prefect runs `--ephemeral`'s temporary server as a plain child that only an exit hook stops: a
+    SIGKILLed dvcflow (the OOM killer, `kill -9`) left it serving forever, holding the caller's stdout
+    open. Its module's one `subprocess.Popen` (the uvicorn command) now goes through the tether shim.
+    Imported here, after `apply_environment`: Prefect reads its settings once, at import."""
+    if not sys.platform.startswith("linux"):
+        return
+    import prefect.server.api.server as prefect_server
+
+    real = getattr(prefect_server, "subprocess")  # noqa: B009 - the module's import, not an export
+    if not isinstance(real, _TetheredSubprocess):
+        setattr(prefect_server, "subprocess", _TetheredSubprocess(real))  # noqa: B010
 
 
 def local_client_environment(config: ServerConfig) -> dict[str, str]:

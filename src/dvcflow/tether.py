@@ -5,13 +5,16 @@ A SIGKILLed dvcflow must leave nothing behind that races the next run: neither t
 file as a shim: `python -I -S tether.py PARENT_PID COMMAND...`). Each runs as the leader of a process
 group of its own (so a Ctrl-C can be forwarded to it and its children); on Linux the kernel SIGTERMs it
 when dvcflow dies (PR_SET_PDEATHSIG), and it then passes the signal on to its group before dying. What
-still runs in the group `GRACE_S` later (a command that traps or ignores SIGTERM) is SIGKILLed.
+still runs in the group `GRACE_S` later (a command that traps or ignores SIGTERM) is SIGKILLed. A shim
+started in its caller's group (`--ephemeral`'s temporary Prefect server, `api._tether_temporary_server`)
+passes it to its command alone.
 
 Standard library only: the shim starts in ~15 ms.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -19,6 +22,7 @@ import time
 
 _PR_SET_PDEATHSIG = 1
 GRACE_S = 5.0  # for the group to end after SIGTERM, before SIGKILL
+_command: int | None = None  # the shim's command, once started
 _ENDING = (signal.SIGTERM, signal.SIGHUP)
 # Reset to their default in the command: Python ignores SIGPIPE and SIGXFSZ, as `subprocess` undoes too.
 _DEFAULTS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *_ENDING)
@@ -33,15 +37,32 @@ def _end_group(signum: int, _frame: object) -> None:
     for ending in _ENDING:
         signal.signal(ending, signal.SIG_IGN)
     group = os.getpgrp()
-    if group == os.getpid():  # never dvcflow's own group
+    if group == os.getpid():
         os.killpg(0, signum)  # ignored here, so it cannot cut this handler short
         deadline = time.monotonic() + GRACE_S
         while _others_in(group) and time.monotonic() < deadline:
             time.sleep(0.05)
         if _others_in(group):
             os.killpg(0, signal.SIGKILL)  # this process included: it has nothing left to do
+    elif _command is not None:  # a shim in its caller's group (never signal that): its command only
+        _end_command(_command, signum)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _end_command(pid: int, signum: int) -> None:
+    with contextlib.suppress(OSError):
+        os.kill(pid, signum)
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _others_in(group: int) -> bool:
@@ -88,8 +109,9 @@ def _shim(argv: list[str]) -> int:
     if not tether(parent):
         return 143
     signal.signal(signal.SIGINT, lambda *_: None)  # the group's Ctrl-C is the command's to handle
+    global _command
     try:
-        pid = os.posix_spawnp(command[0], command, os.environ, setsigdef=_DEFAULTS)
+        pid = _command = os.posix_spawnp(command[0], command, os.environ, setsigdef=_DEFAULTS)
     except OSError as err:
         print(f"{command[0]}: {err.strerror}", file=sys.stderr, flush=True)
         return 127
