@@ -132,6 +132,37 @@ def test_ctrl_c_reaches_the_served_command(tmp_path: Path, live_server: LiveServ
     assert ["run-a"] in served(live_server.home).values()
 
 
+EARLY_CTRL_C = """
+import json, os, signal, socket
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's shell gives it (not ignored)
+from dvcflow import warm
+from dvcflow.settings import resolve_server_config
+request = warm._request(["run-a"])
+connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+path = str(warm.socket_path(resolve_server_config().home))
+child = warm._handshake(connection, path, json.dumps(request).encode(), 10.0)
+os.killpg(child, signal.SIGINT)  # a Ctrl-C right after `go`, before the child has become the command
+print(warm._wait_for(connection, child, set()))
+"""
+
+
+def test_a_ctrl_c_forwarded_before_the_child_began_the_command_still_interrupts_it(
+    tmp_path: Path, live_server: LiveServer, starter: int
+) -> None:
+    repo = slow_repo(tmp_path, live_server.env, seconds=60)
+    client = subprocess.run(
+        [sys.executable, "-c", EARLY_CTRL_C],
+        cwd=repo,
+        env=live_server.env,
+        capture_output=True,
+        text=True,
+        timeout=40,  # a Ctrl-C the child's starter-made handlers swallowed: the stage would hold 60 s
+    )
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.split()[-1] in {"130", str(-signal.SIGINT)}, client.stdout + client.stderr
+    assert not (repo / "completions.txt").exists()
+
+
 @integration
 def test_sigkill_of_the_client_kills_the_child_and_the_flow_run_is_crashed(
     tmp_path: Path, live_server: LiveServer, starter: int

@@ -91,6 +91,7 @@ PRELOAD = (
 )
 
 _FORWARD_TO_GROUP = (signal.SIGINT, signal.SIGQUIT)  # what a terminal sends to the foreground group
+_HELD_AT_FORK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # those the starter handles itself
 _FORWARD_TO_CHILD = (signal.SIGTERM, signal.SIGHUP)  # what `kill PID` or a closed terminal sends
 _IGNORABLE = (*_FORWARD_TO_GROUP, *_FORWARD_TO_CHILD)
 
@@ -662,8 +663,18 @@ class _Starter:
             connection.close()
             return
         go_read, go_write = os.pipe2(os.O_CLOEXEC)
-        child = os.fork()
-        if child == 0:
+        # Until `_become` has put the command's handlers in place, a signal the client forwards would meet
+        # the starter's (which only note a stop): the child starts with them held back, delivered once it
+        # has. Blocked before the fork: the client may signal before the child has run at all.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_AT_FORK)
+        try:
+            child = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if child != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        else:
             os.close(go_write)
             if os.read(go_read, 1) != b"g":  # the client gave up: it runs the command itself
                 os._exit(0)
@@ -702,6 +713,7 @@ class _Starter:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             for number in request["ignored"]:
                 signal.signal(number, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_AT_FORK)  # a Ctrl-C held back lands now
             keep = {connection.fileno(), *fds}
             for other in self.children.values():
                 if other.fileno() not in keep:
@@ -722,6 +734,8 @@ class _Starter:
             # `connection` stays open until this process ends: the client sees EOF only when both the
             # starter and this child are gone.
             _adopt(request)
+        except KeyboardInterrupt:  # Ctrl-C before the command began: nothing ran, end as interrupted
+            os._exit(130)
         except BaseException as err:  # the client waits: say why, end with EX_SOFTWARE
             print(
                 f"dvcflow: the warm starter could not start the command ({err!r})",
