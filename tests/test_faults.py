@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -273,9 +274,10 @@ def client_env_api(env: dict[str, str]) -> str:
 EPHEMERAL_EXIT_WITHIN_S = EPHEMERAL_INTERRUPT_GRACE_S + TERM_WAIT_S + 3.0
 
 
-def test_sigkill_with_the_temporary_server_leaves_no_server_behind(tmp_path: Path) -> None:
-    """--ephemeral, not served by a warm starter (none runs here): Prefect stops its temporary server only
-    in an exit hook, so a SIGKILLed dvcflow left it serving forever; it is tethered now."""
+@contextlib.contextmanager
+def ephemeral_run_mid_stage(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """`dvcflow run-a --ephemeral` (no server, so no warm starter) in a slow repository, once its stage
+    has started; its output in tmp_path/output.txt; whatever is left of its process group killed after."""
     env = base_env(tmp_path / "home")
     env["DVCFLOW_HOME"] = str(tmp_path / "home")
     repo = slow_repo(tmp_path, env, seconds=60)
@@ -290,43 +292,34 @@ def test_sigkill_with_the_temporary_server_leaves_no_server_behind(tmp_path: Pat
         )
         try:
             wait_for_file(repo / "started", timeout=240)  # the temporary server starts slowly on 2 cores
-            assert any("uvicorn" in line for line in processes_in(repo))  # it runs where dvcflow runs
-            run.kill()
-            run.wait(timeout=30)
-            deadline = time.monotonic() + 15
-            while processes_in(repo) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            left = processes_in(repo)
+            yield repo, run
         finally:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGKILL)  # whatever is left of its group, for the next tests
+                os.killpg(run.pid, signal.SIGKILL)  # the temporary server and the stage, if still there
+
+
+def test_sigkill_with_the_temporary_server_leaves_no_server_behind(tmp_path: Path) -> None:
+    """Prefect stops its temporary server only in an exit hook, so a SIGKILLed dvcflow left it serving
+    forever; it is tethered now."""
+    with ephemeral_run_mid_stage(tmp_path) as (repo, run):
+        assert any("uvicorn" in line for line in processes_in(repo))  # it runs where dvcflow runs
+        run.kill()
+        run.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while processes_in(repo) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = processes_in(repo)
     assert left == []  # the temporary server, DVC and the stage's command all ended with dvcflow
 
 
 def test_ctrl_c_with_the_temporary_server_exits_130_at_once(tmp_path: Path) -> None:
     """--ephemeral: the terminal's SIGINT stops Prefect's temporary server too; dvcflow must not spend
     minutes retrying to record the run on it."""
-    env = base_env(tmp_path / "home")
-    env["DVCFLOW_HOME"] = str(tmp_path / "home")
-    repo = slow_repo(tmp_path, env, seconds=60)
-    with (tmp_path / "output.txt").open("w") as output:  # a file: a pipe would wait for the server's exit
-        run = subprocess.Popen(
-            [sys.executable, "-m", "dvcflow", "run-a", "--ephemeral"],
-            cwd=repo,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_for_file(repo / "started", timeout=240)  # the temporary server starts slowly on 2 cores
-            os.killpg(run.pid, signal.SIGINT)
-            interrupted = time.monotonic()
-            code = run.wait(timeout=60)
-            took = time.monotonic() - interrupted
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGKILL)  # the temporary server and the stage, if still there
+    with ephemeral_run_mid_stage(tmp_path) as (_, run):
+        os.killpg(run.pid, signal.SIGINT)
+        interrupted = time.monotonic()
+        code = run.wait(timeout=60)
+        took = time.monotonic() - interrupted
     text = (tmp_path / "output.txt").read_text()
     assert code == 130, text
     assert took < EPHEMERAL_EXIT_WITHIN_S, f"exited {took:.1f} s after Ctrl-C"
