@@ -30,7 +30,7 @@ help:
 # ~/.cache/dvcflow): ~8 s once, 0.1 s after; a failure only means the first start migrates (~7 s).
 setup: $(STAMP) $(BYTECODE)
 	@$(BIN)/python -m mltoy.data --out data/raw/iris.csv
-	@$(BIN)/python -m dvcflow.prefect_server --prepare-template \
+	@$(BIN)/python -m dvcflow.server.process --prepare-template \
 		|| echo "note: no template database for Prefect's server; its first start will migrate one"
 
 $(BIN)/python:

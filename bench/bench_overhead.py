@@ -1,7 +1,7 @@
 """dvcflow's fixed costs, timed in one session: a no-op run, a server start, `--help`.
 
 1. No-op `dvcflow run-a` ÷ no-op `dvc repro`, server up, on a copy of the demo pipeline (target ≤ 2.5):
-   served by the warm starter (`dvcflow.warm`), and with it off (`DVCFLOW_WARM=0`); CPU seconds too.
+   served by the warm starter (`dvcflow.proc.zygote`), and with it off (`DVCFLOW_WARM=0`); CPU seconds too.
 2. `dvcflow server start` on an existing database (target ≤ 4 s), the first ever (target ≤ 8 s), and on a
    further fresh database, which starts from the template the first one left.
 3. `dvcflow --help` ÷ `dvc --help` (target ≤ 1.0).
@@ -39,7 +39,7 @@ from bench.bench_per_stage import _run  # noqa: E402 - one timed-command helper 
 from bench.profile_run_a import profile  # noqa: E402
 from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
 
-from dvcflow import warm  # noqa: E402
+from dvcflow.proc import zygote  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 BIN = Path(sys.executable).parent
@@ -85,10 +85,10 @@ def server_rounds(
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Each fresh round, interleaved: a first start ever with an empty cache (no template database: the
     migrations run); `make setup`'s template preparation into another empty cache; a first start ever
-    after it (a template copy; see `dvcflow.prefect_server`). Then restarts on an existing database.
+    after it (a template copy; see `dvcflow.server.process`). Then restarts on an existing database.
     Returns wall-clock samples and the server process's CPU seconds when `start` returned."""
     dvcflow = [sys.executable, "-m", "dvcflow", "server"]
-    prepare = [sys.executable, "-m", "dvcflow.prefect_server", "--prepare-template"]
+    prepare = [sys.executable, "-m", "dvcflow.server.process", "--prepare-template"]
     samples: dict[str, list[float]] = {name: [] for name in (NO_TEMPLATE, PREPARE, FIRST_EVER, EXISTING)}
     cpu: dict[str, list[float]] = {name: [] for name in (NO_TEMPLATE, FIRST_EVER, EXISTING)}
 
@@ -123,7 +123,7 @@ HELP_WARM = "dvcflow --help, server up (warm starter)"
 def _served_cpu(home: Path, seen: int) -> float:
     """CPU seconds of the warm starter's newest child (its log line `PID ended: exit N, X s CPU`) when
     it forked one since `seen` lines; the client's own CPU does not include it (not its child)."""
-    lines = (home / warm.LOG_NAME).read_text().splitlines()
+    lines = (home / zygote.LOG_NAME).read_text().splitlines()
     ended = [line for line in lines[seen:] if " ended: exit " in line]
     return float(ended[-1].split(", ")[-1].split()[0]) if ended else 0.0
 
@@ -136,7 +136,7 @@ def run_a_rounds(
     env = _env(home)
     repo = make_pipeline_repo(workdir / "repo", env)
     dvcflow = [sys.executable, "-m", "dvcflow"]
-    cold = {**env, warm.SWITCH_ENV: "0"}
+    cold = {**env, zygote.SWITCH_ENV: "0"}
     commands = {
         "dvc repro": ([str(BIN / "dvc"), "repro"], env),
         "dvcflow run-a": ([str(BIN / "dvcflow"), "run-a"], env),
@@ -147,13 +147,13 @@ def run_a_rounds(
     cpu: dict[str, list[float]] = {name: [] for name in commands}
     try:
         _run([*dvcflow, "server", "start"], PROJECT, env)
-        assert warm.ping(home) is not None, "no warm starter"
+        assert zygote.ping(home) is not None, "no warm starter"
         for args, command_env in commands.values():  # warm-up: dvc.lock up to date, the flow registered
             _run(args, repo, command_env)
         for round_no in range(repeat):
             for name in list(commands)[round_no % 4 :] + list(commands)[: round_no % 4]:
                 args, command_env = commands[name]
-                seen = len((home / warm.LOG_NAME).read_text().splitlines())
+                seen = len((home / zygote.LOG_NAME).read_text().splitlines())
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 seconds, result = _run(args, repo, command_env)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)

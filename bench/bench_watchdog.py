@@ -1,6 +1,6 @@
 """What crash detection costs a run, and how fast a killed run becomes Crashed.
 
-1. In process, `--repeat` times: the wall time `dvcflow.watchdog.watching()` adds around an empty block
+1. In process, `--repeat` times: the wall time `dvcflow.api.watchdog.watching()` adds around an empty block
    (start the watchdog, tell it `done` at the end: the whole cost at flow end is one pipe write), and the
    CPU the watchdog process itself uses (it runs beside the flow on the same machine).
 2. Against a dvcflow server of its own: `dvcflow run-a` on a one-stage repo is SIGKILLed while the stage
@@ -34,7 +34,7 @@ sys.path.insert(0, str(PROJECT))
 
 from tests.helpers import api_post, base_env, free_port, make_tiny_repo  # noqa: E402
 
-from dvcflow.watchdog import watching  # noqa: E402
+from dvcflow.api.watchdog import watching  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
 SLOW = """stages:

@@ -30,16 +30,16 @@ INTERVAL_S = 0.002
 # (slice, test on the stack's (file, function) pairs, outermost first); the first match wins.
 SLICES: tuple[tuple[str, str, str], ...] = (
     ("imports (Prefect and what it loads lazily)", "<frozen importlib._bootstrap>", "_find_and_load"),
-    ("dvc repro process (waiting for it: repro, metrics read)", "dvcflow/dvcrepo.py", ""),
+    ("dvc repro process (waiting for it: repro, metrics read)", "dvcflow/dvc/", ""),
     ("metrics summary task (log, artifact)", "dvcflow/flows/repro.py", "metrics_summary_task"),
-    ("read-back of the flow and task runs", "dvcflow/runs.py", "_final_task_runs"),
-    ("read-back of the flow and task runs", "dvcflow/runs.py", "_returned_metrics"),
-    ("orphaned-run check", "dvcflow/runs.py", "crash_orphaned_runs"),
+    ("read-back of the flow and task runs", "dvcflow/api/execution.py", "_final_task_runs"),
+    ("read-back of the flow and task runs", "dvcflow/api/execution.py", "_returned"),
+    ("orphaned-run check", "dvcflow/api/crash.py", "crash_orphaned_runs"),
     ("Prefect task engine (task-run states, API)", "prefect/task_engine.py", ""),
     ("Prefect flow engine (flow run, states, API)", "prefect/flow_engine.py", ""),
-    ("settings and API connection", "dvcflow/runs.py", "_execute"),
-    ("repository checks, server health", "dvcflow/runner.py", "_prepare"),
-    ("run summary (render)", "dvcflow/render/", ""),
+    ("settings and API connection", "dvcflow/api/execution.py", "_execute"),
+    ("repository checks, server health", "dvcflow/services/pipeline.py", "_prepare"),
+    ("run summary (render)", "dvcflow/cli/render/", ""),
     ("CLI parsing and the rest", "", ""),
 )
 

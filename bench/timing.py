@@ -91,7 +91,7 @@ def bench_server(name: str, *, keep: bool = False) -> Iterator[tuple[Path, dict[
     starter is still importing; the server stopped and the folder removed afterwards (unless `keep`)."""
     from tests.helpers import base_env, free_port
 
-    from dvcflow import warm
+    from dvcflow.proc import zygote
 
     workdir = Path(tempfile.mkdtemp(prefix=f"dvcflow-bench-{name}-"))
     home = workdir / "home"
@@ -100,7 +100,7 @@ def bench_server(name: str, *, keep: bool = False) -> Iterator[tuple[Path, dict[
     dvcflow = [sys.executable, "-m", "dvcflow"]
     try:
         run_command([*dvcflow, "server", "start"], PROJECT, env)
-        if warm.ping(home) is None:
+        if zygote.ping(home) is None:
             raise SystemExit(f"the warm starter of {home} did not answer")
         yield workdir, env
     finally:

@@ -39,9 +39,9 @@ def _no_debug_from_the_developer(monkeypatch: pytest.MonkeyPatch) -> None:
 def _no_interrupt_carried_over() -> Iterator[None]:
     """A test that interrupts commands in-process must not leave later tests of this worker interrupted."""
     yield
-    dvcrepo = sys.modules.get("dvcflow.dvcrepo")
-    if dvcrepo is not None:
-        dvcrepo.clear_interrupted()
+    children = sys.modules.get("dvcflow.proc.children")
+    if children is not None:
+        children.clear_interrupted()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The server-side replay of 503s (`dvcflow.busy_retry`), on a Starlette app shaped like Prefect's: the
+"""The server-side replay of 503s (`dvcflow.server.busy_retry`), on a Starlette app shaped like Prefect's: the
 API mounted under /api, an exception handler that answers 503 for a locked database and re-raises."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from dvcflow.busy_retry import RetryBusyDatabase
+from dvcflow.server.busy_retry import RetryBusyDatabase
 
 PAUSES = (0.0, 0.0, 0.0)
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dvcflow import __version__
 from dvcflow.cli.app import app
-from dvcflow.errors import NotADvcRepoError
+from dvcflow.core.errors import NotADvcRepoError
 
 runner = CliRunner()
 

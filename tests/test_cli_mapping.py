@@ -13,13 +13,13 @@ from unittest import mock
 import pytest
 from typer.testing import CliRunner
 
-from dvcflow import runner, server
 from dvcflow.cli.app import app
-from dvcflow.datasync import DataSync
-from dvcflow.metrics import MetricsSnapshot
-from dvcflow.runs import FlowRunRecord
-from dvcflow.selection import EVERYTHING, Selection
-from dvcflow.settings import ServerConfig
+from dvcflow.core.metrics import MetricsSnapshot
+from dvcflow.core.records import DataSync, FlowRunRecord
+from dvcflow.core.selection import EVERYTHING, Selection
+from dvcflow.core.settings import ServerConfig
+from dvcflow.server import control
+from dvcflow.services import pipeline
 
 RUN_A = {
     "selection": Selection(),
@@ -173,9 +173,9 @@ def test_each_option_reaches_the_runner(
     argv: list[str], function: str, repo: Path | None, kwargs: dict[str, Any]
 ) -> None:
     with (
-        mock.patch.object(runner, function, autospec=True, return_value=_returned(function)) as called,
-        mock.patch("dvcflow.render.plan.plan_view", autospec=True),
-        mock.patch("dvcflow.render.metrics.show", autospec=True),
+        mock.patch.object(pipeline, function, autospec=True, return_value=_returned(function)) as called,
+        mock.patch("dvcflow.cli.render.plan.plan_view", autospec=True),
+        mock.patch("dvcflow.cli.render.metrics.show", autospec=True),
     ):
         result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
@@ -184,7 +184,7 @@ def test_each_option_reaches_the_runner(
 
 SERVER = ServerConfig()
 
-# (command line, function in dvcflow.server, the configuration it must receive)
+# (command line, function in dvcflow.server.control, the configuration it must receive)
 SERVER_CASES: list[tuple[list[str], str, ServerConfig]] = [
     (["server", "status"], "status", SERVER),
     (["server", "status", "--port", "4999"], "status", ServerConfig(port=4999)),
@@ -208,8 +208,8 @@ def test_each_server_option_reaches_the_configuration(
     for name in ("DVCFLOW_HOST", "DVCFLOW_PORT", "DVCFLOW_HOME", "DVCFLOW_DATABASE_URL", "DVCFLOW_AUTH"):
         monkeypatch.delenv(name, raising=False)
     with (
-        mock.patch.object(server, function, autospec=True) as called,
-        mock.patch("dvcflow.render.server.server_status", autospec=True),
+        mock.patch.object(control, function, autospec=True) as called,
+        mock.patch("dvcflow.cli.render.server.server_status", autospec=True),
     ):
         CliRunner().invoke(app, argv)
     assert called.call_args.args[0] == config
@@ -217,7 +217,7 @@ def test_each_server_option_reaches_the_configuration(
         assert called.call_args.kwargs == {"timeout": 90.0}
 
 
-# (command line, the keyword arguments `dvcflow.deploy.trigger` must receive after the name)
+# (command line, the keyword arguments `dvcflow.services.deploy.trigger` must receive after the name)
 TRIGGER = {"wait": False, "timeout": 3600.0, "announce": mock.ANY}
 TRIGGER_CASES: list[tuple[list[str], dict[str, Any]]] = [
     (["trigger", "nightly"], TRIGGER),
@@ -228,12 +228,12 @@ TRIGGER_CASES: list[tuple[list[str], dict[str, Any]]] = [
 
 @pytest.mark.parametrize(("argv", "kwargs"), TRIGGER_CASES, ids=[" ".join(c[0]) for c in TRIGGER_CASES])
 def test_each_trigger_option_reaches_the_library(argv: list[str], kwargs: dict[str, Any]) -> None:
-    from dvcflow import deploy
-    from dvcflow.deploy import TriggeredRun
+    from dvcflow.services import deploy
+    from dvcflow.services.deploy import TriggeredRun
 
     done = TriggeredRun("id", "run", "dvcflow pipeline/nightly", "Completed", None)
     with (
-        mock.patch("dvcflow.dvcrepo.find_repo_root", autospec=True, return_value=Path(".")),
+        mock.patch("dvcflow.dvc.repository.find_repo_root", autospec=True, return_value=Path(".")),
         mock.patch.object(deploy, "connect_lasting", autospec=True),
         mock.patch.object(deploy, "trigger", autospec=True, return_value=done) as called,
     ):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dvcflow import liveness
-from dvcflow.runs import HOST_TAG, PID_TAG, repo_tag
+from dvcflow.api.tags import HOST_TAG, PID_TAG, repo_tag
+from dvcflow.proc import liveness
 from tests.conftest import LiveServer
 from tests.helpers import api_post, make_tiny_repo
 
@@ -47,7 +47,7 @@ def test_only_runs_of_this_host_with_a_dead_process_are_crashed(
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from dvcflow.runs import crash_orphaned_runs;"
+            "import sys; from pathlib import Path; from dvcflow.api.crash import crash_orphaned_runs;"
             "print(crash_orphaned_runs(Path(sys.argv[1])))",
             str(repo),
         ],

@@ -9,10 +9,12 @@ import pytest
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from dvcflow.datasync import DataSync, StagesReport
-from dvcflow.dvcrepo import CommandResult, Prepared, StageLog, StageSpec, failure
+from dvcflow.core.errors import PipelineError, StageCommandError
+from dvcflow.core.records import DataSync, StagesReport
+from dvcflow.dvc.commands import StageLog, failure
+from dvcflow.dvc.session import Prepared, StageSpec
 from dvcflow.engine.executor import Status, execute
-from dvcflow.errors import PipelineError, StageCommandError
+from dvcflow.proc.children import CommandResult
 
 REPRO_LOG = """\
 Pulling data for stage: 'data/raw/iris.csv.dvc'

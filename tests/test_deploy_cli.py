@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from dvcflow.errors import UsageError
-from dvcflow.notify import redact
+from dvcflow.core.errors import UsageError
+from dvcflow.services.notify import redact
 
 runner = CliRunner()
 
@@ -129,7 +129,7 @@ def _run(run_id: str, kind: str, attempt: int, message: str | None = None) -> Si
 
 def test_the_serving_watcher_reports_each_attempt_once_and_not_the_past() -> None:
     """What `dvcflow deploy` prints as runs start and end, from successive reads of the API."""
-    from dvcflow.deploy import RunEvent, _RunWatcher
+    from dvcflow.services.deploy import RunEvent, _RunWatcher
 
     reads = [
         [_run("old", "COMPLETED", 1)],  # before serving began: history, not news
@@ -170,27 +170,27 @@ DEPLOY = {
 }
 NOTIFY = {"webhook": None, "slack": None, "on": None, "name": None}
 MAPPING: list[tuple[list[str], str, dict[str, Any]]] = [
-    (["deploy"], "dvcflow.deploy.check_request", DEPLOY),
+    (["deploy"], "dvcflow.services.deploy.check_request", DEPLOY),
     (
         ["deploy", "--name", "n", "--cron", "0 3 * * *"],
-        "dvcflow.deploy.check_request",
+        "dvcflow.services.deploy.check_request",
         {**DEPLOY, "name": "n", "cron": "0 3 * * *"},
     ),
-    (["deploy", "--interval", "600"], "dvcflow.deploy.check_request", {**DEPLOY, "interval": 600.0}),
+    (["deploy", "--interval", "600"], "dvcflow.services.deploy.check_request", {**DEPLOY, "interval": 600.0}),
     (
         ["deploy", "--per-stage", "-j", "2", "--keep-going"],
-        "dvcflow.deploy.check_request",
+        "dvcflow.services.deploy.check_request",
         {**DEPLOY, "per_stage": True, "jobs": 2, "keep_going": True},
     ),
-    (["deploy", "--pool", "p"], "dvcflow.deploy.check_request", {**DEPLOY, "pool": "p"}),
+    (["deploy", "--pool", "p"], "dvcflow.services.deploy.check_request", {**DEPLOY, "pool": "p"}),
     (
         ["notify", "--webhook", "https://h/x"],
-        "dvcflow.notify.check_request",
+        "dvcflow.services.notify.check_request",
         {**NOTIFY, "webhook": "https://h/x"},
     ),
     (
         ["notify", "--slack", "https://h/y", "--on", "completed", "--name", "n"],
-        "dvcflow.notify.check_request",
+        "dvcflow.services.notify.check_request",
         {**NOTIFY, "slack": "https://h/y", "on": "completed", "name": "n"},
     ),
 ]
@@ -212,8 +212,8 @@ def test_each_option_reaches_the_library(args: list[str], target: str, kwargs: d
 
 def test_a_deployment_run_refuses_a_repo_root_other_than_its_own(tmp_path: Path) -> None:
     """A custom run (`--param repo_root=/elsewhere`) would run stage commands anywhere: refused."""
+    from dvcflow.api.tags import repo_tag
     from dvcflow.flows.deployed import check_repo_root
-    from dvcflow.runs import repo_tag
 
     served, other = tmp_path / "served", tmp_path / "other"
     served.mkdir()
@@ -231,7 +231,7 @@ def test_a_deployment_run_refuses_a_repo_root_other_than_its_own(tmp_path: Path)
     [("Completed", 0), ("Scheduled", 0), ("Failed", 1), ("Crashed", 1), ("Cancelled", 130)],
 )
 def test_trigger_exits_by_the_one_exit_code_table(state: str, code: int) -> None:
-    from dvcflow.deploy import TriggeredRun
+    from dvcflow.services.deploy import TriggeredRun
 
     assert TriggeredRun("id", "run", "flow/dep", state, None).exit_code == code
 
@@ -264,8 +264,8 @@ class _FakeClient:
 def test_trigger_wait_gives_up_after_its_timeout_and_says_nobody_serves(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dvcflow import deploy
-    from dvcflow.errors import DvcflowError
+    from dvcflow.core.errors import DvcflowError
+    from dvcflow.services import deploy
 
     client = _FakeClient()
     monkeypatch.setattr("prefect.client.orchestration.get_client", lambda **_: client)
@@ -289,8 +289,8 @@ def test_stopping_after_the_server_is_gone_is_a_server_error_not_a_crash(
 ) -> None:
     import httpx
 
-    from dvcflow import deploy
-    from dvcflow.errors import ApiLostError, ExitCode
+    from dvcflow.core.errors import ApiLostError, ExitCode
+    from dvcflow.services import deploy
 
     class Gone(_FakeClient):
         def request(self, *_: object, **__: object) -> Any:
@@ -307,7 +307,7 @@ def test_switching_webhook_and_slack_deletes_the_old_url_block(
     old_block: str, deleted: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Same name, other kind: the previous block (a Webhook, now a SlackWebhook) goes; the same one stays."""
-    from dvcflow import notify
+    from dvcflow.services import notify
 
     existing = SimpleNamespace(id="a1", actions=[SimpleNamespace(block_document_id=old_block)])
     gone: list[str] = []
@@ -339,7 +339,7 @@ def test_the_repository_path_is_not_jinja_to_the_server(tmp_path: Path) -> None:
     import jinja2
     from prefect.settings import PREFECT_UI_URL, temporary_settings
 
-    from dvcflow import notify
+    from dvcflow.services import notify
 
     root = tmp_path / "{{ 7 * 7 }}{% if 1 %}x{% endif %}"
     with temporary_settings(updates={PREFECT_UI_URL: "http://ui"}):
@@ -360,7 +360,7 @@ def test_the_repository_path_is_not_jinja_to_the_server(tmp_path: Path) -> None:
 
 
 def test_list_or_remove_alone_is_the_library_s_check() -> None:
-    from dvcflow.notify import check_list_or_remove
+    from dvcflow.services.notify import check_list_or_remove
 
     settings = {"webhook": None, "slack": None, "on": None, "name": None}
     check_list_or_remove(True, None, **settings)

@@ -1,4 +1,4 @@
-"""The DVC child process (`python -m dvcflow.dvcrepo`): one DVC start-up runs `dvc repro` and reads the
+"""The DVC child process (`python -m dvcflow.dvc.child`): one DVC start-up runs `dvc repro` and reads the
 metrics; a warmed-up child runs nothing until asked, and exits quietly when never asked."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dvcflow import dvcrepo
+from dvcflow.dvc import commands, metrics_files, repository
+from dvcflow.proc import children
 from tests.helpers import base_env, make_tiny_repo
 
 pytestmark = pytest.mark.integration
@@ -37,41 +38,41 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_repro_reads_the_metrics_in_the_same_process(repo: Path) -> None:
     lines: list[str] = []
-    run = dvcrepo.repro(repo, ["repro"], lines.append, metrics=True)
+    run = commands.repro(repo, ["repro"], lines.append, metrics=True)
     assert run.result.ok, lines
     assert "scoring" in lines  # the stage's own output is streamed
-    assert run.metrics == {"m.json": {"acc": 0.5}} == dvcrepo.metrics_show(repo)
+    assert run.metrics == {"m.json": {"acc": 0.5}} == metrics_files.metrics_show(repo)
     assert not any("dvcflow-metrics" in line for line in lines)  # the marked line is not output
 
 
 def test_failed_repro_reports_no_metrics(repo: Path) -> None:
     (repo / "score.py").write_text("raise SystemExit(3)\n")
-    run = dvcrepo.repro(repo, ["repro"], lambda _: None, metrics=True)
+    run = commands.repro(repo, ["repro"], lambda _: None, metrics=True)
     assert not run.result.ok and run.metrics is None
 
 
 def test_warm_child_runs_only_when_asked(repo: Path) -> None:
-    dvcrepo.warm_up(["repro"], repo, metrics=True)
-    (process,) = dvcrepo._warm.values()
+    commands.warm_up(["repro"], repo, metrics=True)
+    (process,) = commands._warm.values()
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], 60)
-    assert ready and process.stdout.readline() == dvcrepo.READY_MARK  # DVC imported, now waiting
+    assert ready and process.stdout.readline() == children.READY_MARK  # DVC imported, now waiting
     assert process.poll() is None and not (repo / "m.json").exists()  # warmed up, nothing run
     lines: list[str] = []
-    run = dvcrepo.repro(repo, ["repro"], lines.append, metrics=True)
+    run = commands.repro(repo, ["repro"], lines.append, metrics=True)
     assert run.result.ok and run.metrics == {"m.json": {"acc": 0.5}}
     assert "scoring" in lines
-    assert dvcrepo._warm == {}  # claimed
+    assert commands._warm == {}  # claimed
 
 
 def test_unclaimed_warm_child_exits_without_running_dvc(repo: Path) -> None:
-    dvcrepo.warm_up(["repro"], repo)
-    (process,) = dvcrepo._warm.values()
-    dvcrepo._warm.clear()
+    commands.warm_up(["repro"], repo)
+    (process,) = commands._warm.values()
+    commands._warm.clear()
     assert process.stdin is not None and process.stdout is not None
     process.stdin.close()  # as when dvcflow exits without asking
     assert process.wait(timeout=60) == 0
-    assert process.stdout.read() in ("", dvcrepo.READY_MARK)  # no output but the ready mark
+    assert process.stdout.read() in ("", children.READY_MARK)  # no output but the ready mark
     process.stdout.close()
     assert not (repo / "m.json").exists() and not (repo / "dvc.lock").exists()
 
@@ -79,8 +80,8 @@ def test_unclaimed_warm_child_exits_without_running_dvc(repo: Path) -> None:
 def test_child_refuses_to_run_for_a_dead_parent(repo: Path) -> None:
     import subprocess
 
-    env = {**os.environ, dvcrepo.PARENT_PID_ENV: "1"}  # not our parent: dvcflow is gone
-    result = subprocess.run(dvcrepo.dvc_command("repro"), cwd=repo, env=env, capture_output=True, timeout=60)
+    env = {**os.environ, repository.PARENT_PID_ENV: "1"}  # not our parent: dvcflow is gone
+    result = subprocess.run(commands.dvc_command("repro"), cwd=repo, env=env, capture_output=True, timeout=60)
     assert result.returncode == 143
     assert not (repo / "m.json").exists()
 
@@ -90,8 +91,8 @@ def test_interrupt_from_a_signal_handler_while_the_lock_is_held() -> None:
     import threading
 
     def handler_inside_pump() -> None:
-        with dvcrepo._RUNNING_LOCK:
-            dvcrepo.interrupt_commands(grace=0.1)
+        with children._RUNNING_LOCK:
+            children.interrupt_commands(grace=0.1)
 
     thread = threading.Thread(target=handler_inside_pump, daemon=True)
     thread.start()
@@ -103,13 +104,13 @@ def test_a_command_started_after_an_interrupt_is_stopped_at_once(tmp_path: Path)
     """A stage still preparing when Ctrl-C came (or a retry) must not run its command to the end."""
     import time
 
-    dvcrepo.interrupt_commands(grace=0.1)
-    assert dvcrepo.interrupted()
+    children.interrupt_commands(grace=0.1)
+    assert children.interrupted()
     began = time.monotonic()
-    code, _ = dvcrepo.stream_process(["sleep", "30"], tmp_path, dict(os.environ), lambda _line: None)
+    code, _ = children.stream_process(["sleep", "30"], tmp_path, dict(os.environ), lambda _line: None)
     assert code != 0
     assert time.monotonic() - began < 10
-    dvcrepo.clear_interrupted()
-    assert not dvcrepo.interrupted()
-    code, _ = dvcrepo.stream_process(["true"], tmp_path, dict(os.environ), lambda _line: None)
+    children.clear_interrupted()
+    assert not children.interrupted()
+    code, _ = children.stream_process(["true"], tmp_path, dict(os.environ), lambda _line: None)
     assert code == 0

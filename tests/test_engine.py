@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from dvcflow.core.errors import ConfigError
 from dvcflow.engine.plugins import StageFunction, command_arguments, load_registry
-from dvcflow.errors import ConfigError
 from tests.conftest import LiveServer
 from tests.helpers import PROJECT, api_post, base_env, dvc, dvcflow, make_shaped_repo, make_tiny_repo
 
@@ -227,8 +227,8 @@ def _verdicts(root: Path, session: Any = None) -> tuple[Verdicts, Verdicts]:
     `Stage.changed` from a fresh session, each with the debug lines it logged."""
     from dvc.repo import lock_repo
 
-    from dvcflow.dvcrepo import PipelineSession
-    from dvcflow.engine.graph import StageKind
+    from dvcflow.core.graph import StageKind
+    from dvcflow.dvc.session import PipelineSession
 
     with PipelineSession(root) as fresh:
         graph = fresh.snapshot(with_status=False).graph
@@ -276,7 +276,7 @@ def test_the_sessions_changed_check_agrees_with_dvcs_own(
         assert any(line.endswith(" changed.") for _, lines in ours.values() for line in lines), what  # logged
 
     # A session that recorded a stage itself asks with the index it kept: still DVC's verdicts afresh
-    from dvcflow.dvcrepo import PipelineSession
+    from dvcflow.dvc.session import PipelineSession
     from dvcflow.engine.executor import execute
 
     subprocess.run(["git", "stash", "-q", "-u"], cwd=repo, env=env, check=True)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dvcflow.errors import ConfigError
-from dvcflow.identity import repo_identity
-from dvcflow.metrics import artifact_key
-from dvcflow.runs import REPO_TAG, repo_tag
+from dvcflow.api.artifacts import artifact_key
+from dvcflow.api.tags import REPO_TAG, repo_tag
+from dvcflow.core.errors import ConfigError
+from dvcflow.core.identity import repo_identity
 from tests.conftest import LiveServer
 from tests.helpers import api_post, base_env, dvcflow, git
 
@@ -104,7 +104,7 @@ def test_tag_and_artifact_key_are_derived_from_the_identity(tmp_path: Path, env:
 def test_history_still_reads_metrics_published_under_the_old_path_key(
     tmp_path: Path, live_server: LiveServer
 ) -> None:
-    from dvcflow.metrics import legacy_artifact_key
+    from dvcflow.api.artifacts import legacy_artifact_key
 
     env = dict(live_server.env)
     repo = committed(tmp_path / "repo", env)

@@ -13,9 +13,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from dvcflow.api.artifacts import artifact_key, legacy_artifact_key
 from dvcflow.cli.app import app
-from dvcflow.metrics import Change, Metric, MetricsSnapshot, artifact_key, legacy_artifact_key
-from dvcflow.render.metrics import CHANGED_STYLE, _changes_table, display_value, sparkline
+from dvcflow.cli.render.metrics import CHANGED_STYLE, _changes_table, display_value, sparkline
+from dvcflow.core.metrics import Change, Metric, MetricsSnapshot
 from tests.conftest import LiveServer
 from tests.helpers import PROJECT, dvcflow, git, make_tiny_repo
 

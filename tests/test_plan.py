@@ -13,8 +13,8 @@ import yaml
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from dvcflow.engine.graph import Decision, PipelineSnapshot, StageGraph, StageKind, StageNode, plan
-from dvcflow.errors import PipelineError
+from dvcflow.core.errors import PipelineError
+from dvcflow.core.graph import Decision, PipelineSnapshot, StageGraph, StageKind, StageNode, plan
 
 
 def _node(name: str, *upstream: str) -> StageNode:
@@ -110,7 +110,7 @@ def test_plan_as_dict_is_json(wide: StageGraph) -> None:
 
 
 def test_status_reasons_read_like_dvc_status() -> None:
-    from dvcflow.dvcrepo import _status_reason
+    from dvcflow.dvc.status import _status_reason
 
     entries = [
         {"changed deps": {"params.yaml": {"split.test_size": "modified"}, "a.txt": "deleted"}},
@@ -153,7 +153,7 @@ def test_what_a_stage_task_is_told_to_do(
     keep_going: bool,
     expected: tuple[str, str, str | None],
 ) -> None:
-    from dvcflow.engine.graph import PlannedStage
+    from dvcflow.core.graph import PlannedStage
     from dvcflow.engine.scheduler import decide as _action
 
     stage = PlannedStage("s", 2, decision, "why", ("u1", "u2"))
@@ -196,7 +196,7 @@ def odd_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_read_pipeline_names_stages_from_the_repo_root(odd_repo: Path) -> None:
-    from dvcflow.dvcrepo import read_pipeline
+    from dvcflow.dvc.session import read_pipeline
 
     snapshot = read_pipeline(odd_repo)
     graph = snapshot.graph

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dvcflow.render import as_json
-from dvcflow.render.metrics import display_value
+from dvcflow.cli.render import as_json
+from dvcflow.cli.render.metrics import display_value
 
 
 def test_json_for_scripts_has_no_nan(capsys: pytest.CaptureFixture[str]) -> None:

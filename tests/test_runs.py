@@ -7,8 +7,9 @@ from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
 
-from dvcflow import runs
-from dvcflow.runs import HOST_TAG, PID_TAG, REPO_TAG, untagged_tasks
+from dvcflow.api import execution
+from dvcflow.api.execution import untagged_tasks
+from dvcflow.api.tags import HOST_TAG, PID_TAG, REPO_TAG
 
 
 def test_task_runs_keep_a_users_tags_but_not_dvcflows_identity_tags() -> None:
@@ -37,12 +38,12 @@ def test_the_summary_has_one_order_whether_task_runs_were_seen_here_or_read_from
     """Task runs submitted in the same instant (a tie on expected start) come by name in both paths."""
     later, tie_b, tie_a = _run("train", 5), _run("prep@b", 1), _run("prep@a", 1)
     flow_run_id = uuid4()
-    runs._declared[flow_run_id] = (later.id, tie_b.id, tie_a.id)
-    runs._seen_task_runs.update({run.id: run for run in (later, tie_b, tie_a)})
-    seen_here = runs._known_task_runs(flow_run_id)
+    execution._declared[flow_run_id] = (later.id, tie_b.id, tie_a.id)
+    execution._seen_task_runs.update({run.id: run for run in (later, tie_b, tie_a)})
+    seen_here = execution._known_task_runs(flow_run_id)
 
     client = SimpleNamespace(read_task_runs=lambda **_: [tie_b, tie_a, later])  # the server's tie order
-    from_api = runs._final_task_runs(client, flow_run_id)
+    from_api = execution._final_task_runs(client, flow_run_id)
 
     assert seen_here is not None
     assert [run.name for run in seen_here] == [run.name for run in from_api] == ["prep@a", "prep@b", "train"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dvcflow.engine.graph import PipelineSnapshot, Plan, PlannedStage, StageGraph, StageNode, plan
+from dvcflow.core.graph import PipelineSnapshot, Plan, PlannedStage, StageGraph, StageNode, plan
 from dvcflow.engine.scheduler import Action, Outcome, run_stages
 
 

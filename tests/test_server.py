@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dvcflow import warm
+from dvcflow.proc import zygote
 from tests.helpers import api_post, base_env, dvcflow, free_port, make_tiny_repo
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_lifecycle_with_auth(tmp_path: Path) -> None:
     assert info["database"] == str(home / "prefect" / "prefect.db")
     pid = info["pid"]
     assert pid_alive(pid)
-    starter = warm.ping(home)  # the warm starter started with the server (`dvcflow.warm`)
+    starter = zygote.ping(home)  # the warm starter started with the server (`dvcflow.proc.zygote`)
     assert starter is not None and pid_alive(starter)
     shown = json.loads(dvcflow("server", "status", "--json", cwd=tmp_path, env=env).stdout)
     assert shown["warm_starter"] == {"pid": starter, "ready": True}
@@ -94,7 +94,7 @@ def test_lifecycle_with_auth(tmp_path: Path) -> None:
     stopped = dvcflow("server", "stop", cwd=tmp_path, env=env)
     assert stopped.stdout.strip() == f"Stopped server (pid {pid})."
     assert not pid_alive(pid)
-    assert not pid_alive(starter) and not warm.socket_path(home).exists()
+    assert not pid_alive(starter) and not zygote.socket_path(home).exists()
     assert json.loads(dvcflow("server", "status", "--json", cwd=tmp_path, env=env).stdout)["running"] is False
 
     twice = dvcflow("server", "stop", cwd=tmp_path, env=env)

@@ -1,4 +1,4 @@
-"""The lean server start (`dvcflow.prefect_server`) keeps what deployments, automations and run history
+"""The lean server start (`dvcflow.server.process`) keeps what deployments, automations and run history
 need: a restart that skips migrations and block registration still schedules runs (scheduler), fires
 automations (triggers, actions) and stores events (event persister)."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dvcflow import prefect_server
+from dvcflow.server import process
 from tests.helpers import api_post, base_env, dvcflow, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -56,12 +56,12 @@ def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None
     first = dvcflow("server", "start", cwd=PROJECT, env=first_env, timeout=180)
     assert first.returncode == 0, first.stderr
     assert dvcflow("server", "stop", cwd=PROJECT, env=first_env, timeout=60).returncode == 0
-    assert (tmp_path / "first" / "prefect" / prefect_server.MEMO_NAME).is_file()
+    assert (tmp_path / "first" / "prefect" / process.MEMO_NAME).is_file()
     [left] = (tmp_path / "cache-first" / "dvcflow").glob("prefect-*.db")
 
     cache = tmp_path / "cache"
     env = _server_env(tmp_path / "second", cache)
-    prepare = [sys.executable, "-m", "dvcflow.prefect_server", "--prepare-template"]
+    prepare = [sys.executable, "-m", "dvcflow.server.process", "--prepare-template"]
     for outcome in ("prepared", "up to date"):
         done = subprocess.run(prepare, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stdout.strip().endswith(outcome), done.stdout + done.stderr
@@ -74,7 +74,7 @@ def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None
     assert second.returncode == 0, second.stderr
     try:
         database = tmp_path / "second" / "prefect" / "prefect.db"
-        assert prefect_server.up_to_date(tmp_path / "second" / "prefect", database)
+        assert process.up_to_date(tmp_path / "second" / "prefect", database)
         flow = api_post(api, "/flows/", {"name": "services-check"})
         assert isinstance(flow, dict)
         deployment = api_post(
@@ -164,16 +164,16 @@ def test_fast_migration_leaves_prefects_own_schema(tmp_path: Path) -> None:
     env = base_env(tmp_path / "home")
     env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # not the user's ~/.prefect
     theirs, ours = tmp_path / "theirs.db", tmp_path / "ours.db"
-    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{prefect_server.SQLITE_PREFIX}{theirs}"
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{process.SQLITE_PREFIX}{theirs}"
     upgrade = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
     done = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{prefect_server.SQLITE_PREFIX}{ours}"
-    code = f"import pathlib, dvcflow.prefect_server as s; s.migrate_new_database(pathlib.Path({str(ours)!r}))"
+    env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{process.SQLITE_PREFIX}{ours}"
+    code = f"import pathlib, dvcflow.server.process as s; s.migrate_new_database(pathlib.Path({str(ours)!r}))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ours")] == []  # renamed into place
-    assert prefect_server.schema_revision(ours) is not None
+    assert process.schema_revision(ours) is not None
     assert _schema(ours) == _schema(theirs)
 
 
@@ -193,17 +193,17 @@ def _database(path: Path, revision: str | None) -> Path:
 
 def test_memo_skips_only_an_unchanged_database(tmp_path: Path) -> None:
     database = _database(tmp_path / "prefect.db", "abc123")
-    assert not prefect_server.up_to_date(tmp_path, database)  # never started
-    prefect_server.record_start(tmp_path, database)
-    assert prefect_server.up_to_date(tmp_path, database)
+    assert not process.up_to_date(tmp_path, database)  # never started
+    process.record_start(tmp_path, database)
+    assert process.up_to_date(tmp_path, database)
     with sqlite3.connect(database) as db:  # another schema revision in the file: migrate again
         db.execute("UPDATE alembic_version SET version_num = 'def456'")
-    assert not prefect_server.up_to_date(tmp_path, database)
+    assert not process.up_to_date(tmp_path, database)
     database.unlink()
-    assert not prefect_server.up_to_date(tmp_path, database)  # no database: migrate
+    assert not process.up_to_date(tmp_path, database)  # no database: migrate
 
 
 def test_memo_key_names_prefect_and_its_collections(tmp_path: Path) -> None:
-    key = json.loads(prefect_server.start_key(tmp_path / "prefect.db"))
-    assert key[0] == prefect_server.metadata.version("prefect")
+    key = json.loads(process.start_key(tmp_path / "prefect.db"))
+    assert key[0] == process.metadata.version("prefect")
     assert any(name.startswith("prefect_dask=") for name in key[2])  # a dev dependency here

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dvcflow.errors import ConfigError, UsageError
-from dvcflow.settings import ApiMode, ServerConfig, choose_api_mode, redact_url, resolve_server_config
+from dvcflow.core.errors import ConfigError, UsageError
+from dvcflow.core.settings import ApiMode, ServerConfig, choose_api_mode, redact_url, resolve_server_config
 
 
 @pytest.fixture

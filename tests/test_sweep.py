@@ -24,8 +24,8 @@ import yaml
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from dvcflow.dvcexp import apply_params, expand_grid
-from dvcflow.sweep import TrialResult, TrialSpec, best_trial, pick_best, table_rows, varying_params
+from dvcflow.dvc.experiments import apply_params, expand_grid
+from dvcflow.engine.trials import TrialResult, TrialSpec, best_trial, pick_best, table_rows, varying_params
 from tests.helpers import api_post, base_env, dvc, dvcflow, git, make_pipeline_repo, make_tiny_repo
 
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from dvcflow.sweep import CANCEL_MARK, TrialJob, TrialSpec, mark_cancelled
+from dvcflow.engine.trials import CANCEL_MARK, TrialJob, TrialSpec, mark_cancelled
 from tests.helpers import api_post, base_env, dvcflow, free_port, git, make_pipeline_repo
 from tests.test_sweep import experiments, make_third_party_repo, tree_digest, worktrees
 

@@ -20,14 +20,14 @@ from pathlib import Path
 import pytest
 
 import dvcflow
-from dvcflow import tether
+from dvcflow.proc import tether
 
 ROUNDS = 8  # before the fix at least one of eight left processes behind nine times in ten
 
 STAND_IN = """
 import subprocess, sys, threading, time
 sys.path.insert(0, sys.argv[1])
-from dvcflow import tether
+from dvcflow.proc import tether
 
 def idle():
     time.sleep(120)

@@ -1,4 +1,4 @@
-"""The warm starter (`dvcflow.warm`): a command forked from the pre-imported process behaves as if the
+"""The warm starter (`dvcflow.proc.zygote`): a command forked from the pre-imported process behaves as if the
 console script had run it itself. With the session's server up, every integration test's `dvcflow(...)`
 goes through it; these tests check that it does, and what a child takes over from its client."""
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from dvcflow import warm
-from dvcflow.runs import PID_TAG
+from dvcflow.api.tags import PID_TAG
+from dvcflow.proc import zygote
 from tests.conftest import LiveServer
 from tests.helpers import api_post, base_env, dvcflow, make_tiny_repo
 from tests.test_faults import CRASHED_WITHIN_S, Watched, processes_in, slow_repo, wait_for_file
@@ -28,12 +28,12 @@ integration = pytest.mark.integration
 
 def served(home: Path) -> dict[int, list[str]]:
     """The children the starter forked (pid: the command's arguments), from its log."""
-    log = (home / warm.LOG_NAME).read_text()
+    log = (home / zygote.LOG_NAME).read_text()
     return {int(pid): eval(args) for args, pid in re.findall(r"serving (\[.*\]) in (\d+)", log)}
 
 
 def refusals(home: Path) -> list[str]:
-    return re.findall(r"refused .*", (home / warm.LOG_NAME).read_text())
+    return re.findall(r"refused .*", (home / zygote.LOG_NAME).read_text())
 
 
 def flow_run(api_url: str, output: str) -> dict[str, object]:
@@ -65,8 +65,8 @@ def normalized(text: str) -> str:
 
 @pytest.fixture
 def starter(live_server: LiveServer) -> int:
-    pid = warm.ping(live_server.home)  # returns once the starter has finished its imports
-    assert pid is not None, (live_server.home / warm.LOG_NAME).read_text()
+    pid = zygote.ping(live_server.home)  # returns once the starter has finished its imports
+    assert pid is not None, (live_server.home / zygote.LOG_NAME).read_text()
     return pid
 
 
@@ -135,14 +135,14 @@ def test_ctrl_c_reaches_the_served_command(tmp_path: Path, live_server: LiveServ
 EARLY_CTRL_C = """
 import json, os, signal, socket
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's shell gives it (not ignored)
-from dvcflow import warm
-from dvcflow.settings import resolve_server_config
-request = warm._request(["run-a"])
+from dvcflow.proc import zygote as warm
+from dvcflow.core.settings import resolve_server_config
+request = zygote._request(["run-a"])
 connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-path = str(warm.socket_path(resolve_server_config().home))
-child = warm._handshake(connection, path, json.dumps(request).encode(), 10.0)
+path = str(zygote.socket_path(resolve_server_config().home))
+child = zygote._handshake(connection, path, json.dumps(request).encode(), 10.0)
 os.killpg(child, signal.SIGINT)  # a Ctrl-C right after `go`, before the child has become the command
-print(warm._wait_for(connection, child, set()))
+print(zygote._wait_for(connection, child, set()))
 """
 
 
@@ -188,7 +188,7 @@ def test_sigkill_of_the_client_kills_the_child_and_the_flow_run_is_crashed(
     while processes_in(repo) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_in(repo) == []  # the child, DVC and the stage's command
-    assert f"the client of {child} is gone" in (live_server.home / warm.LOG_NAME).read_text()
+    assert f"the client of {child} is gone" in (live_server.home / zygote.LOG_NAME).read_text()
 
 
 @integration
@@ -204,7 +204,7 @@ def test_another_import_path_or_prefect_setting_runs_in_the_calling_process(
         "Prefect settings this starter was not imported with: PREFECT_LOGGING_LEVEL" in line
         for line in refused
     )
-    assert warm.ping(live_server.home) == starter  # refusing is no reason to stop
+    assert zygote.ping(live_server.home) == starter  # refusing is no reason to stop
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
     source (`PYTHONPATH`, for it and its clients): what a test writes there never reaches the session's
     starter or the checkout. Yields its home, the clients' environment and its pid."""
     src = tmp_path / "src"
-    shutil.copytree(Path(warm.__file__).parent, src / "dvcflow")  # with its bytecode: no recompiling
+    shutil.copytree(Path(zygote.__file__).parent, src / "dvcflow")  # with its bytecode: no recompiling
     home = tmp_path / "home"
     home.mkdir()
     env = {
@@ -222,17 +222,17 @@ def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
         "PREFECT_HOME": str(home / "prefect"),
         "PYTHONPATH": str(src),
     }
-    with (home / warm.LOG_NAME).open("wb") as log:
+    with (home / zygote.LOG_NAME).open("wb") as log:
         starter = subprocess.Popen(
-            [sys.executable, "-m", "dvcflow.warm", str(home), str(os.getpid())],
+            [sys.executable, "-m", "dvcflow.proc.zygote", str(home), str(os.getpid())],
             cwd=home,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_file(warm.socket_path(home), timeout=30)  # bound at start-up, before its imports
-        assert warm.ping(home) == starter.pid
+        wait_for_file(zygote.socket_path(home), timeout=30)  # bound at start-up, before its imports
+        assert zygote.ping(home) == starter.pid
         yield home, env, starter.pid
     finally:
         starter.terminate()
@@ -269,26 +269,26 @@ def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afre
 ) -> None:
     home, env, pid = own_starter
     assert dvcflow("--version", cwd=tmp_path, env=env).returncode == 0
-    assert "serving ['--version']" in (home / warm.LOG_NAME).read_text()
+    assert "serving ['--version']" in (home / zygote.LOG_NAME).read_text()
     probe = Path(env["PYTHONPATH"]) / "dvcflow" / "_warm_test_probe.py"
     probe.write_text("# a new source file\n")
     changed = dvcflow("--version", cwd=tmp_path, env=env)
     assert (changed.returncode, changed.stdout) == (0, f"dvcflow {warm_version()}\n")
     # Refused (or, had the client taken over 2 s to connect, found by the idle check first)
     wait_for_log(home, "starting afresh", count=1)
-    wait_for_file(warm.socket_path(home), timeout=30)  # the same process, its new image listening
-    assert warm.ping(home) == pid
+    wait_for_file(zygote.socket_path(home), timeout=30)  # the same process, its new image listening
+    assert zygote.ping(home) == pid
     probe.write_text("# changed again, and no command comes\n")
     wait_for_log(home, "starting afresh", count=2)  # an idle starter notices by itself
-    assert warm.ping(home) == pid
+    assert zygote.ping(home) == pid
     assert dvcflow("--version", cwd=tmp_path, env=env).returncode == 0
     assert len(refusals(home)) <= 1
 
 
 def wait_for_log(home: Path, text: str, count: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while (home / warm.LOG_NAME).read_text().count(text) < count:
-        assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
+    while (home / zygote.LOG_NAME).read_text().count(text) < count:
+        assert time.monotonic() < deadline, (home / zygote.LOG_NAME).read_text()
         time.sleep(0.05)
 
 
@@ -297,13 +297,13 @@ def wait_for_log(home: Path, text: str, count: int, timeout: float = 60) -> None
 # meanwhile: the command must print nothing there (before the fix, its child ran at once).
 GIVE_UP = """
 import json, os, select, socket, sys
-from dvcflow import warm
+from dvcflow.proc import zygote as warm
 child_out, child_in = os.pipe()
 connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 connection.connect(sys.argv[1])
-socket.send_fds(connection, [json.dumps(warm._request(["--version"])).encode()], [0, child_in, 2])
+socket.send_fds(connection, [json.dumps(zygote._request(["--version"])).encode()], [0, child_in, 2])
 os.close(child_in)
-print("accepted", json.loads(connection.recv(warm.MAX_MESSAGE))["accepted"])
+print("accepted", json.loads(connection.recv(zygote.MAX_MESSAGE))["accepted"])
 ready, _, _ = select.select([child_out], [], [], 1.5)
 print("it ran:", os.read(child_out, 100) if ready else b"")
 """
@@ -315,7 +315,7 @@ def test_a_client_that_gave_up_never_gets_its_command_run_and_a_stalled_one_dela
 ) -> None:
     home, env, _ = own_starter
     gave_up = subprocess.run(
-        [sys.executable, "-c", GIVE_UP, str(warm.socket_path(home))],
+        [sys.executable, "-c", GIVE_UP, str(zygote.socket_path(home))],
         env=env,
         capture_output=True,
         text=True,
@@ -324,19 +324,19 @@ def test_a_client_that_gave_up_never_gets_its_command_run_and_a_stalled_one_dela
     child = int(gave_up.stdout.split()[1])
     assert gave_up.stdout == f"accepted {child}\nit ran: b''\n", gave_up.stderr
     deadline = time.monotonic() + 30
-    while f"{child} ended" not in (home / warm.LOG_NAME).read_text():
-        assert time.monotonic() < deadline, (home / warm.LOG_NAME).read_text()
+    while f"{child} ended" not in (home / zygote.LOG_NAME).read_text():
+        assert time.monotonic() < deadline, (home / zygote.LOG_NAME).read_text()
         time.sleep(0.05)
-    assert f"the client of {child} is gone" in (home / warm.LOG_NAME).read_text()
+    assert f"the client of {child} is gone" in (home / zygote.LOG_NAME).read_text()
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as stalled:
-        stalled.connect(str(warm.socket_path(home)))  # and never sends its request
+        stalled.connect(str(zygote.socket_path(home)))  # and never sends its request
         started = time.monotonic()
-        assert warm.ping(home, timeout=5) is not None
+        assert zygote.ping(home, timeout=5) is not None
         assert time.monotonic() - started < 0.5  # the previous loop waited 2 s for the stalled request
         served_now = dvcflow("--version", cwd=tmp_path, env=env)
         assert served_now.stdout == f"dvcflow {warm_version()}\n"
-    assert "serving ['--version']" in (home / warm.LOG_NAME).read_text()
+    assert "serving ['--version']" in (home / zygote.LOG_NAME).read_text()
 
 
 def warm_version() -> str:
@@ -347,13 +347,13 @@ def warm_version() -> str:
 
 def test_fingerprint_sees_a_changed_or_added_source_file(tmp_path: Path) -> None:
     (tmp_path / "a.py").write_text("A = 1\n")
-    first = warm.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))
-    assert warm.fingerprint(["other-script-dir", str(tmp_path)], package=str(tmp_path)) == first
+    first = zygote.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))
+    assert zygote.fingerprint(["other-script-dir", str(tmp_path)], package=str(tmp_path)) == first
     (tmp_path / "a.py").write_text("A = 10\n")
-    second = warm.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))
+    second = zygote.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))
     assert second["code"] != first["code"]
     (tmp_path / "b.py").write_text("")
-    assert warm.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))["code"] != second["code"]
+    assert zygote.fingerprint(["script-dir", str(tmp_path)], package=str(tmp_path))["code"] != second["code"]
 
 
 def test_commands_run_here_when_off_for_server_commands_or_without_a_starter(
@@ -361,26 +361,26 @@ def test_commands_run_here_when_off_for_server_commands_or_without_a_starter(
 ) -> None:
     monkeypatch.setenv("DVCFLOW_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert warm.serve_here(["--version"]) is None  # no socket
+    assert zygote.serve_here(["--version"]) is None  # no socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as dead:  # a socket no one listens on
-        dead.bind(str(warm.socket_path(tmp_path)))
-    assert warm.serve_here(["--version"]) is None
+        dead.bind(str(zygote.socket_path(tmp_path)))
+    assert zygote.serve_here(["--version"]) is None
     monkeypatch.setenv("DVCFLOW_WARM", "0")
-    assert not warm.enabled(os.environ)
-    assert warm.serve_here(["--version"]) is None
-    assert warm.serve_here(["server", "stop"]) is None
+    assert not zygote.enabled(os.environ)
+    assert zygote.serve_here(["--version"]) is None
+    assert zygote.serve_here(["server", "stop"]) is None
 
 
 def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> None:
-    saved = {number: signal.getsignal(number) for number in (*warm._IGNORABLE, signal.SIGTSTP)}
+    saved = {number: signal.getsignal(number) for number in (*zygote._IGNORABLE, signal.SIGTSTP)}
     try:
         client, starter = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         starter.send(b'{"exit": -9}')
-        assert warm._wait_for(client, os.getpid(), ignored={int(signal.SIGQUIT)}) == -9
+        assert zygote._wait_for(client, os.getpid(), ignored={int(signal.SIGQUIT)}) == -9
         assert signal.getsignal(signal.SIGQUIT) is saved[signal.SIGQUIT]  # ignored stays the client's own
         assert signal.getsignal(signal.SIGINT) is not saved[signal.SIGINT]  # forwarded to the child
         starter.close()
-        assert warm._wait_for(client, os.getpid(), ignored=set()) == 1  # the starter went away
+        assert zygote._wait_for(client, os.getpid(), ignored=set()) == 1  # the starter went away
         client.close()
     finally:
         for number, handler in saved.items():
@@ -390,19 +390,19 @@ def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> Non
 def test_prefect_settings_files_in_the_working_directory_are_seen(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("DATABASE=x\n")
     (tmp_path / "pyproject.toml").write_text("[tool.black]\nline-length = 100\n# prefect\n")
-    assert warm._prefect_files(str(tmp_path)) == []
+    assert zygote._prefect_files(str(tmp_path)) == []
     (tmp_path / ".env").write_text("prefect_logging_level=DEBUG\n")
     (tmp_path / "pyproject.toml").write_text('[tool.prefect.logging]\nlevel = "DEBUG"\n')
-    assert warm._prefect_files(str(tmp_path)) == [".env", "pyproject.toml"]
+    assert zygote._prefect_files(str(tmp_path)) == [".env", "pyproject.toml"]
     (tmp_path / "prefect.toml").write_text("")
-    assert warm._prefect_files(str(tmp_path)) == [".env", "prefect.toml", "pyproject.toml"]
+    assert zygote._prefect_files(str(tmp_path)) == [".env", "prefect.toml", "pyproject.toml"]
 
 
 def test_push_and_pull_on_a_terminal_run_here(monkeypatch: pytest.MonkeyPatch) -> None:
     """They may prompt for a password through /dev/tty, which a served child does not have."""
     monkeypatch.setattr(os, "isatty", lambda fd: True)
-    assert warm._may_prompt(["run-a", "--push"]) and warm._may_prompt(["run-b", "--pull"])
-    assert not warm._may_prompt(["run-a"])
-    assert warm.serve_here(["run-a", "--push"]) is None
+    assert zygote._may_prompt(["run-a", "--push"]) and zygote._may_prompt(["run-b", "--pull"])
+    assert not zygote._may_prompt(["run-a"])
+    assert zygote.serve_here(["run-a", "--push"]) is None
     monkeypatch.setattr(os, "isatty", lambda fd: False)
-    assert not warm._may_prompt(["run-a", "--push"])  # a pipe or a file: no prompt can be answered
+    assert not zygote._may_prompt(["run-a", "--push"])  # a pipe or a file: no prompt can be answered

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from dvcflow.watchdog import DONE
+from dvcflow.api.watchdog import DONE
 
 TAGS = ["dvcflow-repo:abc", "dvcflow-host:h", "dvcflow-pid:1.2"]
 
@@ -56,7 +56,7 @@ def watchdog(api: FakeApi, stdin: bytes) -> int:
     url = f"http://127.0.0.1:{api.server_address[1]}/api"
     env = {"PREFECT_API_AUTH_STRING": "u:p", "PATH": ""}
     return subprocess.run(
-        [sys.executable, "-m", "dvcflow.watchdog", url, *TAGS], input=stdin, env=env, timeout=60
+        [sys.executable, "-m", "dvcflow.api.watchdog", url, *TAGS], input=stdin, env=env, timeout=60
     ).returncode
 
 

@@ -12,7 +12,7 @@ from typer.core import TyperGroup
 
 from dvcflow import __version__
 from dvcflow.cli import lean_help
-from dvcflow.errors import DvcflowError, ExitCode, exit_code_table
+from dvcflow.core.errors import DvcflowError, ExitCode, exit_code_table
 
 lean_help.install()
 
@@ -36,7 +36,7 @@ class _ErrorBoundary(TyperGroup):
         try:
             return super().invoke(ctx)
         except DvcflowError as exc:
-            from dvcflow import render
+            from dvcflow.cli import render
 
             if debug:
                 traceback.print_exc()
@@ -47,7 +47,7 @@ class _ErrorBoundary(TyperGroup):
                 os._exit(exc.exit_code)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            from dvcflow import render
+            from dvcflow.cli import render
 
             if debug:
                 traceback.print_exc()

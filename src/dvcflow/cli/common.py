@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from dvcflow.selection import Selection
+    from dvcflow.core.selection import Selection
 
 RepoOption = Annotated[
     Path | None,
@@ -40,7 +40,7 @@ def debug_requested() -> bool:
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 
-# `dvc repro`'s selection arguments, declared once for run-a, run-b and plan (see `dvcflow.selection`).
+# `dvc repro`'s selection arguments, declared once for run-a, run-b and plan (see `dvcflow.core.selection`).
 TargetsArgument = Annotated[
     list[str] | None,
     typer.Argument(
@@ -85,7 +85,7 @@ def selection_from(
     targets: list[str] | None, single_item: bool, downstream: bool, glob: bool, force: bool
 ) -> Selection:
     """The `Selection` the shared options describe (a `UsageError` for contradictions)."""
-    from dvcflow.selection import Selection
+    from dvcflow.core.selection import Selection
 
     return Selection(
         tuple(targets or ()), single_item=single_item, downstream=downstream, glob=glob, force=force

@@ -6,6 +6,7 @@ import typer
 
 from dvcflow.cli.common import JsonOption, RepoOption
 from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption
+from dvcflow.dvc import repository
 
 NameOption = Annotated[
     str | None,
@@ -46,9 +47,9 @@ def deploy(
 
     Example: dvcflow deploy --cron '0 3 * * *'; dvcflow deploy --interval 600 --per-stage --jobs 2
     """
-    from dvcflow import deploy as library
-    from dvcflow import render
-    from dvcflow.render.deploy import deployment_view, run_event
+    from dvcflow.cli import render
+    from dvcflow.cli.render.deploy import deployment_view, run_event
+    from dvcflow.services import deploy as library
 
     request = library.check_request(
         repo,
@@ -86,12 +87,12 @@ def trigger(
 
     Example: dvcflow trigger my-repo --wait
     """
-    from dvcflow import deploy as library
-    from dvcflow import dvcrepo, render
-    from dvcflow.render.deploy import triggered_view
+    from dvcflow.cli import render
+    from dvcflow.cli.render.deploy import triggered_view
+    from dvcflow.services import deploy as library
 
     library.check_timeout(timeout)
-    library.connect_lasting(dvcrepo.find_repo_root(repo), render.info)
+    library.connect_lasting(repository.find_repo_root(repo), render.info)
     run = library.trigger(name, wait=wait, timeout=timeout, announce=render.info)
     triggered_view(run)
     raise typer.Exit(run.exit_code if wait else 0)
@@ -109,13 +110,13 @@ def runs(
 
     Example: dvcflow runs --limit 5; dvcflow runs --all-repos --json
     """
-    from dvcflow import deploy as library
-    from dvcflow import dvcrepo, render
-    from dvcflow.recent_runs import check_limit, recent_runs
-    from dvcflow.render.deploy import runs_table
+    from dvcflow.cli import render
+    from dvcflow.cli.render.deploy import runs_table
+    from dvcflow.services import deploy as library
+    from dvcflow.services.run_history import check_limit, recent_runs
 
     check_limit(limit)
-    root = dvcrepo.find_repo_root(repo)
+    root = repository.find_repo_root(repo)
     library.connect_lasting(root, render.info)
     runs_table(recent_runs(None if all_repos else root, limit=limit), as_json=json_output)
 
@@ -160,14 +161,14 @@ def notify(
 
     Example: dvcflow notify --webhook https://example.com/hook --on failed,crashed,completed
     """
-    from dvcflow import deploy as library
-    from dvcflow import dvcrepo, render
-    from dvcflow import notify as notifications
-    from dvcflow.render.deploy import notification_view, notifications_table
+    from dvcflow.cli import render
+    from dvcflow.cli.render.deploy import notification_view, notifications_table
+    from dvcflow.services import deploy as library
+    from dvcflow.services import notify as notifications
 
     if list_ or remove is not None:
         notifications.check_list_or_remove(list_, remove, webhook=webhook, slack=slack, on=on, name=name)
-        library.connect_lasting(dvcrepo.find_repo_root(repo), render.info)
+        library.connect_lasting(repository.find_repo_root(repo), render.info)
         if list_:
             notifications_table(notifications.list_notifications(repo), as_json=json_output)
         else:

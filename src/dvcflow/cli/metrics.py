@@ -23,7 +23,7 @@ MAX_RUNS = 200  # one page of the Prefect API
 
 def _request(target: str | None, diff: bool, history: bool, params: bool) -> _Request:
     """Check the flags against each other; `target` is REV with --diff and N with --history."""
-    from dvcflow.errors import UsageError
+    from dvcflow.core.errors import UsageError
 
     if diff and history:
         raise UsageError("--diff and --history cannot be combined")
@@ -70,12 +70,13 @@ def metrics(
 
     Examples: dvcflow metrics --diff · dvcflow metrics --diff HEAD~1 --params · dvcflow metrics --history 5
     """
-    from dvcflow import render, runner
-    from dvcflow.render.metrics import show
+    from dvcflow.cli import render
+    from dvcflow.cli.render.metrics import show
+    from dvcflow.services import pipeline
 
     request = _request(target, diff, history, params)
     show(
-        runner.metrics_view(
+        pipeline.metrics_view(
             repo, rev=request.rev, runs=request.runs, params=request.params, announce=render.info
         ),
         json=json,

@@ -33,8 +33,8 @@ def plan(
 
     Example: dvcflow plan --json; dvcflow plan train --mermaid
     """
-    from dvcflow import runner
-    from dvcflow.render.plan import plan_view
+    from dvcflow.cli.render.plan import plan_view
+    from dvcflow.services import pipeline
 
     selection = selection_from(targets, single_item, downstream, glob, force)
-    plan_view(runner.plan_stages(repo, selection=selection), json=json, mermaid=mermaid)
+    plan_view(pipeline.plan_stages(repo, selection=selection), json=json, mermaid=mermaid)

@@ -95,7 +95,7 @@ DaskOption = Annotated[
 
 
 def _check_flags(per_stage: bool, fail_once: bool, per_stage_flags: dict[str, bool]) -> None:
-    from dvcflow.errors import UsageError
+    from dvcflow.core.errors import UsageError
 
     if per_stage and fail_once:
         raise UsageError("--fail-once fails the single `dvc repro` task; with --per-stage use --retries")
@@ -137,9 +137,10 @@ def run_a(
 
     Example: dvcflow run-a train -s --force; dvcflow run-a --pull --push; dvcflow run-a --per-stage -j 4
     """
-    from dvcflow import render, runner
-    from dvcflow.datasync import DataSync
-    from dvcflow.render.runs import show_run
+    from dvcflow.cli import render
+    from dvcflow.cli.render.runs import show_run
+    from dvcflow.core.records import DataSync
+    from dvcflow.services import pipeline
 
     selection = selection_from(targets, single_item, downstream, glob, force)
     sync = DataSync(pull=pull, allow_missing=allow_missing, push=push)
@@ -154,12 +155,12 @@ def run_a(
         },
     )
     if dry_run:
-        from dvcflow.render.plan import plan_view
+        from dvcflow.cli.render.plan import plan_view
 
-        plan_view(runner.plan_stages(repo, selection=selection), json=json)
+        plan_view(pipeline.plan_stages(repo, selection=selection), json=json)
         return
     if per_stage:
-        record = runner.run_per_stage(
+        record = pipeline.run_per_stage(
             repo,
             selection=selection,
             jobs=jobs,
@@ -173,7 +174,7 @@ def run_a(
             announce=render.info,
         )
     else:
-        record = runner.run_option_a(
+        record = pipeline.run_option_a(
             repo,
             selection=selection,
             sync=sync,
@@ -222,11 +223,12 @@ def run_b(
 
     Example: dvcflow run-b --params params.yaml; dvcflow run-b train --force
     """
-    from dvcflow import render, runner
-    from dvcflow.render.runs import show_run
+    from dvcflow.cli import render
+    from dvcflow.cli.render.runs import show_run
+    from dvcflow.services import pipeline
 
     selection = selection_from(targets, single_item, downstream, glob, force)
-    record = runner.run_option_b(
+    record = pipeline.run_option_b(
         repo,
         params_path=params,
         selection=selection,

@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from dvcflow.cli.common import JsonOption
-from dvcflow.settings import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, resolve_server_config
+from dvcflow.core.settings import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, resolve_server_config
 
 app = typer.Typer(help="Start, stop and inspect dvcflow's local Prefect server.", no_args_is_help=True)
 
@@ -69,15 +69,16 @@ def start(
     foreground: Annotated[bool, typer.Option("--foreground", help="Stay attached; Ctrl-C stops it.")] = False,
 ) -> None:
     """Start the local Prefect server in the background and wait until it is healthy."""
-    from dvcflow import render, server
-    from dvcflow.render.server import server_status
+    from dvcflow.cli import render
+    from dvcflow.cli.render.server import server_status
+    from dvcflow.server import control
 
     config = _config(host, port, home, database_url=database_url, auth=auth)
     if foreground:
         render.info(f"Serving Prefect at {config.url} (Ctrl-C stops it)")
-        server.run_foreground(config)
+        control.run_foreground(config)
         return
-    result = server.start(config, timeout=timeout)
+    result = control.start(config, timeout=timeout)
     if result.already_running:
         render.out.print(f"Already running at {config.url} (pid {result.status.pid}).")
     else:
@@ -88,9 +89,10 @@ def start(
 @app.command()
 def stop(host: HostOption = None, port: PortOption = None, home: HomeOption = None) -> None:
     """Stop the server dvcflow started (by its recorded pid) and wait until it is gone."""
-    from dvcflow import render, server
+    from dvcflow.cli import render
+    from dvcflow.server import control
 
-    pid = server.stop(_config(host, port, home))
+    pid = control.stop(_config(host, port, home))
     render.out.print("No dvcflow server was running." if pid is None else f"Stopped server (pid {pid}).")
 
 
@@ -99,10 +101,11 @@ def status(
     host: HostOption = None, port: PortOption = None, home: HomeOption = None, json: JsonOption = False
 ) -> None:
     """Whether the server runs, where, which Prefect version, and its database."""
-    from dvcflow import render, server
-    from dvcflow.render.server import server_status
+    from dvcflow.cli import render
+    from dvcflow.cli.render.server import server_status
+    from dvcflow.server import control
 
-    current = server.status(_config(host, port, home))
+    current = control.status(_config(host, port, home))
     if json:
         render.as_json(current.as_dict())
     else:
@@ -112,6 +115,6 @@ def status(
 @app.command()
 def env(host: HostOption = None, port: PortOption = None, home: HomeOption = None) -> None:
     """Print `export` lines so `prefect` commands talk to the same server: eval "$(dvcflow server env)"."""
-    from dvcflow.render.server import exports
+    from dvcflow.cli.render.server import exports
 
     exports(_config(host, port, home).client_environment())

@@ -61,11 +61,12 @@ def sweep(
 
     Example: dvcflow sweep -S train.C=0.1,1,10 -S split.test_size=0.2,0.3 --jobs 2 --metric accuracy
     """
-    from dvcflow import render, runner
-    from dvcflow.render.sweep import SweepProgressView, sweep_json, sweep_summary
+    from dvcflow.cli import render
+    from dvcflow.cli.render.sweep import SweepProgressView, sweep_json, sweep_summary
+    from dvcflow.services import pipeline
 
     with SweepProgressView(enabled=not json) as progress:
-        report = runner.run_sweep(
+        report = pipeline.run_sweep(
             repo,
             set_params=set_params,
             jobs=jobs,

@@ -21,7 +21,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.results import ResultStore
 
-from dvcflow.dvcrepo import PipelineSession, StageFingerprint
+from dvcflow.dvc.session import PipelineSession, StageFingerprint
 from dvcflow.engine.executor import StageResult
 
 
@@ -51,7 +51,7 @@ class DvcCachePolicy(CachePolicy):
         """Everything the key needs is on the policy; the task's arguments are not hashed.
 
         Also the one moment a cache hit's task run is seen in this process (its function never runs)."""
-        from dvcflow.runs import remember_task_run
+        from dvcflow.api.execution import remember_task_run
 
         remember_task_run(task_ctx.task_run)
         return self.key

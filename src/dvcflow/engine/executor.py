@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from dvcflow.dvcrepo import OutputRecord, PipelineSession, Prepared, in_directory, stream_process
+from dvcflow.core.errors import PipelineError
+from dvcflow.dvc.repository import in_directory
+from dvcflow.dvc.session import OutputRecord, PipelineSession, Prepared
 from dvcflow.engine.plugins import StageFunction, command_arguments
-from dvcflow.errors import PipelineError
+from dvcflow.proc.children import stream_process
 
 _sessions: dict[Path, PipelineSession] = {}
 _sessions_lock = threading.Lock()

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvcflow.errors import ConfigError
+from dvcflow.core.errors import ConfigError
 
 PYPROJECT = "pyproject.toml"
 SHELL_OPERATORS = ("|", "&", ";", ">", "<", "`", "$(")

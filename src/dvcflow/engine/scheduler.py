@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
-from dvcflow.engine.graph import Decision, Plan, PlannedStage
+from dvcflow.core.graph import Decision, Plan, PlannedStage
 
 
 class Action(StrEnum):

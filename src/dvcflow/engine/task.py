@@ -24,13 +24,13 @@ from prefect.results import ResultStore
 from prefect.states import Cancelled, Completed
 from prefect.tasks import MaterializingTask
 
-from dvcflow import dvcrepo
-from dvcflow.dvcrepo import PipelineSession
+from dvcflow.api.execution import remember_task_run, untagged_tasks
+from dvcflow.core.graph import PlannedStage
+from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import StageResult, Status, execute, open_session
-from dvcflow.engine.graph import PlannedStage
 from dvcflow.engine.plugins import StageFunction
 from dvcflow.engine.scheduler import Action, Outcome
-from dvcflow.runs import remember_task_run, untagged_tasks
+from dvcflow.proc import children
 
 RETRY_DELAY_S = 2
 UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
@@ -205,7 +205,7 @@ class PrefectLauncher:
         except KeyboardInterrupt:
             # Ctrl-C reaches this thread only: the stages' commands run in process groups of their own
             # (so that they can be stopped cleanly), and the task runner would wait for them to finish.
-            dvcrepo.interrupt_commands()
+            children.interrupt_commands()
             raise
         state = future.state
         if state.name == NOT_RUN_STATE:
@@ -215,7 +215,7 @@ class PrefectLauncher:
 
 def _unless_interrupted(_task: Any, _task_run: Any, _state: Any) -> bool:
     """Prefect's `retry_condition_fn`: no retry of a stage once a Ctrl-C stopped the run's commands."""
-    return not dvcrepo.interrupted()
+    return not children.interrupted()
 
 
 def _report_done(finished: queue.Queue[str], name: str, _: PrefectFuture[Any]) -> None:

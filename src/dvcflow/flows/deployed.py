@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from dvcflow.metrics import MetricsSnapshot
+from dvcflow.core.metrics import MetricsSnapshot
 
 FLOW_NAME = "dvcflow pipeline"
 ENTRYPOINT = "dvcflow.flows.deployed.deployed_pipeline_flow"
@@ -33,9 +33,9 @@ def deployed_pipeline_flow(
         jobs: With per_stage: stages reproducing at once (empty: the CPUs of the machine).
         keep_going: With per_stage: after a failure, finish the independent branches.
     """
-    from dvcflow.errors import UsageError
-    from dvcflow.runlock import exclusive_run
-    from dvcflow.runs import crash_orphaned_runs
+    from dvcflow.api.crash import crash_orphaned_runs
+    from dvcflow.core.errors import UsageError
+    from dvcflow.proc.runlock import exclusive_run
 
     root = _registered_root(repo_root)
     if jobs is not None and jobs < 1:
@@ -60,8 +60,8 @@ def deployed_pipeline_flow(
 def check_repo_root(repo_root: str, registered: str | None, tags: list[str]) -> Path:
     """`repo_root` if it is the repository the deployment was registered for: a custom run (UI form,
     `--param repo_root=...`) must not run stage commands in another directory."""
-    from dvcflow.errors import UsageError
-    from dvcflow.runs import repo_tag
+    from dvcflow.api.tags import repo_tag
+    from dvcflow.core.errors import UsageError
 
     root = Path(repo_root)
     if (registered is not None and Path(registered) != root) or repo_tag(root) not in tags:

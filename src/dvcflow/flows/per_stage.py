@@ -20,16 +20,16 @@ from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from dvcflow.dvcrepo import PipelineSession
+from dvcflow.api.execution import declare_task_runs, untagged_tasks
+from dvcflow.core.errors import PipelineError
+from dvcflow.core.graph import Plan, plan
+from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
+from dvcflow.core.selection import EVERYTHING, Selection
+from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import close_session, open_session
-from dvcflow.engine.graph import Plan, plan
 from dvcflow.engine.scheduler import run_stages
 from dvcflow.engine.task import NOT_RUN_STATE, PULLED_STATE, UP_TO_DATE_STATE, PrefectLauncher
-from dvcflow.errors import PipelineError
 from dvcflow.flows.repro import dvc_push_task, metrics_summary_task, retry_helps
-from dvcflow.metrics import MetricsSnapshot, snapshot_of
-from dvcflow.runs import declare_task_runs, untagged_tasks
-from dvcflow.selection import EVERYTHING, Selection
 
 FLOW_NAME = "Prefect runs DVC stages"
 SHOWN_NAMES = 12

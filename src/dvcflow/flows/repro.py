@@ -12,17 +12,14 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import task_run
 from prefect.states import Failed
 
-from dvcflow import dvcrepo
-from dvcflow.datasync import ReproOutcome, StagesReport
-from dvcflow.errors import DvcflowError, StageCommandError
-from dvcflow.metrics import (
-    MetricsSnapshot,
-    artifact_key,
-    publish_metrics_artifact,
-    read_metrics,
-    snapshot_of,
-)
-from dvcflow.runs import remember_task_run, untagged_tasks
+from dvcflow.api.artifacts import artifact_key, publish_metrics_artifact
+from dvcflow.api.execution import remember_task_run, untagged_tasks
+from dvcflow.core.errors import DvcflowError, StageCommandError
+from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
+from dvcflow.core.records import ReproOutcome, StagesReport
+from dvcflow.dvc import commands
+from dvcflow.dvc.metrics_files import read_metrics
+from dvcflow.proc import children
 
 FLOW_NAME = "Prefect operates DVC pipeline"
 FAIL_ONCE_MESSAGE = "Intentional one-time failure to demonstrate retries."
@@ -36,9 +33,9 @@ def retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:
     dvcflow's own errors say which they are (`StageCommandError`: a stage's command failed, worth
     another attempt; any other `DvcflowError`: missing data, an invalid dvc.yaml, an unknown target...).
     Anything else, such as `--fail-once`'s error or a killed process, gets its retries; nothing does
-    after a Ctrl-C (`dvcrepo.interrupted`).
+    after a Ctrl-C (`children.interrupted`).
     """
-    if dvcrepo.interrupted():
+    if children.interrupted():
         return False
     try:
         exc = state.result(raise_on_failure=False)
@@ -80,18 +77,18 @@ def dvc_repro_task(
     logger = get_run_logger()
     logger.info("Running: %s", " ".join(["dvc", "repro", *args]))
     logger.info("CWD: %s", repo_root)
-    stages = dvcrepo.StageLog()
+    stages = commands.StageLog()
 
     def on_line(line: str) -> None:
         stages.feed(line)
         logger.info(line)
 
     try:
-        run = dvcrepo.repro(repo_root, ["repro", *args], on_line=on_line, metrics=with_metrics)
+        run = commands.repro(repo_root, ["repro", *args], on_line=on_line, metrics=with_metrics)
     finally:
         _record(task_run.id, stages.report())
     if not run.result.ok:
-        raise dvcrepo.failure(run.result)
+        raise commands.failure(run.result)
     return None if run.metrics is None else snapshot_of(run.metrics)
 
 
@@ -101,9 +98,9 @@ def dvc_push_task(repo_root: Path, stages: tuple[str, ...] = ()) -> None:
     remember_task_run()
     logger = get_run_logger()
     logger.info("Running: %s", " ".join(["dvc", "push", *stages]))
-    result = dvcrepo.push(repo_root, stages, on_line=logger.info)
+    result = commands.push(repo_root, stages, on_line=logger.info)
     if not result.ok:
-        raise dvcrepo.failure(result)
+        raise commands.failure(result)
 
 
 @task(name="metrics summary", cache_policy=NO_CACHE)

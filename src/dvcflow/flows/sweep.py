@@ -1,6 +1,6 @@
 """`dvcflow sweep`: one parent flow run, one child flow run per trial, at most `jobs` trials at once.
 
-A trial: its own workspace (`dvcexp.create_workspace`), the `-S` values written as `dvc exp run -S`
+A trial: its own workspace (`experiments.create_workspace`), the `-S` values written as `dvc exp run -S`
 writes them, the pipeline reproduced (`reproduce_trial`, the seam between run-a's `dvc repro` task
 and the per-stage flow), its metrics read, then saved as a DVC experiment; the workspace is removed
 whatever happens.
@@ -22,11 +22,11 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from dvcflow import dvcexp, dvcrepo
-from dvcflow.errors import PipelineError
-from dvcflow.flows.repro import dvc_repro_task, take_visited
-from dvcflow.metrics import MetricsSnapshot, Scalar, artifact_key
-from dvcflow.sweep import (
+from dvcflow.api.artifacts import artifact_key
+from dvcflow.core.errors import PipelineError
+from dvcflow.core.metrics import MetricsSnapshot, Scalar
+from dvcflow.dvc import experiments
+from dvcflow.engine.trials import (
     CANCELLED,
     COMPLETED,
     FAILED,
@@ -37,6 +37,8 @@ from dvcflow.sweep import (
     session,
     table_rows,
 )
+from dvcflow.flows.repro import dvc_repro_task, take_visited
+from dvcflow.proc import children
 
 SWEEP_FLOW_NAME = "dvcflow sweep"
 TRIAL_FLOW_NAME = "sweep trial"
@@ -49,11 +51,11 @@ class TrialCancelled(Exception):
 
 
 @task(name="workspace", cache_policy=NO_CACHE)
-def workspace_task(trial: TrialJob) -> dvcexp.Workspace:
+def workspace_task(trial: TrialJob) -> experiments.Workspace:
     """A worktree of the baseline with the workspace's changes and this trial's params."""
     folder = trial.scratch / f"trial-{trial.spec.index}"
-    workspace = dvcexp.create_workspace(trial.root, folder, trial.baseline, trial.cache)
-    dvcexp.apply_params(workspace.root, trial.spec.overrides)
+    workspace = experiments.create_workspace(trial.root, folder, trial.baseline, trial.cache)
+    experiments.apply_params(workspace.root, trial.spec.overrides)
     logger = get_run_logger()
     logger.info("Workspace: %s", workspace.root)
     logger.info("Params: %s", ", ".join(override.text for override in trial.spec.overrides))
@@ -81,7 +83,7 @@ def reproduce_trial(workspace: Path, *, per_stage: bool) -> MetricsSnapshot | No
 @task(name="metrics", cache_policy=NO_CACHE)
 def trial_metrics_task(workspace: Path, shown: MetricsSnapshot | None = None) -> dict[str, Scalar]:
     """The trial's metrics: as its `dvc repro` process read them, or read here."""
-    snapshot = shown if shown is not None else dvcexp.read_trial_metrics(workspace)
+    snapshot = shown if shown is not None else experiments.read_trial_metrics(workspace)
     get_run_logger().info("Metrics: %s", snapshot.to_json())
     return snapshot.flat()
 
@@ -91,7 +93,7 @@ def save_task(workspace: Path, name: str) -> str:
     """`dvc exp save -n NAME`: the trial becomes an experiment under the repository's HEAD."""
     logger = get_run_logger()
     logger.info("Running: dvc exp save --name %s", name)
-    rev = dvcexp.save_experiment(workspace, name)
+    rev = experiments.save_experiment(workspace, name)
     logger.info("Saved experiment %s (%s)", name, rev[:7])
     return rev
 
@@ -99,7 +101,7 @@ def save_task(workspace: Path, name: str) -> str:
 @flow(name=TRIAL_FLOW_NAME, validate_parameters=False)  # built by the sweep itself
 def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] | State[Any]:
     """One trial of a sweep, in its own workspace; `params` shows its values in the UI."""
-    workspace: dvcexp.Workspace | None = None
+    workspace: experiments.Workspace | None = None
     try:
         workspace = workspace_task(trial)
         shown = reproduce_trial(workspace.root, per_stage=trial.per_stage)
@@ -114,7 +116,7 @@ def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] 
         raise
     finally:
         if workspace is not None:
-            dvcexp.remove_workspace(trial.root, workspace)
+            experiments.remove_workspace(trial.root, workspace)
 
 
 @task(name="trial", cache_policy=NO_CACHE)
@@ -202,7 +204,7 @@ def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], job
             _ended(sweep, running.pop(done), done)
     except KeyboardInterrupt:
         sweep.interrupt()
-        stopped = dvcrepo.interrupt_commands()
+        stopped = children.interrupt_commands()
         logger.warning("Interrupted: stopping %d running DVC command(s)", stopped)
         for index in waiting:
             spec = sweep.trials[index - 1]

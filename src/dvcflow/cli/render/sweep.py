@@ -1,0 +1,116 @@
+"""A sweep on the terminal: live progress while trials run, then the trial table and the verdict."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from dvcflow.cli.render import STATE_STYLES, as_json, err, out, seconds
+from dvcflow.cli.render.metrics import display_value
+from dvcflow.cli.render.runs import verdict
+from dvcflow.engine.trials import SweepProgress, SweepReport, metric_names, table_rows
+
+BEST_MARK = "★"
+
+
+class SweepProgressView:
+    """Trials done / running / failed as a Rich progress bar on stderr, from the first trial on."""
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._lock = threading.Lock()  # trials report from their own threads
+
+    def __enter__(self) -> SweepProgressView:
+        return self
+
+    def update(self, state: SweepProgress) -> None:
+        if self.enabled:
+            with self._lock:
+                self._show(state)
+
+    def _show(self, state: SweepProgress) -> None:
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("Trials"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("", total=state.total)
+        assert self._task is not None
+        description = f"done {state.completed} · running {state.running} · failed {state.failed}"
+        self._progress.update(self._task, completed=state.finished, description=description)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def sweep_summary(report: SweepReport) -> None:
+    """The trial table (varying params, metrics, state, duration; the best marked), then the verdict."""
+    out.print(Text(f"{report.run.flow_name} · {report.run.name}", style="bold"), soft_wrap=True)
+    names = metric_names(report.trials)
+    table = Table()
+    table.add_column("Trial", justify="right")
+    table.add_column("Experiment" if report.saved else "Flow run")
+    for label in report.varying:
+        table.add_column(label, justify="right")
+    for name in names:
+        table.add_column(f"{name} {BEST_MARK}" if name == report.metric else name, justify="right")
+    table.add_column("State")
+    table.add_column("Duration", justify="right")
+    for row, trial in zip(table_rows(report.trials, report.varying, report.best), report.trials, strict=True):
+        mark = f" {BEST_MARK}" if row["best"] else ""
+        cells = [f"{trial.index}{mark}", trial.name or "—"]
+        cells += [str(trial.values.get(label, "")) for label in report.varying]
+        cells += [display_value(trial.metrics.get(name)) for name in names]
+        table.add_row(
+            *cells,
+            Text(trial.state, style=STATE_STYLES.get(trial.state, "")),
+            seconds(trial.seconds) if trial.seconds else "—",
+            style="bold" if row["best"] else "",
+        )
+    out.print(table)
+    for trial in report.trials:
+        if trial.message and trial.state == "Failed":
+            out.print(Text(f"trial {trial.index}: ", style="bold red") + Text(trial.message), soft_wrap=True)
+    if report.best is not None and report.metric:
+        best = report.trials[report.best - 1]
+        how = "highest" if report.maximize else "lowest"
+        line = (
+            f"Best: trial {best.index} ({how} {report.metric} = {display_value(best.metrics[report.metric])})"
+        )
+        if report.saved:
+            line += f"; restore it with `dvc exp apply {best.name}`"
+        out.print(line, soft_wrap=True)
+    elif report.metric and any(trial.completed for trial in report.trials):
+        out.print(Text(f"No completed trial reports the metric {report.metric!r}.", style="yellow"))
+    record = report.run
+    if record.message:
+        out.print(Text(record.message, style=STATE_STYLES.get(record.state, "")), soft_wrap=True)
+    verdict(record)
+
+
+def sweep_json(report: SweepReport) -> None:
+    as_json(
+        {
+            "flow_run": {"id": report.run.id, "name": report.run.name, "state": report.run.state},
+            "metric": report.metric,
+            "maximize": report.maximize,
+            "best": report.best,
+            "trials": table_rows(report.trials, report.varying, report.best),
+            "ui_link": report.run.ui_link,
+        }
+    )

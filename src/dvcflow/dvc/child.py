@@ -1,0 +1,70 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from dvcflow.dvc.commands import METRICS_ENV, WAIT_ENV
+from dvcflow.dvc.metrics_files import _metrics_files
+from dvcflow.dvc.repository import PARENT_PID_ENV
+from dvcflow.proc import tether
+from dvcflow.proc.children import _METRICS_MARK, READY_MARK
+
+
+def _child_main(argv: list[str]) -> int:
+    """`python -m dvcflow.dvc.child ARGS`: `dvc ARGS` in this process, dying with dvcflow.
+
+    No garbage-collector passes while DVC is imported (~0.1 s); with `WAIT_ENV` it then waits for
+    dvcflow's go (see `warm_up`), and with `METRICS_ENV` it reads the metrics once the command
+    succeeded, its DVC already imported, and prints them on one marked line.
+    """
+    import gc
+
+    if not tether.tether(int(os.environ.get(PARENT_PID_ENV, "0"))):
+        return 143  # dvcflow died before it could be tied to it: don't run DVC for nobody
+    os.environ.pop(PARENT_PID_ENV, None)  # not for the stage commands, nor these two
+    waits = os.environ.pop(WAIT_ENV, None) == "1"
+    metrics = os.environ.pop(METRICS_ENV, None) == "1"
+    gc.disable()
+    import dvc.cli.parser  # every command's module
+    import dvc.repo.reproduce  # noqa: F401 - imported here, under the paused collector
+    from dvc.cli import main
+
+    gc.freeze()
+    gc.enable()
+    if waits:
+        print(READY_MARK, end="", flush=True)
+        try:
+            if not sys.stdin.readline():
+                return 0  # never asked for
+        except KeyboardInterrupt:
+            return 130
+        devnull = os.open(os.devnull, os.O_RDONLY)  # the stage commands read nothing, as before
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    code = int(main(argv) or 0)
+    if code == 0 and metrics:
+        _print_metrics()
+    gc.freeze()  # nothing left for a collection at exit to scan
+    return code
+
+
+def _print_metrics() -> None:
+    """Best effort: when DVC cannot read them here, the caller reads them itself and reports why."""
+    import json
+
+    from dvc.repo import Repo
+
+    try:
+        with Repo(".") as repo:
+            files = _metrics_files(repo, Path.cwd())
+        line = _METRICS_MARK + json.dumps(files, default=str)
+    except Exception:  # the caller falls back to its own read
+        return
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

@@ -1,0 +1,165 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dvcflow.core.errors import PipelineError, StageCommandError
+from dvcflow.core.metrics import MetricsFiles
+from dvcflow.core.records import StagesReport
+from dvcflow.dvc.repository import dvc_environment
+from dvcflow.dvc.status import _SKIPPED_LINE
+from dvcflow.proc.children import CommandResult, _pump
+
+METRICS_ENV = "DVCFLOW_DVC_METRICS"  # "1": after success, the child prints the metrics on a marked line
+
+
+WAIT_ENV = "DVCFLOW_DVC_WAIT"  # "1": the child imports DVC, then waits for a line on stdin to run
+
+
+def dvc_command(*args: str) -> list[str]:
+    """DVC from this interpreter, not whichever `dvc` comes first on PATH."""
+    return [sys.executable, "-m", "dvcflow.dvc.child", *args]
+
+
+_WarmKey = tuple[str, tuple[str, ...], bool]
+
+
+_warm: dict[_WarmKey, subprocess.Popen[str]] = {}
+
+
+def _spawn(args: Sequence[str], cwd: Path, *, metrics: bool, wait: bool) -> subprocess.Popen[str]:
+    env = dvc_environment()
+    if metrics:
+        env[METRICS_ENV] = "1"
+    if wait:
+        env[WAIT_ENV] = "1"
+    return subprocess.Popen(
+        dvc_command(*args),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        process_group=0 if os.name == "posix" else None,  # see `_signal`
+    )
+
+
+def warm_up(args: Sequence[str], cwd: Path, *, metrics: bool = False) -> None:
+    """Start the interpreter and DVC's import for a `dvc ARGS` about to be asked for, so that they
+    overlap with Prefect's import (2 cores: ~0.4 s off a run). It runs nothing until `stream_dvc`
+    (or `repro`) asks for the same command; unclaimed, it exits when this process does."""
+    key = (str(cwd), tuple(args), metrics)
+    if key not in _warm:
+        _warm[key] = _spawn(args, cwd, metrics=metrics, wait=True)
+
+
+def _claim(args: Sequence[str], cwd: Path, metrics: bool) -> subprocess.Popen[str] | None:
+    process = _warm.pop((str(cwd), tuple(args), metrics), None)
+    if process is None or process.stdin is None:
+        return None
+    try:
+        process.stdin.write("run\n")
+        process.stdin.close()
+    except OSError:  # it died while waiting: start afresh
+        process.wait()
+        return None
+    return process
+
+
+def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -> CommandResult:
+    """Run `dvc ARGS` in `cwd`, handing every non-blank output line to `on_line` as it arrives."""
+    return _streamed(args, cwd, on_line, metrics=False)[0]
+
+
+def _streamed(
+    args: Sequence[str], cwd: Path, on_line: Callable[[str], None], *, metrics: bool
+) -> tuple[CommandResult, str | None]:
+    process = _claim(args, cwd, metrics) or _spawn(args, cwd, metrics=metrics, wait=False)
+    return _pump(process, tuple(args), on_line)
+
+
+# DVC's ERROR lines for failures a second attempt may not repeat: a stage's command exited non-zero
+# (`StageCmdFailedError`), or another DVC process held the repository lock (`LockError`). Anything else
+# (missing data, an invalid dvc.yaml, an unknown target) fails the same way every time.
+_RETRYABLE = re.compile(r"failed to run: |Unable to acquire lock|is busy|exited with -?\d+")
+
+
+def failure(result: CommandResult) -> PipelineError:
+    """A readable error from a failed DVC command: DVC's own ERROR line first, then its last lines.
+
+    A `StageCommandError` (worth a retry) when a stage's command failed; a `PipelineError` otherwise.
+    """
+    errors = [line for line in result.tail if line.startswith("ERROR:")]
+    headline = errors[-1].removeprefix("ERROR:").strip() if errors else f"exit code {result.returncode}"
+    shown = "\n".join(f"  {line}" for line in result.tail[-8:])
+    kind = StageCommandError if not errors or _RETRYABLE.search(headline) else PipelineError
+    return kind(f"`dvc {' '.join(result.args)}` failed: {headline}\n{shown}")
+
+
+# What `dvc repro` logs for each stage it visits (see `Stage.reproduce` and `stage.cache`).
+_STAGE_LINES = (
+    ("ran", re.compile(r"^Running stage '(?P<name>.+)':$")),
+    ("skipped", _SKIPPED_LINE),
+    ("pulled", re.compile(r"^Pulling data for (?:stage: )?'(?P<name>.+)'$")),
+    ("restored", re.compile(r"^Stage '(?P<name>.+)' is cached - skipping run, checking out outputs$")),
+)
+
+
+class StageLog:
+    """Reads `dvc repro`'s output line by line and records what happened to each stage.
+
+    The stage names are DVC's `addressing`, which equals `_address` when DVC runs in the repository root.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, list[str]] = {kind: [] for kind, _ in _STAGE_LINES}
+
+    def feed(self, line: str) -> None:
+        text = line.strip()
+        for kind, pattern in _STAGE_LINES:
+            match = pattern.match(text)
+            if match:
+                self._seen[kind].append(match["name"])
+                return
+
+    def report(self) -> StagesReport:
+        """Each stage once; DVC may log "Pulling data" and then run the stage after all (the remote
+        lacked its data): such a stage ran."""
+        ran = tuple(dict.fromkeys(self._seen["ran"]))
+
+        def others(kind: str) -> tuple[str, ...]:
+            return tuple(name for name in dict.fromkeys(self._seen[kind]) if name not in ran)
+
+        return StagesReport(ran, others("skipped"), others("pulled"), others("restored"))
+
+
+def push(root: Path, stages: Sequence[str], on_line: Callable[[str], None]) -> CommandResult:
+    """`dvc push` of the given stages' outputs (all tracked data when `stages` is empty)."""
+    return stream_dvc(["push", *stages], cwd=root, on_line=on_line)
+
+
+@dataclass(frozen=True)
+class ReproRun:
+    """A `dvc repro` process, and the metrics that same process read after it succeeded."""
+
+    result: CommandResult
+    metrics: MetricsFiles | None  # None: not asked for, the command failed, or DVC could not read them
+
+
+def repro(root: Path, args: Sequence[str], on_line: Callable[[str], None], *, metrics: bool) -> ReproRun:
+    """`dvc ARGS` (a `repro`) streamed like `stream_dvc`; with `metrics`, the DVC process then reads the
+    metrics too, which spares the caller a second DVC start-up (~0.7 s) to open the repository again."""
+    import json
+
+    result, shown = _streamed(args, root, on_line, metrics=metrics)
+    return ReproRun(result, json.loads(shown) if result.ok and shown else None)

@@ -1,0 +1,69 @@
+"""`run-b`: Prefect owns the stage DAG and the skipping, on any DVC repository.
+
+The same stage graph and the same task as `run-a --per-stage` (see `dvcflow.engine`), but what runs is
+decided by Prefect's cache (`DvcCachePolicy`, keyed on DVC's hashes): an unchanged stage whose outputs are
+intact ends `Cached`. Stages a repository registers in `[tool.dvcflow.stages]` run as in-process Python
+functions. `.dvc` data sources are verified by DVC in the flow itself, not as tasks. Afterwards DVC agrees:
+outputs in its cache, `dvc.lock` as `dvc repro` writes it, `dvc status` clean.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+from prefect.results import ResultStore, get_result_store
+
+from dvcflow.core.graph import PipelineSnapshot, StageKind, plan
+from dvcflow.core.metrics import MetricsSnapshot
+from dvcflow.core.selection import EVERYTHING, Selection
+from dvcflow.engine.executor import close_session, open_session
+from dvcflow.engine.plugins import load_registry
+from dvcflow.engine.scheduler import run_stages
+from dvcflow.engine.task import PrefectLauncher, stage_task
+from dvcflow.flows.per_stage import finish, publish_dag
+
+FLOW_NAME = "Prefect owned stage DAG"
+CACHE_DECIDES = "Prefect's cache decides"
+
+
+@flow(name=FLOW_NAME)
+def stage_dag_flow(
+    repo_root: Path,
+    params_path: Path | None,
+    jobs: int = 4,
+    keep_going: bool = False,
+    retries: int = 1,
+    selection: Selection = EVERYTHING,
+) -> MetricsSnapshot | State[Any] | None:
+    """Run the selected stages; an unchanged stage with intact outputs ends `Cached`."""
+    logger = get_run_logger()
+    logger.info("Params: %s", params_path or "none (no stage reads params.yaml)")
+    session = open_session(repo_root)
+    try:
+        selected = session.select(selection)
+        graph = session.snapshot(with_status=False).graph
+        for name in selected:
+            if graph[name].kind is StageKind.DATA_SOURCE and session.reproduce_by_dvc(name, force=False):
+                logger.info("Data source %s changed: DVC verified it and recorded its new hash", name)
+        stages = [name for name in selected if graph[name].kind is StageKind.STAGE]
+        stage_plan = plan(PipelineSnapshot(graph, dict.fromkeys(stages, CACHE_DECIDES)), stages)
+        publish_dag(stage_plan, repo_root)
+        store = get_result_store().update_for_task(stage_task.with_options(persist_result=True))
+        assert isinstance(store, ResultStore)  # a sync flow gets the sync variant
+        launcher = PrefectLauncher(
+            repo_root,
+            session,
+            retries=retries,
+            force=selection.force,
+            by_cache=True,
+            store=store,
+            functions=load_registry(repo_root),
+            name_runs_after_stages=False,
+        )
+        run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going)
+        return finish(launcher.futures, session, show_metrics=True, counts=False)
+    finally:
+        close_session(repo_root)

@@ -1,0 +1,960 @@
+"""The warm starter: a process that has already imported what dvcflow's commands need (Typer, Prefect and
+its flow and task engines, DVC's repository code, dvcflow's flows) and forks one child per command.
+
+Half of a no-op `dvcflow run-a` was importing Prefect (~1.4 s on 2 cores); a child forked from this
+process starts with all of it in memory, as Gradle's daemon, dmypy or Android's zygote do.
+
+- `dvcflow server start` launches it (`launch`) next to the server, without waiting for it; `server stop`
+  stops it (`stop`), and it exits by itself when the server process ends. It listens on
+  `<home>/warm.sock` (mode 0600) and logs what it serves or refuses to `<home>/warm.log`.
+- The console script (`dvcflow.cli.entry`) first tries it (`serve_here`, standard library only): it sends
+  argv, cwd, environment, umask, stdio settings, `sys.path` and its fds 0/1/2 (SCM_RIGHTS). The starter
+  forks only when the fingerprint matches (same interpreter, `sys.path`, installed packages and dvcflow
+  source files), the command's `PREFECT_*` variables are ones it imported Prefect with, and the working
+  directory holds no file Prefect's settings read (`_prefect_files`); otherwise, or on any failure
+  before the client has told the forked child to go (`GO`), the command runs in the calling process as
+  before, and that child exits untouched. With a terminal, `--push`/`--pull` run the usual way (password
+  prompts need /dev/tty). `DVCFLOW_WARM=0` turns it off (for a command, or for the starter when given to
+  `server start`).
+- The child takes over the fds, cwd, environment and signal defaults, rebuilds Prefect's logging, and
+  runs the Typer app; the starter reports its exit status (a signal death included) to the client,
+  which exits the same way. The client forwards SIGINT/SIGQUIT to the child's process group (what a
+  terminal's Ctrl-C reaches), SIGTERM/SIGHUP to the child, and stops/continues it on Ctrl-Z/`fg`.
+  If the client dies, the starter SIGKILLs the child, so the run's watchdog marks its flow run Crashed
+  exactly as for a killed dvcflow process.
+- `server` commands are never served: they do not import Prefect, and `server stop` stops the starter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import socket
+
+    from dvcflow.core.settings import ServerConfig
+
+SWITCH_ENV = "DVCFLOW_WARM"
+SOCKET_NAME = "warm.sock"
+PID_NAME = "warm.pid"
+LOG_NAME = "warm.log"
+LOCK_NAME = "warm.lock"
+READY_NAME = "warm.ready"  # exists while the starter has finished its imports and serves
+MAX_MESSAGE = 200_000  # a request larger than this (a huge environment) runs the usual way
+HANDSHAKE_TIMEOUT_S = 10.0  # a starter still importing answers once ready: still sooner than importing
+READY_TIMEOUT_S = 2.0  # a starter that has imported answers in milliseconds; a hung one costs this much
+UNSERVED = frozenset({"server"})
+# Options whose commands may ask for a password on the terminal (dvc push/pull over SSH/HTTP, git
+# credentials): a served child has no controlling terminal, so with a terminal these run the usual way.
+# (DVC then runs in a background process group of that terminal, so a prompt still stops it: a known
+# gap, docs/failure-modes.md.)
+PROMPTING_OPTIONS = frozenset({"--push", "--pull"})
+# What Prefect's settings read from the working directory besides the environment (prefect/settings/base.py).
+PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")
+PROTOCOL = 2
+CHECK_EVERY_S = 2.0  # how often an idle starter looks for changed code (and, without pidfds, the server)
+GO = b"go"  # the client's answer to `accepted`: only then does the child start the command
+
+# What a forked child would otherwise import itself; DVC because run-a's pre-flight opens the repository
+# in process. Not scikit-learn/pandas: their thread pools would start threads, and a process with
+# threads cannot fork safely.
+PRELOAD = (
+    "dvcflow.cli.app",
+    "dvcflow.services.pipeline",
+    "dvcflow.flows.repro",
+    "dvcflow.flows.per_stage",
+    "dvcflow.flows.cached_dag",
+    "dvcflow.flows.sweep",
+    "dvcflow.services.history",
+    "dvcflow.services.deploy",
+    "dvc.repo",
+    "dvc.repo.reproduce",
+    "dvc.stage",
+    # What a no-op run-a imported after the fork (~0.25 s), seen with an import hook:
+    "dvc.lock",
+    "dvc.repo.datasets",
+    "dvc.scm",
+    "scmrepo.git",
+    "networkx",
+    "ruamel.yaml",
+    "flufl.lock",
+    "psutil",
+    "anyio._backends._asyncio",
+    "prefect.utilities.visualization",
+    "dvcflow.core.identity",
+)
+
+_FORWARD_TO_GROUP = (signal.SIGINT, signal.SIGQUIT)  # what a terminal sends to the foreground group
+_HELD_AT_FORK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # those the starter handles itself
+_FORWARD_TO_CHILD = (signal.SIGTERM, signal.SIGHUP)  # what `kill PID` or a closed terminal sends
+_IGNORABLE = (*_FORWARD_TO_GROUP, *_FORWARD_TO_CHILD)
+
+
+def enabled(environ: Mapping[str, str]) -> bool:
+    return environ.get(SWITCH_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def socket_path(home: Path) -> Path:
+    return home / SOCKET_NAME
+
+
+def fingerprint(path: Sequence[str], package: str | None = None) -> dict[str, Any]:
+    """What must be equal for a child of the starter to behave as this process would (~1 ms): the
+    interpreter, the import path (its first entry, the script's folder, aside), when each path folder
+    last changed (an install or upgrade), and the size and mtime of every dvcflow source file."""
+
+    def mtime(entry: str) -> int | None:
+        try:
+            return os.stat(entry).st_mtime_ns
+        except OSError:
+            return None
+
+    package = package or os.path.dirname(os.path.abspath(__file__))
+    code = []
+    for folder, subfolders, files in os.walk(package):
+        subfolders.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                stat = os.stat(os.path.join(folder, name))
+                code.append(
+                    [os.path.relpath(os.path.join(folder, name), package), stat.st_size, stat.st_mtime_ns]
+                )
+    return {
+        "python": [sys.executable, sys.version, sys.flags.optimize, sys.flags.dev_mode, sys.flags.utf8_mode],
+        "path": list(path[1:]),
+        "path_mtimes": [mtime(entry) for entry in path[1:]],
+        "code": [package, code],
+    }
+
+
+def prefect_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environ.items() if key.startswith("PREFECT_")}
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+def _stdio_settings() -> list[dict[str, Any]] | None:
+    settings = []
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        if stream is None or not hasattr(stream, "reconfigure"):
+            return None
+        settings.append(
+            {
+                "encoding": stream.encoding,
+                "errors": stream.errors,
+                "line_buffering": stream.line_buffering,
+                "write_through": getattr(stream, "write_through", False),
+            }
+        )
+    return settings
+
+
+def _request(argv: Sequence[str]) -> dict[str, Any] | None:
+    stdio = _stdio_settings()
+    if stdio is None:
+        return None
+    umask = os.umask(0o022)
+    os.umask(umask)
+    main = sys.modules.get("__main__")
+    return {
+        "protocol": PROTOCOL,
+        "fingerprint": fingerprint(sys.path),
+        "argv": [sys.argv[0], *argv],
+        "main_package": getattr(main, "__package__", None),
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "umask": umask,
+        "path": list(sys.path),
+        "stdio": stdio,
+        "ignored": [int(number) for number in _IGNORABLE if signal.getsignal(number) is signal.SIG_IGN],
+    }
+
+
+def _may_prompt(argv: Sequence[str]) -> bool:
+    """Whether the command may want a terminal a served child would not have."""
+    return any(arg.partition("=")[0] in PROMPTING_OPTIONS for arg in argv) and os.isatty(0)
+
+
+def serve_here(argv: Sequence[str]) -> int | None:
+    """Run this command in a child of the warm starter and return its exit code (negative: the signal
+    that ended it); None when no starter takes it, and the command must run in this process."""
+    if not enabled(os.environ) or (argv and argv[0] in UNSERVED) or _may_prompt(argv):
+        return None
+    try:
+        from dvcflow.core.settings import resolve_server_config
+
+        home = resolve_server_config().home
+        path = socket_path(home)
+        if not path.exists():
+            return None
+        ready = (home / READY_NAME).exists()
+        import json  # only now: `dvcflow --help` without a server never pays for them
+        import socket
+
+        request = _request(argv)
+        if request is None:
+            return None
+        payload = json.dumps(request).encode()
+        if len(payload) > MAX_MESSAGE:
+            return None
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    except Exception:  # a bad [tool.dvcflow], an unreadable cwd ...: the usual path reports it
+        return None
+    child = _handshake(connection, str(path), payload, READY_TIMEOUT_S if ready else HANDSHAKE_TIMEOUT_S)
+    if child is None:
+        connection.close()
+        return None
+    return _wait_for(connection, child, set(request["ignored"]))
+
+
+def _handshake(connection: socket.socket, path: str, payload: bytes, timeout: float) -> int | None:
+    """Send the request; the child's pid once this client has told the starter to go ahead. A client
+    that gives up (a timeout) never sends `GO`, so its child never starts the command: it runs once."""
+    import json
+    import socket
+
+    try:
+        connection.settimeout(timeout)
+        connection.connect(path)
+        socket.send_fds(connection, [payload], [0, 1, 2])
+        reply = json.loads(connection.recv(MAX_MESSAGE) or b"{}")
+        child = reply.get("accepted")
+        if not isinstance(child, int):
+            return None
+        connection.send(GO)
+    except (OSError, ValueError):
+        return None
+    return child
+
+
+def _forward_signals(child: int, ignored: set[int]) -> None:
+    def to_group(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signum)
+
+    def to_child(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signum)
+
+    def suspend(signum: int, _frame: object) -> None:  # Ctrl-Z: stop the child too; `fg` resumes both
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, suspend)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signal.SIGCONT)
+
+    for number in _FORWARD_TO_GROUP:
+        if number not in ignored:
+            signal.signal(number, to_group)
+    for number in _FORWARD_TO_CHILD:
+        if number not in ignored:
+            signal.signal(number, to_child)
+    signal.signal(signal.SIGTSTP, suspend)
+
+
+def _wait_for(connection: socket.socket, child: int, ignored: set[int]) -> int:
+    import json
+
+    _forward_signals(child, ignored)
+    connection.settimeout(None)
+    while True:
+        try:
+            data = connection.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if not data:  # the starter died: the child's status cannot be known any more
+            print(
+                "dvcflow: the warm starter went away; the command's exit status is unknown", file=sys.stderr
+            )
+            return 1
+        try:
+            message = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(message.get("exit"), int):
+            return int(message["exit"])
+
+
+def exit_like(code: int) -> None:
+    """End this process as the child ended: with its exit code, or by the same signal."""
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        code = 128 - code  # a signal that does not end a process by default
+    os._exit(code)
+
+
+def ping(home: Path, timeout: float = 60.0) -> int | None:
+    """The pid of the starter serving `home` once it is ready (it answers after its imports), waiting up
+    to `timeout` s for one just launched to listen; None when there is none (for tests and benchmarks)."""
+    import json
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not socket_path(home).exists():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as connection:
+            connection.settimeout(max(0.1, deadline - time.monotonic()))
+            connection.connect(str(socket_path(home)))
+            connection.send(json.dumps({"protocol": PROTOCOL, "ping": True}).encode())
+            reply = json.loads(connection.recv(MAX_MESSAGE) or b"{}")
+    except (OSError, ValueError):
+        return None
+    pid = reply.get("pong")
+    return pid if isinstance(pid, int) else None
+
+
+# ------------------------------------------------------------------------ launching and stopping it
+
+
+def recorded(home: Path) -> tuple[int, bool] | None:
+    """The running starter of `home` (for `server status`): its pid and whether it serves yet (it does
+    once its imports are done); None when none runs."""
+    pid = _recorded(home)
+    return None if pid is None else (pid, (home / READY_NAME).exists())
+
+
+def _recorded(home: Path) -> int | None:
+    """The recorded starter's pid when that process is still a warm starter."""
+    try:
+        pid = int((home / PID_NAME).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"dvcflow.proc.zygote" in cmdline else None
+
+
+def launch(config: ServerConfig, server_pid: int) -> int | None:
+    """Start the warm starter for the server `server_pid` unless one runs; does not wait for it. The
+    pid of the one launched now."""
+    import subprocess
+
+    from dvcflow.api.connect import local_client_environment
+
+    if not enabled(os.environ) or not sys.platform.startswith("linux") or _recorded(config.home):
+        return None
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(local_client_environment(config))
+    try:
+        log_fd = os.open(config.home / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(log_fd, "wb") as log:  # one server's worth of lines
+            return subprocess.Popen(
+                [sys.executable, "-m", "dvcflow.proc.zygote", str(config.home.resolve()), str(server_pid)],
+                cwd=config.home,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            ).pid
+    except OSError:  # commands then import what they need themselves, as without a starter
+        return None
+
+
+def stop(home: Path, timeout: float = 10.0) -> int | None:
+    """SIGTERM the starter (it stops serving at once and exits when its running commands have ended);
+    wait up to `timeout` s for it to exit. Its pid, or None when none ran."""
+    import select
+
+    pid = _recorded(home)
+    if pid is None:
+        return None
+    try:
+        handle = os.pidfd_open(pid)
+    except OSError:  # gone already, or a kernel before 5.3: signal it, do not wait
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        return pid
+    try:
+        os.kill(pid, signal.SIGTERM)
+        select.select([handle], [], [], timeout)  # readable once the process has exited
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+    return pid
+
+
+# ---------------------------------------------------------------------------------------------- starter
+
+
+class _Starter:
+    """The select loop: accept requests, fork, report exit statuses, kill children of dead clients."""
+
+    def __init__(self, home: Path, server_pid: int) -> None:
+        import selectors
+
+        self.home = home
+        self.pid = os.getpid()
+        self.lock = self._only_one()
+        self.fingerprint = fingerprint(sys.path)
+        self.prefect_env = prefect_environment(os.environ)
+        self.children: dict[int, socket.socket] = {}
+        self.waiting: dict[int, int] = {}  # child: the pipe it waits on for the client's `GO`
+        self.started: dict[int, float] = {}  # child: when it was forked (its wall time in the log)
+        self.orphans: set[int] = set()
+        self.stopping = False
+        self.stale = False
+        self.changed: dict[str, Any] | None = None  # a new fingerprint seen while idle (`_check_code`)
+        self.selector = selectors.DefaultSelector()
+        self.wake_read, self.wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listener = self._listen()
+        self.server = self._watch(server_pid)
+        (home / PID_NAME).write_text(f"{self.pid}\n")
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # while importing: no one to wait for
+            signal.signal(number, self._stop_now)
+
+    def _stop_now(self, _signum: int, _frame: object) -> None:
+        self._unlisten()
+        if _recorded(self.home) == self.pid:
+            (self.home / PID_NAME).unlink(missing_ok=True)
+        os._exit(0)
+
+    def _only_one(self) -> int:
+        """One starter per home: a second one (two `server start`s at once) exits at once."""
+        import fcntl
+
+        handle = os.open(self.home / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os._exit(0)
+        return handle
+
+    def _listen(self) -> socket.socket:
+        """Bound before the imports: a client that comes early waits for them instead of importing."""
+        import socket
+
+        path = socket_path(self.home)
+        partial = self.home / f".{SOCKET_NAME}.{self.pid}"
+        partial.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        old = os.umask(0o177)
+        try:
+            listener.bind(str(partial))
+        finally:
+            os.umask(old)
+        listener.listen(64)
+        partial.replace(path)
+        self.inode = path.stat().st_ino
+        return listener
+
+    def _watch(self, server_pid: int) -> int | None:
+        """A descriptor readable once the server has exited; None (the loop then polls) without pidfds."""
+        self.server_pid = server_pid
+        try:
+            return os.pidfd_open(server_pid)
+        except ProcessLookupError:
+            self.stopping = True
+        except OSError:
+            pass
+        return None
+
+    def _server_gone(self) -> bool:
+        try:
+            os.kill(self.server_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return False
+
+    def log(self, message: str) -> None:
+        import time
+
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{self.pid}] {message}", flush=True)
+
+    def _unlisten(self) -> None:
+        (self.home / READY_NAME).unlink(missing_ok=True)
+        if self.listener.fileno() < 0:
+            return
+        with contextlib.suppress(KeyError):  # not registered while importing
+            self.selector.unregister(self.listener)
+        self.listener.close()
+        path = socket_path(self.home)
+        try:
+            if path.stat().st_ino == self.inode:
+                path.unlink()
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        import selectors
+
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, self._on_stop)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, not SIG_IGN: the loop reaps
+        signal.set_wakeup_fd(self.wake_write)
+        self.selector.register(self.wake_read, selectors.EVENT_READ, "wake")
+        self.selector.register(self.listener, selectors.EVENT_READ, "listen")
+        if self.server is not None:
+            self.selector.register(self.server, selectors.EVENT_READ, "server")
+        self.log(f"serving {socket_path(self.home)}")
+        (self.home / READY_NAME).touch(mode=0o600)
+        while True:
+            self._reap()
+            if self.stopping or self.stale:
+                self._unlisten()
+                if not self.children:
+                    break
+            events = self.selector.select(timeout=CHECK_EVERY_S)
+            if self.server is None and not self.stopping and self._server_gone():
+                self.log("the server has exited; stopping")
+                self.stopping = True
+            if not events:
+                self._check_code()
+            for key, _ in events:
+                if key.data == "wake":
+                    with contextlib.suppress(OSError):
+                        os.read(self.wake_read, 512)
+                elif key.data == "server":
+                    self.log("the server has exited; stopping")
+                    self.selector.unregister(key.fileobj)
+                    self.stopping = True
+                elif key.data == "listen":
+                    self._accept()
+                elif isinstance(key.data, tuple):
+                    self._handle(key.fileobj)  # type: ignore[arg-type]
+                else:
+                    self._client_gone(key.data, key.fileobj)  # type: ignore[arg-type]
+        if _recorded(self.home) == self.pid:
+            (self.home / PID_NAME).unlink(missing_ok=True)
+        if self.stale and not self.stopping:
+            self.log("dvcflow's code or packages changed: starting afresh")
+            os.execv(sys.executable, [sys.executable, "-m", "dvcflow.proc.zygote", *sys.argv[1:]])
+        self.log("stopped")
+        os._exit(0)  # nothing to flush or close: skip the interpreter's (and Prefect's) tear-down
+
+    def _check_code(self) -> None:
+        """While idle: start afresh once dvcflow's code or packages changed and then stayed the same for
+        one more check, so that the next command finds a fresh starter instead of running the usual way
+        while this one re-imports beside it (~2 s of CPU each, at once: a no-op run-a took 3-4 s)."""
+        now = fingerprint(sys.path)  # ~0.5 ms
+        if now == self.fingerprint:
+            self.changed = None
+        elif now == self.changed:
+            self.stale = True
+        else:
+            self.changed = now
+
+    def _on_stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _reap(self) -> None:
+        import json
+        import time
+
+        while self.children:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            cpu = usage.ru_utime + usage.ru_stime  # its process tree's, waited-for children included
+            wall = time.monotonic() - self.started.pop(pid, time.monotonic())
+            self.log(f"{pid} ended: exit {code}, {cpu:.2f} s CPU, {wall:.2f} s wall")
+            self._release(pid, go=False)
+            connection = self.children.pop(pid, None)
+            if connection is None:
+                continue
+            if pid not in self.orphans:
+                with contextlib.suppress(OSError):
+                    connection.send(json.dumps({"exit": code}).encode())
+                self.selector.unregister(connection)
+            self.orphans.discard(pid)
+            connection.close()
+
+    def _client_gone(self, child: int, connection: socket.socket) -> None:
+        try:
+            data = connection.recv(MAX_MESSAGE)
+        except OSError:
+            data = b""
+        if data == GO and child in self.waiting:
+            self._release(child, go=True)
+        if data:
+            return  # clients send nothing else after their request
+        self.log(f"the client of {child} is gone: killing {child} and its process group")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child, signal.SIGKILL)  # with it what it started there: `--ephemeral`'s server
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)  # in case it had not made its group yet
+        self.selector.unregister(connection)
+        self.orphans.add(child)  # reaped by `_reap`, which then has no one to tell
+
+    def _refusal(self, request: Mapping[str, Any], fds: list[int], peer_uid: int) -> str | None:
+        if peer_uid != os.getuid():
+            return "another user"
+        if request.get("fingerprint") != self.fingerprint:  # first: a newer client is newer code
+            if fingerprint(sys.path) != self.fingerprint:
+                self.stale = True
+                return "dvcflow's code or installed packages changed since this starter imported them"
+            theirs = request.get("fingerprint") or {}
+            differ = ", ".join(key for key in self.fingerprint if theirs.get(key) != self.fingerprint[key])
+            return f"another interpreter or import path ({differ})"
+        if request.get("protocol") != PROTOCOL:
+            return "another protocol"
+        if len(fds) != 3:
+            return "not given fds 0, 1 and 2"
+        extra = set(prefect_environment(request.get("env") or {}).items()) - set(self.prefect_env.items())
+        if extra:
+            names = ", ".join(sorted(key for key, _ in extra))
+            return f"Prefect settings this starter was not imported with: {names}"
+        files = _prefect_files(str(request.get("cwd", "")))
+        if files:
+            return f"Prefect settings in the working directory: {', '.join(files)}"
+        if len(os.listdir("/proc/self/task")) != 1:
+            return "the starter has threads; it cannot fork safely"
+        return None
+
+    def _accept(self) -> None:
+        """Take the connection; its request is read when it arrives (`_handle`), so a client that
+        connects and stalls delays no one."""
+        import selectors
+
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        connection.setblocking(False)
+        self.selector.register(connection, selectors.EVENT_READ, ("request",))
+
+    def _handle(self, connection: socket.socket) -> None:
+        """A request has arrived (or its client left): answer a ping, refuse, or fork its child. The
+        child waits for the client's `GO` before it does anything (`_client_gone`, `_release`)."""
+        import json
+        import selectors
+        import socket
+        import time
+
+        self.selector.unregister(connection)
+        fds: list[int] = []
+        try:
+            data, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, 3)
+            request = json.loads(data)
+            connection.setblocking(True)
+            connection.settimeout(1.0)  # replies fit the socket's buffer: this never waits
+            if request.get("ping"):
+                connection.send(json.dumps({"pong": self.pid}).encode())
+                raise OSError("answered")
+            credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)  # pid, uid, gid
+            refusal = self._refusal(request, fds, int.from_bytes(credentials[4:8], sys.byteorder))
+            if refusal is not None:
+                self.log(f"refused {_command(request)}: {refusal}")
+                connection.send(json.dumps({"refused": refusal}).encode())
+                raise OSError("refused")
+        except (OSError, ValueError):
+            for fd in fds:
+                os.close(fd)
+            connection.close()
+            return
+        go_read, go_write = os.pipe2(os.O_CLOEXEC)
+        # Until `_become` has put the command's handlers in place, a signal the client forwards would meet
+        # the starter's (which only note a stop): the child starts with them held back, delivered once it
+        # has. Blocked before the fork: the client may signal before the child has run at all.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_AT_FORK)
+        try:
+            child = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if child != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        else:
+            os.close(go_write)
+            if os.read(go_read, 1) != b"g":  # the client gave up: it runs the command itself
+                os._exit(0)
+            os.close(go_read)
+            self._become(request, fds, connection)  # ends this process with the command's exit status
+            os._exit(70)  # not reached
+        os.close(go_read)
+        self.waiting[child] = go_write
+        self.started[child] = time.monotonic()
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpgid(child, child)  # also in the child: whichever runs first, signals find the group
+        self.children[child] = connection
+        self.selector.register(connection, selectors.EVENT_READ, child)
+        with contextlib.suppress(OSError):  # a client that left: its EOF ends the child (`_client_gone`)
+            connection.send(json.dumps({"accepted": child}).encode())
+        self.log(f"serving {_command(request)} in {child}")
+
+    def _release(self, child: int, go: bool) -> None:
+        """Let a waiting child start its command, or (no `GO`) close its pipe so that it exits unused."""
+        handle = self.waiting.pop(child, None)
+        if handle is None:
+            return
+        with contextlib.suppress(OSError):
+            if go:
+                os.write(handle, b"g")
+        os.close(handle)
+
+    def _become(self, request: Mapping[str, Any], fds: list[int], connection: socket.socket) -> None:
+        """In the forked child: take over the client's process state, then run the command."""
+        try:
+            signal.set_wakeup_fd(-1)
+            for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+                signal.signal(number, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            for number in request["ignored"]:
+                signal.signal(number, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_AT_FORK)  # a Ctrl-C held back lands now
+            keep = {connection.fileno(), *fds}
+            for other in self.children.values():
+                if other.fileno() not in keep:
+                    other.close()
+            for handle in self.waiting.values():
+                os.close(handle)
+            self.selector.close()
+            self.listener.close()
+            os.close(self.wake_read)
+            os.close(self.wake_write)
+            os.close(self.lock)  # a child still running must not keep a new starter from starting
+            if self.server is not None:
+                os.close(self.server)
+            os.setpgid(0, 0)
+            for target, fd in enumerate(fds):
+                os.dup2(fd, target)
+                os.close(fd)
+            # `connection` stays open until this process ends: the client sees EOF only when both the
+            # starter and this child are gone.
+            _adopt(request)
+        except KeyboardInterrupt:  # Ctrl-C before the command began: nothing ran, end as interrupted
+            os._exit(130)
+        except BaseException as err:  # the client waits: say why, end with EX_SOFTWARE
+            print(
+                f"dvcflow: the warm starter could not start the command ({err!r})",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(70)
+        _run(request)
+
+
+def _prefect_files(cwd: str) -> list[str]:
+    """The files in `cwd` that Prefect's settings would read (a `.env` naming a PREFECT_ variable, a
+    prefect.toml, a pyproject.toml with [tool.prefect]): a process importing Prefect there applies them,
+    a child of the starter (which imported Prefect in its home) would not."""
+    import tomllib
+
+    found = []
+    for name in PREFECT_FILES:
+        try:
+            with open(os.path.join(cwd, name), "rb") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        if name == "prefect.toml" or (name == ".env" and b"prefect_" in text.lower()):
+            found.append(name)
+        elif name == "pyproject.toml" and b"prefect" in text:
+            try:
+                tool = tomllib.loads(text.decode()).get("tool", {})
+            except ValueError:
+                tool = {"prefect": None}  # Prefect would fail on it: let the usual way say so
+            if "prefect" in tool:
+                found.append(name)
+    return found
+
+
+def _command(request: Mapping[str, Any]) -> list[str]:
+    """What the log names: the command, not its arguments (they may hold a URL with a token)."""
+    return list(request.get("argv", [])[1:2])
+
+
+# Set in a forked child: the PREFECT_* variables the starter imported Prefect with.
+_imported_prefect_env: dict[str, str] | None = None
+
+
+def _adopt(request: Mapping[str, Any]) -> None:
+    """This process becomes the client's: cwd, umask, environment, locale, time zone, argv, import path,
+    stdio buffering; Prefect's log handlers rebuilt for the new stderr (a terminal's colours)."""
+    import locale
+    import time
+
+    global _imported_prefect_env
+    _imported_prefect_env = prefect_environment(os.environ)
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        locale.setlocale(locale.LC_CTYPE, "")
+    time.tzset()
+    sys.argv = list(request["argv"])
+    sys.path[:] = request["path"]
+    _fresh_stdio(request["stdio"])
+    _rebuild_prefect_logging()
+
+
+def _fresh_stdio(settings: Sequence[Mapping[str, Any]]) -> None:
+    """New `sys.stdin/stdout/stderr` on fds 0-2, made as the client's were: the starter's were made for
+    /dev/null and a log file (seekable, block-buffered), not for a pipe or a terminal."""
+    import io
+
+    for fd, name in enumerate(("stdin", "stdout", "stderr")):
+        raw = io.FileIO(fd, "r" if fd == 0 else "w", closefd=False)
+        raw.name = f"<{name}>"
+        buffered = io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw)
+        stream = io.TextIOWrapper(buffered, newline=None if fd == 0 else "\n", **settings[fd])
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _rebuild_prefect_logging() -> None:
+    """Prefect configured its handlers at import, for the starter's log file: configure them afresh for
+    this stderr (a terminal's colours), from the configuration Prefect built then (the command's logging
+    settings are the starter's: `_Starter._refusal`); building it again costs ~0.1 s."""
+    import copy
+    import logging.config
+
+    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG
+    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
+
+    extra = logging.getLogger("prefect.extra").handlers
+    for name in PREFECT_LOGGING_EXTRA_LOGGERS.value():
+        for handler in extra:
+            logging.getLogger(name).removeHandler(handler)
+    logging.config.dictConfig({**copy.deepcopy(PROCESS_LOGGING_CONFIG), "incremental": False})
+    for name in PREFECT_LOGGING_EXTRA_LOGGERS.value():  # as Prefect's `setup_logging` does
+        for handler in logging.getLogger("prefect.extra").handlers:
+            logging.getLogger(name).addHandler(handler)
+
+
+def sync_prefect_settings() -> None:
+    """Called once a command has exported its Prefect settings (`dvcflow.api.connect`). A process
+    imports Prefect after that; a warm child had Prefect imported by the starter, so when the final
+    `PREFECT_*` variables differ from those (`--ephemeral`, another port), Prefect's root settings are
+    rebuilt from the environment, as its import would have built them."""
+    global _imported_prefect_env
+    if _imported_prefect_env is None:
+        return
+    now = prefect_environment(os.environ)
+    if now != _imported_prefect_env:
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
+        _imported_prefect_env = now
+    _first_import_notice()
+
+
+def _first_import_notice() -> None:
+    """What `import prefect` does on a terminal: its first-run telemetry notice (once per Prefect home);
+    the starter imported Prefect with no terminal."""
+    global _noticed
+    if _noticed:
+        return
+    _noticed = True
+    try:
+        from prefect._internal import analytics
+
+        analytics._telemetry_initialized = False
+        analytics.initialize_analytics()
+    except Exception:  # a private API: without it, the notice is all that is missing
+        return
+
+
+_noticed = False
+
+
+def _run(request: Mapping[str, Any]) -> None:
+    import gc
+
+    import click.utils
+
+    from dvcflow.cli.app import app
+
+    gc.disable()  # as `entry.main`: the root callback freezes and re-enables the collector
+    argv = request["argv"]
+    main = type("Main", (), {"__package__": request.get("main_package")})
+    prog_name = click.utils._detect_program_name(argv[0], _main=main)  # type: ignore[arg-type]
+    try:
+        app(args=argv[1:], prog_name=prog_name)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_status(exc.code)
+    except KeyboardInterrupt:  # as Python ends on an uncaught Ctrl-C: a traceback, then by SIGINT
+        sys.excepthook(*sys.exc_info())
+        _finish()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 130
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    _finish()
+    os._exit(code)
+
+
+def _exit_status(code: object) -> int:
+    """What the interpreter makes of `sys.exit(code)`."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _finish() -> None:
+    """The part of the interpreter's exit a command can observe: waiting for its non-daemon threads,
+    its `atexit` handlers (Prefect's, logging's), flushed stdio. Tearing down the modules the starter
+    imported would cost ~0.3 s for nothing."""
+    import atexit
+    import threading
+
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+
+
+def _preload() -> None:
+    import gc
+    import importlib
+
+    gc.disable()
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from dvcflow.api.execution import import_engine
+
+    import_engine()
+    # The render consoles detect colours and width for the terminal they are made on: a child makes its own.
+    for name in [
+        name for name in sys.modules if name == "dvcflow.cli.render" or name.startswith("dvcflow.cli.render.")
+    ]:
+        del sys.modules[name]
+    if "dvcflow" in sys.modules and hasattr(sys.modules["dvcflow"], "render"):
+        delattr(sys.modules["dvcflow"], "render")
+    gc.freeze()
+    gc.enable()
+
+
+def starter_main(argv: Sequence[str]) -> int:
+    """`python -m dvcflow.proc.zygote HOME SERVER_PID` (started by `launch`)."""
+    home, server_pid = Path(argv[0]), int(argv[1])
+    starter = _Starter(home, server_pid)
+    _preload()
+    starter.run()
+    return 0
+
+
+if __name__ == "__main__":
+    from dvcflow.proc import zygote as _module
+
+    sys.exit(_module.starter_main(sys.argv[1:]))
