@@ -56,6 +56,7 @@ run: setup
 lint: setup
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # Two workers, one test file each at a time: most integration tests wait on processes and the server,
 # so the two cores stay busy; each worker has its own session server (PYTEST_ARGS= to override).
