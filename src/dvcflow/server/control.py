@@ -96,7 +96,8 @@ def _is_prefect_server(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     except OSError:
         return _alive(pid)
-    return b"prefect" in cmdline and b"server" in cmdline
+    # dvcflow's own lean server (`_command`), or `prefect server start`
+    return b"dvcflow.server.process" in cmdline or (b"prefect" in cmdline and b"server" in cmdline)
 
 
 def recorded_pid(config: ServerConfig) -> int | None:
