@@ -1,7 +1,7 @@
 """dvcflow's fixed costs, timed in one session: a no-op run, a server start, `--help`.
 
 1. No-op `dvcflow run-a` ÷ no-op `dvc repro`, server up, on a copy of the demo pipeline (target ≤ 2.5):
-   served by the warm starter (`dvcflow.proc.zygote`), and with it off (`DVCFLOW_WARM=0`); CPU seconds too.
+   served by the warm starter (`dvcflow.cli.warm`), and with it off (`DVCFLOW_WARM=0`); CPU seconds too.
 2. `dvcflow server start` on an existing database (target ≤ 4 s), the first ever (target ≤ 8 s), and on a
    further fresh database, which starts from the template the first one left.
 3. `dvcflow --help` ÷ `dvc --help` (target ≤ 1.0).
@@ -39,6 +39,7 @@ from bench.bench_per_stage import _run  # noqa: E402 - one timed-command helper 
 from bench.profile_run_a import profile  # noqa: E402
 from tests.helpers import base_env, free_port, make_pipeline_repo  # noqa: E402
 
+from dvcflow.core.settings import ENV_WARM  # noqa: E402
 from dvcflow.proc import zygote  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
@@ -136,7 +137,7 @@ def run_a_rounds(
     env = _env(home)
     repo = make_pipeline_repo(workdir / "repo", env)
     dvcflow = [sys.executable, "-m", "dvcflow"]
-    cold = {**env, zygote.SWITCH_ENV: "0"}
+    cold = {**env, ENV_WARM: "0"}
     commands = {
         "dvc repro": ([str(BIN / "dvc"), "repro"], env),
         "dvcflow run-a": ([str(BIN / "dvcflow"), "run-a"], env),

@@ -65,7 +65,7 @@ def test_lifecycle_with_auth(tmp_path: Path) -> None:
     assert info["database"] == str(home / "prefect" / "prefect.db")
     pid = info["pid"]
     assert pid_alive(pid)
-    starter = zygote.ping(home)  # the warm starter started with the server (`dvcflow.proc.zygote`)
+    starter = zygote.ping(home)  # the warm starter started with the server (`dvcflow.cli.warm`)
     assert starter is not None and pid_alive(starter)
     shown = json.loads(dvcflow("server", "status", "--json", cwd=tmp_path, env=env).stdout)
     assert shown["warm_starter"] == {"pid": starter, "ready": True}

@@ -1,6 +1,7 @@
-"""The warm starter (`dvcflow.proc.zygote`): a command forked from the pre-imported process behaves as if the
-console script had run it itself. With the session's server up, every integration test's `dvcflow(...)`
-goes through it; these tests check that it does, and what a child takes over from its client."""
+"""The warm starter (`dvcflow.cli.warm`, on `dvcflow.proc.zygote`): a command forked from the pre-imported
+process behaves as if the console script had run it itself. With the session's server up, every integration
+test's `dvcflow(...)` goes through it; these tests check that it does, and what a child takes over from its
+client."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from dvcflow.api.tags import PID_TAG
+from dvcflow.cli import warm
+from dvcflow.core.settings import warm_enabled
 from dvcflow.proc import zygote
 from tests.conftest import LiveServer
 from tests.helpers import api_post, base_env, dvcflow, make_tiny_repo
@@ -135,9 +138,10 @@ def test_ctrl_c_reaches_the_served_command(tmp_path: Path, live_server: LiveServ
 EARLY_CTRL_C = """
 import json, os, signal, socket
 signal.signal(signal.SIGINT, signal.default_int_handler)  # as a terminal's shell gives it (not ignored)
-from dvcflow.proc import zygote as warm
+from dvcflow.cli import warm
 from dvcflow.core.settings import resolve_server_config
-request = zygote._request(["run-a"])
+from dvcflow.proc import zygote
+request = zygote._request(["run-a"], warm.PACKAGE)
 connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 path = str(zygote.socket_path(resolve_server_config().home))
 child = zygote._handshake(connection, path, json.dumps(request).encode(), 10.0)
@@ -213,7 +217,7 @@ def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
     source (`PYTHONPATH`, for it and its clients): what a test writes there never reaches the session's
     starter or the checkout. Yields its home, the clients' environment and its pid."""
     src = tmp_path / "src"
-    shutil.copytree(Path(zygote.__file__).parent, src / "dvcflow")  # with its bytecode: no recompiling
+    shutil.copytree(warm.PACKAGE, src / "dvcflow")  # with its bytecode: no recompiling
     home = tmp_path / "home"
     home.mkdir()
     env = {
@@ -224,7 +228,7 @@ def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
     }
     with (home / zygote.LOG_NAME).open("wb") as log:
         starter = subprocess.Popen(
-            [sys.executable, "-m", "dvcflow.proc.zygote", str(home), str(os.getpid())],
+            [sys.executable, "-m", "dvcflow.cli.warm", str(home), str(os.getpid())],
             cwd=home,
             env=env,
             stdout=log,
@@ -297,11 +301,13 @@ def wait_for_log(home: Path, text: str, count: int, timeout: float = 60) -> None
 # meanwhile: the command must print nothing there (before the fix, its child ran at once).
 GIVE_UP = """
 import json, os, select, socket, sys
-from dvcflow.proc import zygote as warm
+from dvcflow.cli import warm
+from dvcflow.proc import zygote
 child_out, child_in = os.pipe()
 connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 connection.connect(sys.argv[1])
-socket.send_fds(connection, [json.dumps(zygote._request(["--version"])).encode()], [0, child_in, 2])
+request = zygote._request(["--version"], warm.PACKAGE)
+socket.send_fds(connection, [json.dumps(request).encode()], [0, child_in, 2])
 os.close(child_in)
 print("accepted", json.loads(connection.recv(zygote.MAX_MESSAGE))["accepted"])
 ready, _, _ = select.select([child_out], [], [], 1.5)
@@ -361,14 +367,14 @@ def test_commands_run_here_when_off_for_server_commands_or_without_a_starter(
 ) -> None:
     monkeypatch.setenv("DVCFLOW_HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    assert zygote.serve_here(["--version"]) is None  # no socket
+    assert warm.serve_here(["--version"]) is None  # no socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as dead:  # a socket no one listens on
         dead.bind(str(zygote.socket_path(tmp_path)))
-    assert zygote.serve_here(["--version"]) is None
+    assert warm.serve_here(["--version"]) is None
     monkeypatch.setenv("DVCFLOW_WARM", "0")
-    assert not zygote.enabled(os.environ)
-    assert zygote.serve_here(["--version"]) is None
-    assert zygote.serve_here(["server", "stop"]) is None
+    assert not warm_enabled(os.environ)
+    assert warm.serve_here(["--version"]) is None
+    assert warm.serve_here(["server", "stop"]) is None
 
 
 def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> None:
@@ -390,19 +396,19 @@ def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> Non
 def test_prefect_settings_files_in_the_working_directory_are_seen(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("DATABASE=x\n")
     (tmp_path / "pyproject.toml").write_text("[tool.black]\nline-length = 100\n# prefect\n")
-    assert zygote._prefect_files(str(tmp_path)) == []
+    assert warm._prefect_files(str(tmp_path)) == []
     (tmp_path / ".env").write_text("prefect_logging_level=DEBUG\n")
     (tmp_path / "pyproject.toml").write_text('[tool.prefect.logging]\nlevel = "DEBUG"\n')
-    assert zygote._prefect_files(str(tmp_path)) == [".env", "pyproject.toml"]
+    assert warm._prefect_files(str(tmp_path)) == [".env", "pyproject.toml"]
     (tmp_path / "prefect.toml").write_text("")
-    assert zygote._prefect_files(str(tmp_path)) == [".env", "prefect.toml", "pyproject.toml"]
+    assert warm._prefect_files(str(tmp_path)) == [".env", "prefect.toml", "pyproject.toml"]
 
 
 def test_push_and_pull_on_a_terminal_run_here(monkeypatch: pytest.MonkeyPatch) -> None:
     """They may prompt for a password through /dev/tty, which a served child does not have."""
     monkeypatch.setattr(os, "isatty", lambda fd: True)
-    assert zygote._may_prompt(["run-a", "--push"]) and zygote._may_prompt(["run-b", "--pull"])
-    assert not zygote._may_prompt(["run-a"])
-    assert zygote.serve_here(["run-a", "--push"]) is None
+    assert warm._may_prompt(["run-a", "--push"]) and warm._may_prompt(["run-b", "--pull"])
+    assert not warm._may_prompt(["run-a"])
+    assert warm.serve_here(["run-a", "--push"]) is None
     monkeypatch.setattr(os, "isatty", lambda fd: False)
-    assert not zygote._may_prompt(["run-a", "--push"])  # a pipe or a file: no prompt can be answered
+    assert not warm._may_prompt(["run-a", "--push"])  # a pipe or a file: no prompt can be answered

@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from dvcflow.api import prefect_settings
 from dvcflow.core.errors import ApiUnreachableError
 from dvcflow.core.settings import (
+    LOCAL_CLIENT_DEFAULTS,
     QUIET_ENV,
     ApiMode,
     ServerConfig,
@@ -19,13 +21,9 @@ from dvcflow.core.settings import (
     choose_api_mode,
     ephemeral_environment,
 )
-from dvcflow.proc import zygote
 from dvcflow.server import control
 
 REACH_TIMEOUT_S = 5.0
-# Prefect retries a dead connection 5 times with 2**n s back-off (about a minute per request); on a
-# loopback server that has died, three tries say so in about 14 s.
-LOCAL_CLIENT_DEFAULTS = {"PREFECT_CLIENT_MAX_RETRIES": "3"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +60,7 @@ def connect(
 ) -> ApiConnection:
     """Export the client settings for this run; start the local server on first use."""
     connection = _connect(config, ephemeral=ephemeral, on_server_start=on_server_start)
-    zygote.sync_prefect_settings()  # in a warm starter's child, Prefect is imported already
+    prefect_settings.sync_prefect_settings()  # in a warm starter's child, Prefect is imported already
     return connection
 
 
@@ -125,9 +123,3 @@ def _tether_temporary_server() -> None:
     real = getattr(prefect_server, "subprocess")  # noqa: B009 - the module's import, not an export
     if not isinstance(real, _TetheredSubprocess):
         setattr(prefect_server, "subprocess", _TetheredSubprocess(real))  # noqa: B010
-
-
-def local_client_environment(config: ServerConfig) -> dict[str, str]:
-    """Every `PREFECT_*` variable `connect` exports for dvcflow's local server when none is set (what
-    the warm starter imports Prefect with, `dvcflow.proc.zygote`)."""
-    return {**config.client_environment(), **LOCAL_CLIENT_DEFAULTS}

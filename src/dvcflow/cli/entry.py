@@ -1,6 +1,6 @@
 """The `dvcflow` console script (and `python -m dvcflow`).
 
-With dvcflow's local server up, its warm starter (`dvcflow.proc.zygote`) runs the command in a child of a
+With dvcflow's local server up, its warm starter (`dvcflow.cli.warm`) runs the command in a child of a
 process that has already imported Prefect; this process only forwards signals and exits as the child
 did. Otherwise (no starter, `DVCFLOW_WARM=0`, or it declines) the command runs here, as below. Standard
 library only until then.
@@ -19,9 +19,10 @@ import sys
 
 def main() -> None:
     gc.disable()
+    from dvcflow.cli import warm
     from dvcflow.proc import zygote
 
-    code = zygote.serve_here(sys.argv[1:])
+    code = warm.serve_here(sys.argv[1:])
     if code is not None:
         zygote.exit_like(code)
     from dvcflow.cli.app import main as run

@@ -29,12 +29,16 @@ ENV_HOME = "DVCFLOW_HOME"
 ENV_DATABASE_URL = "DVCFLOW_DATABASE_URL"
 ENV_AUTH = "DVCFLOW_AUTH"
 ENV_EPHEMERAL = "DVCFLOW_EPHEMERAL"
+ENV_WARM = "DVCFLOW_WARM"  # "0" turns the warm starter off (`dvcflow.cli.warm`)
 
 # Quiet offline: Prefect's telemetry and DVC's analytics would otherwise log errors with no network.
 QUIET_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DVC_NO_ANALYTICS": "1",
 }
+# Prefect retries a dead connection 5 times with 2**n s back-off (about a minute per request); on a
+# loopback server that has died, three tries say so in about 14 s.
+LOCAL_CLIENT_DEFAULTS = {"PREFECT_CLIENT_MAX_RETRIES": "3"}
 
 
 def _is_loopback(host: str) -> bool:
@@ -118,6 +122,19 @@ class ServerConfig:
         if self.auth:
             env["PREFECT_API_AUTH_STRING"] = self.auth
         return env
+
+
+def local_client_environment(config: ServerConfig) -> dict[str, str]:
+    """Every `PREFECT_*` variable `dvcflow.api.connect` exports for dvcflow's local server when none is
+    set. Here, not in `api`: the server layer launches the warm starter with exactly these, so that the
+    Prefect it imports agrees with its clients'."""
+    return {**config.client_environment(), **LOCAL_CLIENT_DEFAULTS}
+
+
+def warm_enabled(environ: Mapping[str, str]) -> bool:
+    """Whether the warm starter is on (`DVCFLOW_WARM`): read by the console script (serve a command?)
+    and by the server layer (launch a starter?)."""
+    return environ.get(ENV_WARM, "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
 def find_pyproject(start: Path) -> Path | None:

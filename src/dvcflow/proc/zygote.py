@@ -1,28 +1,31 @@
-"""The warm starter: a process that has already imported what dvcflow's commands need (Typer, Prefect and
-its flow and task engines, DVC's repository code, dvcflow's flows) and forks one child per command.
+"""A generic fork server ("zygote"): a process that has already imported what a program's commands
+need and forks one child per command, which takes over its client's process state and runs it.
 
-Half of a no-op `dvcflow run-a` was importing Prefect (~1.4 s on 2 cores); a child forked from this
-process starts with all of it in memory, as Gradle's daemon, dmypy or Android's zygote do.
+Why: half of a no-op `dvcflow run-a` was importing Prefect (~1.4 s on 2 cores); a child forked from a
+process that has imported it starts with all of it in memory, as Gradle's daemon, dmypy or Android's
+zygote do. This module knows nothing of dvcflow or Prefect: what to import, which requests to refuse
+besides its own checks, what to do once a child has adopted its client, and how to run a command come
+from the caller as `StarterHooks` (dvcflow's are in `dvcflow.cli.warm`, which also says what is served).
+Standard library only at import: the client side runs on every command's path, `--help` included.
 
-- `dvcflow server start` launches it (`launch`) next to the server, without waiting for it; `server stop`
-  stops it (`stop`), and it exits by itself when the server process ends. It listens on
-  `<home>/warm.sock` (mode 0600) and logs what it serves or refuses to `<home>/warm.log`.
-- The console script (`dvcflow.cli.entry`) first tries it (`serve_here`, standard library only): it sends
-  argv, cwd, environment, umask, stdio settings, `sys.path` and its fds 0/1/2 (SCM_RIGHTS). The starter
-  forks only when the fingerprint matches (same interpreter, `sys.path`, installed packages and dvcflow
-  source files), the command's `PREFECT_*` variables are ones it imported Prefect with, and the working
-  directory holds no file Prefect's settings read (`_prefect_files`); otherwise, or on any failure
-  before the client has told the forked child to go (`GO`), the command runs in the calling process as
-  before, and that child exits untouched. With a terminal, `--push`/`--pull` run the usual way (password
-  prompts need /dev/tty). `DVCFLOW_WARM=0` turns it off (for a command, or for the starter when given to
-  `server start`).
-- The child takes over the fds, cwd, environment and signal defaults, rebuilds Prefect's logging, and
-  runs the Typer app; the starter reports its exit status (a signal death included) to the client,
-  which exits the same way. The client forwards SIGINT/SIGQUIT to the child's process group (what a
-  terminal's Ctrl-C reaches), SIGTERM/SIGHUP to the child, and stops/continues it on Ctrl-Z/`fg`.
-  If the client dies, the starter SIGKILLs the child, so the run's watchdog marks its flow run Crashed
-  exactly as for a killed dvcflow process.
-- `server` commands are never served: they do not import Prefect, and `server stop` stops the starter.
+- The owner (dvcflow's server layer) launches the starter (`launch`: `python -m MODULE ARGS...`, whose
+  `main` calls `serve_forever`) without waiting for it, and stops it (`stop`); it exits by itself when
+  the process it serves beside (`server_pid`) ends. It listens on `<home>/warm.sock` (mode 0600) and logs
+  what it serves or refuses to `<home>/warm.log`.
+- The client (`serve`) sends argv, cwd, environment, umask, stdio settings, `sys.path` and its fds
+  0/1/2 (SCM_RIGHTS). The starter forks only when the fingerprint matches (same interpreter, `sys.path`,
+  installed packages and the package's source files) and the hooks do not refuse; otherwise, or on any
+  failure before the client has told the forked child to go (`GO`), `serve` returns None: the caller
+  runs the command itself, and that child exits untouched.
+- The child takes over the fds, cwd, environment and signal defaults, calls the hooks' `after_adopt`,
+  and runs the command (`run`); the starter reports its exit status (a signal death included) to the
+  client, which exits the same way (`exit_like`). The client forwards SIGINT/SIGQUIT to the child's
+  process group (what a terminal's Ctrl-C reaches), SIGTERM/SIGHUP to the child, and stops/continues it
+  on Ctrl-Z/`fg`. If the client dies, the starter SIGKILLs the child's process group, as if the command's
+  own process had been killed.
+
+One file of ~800 lines, over the usual ~500: both ends of one protocol (its messages, the `GO`
+handshake, which signals are held at the fork and which are forwarded) read best side by side.
 """
 
 from __future__ import annotations
@@ -31,16 +34,14 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     import socket
 
-    from dvcflow.core.settings import ServerConfig
-
-SWITCH_ENV = "DVCFLOW_WARM"
 SOCKET_NAME = "warm.sock"
 PID_NAME = "warm.pid"
 LOG_NAME = "warm.log"
@@ -49,46 +50,9 @@ READY_NAME = "warm.ready"  # exists while the starter has finished its imports a
 MAX_MESSAGE = 200_000  # a request larger than this (a huge environment) runs the usual way
 HANDSHAKE_TIMEOUT_S = 10.0  # a starter still importing answers once ready: still sooner than importing
 READY_TIMEOUT_S = 2.0  # a starter that has imported answers in milliseconds; a hung one costs this much
-UNSERVED = frozenset({"server"})
-# Options whose commands may ask for a password on the terminal (dvc push/pull over SSH/HTTP, git
-# credentials): a served child has no controlling terminal, so with a terminal these run the usual way.
-# (DVC then runs in a background process group of that terminal, so a prompt still stops it: a known
-# gap, docs/failure-modes.md.)
-PROMPTING_OPTIONS = frozenset({"--push", "--pull"})
-# What Prefect's settings read from the working directory besides the environment (prefect/settings/base.py).
-PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")
 PROTOCOL = 2
 CHECK_EVERY_S = 2.0  # how often an idle starter looks for changed code (and, without pidfds, the server)
 GO = b"go"  # the client's answer to `accepted`: only then does the child start the command
-
-# What a forked child would otherwise import itself; DVC because run-a's pre-flight opens the repository
-# in process. Not scikit-learn/pandas: their thread pools would start threads, and a process with
-# threads cannot fork safely.
-PRELOAD = (
-    "dvcflow.cli.app",
-    "dvcflow.services.pipeline",
-    "dvcflow.flows.repro",
-    "dvcflow.flows.per_stage",
-    "dvcflow.flows.cached_dag",
-    "dvcflow.flows.sweep",
-    "dvcflow.services.history",
-    "dvcflow.services.deploy",
-    "dvc.repo",
-    "dvc.repo.reproduce",
-    "dvc.stage",
-    # What a no-op run-a imported after the fork (~0.25 s), seen with an import hook:
-    "dvc.lock",
-    "dvc.repo.datasets",
-    "dvc.scm",
-    "scmrepo.git",
-    "networkx",
-    "ruamel.yaml",
-    "flufl.lock",
-    "psutil",
-    "anyio._backends._asyncio",
-    "prefect.utilities.visualization",
-    "dvcflow.core.identity",
-)
 
 _FORWARD_TO_GROUP = (signal.SIGINT, signal.SIGQUIT)  # what a terminal sends to the foreground group
 _HELD_AT_FORK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # those the starter handles itself
@@ -96,18 +60,46 @@ _FORWARD_TO_CHILD = (signal.SIGTERM, signal.SIGHUP)  # what `kill PID` or a clos
 _IGNORABLE = (*_FORWARD_TO_GROUP, *_FORWARD_TO_CHILD)
 
 
-def enabled(environ: Mapping[str, str]) -> bool:
-    return environ.get(SWITCH_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+def _refuse_nothing(_request: Mapping[str, Any]) -> str | None:
+    return None
+
+
+def _nothing_to_do(_request: Mapping[str, Any]) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StarterHooks:
+    """What a starter of one program needs from that program: passed in, so that this module (below
+    the program's layers) imports none of it."""
+
+    module: str  # `python -m MODULE ARGS...` runs this starter: re-executed by it once the code changed
+    package: str  # the folder whose `*.py` files are fingerprinted; the client must pass `serve` the same
+    preload: Callable[[], None]  # import what commands need (the garbage collector is paused meanwhile)
+    # Run a command in the child: the client's `sys.argv`, and its `__main__.__package__` (how it was
+    # started, `python -m PACKAGE` or a script: a program's name may depend on it). Returns the exit
+    # code, or raises SystemExit as a program does.
+    run: Callable[[list[str], str | None], int]
+    # A request's refusal beyond the starter's own checks (uid, fingerprint, protocol, threads): a reason
+    # the log shows, or None to serve it. Called in the starter, before forking.
+    refuse: Callable[[Mapping[str, Any]], str | None] = _refuse_nothing
+    # Called in the child once it has taken over its client's state, before `run`.
+    after_adopt: Callable[[Mapping[str, Any]], None] = _nothing_to_do
+
+    @property
+    def name(self) -> str:
+        """The program's name in messages (the package's folder: `dvcflow`)."""
+        return os.path.basename(os.path.normpath(self.package))
 
 
 def socket_path(home: Path) -> Path:
     return home / SOCKET_NAME
 
 
-def fingerprint(path: Sequence[str], package: str | None = None) -> dict[str, Any]:
+def fingerprint(path: Sequence[str], package: str) -> dict[str, Any]:
     """What must be equal for a child of the starter to behave as this process would (~1 ms): the
     interpreter, the import path (its first entry, the script's folder, aside), when each path folder
-    last changed (an install or upgrade), and the size and mtime of every dvcflow source file."""
+    last changed (an install or upgrade), and the size and mtime of every source file in `package`."""
 
     def mtime(entry: str) -> int | None:
         try:
@@ -115,7 +107,6 @@ def fingerprint(path: Sequence[str], package: str | None = None) -> dict[str, An
         except OSError:
             return None
 
-    package = package or os.path.dirname(os.path.abspath(__file__))
     code = []
     for folder, subfolders, files in os.walk(package):
         subfolders.sort()
@@ -131,10 +122,6 @@ def fingerprint(path: Sequence[str], package: str | None = None) -> dict[str, An
         "path_mtimes": [mtime(entry) for entry in path[1:]],
         "code": [package, code],
     }
-
-
-def prefect_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    return {key: value for key, value in environ.items() if key.startswith("PREFECT_")}
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -156,7 +143,7 @@ def _stdio_settings() -> list[dict[str, Any]] | None:
     return settings
 
 
-def _request(argv: Sequence[str]) -> dict[str, Any] | None:
+def _request(argv: Sequence[str], package: str) -> dict[str, Any] | None:
     stdio = _stdio_settings()
     if stdio is None:
         return None
@@ -165,7 +152,7 @@ def _request(argv: Sequence[str]) -> dict[str, Any] | None:
     main = sys.modules.get("__main__")
     return {
         "protocol": PROTOCOL,
-        "fingerprint": fingerprint(sys.path),
+        "fingerprint": fingerprint(sys.path, package),
         "argv": [sys.argv[0], *argv],
         "main_package": getattr(main, "__package__", None),
         "cwd": os.getcwd(),
@@ -177,41 +164,33 @@ def _request(argv: Sequence[str]) -> dict[str, Any] | None:
     }
 
 
-def _may_prompt(argv: Sequence[str]) -> bool:
-    """Whether the command may want a terminal a served child would not have."""
-    return any(arg.partition("=")[0] in PROMPTING_OPTIONS for arg in argv) and os.isatty(0)
-
-
-def serve_here(argv: Sequence[str]) -> int | None:
-    """Run this command in a child of the warm starter and return its exit code (negative: the signal
-    that ended it); None when no starter takes it, and the command must run in this process."""
-    if not enabled(os.environ) or (argv and argv[0] in UNSERVED) or _may_prompt(argv):
-        return None
+def serve(home: Path, argv: Sequence[str], package: str) -> int | None:
+    """Run this command (`argv`, without the program) in a child of the starter of `home` and return its
+    exit code (negative: the signal that ended it); None when no starter takes it, and the caller must
+    run the command itself. `package` as the starter's hooks have it (the fingerprint's code)."""
     try:
-        from dvcflow.core.settings import resolve_server_config
-
-        home = resolve_server_config().home
         path = socket_path(home)
         if not path.exists():
             return None
         ready = (home / READY_NAME).exists()
-        import json  # only now: `dvcflow --help` without a server never pays for them
+        import json  # only now: a command without a starter never pays for them
         import socket
 
-        request = _request(argv)
+        request = _request(argv, package)
         if request is None:
             return None
         payload = json.dumps(request).encode()
         if len(payload) > MAX_MESSAGE:
             return None
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    except Exception:  # a bad [tool.dvcflow], an unreadable cwd ...: the usual path reports it
+    except Exception:  # an unreadable cwd ...: the usual path reports it
         return None
     child = _handshake(connection, str(path), payload, READY_TIMEOUT_S if ready else HANDSHAKE_TIMEOUT_S)
     if child is None:
         connection.close()
         return None
-    return _wait_for(connection, child, set(request["ignored"]))
+    name = os.path.basename(os.path.normpath(package))
+    return _wait_for(connection, child, set(request["ignored"]), name=name)
 
 
 def _handshake(connection: socket.socket, path: str, payload: bytes, timeout: float) -> int | None:
@@ -261,7 +240,8 @@ def _forward_signals(child: int, ignored: set[int]) -> None:
     signal.signal(signal.SIGTSTP, suspend)
 
 
-def _wait_for(connection: socket.socket, child: int, ignored: set[int]) -> int:
+def _wait_for(connection: socket.socket, child: int, ignored: set[int], name: str = "client") -> int:
+    """Forward signals to `child` until the starter reports how it ended; `name` begins messages."""
     import json
 
     _forward_signals(child, ignored)
@@ -273,7 +253,7 @@ def _wait_for(connection: socket.socket, child: int, ignored: set[int]) -> int:
             data = b""
         if not data:  # the starter died: the child's status cannot be known any more
             print(
-                "dvcflow: the warm starter went away; the command's exit status is unknown", file=sys.stderr
+                f"{name}: the warm starter went away; the command's exit status is unknown", file=sys.stderr
             )
             return 1
         try:
@@ -320,56 +300,55 @@ def ping(home: Path, timeout: float = 60.0) -> int | None:
 # ------------------------------------------------------------------------ launching and stopping it
 
 
-def recorded(home: Path) -> tuple[int, bool] | None:
-    """The running starter of `home` (for `server status`): its pid and whether it serves yet (it does
+def recorded(home: Path, module: str) -> tuple[int, bool] | None:
+    """The running starter of `home` (`python -m module`): its pid and whether it serves yet (it does
     once its imports are done); None when none runs."""
-    pid = _recorded(home)
+    pid = _recorded(home, module)
     return None if pid is None else (pid, (home / READY_NAME).exists())
 
 
-def _recorded(home: Path) -> int | None:
-    """The recorded starter's pid when that process is still a warm starter."""
+def _recorded(home: Path, module: str) -> int | None:
+    """The recorded starter's pid when that process is still a starter run as `python -m module` (a
+    recycled pid is not)."""
+    import psutil  # here: not on the client's path
+
     try:
         pid = int((home / PID_NAME).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError):
+        cmdline = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, psutil.Error):
         return None
-    return pid if b"dvcflow.proc.zygote" in cmdline else None
+    return pid if module in cmdline else None
 
 
-def launch(config: ServerConfig, server_pid: int) -> int | None:
-    """Start the warm starter for the server `server_pid` unless one runs; does not wait for it. The
-    pid of the one launched now."""
+def launch(home: Path, module: str, args: Sequence[str], env: Mapping[str, str]) -> int | None:
+    """Start `python -m module ARGS...` (whose `main` calls `serve_forever` for `home`) unless a starter
+    of `home` runs; does not wait for it. The pid of the one launched now (Linux only: pidfds, /proc)."""
     import subprocess
 
-    from dvcflow.api.connect import local_client_environment
-
-    if not enabled(os.environ) or not sys.platform.startswith("linux") or _recorded(config.home):
+    if not sys.platform.startswith("linux") or _recorded(home, module):
         return None
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
-    env.update(local_client_environment(config))
     try:
-        log_fd = os.open(config.home / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        log_fd = os.open(home / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(log_fd, "wb") as log:  # one server's worth of lines
             return subprocess.Popen(
-                [sys.executable, "-m", "dvcflow.proc.zygote", str(config.home.resolve()), str(server_pid)],
-                cwd=config.home,
+                [sys.executable, "-m", module, *args],
+                cwd=home,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=dict(env),
                 start_new_session=True,
             ).pid
     except OSError:  # commands then import what they need themselves, as without a starter
         return None
 
 
-def stop(home: Path, timeout: float = 10.0) -> int | None:
+def stop(home: Path, module: str, timeout: float = 10.0) -> int | None:
     """SIGTERM the starter (it stops serving at once and exits when its running commands have ended);
     wait up to `timeout` s for it to exit. Its pid, or None when none ran."""
     import select
 
-    pid = _recorded(home)
+    pid = _recorded(home, module)
     if pid is None:
         return None
     try:
@@ -391,17 +370,31 @@ def stop(home: Path, timeout: float = 10.0) -> int | None:
 # ---------------------------------------------------------------------------------------------- starter
 
 
+def serve_forever(home: Path, server_pid: int, hooks: StarterHooks) -> NoReturn:
+    """The starter's `main`: listen on `home` at once (an early client waits for the imports instead of
+    importing too), import what `hooks.preload` imports, then serve until the process `server_pid`
+    ends or `stop`; re-executes itself when the code changed."""
+    import gc
+
+    starter = _Starter(home, server_pid, hooks)
+    gc.disable()
+    hooks.preload()
+    gc.freeze()  # what every child shares: never collected, so its pages stay shared
+    gc.enable()
+    starter.run()
+
+
 class _Starter:
     """The select loop: accept requests, fork, report exit statuses, kill children of dead clients."""
 
-    def __init__(self, home: Path, server_pid: int) -> None:
+    def __init__(self, home: Path, server_pid: int, hooks: StarterHooks) -> None:
         import selectors
 
         self.home = home
+        self.hooks = hooks
         self.pid = os.getpid()
         self.lock = self._only_one()
-        self.fingerprint = fingerprint(sys.path)
-        self.prefect_env = prefect_environment(os.environ)
+        self.fingerprint = fingerprint(sys.path, hooks.package)
         self.children: dict[int, socket.socket] = {}
         self.waiting: dict[int, int] = {}  # child: the pipe it waits on for the client's `GO`
         self.started: dict[int, float] = {}  # child: when it was forked (its wall time in the log)
@@ -419,7 +412,7 @@ class _Starter:
 
     def _stop_now(self, _signum: int, _frame: object) -> None:
         self._unlisten()
-        if _recorded(self.home) == self.pid:
+        if _recorded(self.home, self.hooks.module) == self.pid:
             (self.home / PID_NAME).unlink(missing_ok=True)
         os._exit(0)
 
@@ -491,7 +484,7 @@ class _Starter:
         except OSError:
             pass
 
-    def run(self) -> None:
+    def run(self) -> NoReturn:
         import selectors
 
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -530,19 +523,19 @@ class _Starter:
                     self._handle(key.fileobj)  # type: ignore[arg-type]
                 else:
                     self._client_gone(key.data, key.fileobj)  # type: ignore[arg-type]
-        if _recorded(self.home) == self.pid:
+        if _recorded(self.home, self.hooks.module) == self.pid:
             (self.home / PID_NAME).unlink(missing_ok=True)
         if self.stale and not self.stopping:
-            self.log("dvcflow's code or packages changed: starting afresh")
-            os.execv(sys.executable, [sys.executable, "-m", "dvcflow.proc.zygote", *sys.argv[1:]])
+            self.log(f"{self.hooks.name}'s code or packages changed: starting afresh")
+            os.execv(sys.executable, [sys.executable, "-m", self.hooks.module, *sys.argv[1:]])
         self.log("stopped")
         os._exit(0)  # nothing to flush or close: skip the interpreter's (and Prefect's) tear-down
 
     def _check_code(self) -> None:
-        """While idle: start afresh once dvcflow's code or packages changed and then stayed the same for
+        """While idle: start afresh once the code or packages changed and then stayed the same for
         one more check, so that the next command finds a fresh starter instead of running the usual way
         while this one re-imports beside it (~2 s of CPU each, at once: a no-op run-a took 3-4 s)."""
-        now = fingerprint(sys.path)  # ~0.5 ms
+        now = fingerprint(sys.path, self.hooks.package)  # ~0.5 ms
         if now == self.fingerprint:
             self.changed = None
         elif now == self.changed:
@@ -600,9 +593,11 @@ class _Starter:
         if peer_uid != os.getuid():
             return "another user"
         if request.get("fingerprint") != self.fingerprint:  # first: a newer client is newer code
-            if fingerprint(sys.path) != self.fingerprint:
+            if fingerprint(sys.path, self.hooks.package) != self.fingerprint:
                 self.stale = True
-                return "dvcflow's code or installed packages changed since this starter imported them"
+                return (
+                    f"{self.hooks.name}'s code or installed packages changed since this starter imported them"
+                )
             theirs = request.get("fingerprint") or {}
             differ = ", ".join(key for key in self.fingerprint if theirs.get(key) != self.fingerprint[key])
             return f"another interpreter or import path ({differ})"
@@ -610,14 +605,12 @@ class _Starter:
             return "another protocol"
         if len(fds) != 3:
             return "not given fds 0, 1 and 2"
-        extra = set(prefect_environment(request.get("env") or {}).items()) - set(self.prefect_env.items())
-        if extra:
-            names = ", ".join(sorted(key for key, _ in extra))
-            return f"Prefect settings this starter was not imported with: {names}"
-        files = _prefect_files(str(request.get("cwd", "")))
-        if files:
-            return f"Prefect settings in the working directory: {', '.join(files)}"
-        if len(os.listdir("/proc/self/task")) != 1:
+        refusal = self.hooks.refuse(request)
+        if refusal is not None:
+            return refusal
+        import psutil  # ~30 µs a request: the threads /proc/self/task lists
+
+        if psutil.Process().num_threads() != 1:
             return "the starter has threads; it cannot fork safely"
         return None
 
@@ -734,41 +727,17 @@ class _Starter:
             # `connection` stays open until this process ends: the client sees EOF only when both the
             # starter and this child are gone.
             _adopt(request)
+            self.hooks.after_adopt(request)
         except KeyboardInterrupt:  # Ctrl-C before the command began: nothing ran, end as interrupted
             os._exit(130)
         except BaseException as err:  # the client waits: say why, end with EX_SOFTWARE
             print(
-                f"dvcflow: the warm starter could not start the command ({err!r})",
+                f"{self.hooks.name}: the warm starter could not start the command ({err!r})",
                 file=sys.stderr,
                 flush=True,
             )
             os._exit(70)
-        _run(request)
-
-
-def _prefect_files(cwd: str) -> list[str]:
-    """The files in `cwd` that Prefect's settings would read (a `.env` naming a PREFECT_ variable, a
-    prefect.toml, a pyproject.toml with [tool.prefect]): a process importing Prefect there applies them,
-    a child of the starter (which imported Prefect in its home) would not."""
-    import tomllib
-
-    found = []
-    for name in PREFECT_FILES:
-        try:
-            with open(os.path.join(cwd, name), "rb") as handle:
-                text = handle.read()
-        except OSError:
-            continue
-        if name == "prefect.toml" or (name == ".env" and b"prefect_" in text.lower()):
-            found.append(name)
-        elif name == "pyproject.toml" and b"prefect" in text:
-            try:
-                tool = tomllib.loads(text.decode()).get("tool", {})
-            except ValueError:
-                tool = {"prefect": None}  # Prefect would fail on it: let the usual way say so
-            if "prefect" in tool:
-                found.append(name)
-    return found
+        _run(request, self.hooks.run)
 
 
 def _command(request: Mapping[str, Any]) -> list[str]:
@@ -776,18 +745,12 @@ def _command(request: Mapping[str, Any]) -> list[str]:
     return list(request.get("argv", [])[1:2])
 
 
-# Set in a forked child: the PREFECT_* variables the starter imported Prefect with.
-_imported_prefect_env: dict[str, str] | None = None
-
-
 def _adopt(request: Mapping[str, Any]) -> None:
     """This process becomes the client's: cwd, umask, environment, locale, time zone, argv, import path,
-    stdio buffering; Prefect's log handlers rebuilt for the new stderr (a terminal's colours)."""
+    stdio buffering (then the hooks' `after_adopt`: dvcflow's rebuilds Prefect's log handlers)."""
     import locale
     import time
 
-    global _imported_prefect_env
-    _imported_prefect_env = prefect_environment(os.environ)
     os.chdir(request["cwd"])
     os.umask(request["umask"])
     os.environ.clear()
@@ -798,7 +761,6 @@ def _adopt(request: Mapping[str, Any]) -> None:
     sys.argv = list(request["argv"])
     sys.path[:] = request["path"]
     _fresh_stdio(request["stdio"])
-    _rebuild_prefect_logging()
 
 
 def _fresh_stdio(settings: Sequence[Mapping[str, Any]]) -> None:
@@ -815,76 +777,10 @@ def _fresh_stdio(settings: Sequence[Mapping[str, Any]]) -> None:
         setattr(sys, f"__{name}__", stream)
 
 
-def _rebuild_prefect_logging() -> None:
-    """Prefect configured its handlers at import, for the starter's log file: configure them afresh for
-    this stderr (a terminal's colours), from the configuration Prefect built then (the command's logging
-    settings are the starter's: `_Starter._refusal`); building it again costs ~0.1 s."""
-    import copy
-    import logging.config
-
-    from prefect.logging.configuration import PROCESS_LOGGING_CONFIG
-    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
-
-    extra = logging.getLogger("prefect.extra").handlers
-    for name in PREFECT_LOGGING_EXTRA_LOGGERS.value():
-        for handler in extra:
-            logging.getLogger(name).removeHandler(handler)
-    logging.config.dictConfig({**copy.deepcopy(PROCESS_LOGGING_CONFIG), "incremental": False})
-    for name in PREFECT_LOGGING_EXTRA_LOGGERS.value():  # as Prefect's `setup_logging` does
-        for handler in logging.getLogger("prefect.extra").handlers:
-            logging.getLogger(name).addHandler(handler)
-
-
-def sync_prefect_settings() -> None:
-    """Called once a command has exported its Prefect settings (`dvcflow.api.connect`). A process
-    imports Prefect after that; a warm child had Prefect imported by the starter, so when the final
-    `PREFECT_*` variables differ from those (`--ephemeral`, another port), Prefect's root settings are
-    rebuilt from the environment, as its import would have built them."""
-    global _imported_prefect_env
-    if _imported_prefect_env is None:
-        return
-    now = prefect_environment(os.environ)
-    if now != _imported_prefect_env:
-        import prefect.context
-
-        prefect.context.refresh_global_settings_context()
-        _imported_prefect_env = now
-    _first_import_notice()
-
-
-def _first_import_notice() -> None:
-    """What `import prefect` does on a terminal: its first-run telemetry notice (once per Prefect home);
-    the starter imported Prefect with no terminal."""
-    global _noticed
-    if _noticed:
-        return
-    _noticed = True
+def _run(request: Mapping[str, Any], run: Callable[[list[str], str | None], int]) -> NoReturn:
+    """Run the command as the interpreter would have run it, and end this process as it would have."""
     try:
-        from prefect._internal import analytics
-
-        analytics._telemetry_initialized = False
-        analytics.initialize_analytics()
-    except Exception:  # a private API: without it, the notice is all that is missing
-        return
-
-
-_noticed = False
-
-
-def _run(request: Mapping[str, Any]) -> None:
-    import gc
-
-    import click.utils
-
-    from dvcflow.cli.app import app
-
-    gc.disable()  # as `entry.main`: the root callback freezes and re-enables the collector
-    argv = request["argv"]
-    main = type("Main", (), {"__package__": request.get("main_package")})
-    prog_name = click.utils._detect_program_name(argv[0], _main=main)  # type: ignore[arg-type]
-    try:
-        app(args=argv[1:], prog_name=prog_name)
-        code = 0
+        code = run(list(request["argv"]), request.get("main_package"))
     except SystemExit as exc:
         code = _exit_status(exc.code)
     except KeyboardInterrupt:  # as Python ends on an uncaught Ctrl-C: a traceback, then by SIGINT
@@ -922,39 +818,3 @@ def _finish() -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-
-
-def _preload() -> None:
-    import gc
-    import importlib
-
-    gc.disable()
-    for name in PRELOAD:
-        importlib.import_module(name)
-    from dvcflow.api.execution import import_engine
-
-    import_engine()
-    # The render consoles detect colours and width for the terminal they are made on: a child makes its own.
-    for name in [
-        name for name in sys.modules if name == "dvcflow.cli.render" or name.startswith("dvcflow.cli.render.")
-    ]:
-        del sys.modules[name]
-    if "dvcflow" in sys.modules and hasattr(sys.modules["dvcflow"], "render"):
-        delattr(sys.modules["dvcflow"], "render")
-    gc.freeze()
-    gc.enable()
-
-
-def starter_main(argv: Sequence[str]) -> int:
-    """`python -m dvcflow.proc.zygote HOME SERVER_PID` (started by `launch`)."""
-    home, server_pid = Path(argv[0]), int(argv[1])
-    starter = _Starter(home, server_pid)
-    _preload()
-    starter.run()
-    return 0
-
-
-if __name__ == "__main__":
-    from dvcflow.proc import zygote as _module
-
-    sys.exit(_module.starter_main(sys.argv[1:]))

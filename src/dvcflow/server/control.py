@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dvcflow.core.errors import ServerError
-from dvcflow.core.settings import ServerConfig
+from dvcflow.core.settings import ServerConfig, local_client_environment, warm_enabled
 from dvcflow.proc import zygote
 
 HEALTH_TIMEOUT_S = 90.0
+# The warm starter, run as `python -m` this: a name, not an import (the server layer sits below `cli`).
+WARM_STARTER_MODULE = "dvcflow.cli.warm"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class ServerStatus:
     database: str
     log_file: Path
     home: Path
-    warm_starter: tuple[int, bool] | None = None  # pid, serving yet (see `dvcflow.proc.zygote`)
+    warm_starter: tuple[int, bool] | None = None  # pid, serving yet (see `dvcflow.cli.warm`)
 
     def as_dict(self) -> dict[str, object]:
         starter = self.warm_starter
@@ -175,7 +177,7 @@ def _status(config: ServerConfig, pid: int | None, version: str | None, *, runni
         database=config.database_location,
         log_file=log_file(config),
         home=config.home,
-        warm_starter=zygote.recorded(config.home),
+        warm_starter=zygote.recorded(config.home, WARM_STARTER_MODULE),
     )
 
 
@@ -269,7 +271,7 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
                     f"last lines of {log_file(config)}:\n{_tail(log_file(config))}",
                     hint="`dvcflow server stop`, then start it again",
                 )
-            current = _with_starter(status(config), zygote.launch(config, pid))
+            current = _with_starter(status(config), _launch_starter(config, pid))
             return StartResult(current, already_running=True, seconds=time.monotonic() - began)
         _refuse_busy_port(config)
         config.prefect_home.mkdir(parents=True, exist_ok=True)
@@ -287,13 +289,25 @@ def start(config: ServerConfig, *, timeout: float = HEALTH_TIMEOUT_S) -> StartRe
             json.dumps({"pid": process.pid, "url": config.url, "database": config.database_location}) + "\n"
         )
         _wait_healthy(config, process, timeout)
-        starter = zygote.launch(config, process.pid)  # imports in the background; used once it is ready
+        starter = _launch_starter(config, process.pid)  # imports in the background; used once it is ready
     # Just started and healthy: no need to ask. Its Prefect is this interpreter's (it runs sys.executable);
     # the API, busy starting its services, would take 0.1-1 s to say so.
     started = _status(config, process.pid, _installed_prefect(), running=True)
     return StartResult(
         _with_starter(started, starter), already_running=False, seconds=time.monotonic() - began
     )
+
+
+def _launch_starter(config: ServerConfig, server_pid: int) -> int | None:
+    """Start the warm starter beside the server `server_pid` (unless `DVCFLOW_WARM=0` or one runs); does
+    not wait for it. Its Prefect is imported with exactly what `connect` exports for this server, so that
+    commands with those settings can be served. The pid of the one launched now."""
+    if not warm_enabled(os.environ):
+        return None
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
+    env.update(local_client_environment(config))
+    args = [str(config.home.resolve()), str(server_pid)]
+    return zygote.launch(config.home, WARM_STARTER_MODULE, args, env)
 
 
 def _with_starter(current: ServerStatus, launched: int | None) -> ServerStatus:
@@ -347,7 +361,7 @@ def _is_group_leader(pid: int) -> bool:
 
 def stop(config: ServerConfig, *, timeout: float = 20.0) -> int | None:
     """Stop the server dvcflow started; returns its pid, or None if none was running."""
-    zygote.stop(config.home)
+    zygote.stop(config.home, WARM_STARTER_MODULE)
     pid = recorded_pid(config)
     if pid is not None:
         _terminate(pid, timeout)

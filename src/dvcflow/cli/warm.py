@@ -1,0 +1,201 @@
+"""dvcflow's warm starter: the generic fork server (`dvcflow.proc.zygote`) wired for dvcflow. It has
+imported Typer, Prefect and its flow and task engines, DVC's repository code and dvcflow's flows, and
+forks one child per command: half of a no-op `dvcflow run-a` was importing Prefect.
+
+What only dvcflow knows lives here, above every layer the commands use: what to import (`PRELOAD`), which
+commands to serve, when Prefect's settings would make a served command differ from one run in its own
+process, and how a command runs (the Typer app).
+
+- `dvcflow server start` launches it next to the server (`dvcflow.server.control`, which names this
+  module, `python -m dvcflow.cli.warm HOME SERVER_PID`, as a string: the server layer imports no `cli`),
+  and `server stop` stops it; it exits by itself when the server process ends.
+- The console script (`dvcflow.cli.entry`) first tries it (`serve_here`, standard library only until
+  a starter takes the command). Besides the zygote's own checks (same interpreter, `sys.path`,
+  installed packages and dvcflow source files), a command is served only when its `PREFECT_*` variables
+  are ones the starter imported Prefect with and the working directory holds no file Prefect's settings
+  read (`_prefect_files`): a child would not see them. With a terminal, `--push`/`--pull` run the usual
+  way (password prompts need /dev/tty). `DVCFLOW_WARM=0` turns it off (for a command, or for the starter
+  when given to `server start`).
+- A served child rebuilds Prefect's logging for its client's stderr (`dvcflow.api.prefect_settings`).
+- `server` commands are never served: they do not import Prefect, and `server stop` stops the starter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dvcflow.api import prefect_settings
+from dvcflow.core.settings import warm_enabled
+from dvcflow.proc import zygote
+
+MODULE = "dvcflow.cli.warm"  # `python -m` this; `dvcflow.server.control.WARM_STARTER_MODULE` says the same
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dvcflow's code, fingerprinted
+UNSERVED = frozenset({"server"})
+# Options whose commands may ask for a password on the terminal (dvc push/pull over SSH/HTTP, git
+# credentials): a served child has no controlling terminal, so with a terminal these run the usual way.
+# (DVC then runs in a background process group of that terminal, so a prompt still stops it: a known
+# gap, docs/failure-modes.md.)
+PROMPTING_OPTIONS = frozenset({"--push", "--pull"})
+# What Prefect's settings read from the working directory besides the environment (prefect/settings/base.py).
+PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")
+
+# What a forked child would otherwise import itself; DVC because run-a's pre-flight opens the repository
+# in process. Not scikit-learn/pandas: their thread pools would start threads, and a process with
+# threads cannot fork safely.
+PRELOAD = (
+    "dvcflow.cli.app",
+    "dvcflow.services.pipeline",
+    "dvcflow.flows.repro",
+    "dvcflow.flows.per_stage",
+    "dvcflow.flows.cached_dag",
+    "dvcflow.flows.sweep",
+    "dvcflow.services.history",
+    "dvcflow.services.deploy",
+    "dvc.repo",
+    "dvc.repo.reproduce",
+    "dvc.stage",
+    # What a no-op run-a imported after the fork (~0.25 s), seen with an import hook:
+    "dvc.lock",
+    "dvc.repo.datasets",
+    "dvc.scm",
+    "scmrepo.git",
+    "networkx",
+    "ruamel.yaml",
+    "flufl.lock",
+    "psutil",
+    "anyio._backends._asyncio",
+    "prefect.utilities.visualization",
+    "dvcflow.core.identity",
+)
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+def _may_prompt(argv: Sequence[str]) -> bool:
+    """Whether the command may want a terminal a served child would not have."""
+    return any(arg.partition("=")[0] in PROMPTING_OPTIONS for arg in argv) and os.isatty(0)
+
+
+def serve_here(argv: Sequence[str]) -> int | None:
+    """Run this command in a child of the warm starter and return its exit code (negative: the signal
+    that ended it); None when no starter takes it, and the command must run in this process."""
+    if not warm_enabled(os.environ) or (argv and argv[0] in UNSERVED) or _may_prompt(argv):
+        return None
+    try:
+        from dvcflow.core.settings import resolve_server_config
+
+        home = resolve_server_config().home
+    except Exception:  # a bad [tool.dvcflow], an unreadable cwd ...: the usual path reports it
+        return None
+    return zygote.serve(home, argv, PACKAGE)
+
+
+# ---------------------------------------------------------------------------------------------- starter
+
+
+def _prefect_files(cwd: str) -> list[str]:
+    """The files in `cwd` that Prefect's settings would read (a `.env` naming a PREFECT_ variable, a
+    prefect.toml, a pyproject.toml with [tool.prefect]): a process importing Prefect there applies them,
+    a child of the starter (which imported Prefect in its home) would not."""
+    import tomllib
+
+    found = []
+    for name in PREFECT_FILES:
+        try:
+            with open(os.path.join(cwd, name), "rb") as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        if name == "prefect.toml" or (name == ".env" and b"prefect_" in text.lower()):
+            found.append(name)
+        elif name == "pyproject.toml" and b"prefect" in text:
+            try:
+                tool = tomllib.loads(text.decode()).get("tool", {})
+            except ValueError:
+                tool = {"prefect": None}  # Prefect would fail on it: let the usual way say so
+            if "prefect" in tool:
+                found.append(name)
+    return found
+
+
+class _Policy:
+    """The hooks that depend on what the starter imported Prefect with: its `PREFECT_*` variables."""
+
+    def __init__(self, imported_with: Mapping[str, str]) -> None:
+        self.imported_with = dict(imported_with)
+
+    def refuse(self, request: Mapping[str, Any]) -> str | None:
+        """A child would run with the starter's Prefect settings: refuse a command whose own differ."""
+        theirs = prefect_settings.prefect_environment(request.get("env") or {})
+        extra = set(theirs.items()) - set(self.imported_with.items())
+        if extra:
+            names = ", ".join(sorted(key for key, _ in extra))
+            return f"Prefect settings this starter was not imported with: {names}"
+        files = _prefect_files(str(request.get("cwd", "")))
+        if files:
+            return f"Prefect settings in the working directory: {', '.join(files)}"
+        return None
+
+    def after_adopt(self, _request: Mapping[str, Any]) -> None:
+        prefect_settings.adopted(self.imported_with)
+
+
+def _preload() -> None:
+    """Import what commands need (the zygote pauses the garbage collector meanwhile and freezes after)."""
+    import importlib
+
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from dvcflow.api.execution import import_engine
+
+    import_engine()
+    # The render consoles detect colours and width for the terminal they are made on: a child makes its own.
+    for name in [
+        name for name in sys.modules if name == "dvcflow.cli.render" or name.startswith("dvcflow.cli.render.")
+    ]:
+        del sys.modules[name]
+    if "dvcflow" in sys.modules and hasattr(sys.modules["dvcflow"], "render"):
+        delattr(sys.modules["dvcflow"], "render")
+
+
+def _run(argv: list[str], main_package: str | None) -> int:
+    """The Typer app, named as the client's console script or `python -m dvcflow` would name it."""
+    import gc
+
+    gc.disable()  # as `entry.main`: the root callback freezes and re-enables the collector
+    import click.utils
+
+    from dvcflow.cli.app import app
+
+    main = type("Main", (), {"__package__": main_package})
+    prog_name = click.utils._detect_program_name(argv[0], _main=main)  # type: ignore[arg-type]
+    app(args=argv[1:], prog_name=prog_name)
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """`python -m dvcflow.cli.warm HOME SERVER_PID` (launched by `dvcflow.server.control`)."""
+    home, server_pid = Path(argv[0]), int(argv[1])
+    # The environment `launch` gave it, before the imports: what Prefect is imported with here.
+    policy = _Policy(prefect_settings.prefect_environment(os.environ))
+    hooks = zygote.StarterHooks(
+        module=MODULE,
+        package=PACKAGE,
+        preload=_preload,
+        run=_run,
+        refuse=policy.refuse,
+        after_adopt=policy.after_adopt,
+    )
+    zygote.serve_forever(home, server_pid, hooks)
+
+
+if __name__ == "__main__":
+    # Through the imported module, not this `__main__` copy: the one the commands' code imports.
+    from dvcflow.cli import warm as _module
+
+    sys.exit(_module.main(sys.argv[1:]))
