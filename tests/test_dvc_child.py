@@ -56,7 +56,7 @@ def test_warm_child_runs_only_when_asked(repo: Path) -> None:
     (process,) = commands._warm.values()
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], 60)
-    assert ready and process.stdout.readline() == children.READY_MARK  # DVC imported, now waiting
+    assert ready and process.stdout.readline() == commands.READY_MARK  # DVC imported, now waiting
     assert process.poll() is None and not (repo / "m.json").exists()  # warmed up, nothing run
     lines: list[str] = []
     run = commands.repro(repo, ["repro"], lines.append, metrics=True)
@@ -72,7 +72,7 @@ def test_unclaimed_warm_child_exits_without_running_dvc(repo: Path) -> None:
     assert process.stdin is not None and process.stdout is not None
     process.stdin.close()  # as when dvcflow exits without asking
     assert process.wait(timeout=60) == 0
-    assert process.stdout.read() in ("", children.READY_MARK)  # no output but the ready mark
+    assert process.stdout.read() in ("", commands.READY_MARK)  # no output but the ready mark
     process.stdout.close()
     assert not (repo / "m.json").exists() and not (repo / "dvc.lock").exists()
 
@@ -87,7 +87,7 @@ def test_child_refuses_to_run_for_a_dead_parent(repo: Path) -> None:
 
 
 def test_interrupt_from_a_signal_handler_while_the_lock_is_held() -> None:
-    """A Ctrl-C handler runs in the thread it interrupts, possibly inside `_pump` holding the lock."""
+    """A Ctrl-C handler runs in the thread it interrupts, possibly inside `stream` holding the lock."""
     import threading
 
     def handler_inside_pump() -> None:

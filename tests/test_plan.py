@@ -110,14 +110,14 @@ def test_plan_as_dict_is_json(wide: StageGraph) -> None:
 
 
 def test_status_reasons_read_like_dvc_status() -> None:
-    from dvcflow.dvc.status import _status_reason
+    from dvcflow.dvc.session import status_reason
 
     entries = [
         {"changed deps": {"params.yaml": {"split.test_size": "modified"}, "a.txt": "deleted"}},
         {"changed outs": {f"out/{i}": "deleted" for i in range(5)}},
         "always changed",
     ]
-    assert _status_reason(entries) == (
+    assert status_reason(entries) == (
         "changed deps: params.yaml (split.test_size modified), a.txt (deleted); "
         "changed outs: out/0 (deleted), out/1 (deleted), out/2 (deleted) +2 more; always changed"
     )

@@ -1,4 +1,12 @@
-"""TODO docstring."""
+"""The program DVC commands run in: `python -m dvcflow.dvc.child ARGS` is `dvc ARGS`, started by
+`dvcflow.dvc.commands`.
+
+Why not `dvc` itself: this process first ties itself to dvcflow, so that a SIGKILLed dvcflow leaves no
+`dvc repro` behind to race the next run (`dvcflow.proc.children.tie_to_parent`; a `preexec_fn` is not safe
+in a process with threads, as Prefect's is). It also saves work DVC would do twice: it imports DVC with
+the garbage collector paused, may do so ahead of time and wait for its go (`warm_up`), and after a
+successful `repro` reads the metrics with the DVC it has imported, printing them on one marked line.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,13 @@ import os
 import sys
 from pathlib import Path
 
-from dvcflow.dvc.commands import METRICS_ENV, WAIT_ENV
-from dvcflow.dvc.metrics_files import _metrics_files
+from dvcflow.dvc.commands import METRICS_ENV, METRICS_MARK, READY_MARK, WAIT_ENV
+from dvcflow.dvc.metrics_files import repo_metrics
 from dvcflow.dvc.repository import PARENT_PID_ENV
-from dvcflow.proc import tether
-from dvcflow.proc.children import _METRICS_MARK, READY_MARK
+from dvcflow.proc import children
 
 
-def _child_main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
     """`python -m dvcflow.dvc.child ARGS`: `dvc ARGS` in this process, dying with dvcflow.
 
     No garbage-collector passes while DVC is imported (~0.1 s); with `WAIT_ENV` it then waits for
@@ -22,7 +29,7 @@ def _child_main(argv: list[str]) -> int:
     """
     import gc
 
-    if not tether.tether(int(os.environ.get(PARENT_PID_ENV, "0"))):
+    if not children.tie_to_parent(int(os.environ.get(PARENT_PID_ENV, "0"))):
         return 143  # dvcflow died before it could be tied to it: don't run DVC for nobody
     os.environ.pop(PARENT_PID_ENV, None)  # not for the stage commands, nor these two
     waits = os.environ.pop(WAIT_ENV, None) == "1"
@@ -30,7 +37,7 @@ def _child_main(argv: list[str]) -> int:
     gc.disable()
     import dvc.cli.parser  # every command's module
     import dvc.repo.reproduce  # noqa: F401 - imported here, under the paused collector
-    from dvc.cli import main
+    from dvc.cli import main as dvc_main
 
     gc.freeze()
     gc.enable()
@@ -44,7 +51,7 @@ def _child_main(argv: list[str]) -> int:
         devnull = os.open(os.devnull, os.O_RDONLY)  # the stage commands read nothing, as before
         os.dup2(devnull, 0)
         os.close(devnull)
-    code = int(main(argv) or 0)
+    code = int(dvc_main(argv) or 0)
     if code == 0 and metrics:
         _print_metrics()
     gc.freeze()  # nothing left for a collection at exit to scan
@@ -59,12 +66,12 @@ def _print_metrics() -> None:
 
     try:
         with Repo(".") as repo:
-            files = _metrics_files(repo, Path.cwd())
-        line = _METRICS_MARK + json.dumps(files, default=str)
+            files = repo_metrics(repo, Path.cwd())
+        line = METRICS_MARK + json.dumps(files, default=str)
     except Exception:  # the caller falls back to its own read
         return
     print(line, flush=True)
 
 
 if __name__ == "__main__":
-    sys.exit(_child_main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

@@ -1,8 +1,16 @@
-"""TODO docstring."""
+"""DVC as a command: `dvc repro` and `dvc push` run in a child process, streamed line by line into the
+caller's log, and what their output says read back (which stages ran, why a command failed).
+
+Why a child and not DVC in this process: `dvc repro` holds DVC's repository lock for the whole run and
+runs the stages' commands itself; in a child it can be interrupted as a terminal would (see
+`dvcflow.proc.children`), dies with dvcflow, and leaves dvcflow's own process free for Prefect. The child
+(`dvcflow.dvc.child`) talks back on marked lines, which this module takes out of the output: one that
+says DVC is imported (a warmed-up child waiting for its go) and one that carries the metrics read by the
+same DVC start-up after a successful `repro`.
+"""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -14,13 +22,13 @@ from dvcflow.core.errors import PipelineError, StageCommandError
 from dvcflow.core.metrics import MetricsFiles
 from dvcflow.core.records import StagesReport
 from dvcflow.dvc.repository import dvc_environment
-from dvcflow.dvc.status import _SKIPPED_LINE
-from dvcflow.proc.children import CommandResult, _pump
+from dvcflow.proc import children
+from dvcflow.proc.children import CommandResult
 
 METRICS_ENV = "DVCFLOW_DVC_METRICS"  # "1": after success, the child prints the metrics on a marked line
-
-
+METRICS_MARK = "\x00dvcflow-metrics "  # starts that line; JSON follows
 WAIT_ENV = "DVCFLOW_DVC_WAIT"  # "1": the child imports DVC, then waits for a line on stdin to run
+READY_MARK = "\x00dvcflow-ready\n"  # a waiting child has imported DVC (not shown as output)
 
 
 def dvc_command(*args: str) -> list[str]:
@@ -29,7 +37,6 @@ def dvc_command(*args: str) -> list[str]:
 
 
 _WarmKey = tuple[str, tuple[str, ...], bool]
-
 
 _warm: dict[_WarmKey, subprocess.Popen[str]] = {}
 
@@ -40,18 +47,7 @@ def _spawn(args: Sequence[str], cwd: Path, *, metrics: bool, wait: bool) -> subp
         env[METRICS_ENV] = "1"
     if wait:
         env[WAIT_ENV] = "1"
-    return subprocess.Popen(
-        dvc_command(*args),
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        process_group=0 if os.name == "posix" else None,  # see `_signal`
-    )
+    return children.start(dvc_command(*args), cwd, env, stdin_pipe=wait)
 
 
 def warm_up(args: Sequence[str], cwd: Path, *, metrics: bool = False) -> None:
@@ -84,8 +80,18 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
 def _streamed(
     args: Sequence[str], cwd: Path, on_line: Callable[[str], None], *, metrics: bool
 ) -> tuple[CommandResult, str | None]:
+    """The command's result and the JSON of its metrics line, if it printed one."""
     process = _claim(args, cwd, metrics) or _spawn(args, cwd, metrics=metrics, wait=False)
-    return _pump(process, tuple(args), on_line)
+    marked: list[str] = []
+
+    def aside(raw: str) -> bool:
+        if raw.startswith(METRICS_MARK):
+            marked.append(raw.removeprefix(METRICS_MARK))
+            return True
+        return raw == READY_MARK
+
+    result = children.stream(process, tuple(args), on_line, aside=aside)
+    return result, marked[-1] if marked else None
 
 
 # DVC's ERROR lines for failures a second attempt may not repeat: a stage's command exited non-zero
@@ -109,7 +115,7 @@ def failure(result: CommandResult) -> PipelineError:
 # What `dvc repro` logs for each stage it visits (see `Stage.reproduce` and `stage.cache`).
 _STAGE_LINES = (
     ("ran", re.compile(r"^Running stage '(?P<name>.+)':$")),
-    ("skipped", _SKIPPED_LINE),
+    ("skipped", re.compile(r"^(?:Stage )?'(?P<name>.+)' didn't change, skipping$")),  # or a `.dvc` file
     ("pulled", re.compile(r"^Pulling data for (?:stage: )?'(?P<name>.+)'$")),
     ("restored", re.compile(r"^Stage '(?P<name>.+)' is cached - skipping run, checking out outputs$")),
 )
@@ -118,7 +124,8 @@ _STAGE_LINES = (
 class StageLog:
     """Reads `dvc repro`'s output line by line and records what happened to each stage.
 
-    The stage names are DVC's `addressing`, which equals `_address` when DVC runs in the repository root.
+    The stage names are DVC's `addressing`, which equals `dvcflow.dvc.session.address` when DVC runs in the
+    repository root.
     """
 
     def __init__(self) -> None:

@@ -1,4 +1,4 @@
-"""The DVC-experiments adapter beside `dvcrepo`: `-S` grids, trial workspaces and `dvc exp save`.
+"""DVC experiments, for the sweep: `-S` grids, trial workspaces and `dvc exp save`.
 
 Everything here is pinned to DVC 3.67 internals (its Hydra override parser and `apply_overrides`, the
 same functions `dvc exp run -S` calls, and `Repo.experiments.save`) and tested against them.

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""The pipeline's metrics as DVC reads them (`dvc metrics show`, `dvc metrics diff`, `dvc params diff`),
+asked of an in-process `Repo` and turned into dvcflow's own values (`dvcflow.core.metrics`).
+
+In process, not `dvc metrics show` as a command: one DVC start-up fewer (~0.7 s), and DVC's errors come
+back as objects to word, not text to parse. A file DVC cannot read is reported beside the others, never
+raised: one broken metrics file must not hide the rest.
+"""
 
 from __future__ import annotations
 
@@ -17,16 +23,15 @@ from dvcflow.core.metrics import (
     no_metrics_error,
     snapshot_of,
 )
-from dvcflow.dvc import metrics_files
-from dvcflow.dvc.repository import _repo, in_repository
+from dvcflow.dvc.repository import in_repository, open_repo
 
 
 def read_metrics(repo_root: Path) -> MetricsSnapshot:
     """Every metric declared in `dvc.yaml`, flattened; unreadable files are reported, not raised."""
-    return snapshot_of(metrics_files.metrics_show(repo_root))
+    return snapshot_of(metrics_show(repo_root))
 
 
-def _changes(raw: metrics_files.DvcDiff) -> tuple[Change, ...]:
+def _changes(raw: DvcDiff) -> tuple[Change, ...]:
     changes = []
     for path in sorted(raw.entries):
         for name, entry in sorted(raw.entries[path].items()):
@@ -41,12 +46,12 @@ def _changes(raw: metrics_files.DvcDiff) -> tuple[Change, ...]:
 
 def diff_metrics(repo_root: Path, rev: str = "HEAD", *, params: bool = False) -> MetricsDiff:
     """The working tree's metrics (and params) against git revision `rev`, every metric listed."""
-    raw = metrics_files.metrics_diff(repo_root, rev)
+    raw = metrics_diff(repo_root, rev)
     metrics = _changes(raw)
     if not any(c.new is not None for c in metrics):
         missing = sorted({path for revision, path, _ in raw.errors if revision == "workspace" and path})
         raise no_metrics_error(", ".join(missing) or "nothing in the working tree")
-    raw_params = metrics_files.params_diff(repo_root, rev) if params else None
+    raw_params = params_diff(repo_root, rev) if params else None
     return MetricsDiff(
         rev=rev,
         metrics=metrics,
@@ -58,14 +63,15 @@ def diff_metrics(repo_root: Path, rev: str = "HEAD", *, params: bool = False) ->
 def metrics_show(root: Path) -> MetricsFiles:
     """The metrics files `dvc.yaml` declares: file → its parsed data, or an error message."""
     with in_repository(root):
-        repo = _repo(root)
+        repo = open_repo(root)
         try:
-            return _metrics_files(repo, root)
+            return repo_metrics(repo, root)
         finally:
-            repo.close()  # type: ignore[attr-defined]
+            repo.close()
 
 
-def _metrics_files(repo: Any, root: Path) -> MetricsFiles:
+def repo_metrics(repo: Any, root: Path) -> MetricsFiles:
+    """`metrics_show` through a `Repo` open already (a session's, or the DVC child's after its `repro`)."""
     from dvc.exceptions import DvcException
 
     try:
@@ -102,9 +108,9 @@ def _compare(root: Path, rev: str, kind: str) -> DvcDiff:
 
     from dvcflow.core.errors import MetricsError
 
-    repo = _repo(root)
+    repo = open_repo(root)
     try:
-        if repo.scm.no_commits:  # type: ignore[attr-defined]
+        if repo.scm.no_commits:
             raise MetricsError(
                 f"{root}: the git repository has no commits yet, nothing to compare with",
                 hint="commit your work first",
@@ -122,7 +128,7 @@ def _compare(root: Path, rev: str, kind: str) -> DvcDiff:
     except DvcException as err:
         raise MetricsError(f"DVC cannot compare the {kind} of {root} with {rev!r} ({err})") from None
     finally:
-        repo.close()  # type: ignore[attr-defined]
+        repo.close()
     errors: list[tuple[str, str, str]] = []
     for revision, problem in result.get("errors", {}).items():
         if isinstance(problem, dict):

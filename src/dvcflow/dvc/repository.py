@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""A DVC repository as dvcflow finds and enters it: its root, its params files, the environment DVC runs
+in, the process-wide working-directory lock, and an in-process `Repo`.
+
+Why a lock for the working directory: it is one for all threads, and DVC resolves some paths against it.
+Every code that changes it, or runs DVC code that reads it, holds `CWD_LOCK` (`in_directory`,
+`in_repository`): sessions of sweep trials, in-process stage functions, experiment saves. The rest of the
+DVC adapter builds on these; nothing here runs a DVC command.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from dvcflow.core.errors import ConfigError, NotADvcRepoError, PipelineError
 from dvcflow.core.settings import QUIET_ENV
@@ -108,9 +116,8 @@ def dvc_environment() -> dict[str, str]:
 
 
 # A SIGKILLed dvcflow must not leave an orphan `dvc repro` (or its stage's command) behind that races
-# the next run for the same stage: DVC runs in a child (`python -m dvcflow.dvc.child`, see `_child_main`)
-# that first ties itself and its process group to dvcflow (`tether`; `preexec_fn` is not safe in a
-# process with threads, as Prefect's is).
+# the next run for the same stage: DVC runs in a child (`python -m dvcflow.dvc.child`) that first ties
+# itself and its process group to the dvcflow process this names.
 PARENT_PID_ENV = "DVCFLOW_PARENT_PID"
 
 
@@ -145,8 +152,9 @@ def _real(root: Path) -> str:
     return str(root.resolve())
 
 
-def _repo(root: Path) -> object:
-    """An in-process DVC repository; DVC's own log lines stay out of dvcflow's output."""
+def open_repo(root: Path) -> Any:
+    """An in-process DVC repository (DVC's `Repo`, to be closed); DVC's own log lines stay out of
+    dvcflow's output."""
     import logging
 
     os.environ.update(QUIET_ENV)
@@ -162,6 +170,3 @@ def _repo(root: Path) -> object:
         return Repo(str(root))
     except DvcException as err:
         raise PipelineError(f"{root}: DVC cannot open this repository ({err})") from None
-
-
-open_repo = _repo  # for `dvcexp`, the experiments adapter beside this module

@@ -1,7 +1,22 @@
-"""The DVC adapter: the only module that runs or imports DVC.
+"""DVC's repository opened once for a whole run (`PipelineSession`): the stage engine's view of DVC, for
+`run-b`, `run-a --per-stage` and the sweep's trials.
 
-It finds the repository root, runs DVC commands as subprocesses with their output streamed line by
-line, and wraps DVC's failures as `PipelineError`s."""
+Why in process: opening the repository, parsing dvc.yaml and dvc.lock and hashing deps cost more than
+most stage checks, and a `dvc` process per check would pay them each time. Every DVC call happens under
+the session's mutex and DVC's repository lock (`lock_repo`), held only for the moment of the call; stage
+commands run outside it, in parallel. What it writes (the DVC cache, `dvc.lock` entries in `dvc repro`'s
+order) is what `dvc repro` would write.
+
+DVC internals used here (pinned to DVC 3.67, tested in tests/test_engine.py): `Repo.index.graph`,
+`lock_repo`, `Stage.changed/remove_outs/save/save_deps/commit/checkout/reproduce/dump`,
+`stage_cache.restore`, `serialize.to_lockfile`, `modify_yaml`,
+`dvc.stage.run.prepare_kwargs/_make_cmd/get_executable`.
+
+Over 500 lines on purpose: one class around one `Repo` object, whose every method keeps the same two
+rules (`_locked` for each DVC call; the caches it carries across DVC's lock, `_keep`), and the value types
+it answers with. Split, each part would reach into the other's private state; what stands apart has moved
+out (selecting stages: `dvcflow.dvc.targets`; the order of `dvc.lock`: `dvcflow.dvc.lockfile`).
+"""
 
 from __future__ import annotations
 
@@ -15,26 +30,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from dvcflow.core.errors import PipelineError, UsageError
+from dvcflow.core.errors import PipelineError
 from dvcflow.core.graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 from dvcflow.core.metrics import MetricsFiles
 from dvcflow.core.selection import Selection
 from dvcflow.core.settings import QUIET_ENV
-from dvcflow.dvc.metrics_files import _metrics_files
-from dvcflow.dvc.repository import _repo, in_directory, in_repository
-from dvcflow.dvc.status import _address, _status_reason
-
-"""The process's working directory is one for all threads: every code that changes it, or runs DVC code that
-reads it, holds this lock (`in_directory`, `in_repository`) — sessions of sweep trials, in-process stage
-functions, experiment saves."""
-
-
-# The stage engine's view of DVC: one in-process repository for a whole run. Every DVC call happens under
-# the session's mutex and DVC's repository lock (`lock_repo`), held only for the moment of the call;
-# stage commands run outside it, in parallel. DVC internals used here (pinned to DVC 3.67, tested in
-# tests/test_engine.py): `Repo.index.graph`, `lock_repo`, `Stage.changed/remove_outs/save/save_deps/
-# commit/checkout/reproduce/dump`, `stage_cache.restore`, `serialize.to_lockfile`, `modify_yaml`,
-# `dvc.stage.run.prepare_kwargs/_make_cmd/get_executable`.
+from dvcflow.dvc.lockfile import LockOrder
+from dvcflow.dvc.metrics_files import repo_metrics
+from dvcflow.dvc.repository import in_directory, in_repository, open_repo
+from dvcflow.dvc.targets import address, collect
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,11 @@ class PipelineSession:
     def __init__(self, root: Path) -> None:
         self.root = root
         with in_repository(root):
-            self._repo: Any = _repo(root)
+            self._repo: Any = open_repo(root)
         self._mutex = threading.RLock()
         self._graph: Any = None
         self._stages: dict[str, Any] = {}
-        self._lock_order: dict[str, int] = {}  # lock-file key → position in `dvc repro`'s order
-        self._lock_keys_at_start: dict[str, list[str]] = {}  # lock file → its stage keys when opened
+        self._lock_order = LockOrder()  # told the order by `select`; every dvc.lock write goes through it
         self._before_run: dict[str, list[tuple[Any, Any, Any]]] = {}  # stage → (dep/out, hash, meta)
         self._selected: dict[Selection, tuple[str, ...]] = {}  # `select`'s answers (DVC parses dvc.yaml)
         self._kept: dict[str, Any] = {}  # DVC's caches carried over its lock's resets (`_locked`)
@@ -116,9 +119,15 @@ class PipelineSession:
         try:
             with self._locked():
                 self._graph = self._repo.index.graph
-                self._stages = {_address(stage, self._repo.root_dir): stage for stage in self._graph}
+                self._stages = {address(stage, self._repo.root_dir): stage for stage in self._graph}
         except DvcException as err:
             raise PipelineError(f"DVC cannot read the pipeline of {self.root} ({err})") from None
+
+    @property
+    def repo(self) -> Any:
+        """DVC's `Repo` itself, for a read outside the session's calls (the pre-flight,
+        `dvcflow.dvc.targets.check_repro_inputs`)."""
+        return self._repo
 
     def __enter__(self) -> PipelineSession:
         return self
@@ -200,14 +209,15 @@ class PipelineSession:
                     by_addressing = {stage.addressing: names[stage] for stage in graph}
                     for addressing, entries in self._repo.status().items():
                         if addressing in by_addressing:
-                            changed[by_addressing[addressing]] = _status_reason(entries)
+                            changed[by_addressing[addressing]] = status_reason(entries)
             except DvcException as err:
                 raise PipelineError(f"DVC cannot read the status of {self.root} ({err})") from None
         return PipelineSnapshot(StageGraph(nodes), changed)
 
     def select(self, selection: Selection) -> tuple[str, ...]:
-        """The stages `dvc repro` would visit for `selection`, in its order (`_collect`); remembered as the
-        order in which new `dvc.lock` entries are written (so the file is byte-identical to `dvc repro`'s)."""
+        """The stages `dvc repro` would visit for `selection`, in its order (`targets.collect`); remembered
+        as the order in which new `dvc.lock` entries are written (so the file is byte-identical to
+        `dvc repro`'s)."""
         from dvc.dvcfile import PROJECT_FILE
         from dvc.exceptions import DvcException
 
@@ -215,7 +225,7 @@ class PipelineSession:
             return self._selected[selection]
         if selection.everything and not (self.root / PROJECT_FILE).exists():
             names = tuple(self._stages)  # no root dvc.yaml (e.g. only sub/dvc.yaml): every stage
-            self._remember_lock_order(names)
+            self._lock_order.remember(self._stages[name] for name in names)
             self._selected[selection] = names
             return names
         try:
@@ -225,30 +235,14 @@ class PipelineSession:
         return self._selected[selection]
 
     def collect(self, selection: Selection) -> list[Any]:
-        """DVC's own stage objects for `selection` (`_collect`: DVC parses dvc.yaml again), their names
-        remembered for `select`. Raises DVC's errors."""
+        """DVC's own stage objects for `selection` (`targets.collect`: DVC parses dvc.yaml again), their
+        names remembered for `select`. Raises DVC's errors."""
         with self._locked():
-            steps = _collect(self._repo, selection)
-        names = tuple(dict.fromkeys(_address(stage, self._repo.root_dir) for stage in steps))
-        self._remember_lock_order(names)
+            steps = collect(self._repo, selection)
+        names = tuple(dict.fromkeys(address(stage, self._repo.root_dir) for stage in steps))
+        self._lock_order.remember(self._stages[name] for name in names)
         self._selected[selection] = names
         return steps
-
-    def _remember_lock_order(self, names: tuple[str, ...]) -> None:
-        import yaml
-        from dvc.stage import PipelineStage
-
-        for position, name in enumerate(names):
-            stage = self._stages[name]
-            if isinstance(stage, PipelineStage):
-                lockfile = stage.dvcfile._lockfile
-                self._lock_order.setdefault(f"{lockfile.path}\0{stage.name}", position)
-                if lockfile.path not in self._lock_keys_at_start:
-                    try:
-                        data = yaml.safe_load(Path(lockfile.path).read_text(encoding="utf-8")) or {}
-                    except FileNotFoundError:
-                        data = {}
-                    self._lock_keys_at_start[lockfile.path] = list((data.get("stages") or {}).keys())
 
     def spec(self, name: str) -> StageSpec:
         stage = self._stage(name)
@@ -323,7 +317,7 @@ class PipelineSession:
     def metrics(self) -> MetricsFiles:
         """What `metrics_show` reads, through this session's repository (its index already loaded)."""
         with self._locked():
-            return _metrics_files(self._repo, self.root)
+            return repo_metrics(self._repo, self.root)
 
     def params_paths(self) -> set[Path]:
         """Every params file a stage reads (resolved paths)."""
@@ -376,7 +370,7 @@ class PipelineSession:
                 upstream=self._upstream(stage), force=force, pull=pull, allow_missing=allow_missing
             )
             if ran:
-                self._dump(stage)
+                self._lock_order.dump(stage, self._repo)
         return bool(ran)
 
     def prepare(self, name: str, *, force: bool, check_changed: bool, pull: bool = False) -> Prepared:
@@ -531,33 +525,7 @@ class PipelineSession:
         no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
         stage.save(allow_missing=False, run_cache=not no_cache_outs)
         stage.commit(allow_missing=False)
-        self._dump(stage)
-
-    def _dump(self, stage: Any) -> None:
-        """`stage.dump(update_pipeline=False)`, except that `dvc.lock` entries new to the file are
-        written in `dvc repro`'s order, not in the order parallel stages finished."""
-        from dvc.stage import PipelineStage
-        from dvc.stage.serialize import to_lockfile
-        from dvc.utils.serialize import modify_yaml
-
-        if not isinstance(stage, PipelineStage):
-            stage.dump(update_pipeline=False)
-            return
-        lockfile = stage.dvcfile._lockfile
-        before = self._lock_keys_at_start.get(lockfile.path, [])
-        with modify_yaml(lockfile.path, fs=self._repo.fs) as data:
-            if not data:
-                data.update({"schema": "2.0"})
-            entries = data.get("stages") or {}
-            entries.update(to_lockfile(stage))
-            known = {key: position for position, key in enumerate(before)}
-            offset = len(known)
-            rank = {
-                key: known.get(key, offset + self._lock_order.get(f"{lockfile.path}\0{key}", len(entries)))
-                for key in entries
-            }
-            data["stages"] = {key: entries[key] for key in sorted(entries, key=rank.__getitem__)}
-        self._repo.scm_context.track_file(lockfile.relpath)
+        self._lock_order.dump(stage, self._repo)
 
 
 def _changed(stage: Any) -> bool:
@@ -596,23 +564,23 @@ def read_pipeline(root: Path, *, with_status: bool = True) -> PipelineSnapshot:
         return session.snapshot(with_status=with_status)
 
 
-def _collect(repo: Any, selection: Selection) -> list[Any]:
-    """The DVC stages `dvc repro` visits for `selection`, upstream first (DVC's own collect and plan)."""
-    from dvc.dvcfile import PROJECT_FILE
-    from dvc.exceptions import NoOutputOrStageError
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-    from dvc.stage.exceptions import StageFileDoesNotExistError, StageNotFound
+def status_reason(entries: list[Any]) -> str:
+    """One line from `dvc status`'s entries for a stage: `changed deps: raw.txt (modified)`."""
+    parts: list[str] = []
+    for entry in entries:
+        if isinstance(entry, dict):
+            parts.extend(f"{what}: {_files(changes)}" for what, changes in entry.items())
+        else:
+            parts.append(str(entry))
+    return "; ".join(parts) or "changed"
 
-    targets = list(selection.targets) or [PROJECT_FILE]
-    try:
-        # DVC resolves targets against the working directory; dvcflow runs `dvc repro` in the root.
-        with in_directory(Path(repo.root_dir)):
-            stages = collect_stages(repo, targets, glob=selection.glob)
-    except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
-        named = " ".join(selection.targets) or PROJECT_FILE
-        raise UsageError(f"unknown target {named!r}: {err}") from None
-    if not stages:
-        raise UsageError(f"no stage matches {' '.join(selection.targets)!r}")
-    if selection.single_item:
-        return list(stages)
-    return list(plan_repro(get_active_graph(repo.index.graph), stages, downstream=selection.downstream))
+
+def _files(changes: dict[str, Any], shown: int = 3) -> str:
+    items = [
+        f"{path} ({', '.join(f'{key} {how}' for key, how in what.items())})"
+        if isinstance(what, dict)
+        else f"{path} ({what})"
+        for path, what in changes.items()
+    ]
+    more = f" +{len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more

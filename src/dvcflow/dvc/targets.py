@@ -1,17 +1,58 @@
-"""TODO docstring."""
+"""Which stages a selection means, named as `dvc repro -s` names them: DVC's own collect and plan, asked
+in process, and the pre-flight that refuses a run DVC would fail only once it had started.
+
+Why DVC's own code and not dvcflow's reading of `dvc.yaml`: targets, globs, `--single-item` and
+`--downstream` then mean exactly what they mean to `dvc repro`, and the stages come in the order it works
+through them (which `dvcflow.dvc.session` keeps for `dvc.lock`).
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dvcflow.core.errors import ConfigError, PipelineError
+from dvcflow.core.errors import ConfigError, PipelineError, UsageError
 from dvcflow.core.records import DataSync
 from dvcflow.core.selection import Selection
-from dvcflow.dvc.repository import _repo
-from dvcflow.dvc.session import PipelineSession, _collect
-from dvcflow.dvc.status import _address
+from dvcflow.dvc.repository import in_directory, open_repo
+
+if TYPE_CHECKING:
+    from dvcflow.dvc.session import PipelineSession
+
+
+def address(stage: Any, root_dir: str) -> str:
+    """A DVC stage's name as `dvc repro -s` accepts it from the repository root: DVC's own `addressing`
+    is relative to the current directory, which need not be the root."""
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.stage import PipelineStage
+
+    path = Path(os.path.relpath(stage.path, root_dir)).as_posix()
+    if isinstance(stage, PipelineStage):
+        return stage.name if path == PROJECT_FILE else f"{path}:{stage.name}"
+    return path
+
+
+def collect(repo: Any, selection: Selection) -> list[Any]:
+    """The DVC stages `dvc repro` visits for `selection`, upstream first (DVC's own collect and plan)."""
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.exceptions import NoOutputOrStageError
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+    from dvc.stage.exceptions import StageFileDoesNotExistError, StageNotFound
+
+    targets = list(selection.targets) or [PROJECT_FILE]
+    try:
+        # DVC resolves targets against the working directory; dvcflow runs `dvc repro` in the root.
+        with in_directory(Path(repo.root_dir)):
+            stages = collect_stages(repo, targets, glob=selection.glob)
+    except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
+        named = " ".join(selection.targets) or PROJECT_FILE
+        raise UsageError(f"unknown target {named!r}: {err}") from None
+    if not stages:
+        raise UsageError(f"no stage matches {' '.join(selection.targets)!r}")
+    if selection.single_item:
+        return list(stages)
+    return list(plan_repro(get_active_graph(repo.index.graph), stages, downstream=selection.downstream))
 
 
 def selected_stages(root: Path, selection: Selection) -> tuple[str, ...]:
@@ -24,9 +65,9 @@ def selected_stages(root: Path, selection: Selection) -> tuple[str, ...]:
     """
     from dvc.exceptions import DvcException
 
-    repo: Any = _repo(root)
+    repo = open_repo(root)
     try:
-        return tuple(dict.fromkeys(_address(stage, repo.root_dir) for stage in _collect(repo, selection)))
+        return tuple(dict.fromkeys(address(stage, repo.root_dir) for stage in collect(repo, selection)))
     except DvcException as err:
         raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
     finally:
@@ -47,9 +88,9 @@ def check_repro_inputs(
     from dvc.exceptions import DvcException
     from dvc.stage import PipelineStage
 
-    repo: Any = session._repo if session is not None else _repo(root)
+    repo = session.repo if session is not None else open_repo(root)
     try:
-        stages = session.collect(selection) if session is not None else _collect(repo, selection)
+        stages = session.collect(selection) if session is not None else collect(repo, selection)
         remote = repo.config["core"].get("remote")
         if sync.needs_remote and not remote:
             flag = "--push" if sync.push else "--pull"
@@ -64,7 +105,7 @@ def check_repro_inputs(
                 for out in stage.outs:
                     if not out.exists:
                         raise ConfigError(_missing_source(root, stage.relpath, out.def_path, remote))
-        return tuple(dict.fromkeys(_address(stage, repo.root_dir) for stage in stages))
+        return tuple(dict.fromkeys(address(stage, repo.root_dir) for stage in stages))
     except DvcException as err:  # an invalid dvc.yaml: bad input, before any flow run
         raise ConfigError(f"DVC cannot read the pipeline of {root} ({err})") from None
     finally:

@@ -1,4 +1,23 @@
-"""TODO docstring."""
+"""Process control, in one place: how dvcflow starts a child process, streams its output, stops it (the
+polite signal first, SIGKILL last) and ties it to its own life.
+
+Every process dvcflow runs for a pipeline (DVC, and a stage's command under `run-b`) is started by
+`start` in a process group of its own, so that dvcflow can pass on a Ctrl-C the way a terminal does, to
+the process and what it runs; its lines are read by `stream`, which also remembers it until it ends, so
+that a Ctrl-C caught in the main thread reaches the processes worker threads started
+(`interrupt_commands`). Whatever dvcflow stops, these children or the local Prefect server
+(`dvcflow.server.control`), it stops with `stop_then_kill`: the escalation and its grace periods are
+written once, here.
+
+A child must not outlive a SIGKILLed dvcflow (it would race the next run): the tie is the `tether`
+module beside this one, which a Python child calls itself (`tie_to_parent`, see `dvcflow.dvc.child`)
+and any other command runs under as a shim (`tethered`). `tether` keeps its own short copy of the
+escalation: it runs as a standalone program that cannot import this module.
+
+Nothing here knows what runs: a caller that talks with its child through marked lines takes them out
+of the output with the `aside` filter of `stream` (`dvcflow.dvc.commands`). psutil is imported only
+when a process that is not a `Popen` of ours is waited for, never on the way to `dvcflow --help`.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +27,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dvcflow.proc import tether
-
-_METRICS_MARK = "\x00dvcflow-metrics "
-
-
-READY_MARK = "\x00dvcflow-ready\n"  # a waiting child has imported DVC (not shown as output)
 
 
 @dataclass(frozen=True)
@@ -32,21 +48,111 @@ class CommandResult:
         return self.returncode == 0
 
 
-# The DVC processes running now, so a Ctrl-C caught in the main thread can stop those that worker
-# threads started (a signal sent to dvcflow alone does not reach them).
-TAIL_LINES = 15
+TAIL_LINES = 15  # of a command's output, kept for its error message
 
+INTERRUPT_GRACE_S = 10.0  # after SIGINT, how long `interrupt_commands` waits before SIGTERM
+TERM_WAIT_S = 5.0  # after SIGTERM, how long a child is given before SIGKILL
+_POLL_S = 0.05  # how often a process that is not our `Popen` is looked at while waiting for its end
+
+# The processes `stream` reads now, so a Ctrl-C caught in the main thread can stop those that worker
+# threads started (a signal sent to dvcflow alone does not reach them).
 _RUNNING: set[subprocess.Popen[str]] = set()
 
-
-# Re-entrant: a SIGINT handler (`runner._ctrl_c_ends_at_once`) calls `interrupt_commands` in the main
-# thread, which may be inside `_pump` holding this lock at that moment.
+# Re-entrant: a SIGINT handler (`dvcflow.services.pipeline`) calls `interrupt_commands` in the main
+# thread, which may be inside `stream` holding this lock at that moment.
 _RUNNING_LOCK = threading.RLock()
-
 
 # Set by `interrupt_commands`: the command is ending, so a DVC process or stage command that starts
 # later (a stage still preparing, a retry) is stopped as soon as it starts, and no retry is attempted.
 _INTERRUPTED = threading.Event()
+
+
+# ------------------------------------------------------------------------------------------- starting
+
+
+def start(
+    argv: Sequence[str], cwd: Path, env: dict[str, str], *, stdin_pipe: bool = False
+) -> subprocess.Popen[str]:
+    """Start `argv` as the leader of a process group of its own (see `stop_then_kill`), its output
+    (stderr included) to be read line by line with `stream`; its stdin a pipe with `stdin_pipe`, else
+    nothing."""
+    return subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+        process_group=0,
+    )
+
+
+def tethered(command: Sequence[str]) -> list[str]:
+    """`command` run through the tether shim, so that it and its process group end when dvcflow does,
+    even by SIGKILL (Linux; elsewhere `command` as it is)."""
+    return tether.shim_command(list(command)) if sys.platform.startswith("linux") else list(command)
+
+
+def tie_to_parent(parent: int) -> bool:
+    """Called by a Python child itself, first thing: end with dvcflow (pid `parent`), taking its
+    process group along; False when `parent` is gone already, so there is no one to run for."""
+    return tether.tether(parent)
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+def stream_process(
+    command: Sequence[str], cwd: Path, env: dict[str, str], on_line: Callable[[str], None]
+) -> tuple[int, tuple[str, ...]]:
+    """Run any `command` (a stage's `cmd`): every non-blank output line to `on_line` as it arrives, in a
+    process group of its own that a Ctrl-C reaches, tied to dvcflow (`tethered`); its exit code and last
+    lines."""
+    result = stream(start(tethered(command), cwd, env), tuple(command), on_line)
+    return result.returncode, result.tail
+
+
+def stream(
+    process: subprocess.Popen[str],
+    args: tuple[str, ...],
+    on_line: Callable[[str], None],
+    *,
+    aside: Callable[[str], bool] | None = None,
+) -> CommandResult:
+    """Read a started process's output to its end: each line that `aside` does not take (it gets the
+    raw line and says True when the line was meant for the caller, not for output) stripped, and to
+    `on_line` unless blank. Stopped as a Ctrl-C would stop it if `interrupt_commands` is called, or was,
+    or if reading is interrupted (a Ctrl-C, a cancelled task)."""
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    with process:
+        assert process.stdout is not None
+        with _RUNNING_LOCK:
+            _RUNNING.add(process)
+            late = _INTERRUPTED.is_set()
+        try:
+            if late:  # started after a Ctrl-C: stopped at once, as those running then were
+                _interrupt(process)
+            for raw in process.stdout:
+                if aside is not None and aside(raw):
+                    continue
+                line = raw.rstrip().expandtabs(4)
+                if line.strip():
+                    tail.append(line)
+                    on_line(line)
+        except BaseException:  # Ctrl-C, or the task was cancelled: let it stop cleanly first
+            _interrupt(process)
+            raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(process)
+        returncode = process.wait()
+    return CommandResult(tuple(args), returncode, tuple(tail))
+
+
+# ------------------------------------------------------------------------------------------- stopping
 
 
 def interrupted() -> bool:
@@ -59,13 +165,13 @@ def clear_interrupted() -> None:
     _INTERRUPTED.clear()
 
 
-def interrupt_commands(grace: float = 10.0) -> int:
-    """Stop every DVC process `stream_dvc` is running (SIGINT, then harder after `grace` s), and any that
+def interrupt_commands(grace: float = INTERRUPT_GRACE_S) -> int:
+    """Stop every process `stream` is reading (SIGINT, then harder after `grace` s), and any that
     starts from now on; the count of those running now."""
     with _RUNNING_LOCK:
         _INTERRUPTED.set()
         running = list(_RUNNING)
-    stoppers = [threading.Thread(target=_stop, args=(process, grace)) for process in running]
+    stoppers = [threading.Thread(target=_interrupt, args=(process, grace)) for process in running]
     for thread in stoppers:
         thread.start()
     for thread in stoppers:
@@ -73,92 +179,94 @@ def interrupt_commands(grace: float = 10.0) -> int:
     return len(running)
 
 
-def stream_process(
-    command: Sequence[str], cwd: Path, env: dict[str, str], on_line: Callable[[str], None]
-) -> tuple[int, tuple[str, ...]]:
-    """Run any `command` (a stage's `cmd`) like `stream_dvc` runs DVC: every non-blank output line to
-    `on_line` as it arrives, in a process group of its own that a Ctrl-C reaches; its exit code and last
-    lines. On Linux it runs through the `tether` shim, so it and its children die with dvcflow."""
-    argv = tether.shim_command(list(command)) if sys.platform.startswith("linux") else list(command)
-    process = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        errors="replace",
-        bufsize=1,
-        process_group=0 if os.name == "posix" else None,  # see `_signal`
-    )
-    result, _ = _pump(process, tuple(command), on_line)
-    return result.returncode, result.tail
-
-
-def _pump(
-    process: subprocess.Popen[str], args: tuple[str, ...], on_line: Callable[[str], None]
-) -> tuple[CommandResult, str | None]:
-    """Stream a started process's lines to `on_line` (a metrics line aside); stop it if interrupted."""
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
-    shown: str | None = None
-    with process:
-        assert process.stdout is not None
-        with _RUNNING_LOCK:
-            _RUNNING.add(process)
-            late = _INTERRUPTED.is_set()
-        try:
-            if late:  # started after a Ctrl-C: stopped at once, as those running then were
-                _stop(process)
-            for raw in process.stdout:
-                if raw == READY_MARK:
-                    continue
-                if raw.startswith(_METRICS_MARK):
-                    shown = raw.removeprefix(_METRICS_MARK)
-                    continue
-                line = raw.rstrip().expandtabs(4)
-                if line.strip():
-                    tail.append(line)
-                    on_line(line)
-        except BaseException:  # Ctrl-C, or the task was cancelled: let it stop cleanly first
-            _stop(process)
-            raise
-        finally:
-            with _RUNNING_LOCK:
-                _RUNNING.discard(process)
-        returncode = process.wait()
-    return CommandResult(tuple(args), returncode, tuple(tail)), shown
-
-
-def _signal(process: subprocess.Popen[str], sig: int) -> None:
-    """Signal DVC and the stage command it runs, as a terminal's Ctrl-C signals the foreground group.
+def _interrupt(process: subprocess.Popen[str], grace: float = INTERRUPT_GRACE_S) -> None:
+    """SIGINT first, as a terminal's Ctrl-C would, so DVC never dies halfway through writing dvc.lock.
 
     DVC ignores SIGINT while a stage's command runs and leaves stopping to the command, which a
     terminal signals too; DVC runs in a process group of its own so dvcflow can do the same (also for
-    DVC processes started from worker threads, which a Ctrl-C caught by dvcflow would not reach).
-    """
-    with contextlib.suppress(ProcessLookupError):
-        if os.name == "posix":
-            os.killpg(process.pid, sig)
-        else:  # pragma: no cover - dvcflow runs on Linux and macOS
-            process.send_signal(sig)
+    DVC processes started from worker threads, which a Ctrl-C caught by dvcflow would not reach)."""
+    stop_then_kill(process, ((signal.SIGINT, grace), (signal.SIGTERM, TERM_WAIT_S)))
 
 
-TERM_WAIT_S = 5.0  # after SIGTERM, how long `_stop` waits before SIGKILL
+def stop_then_kill(process: subprocess.Popen[Any] | int, steps: Sequence[tuple[int, float]]) -> None:
+    """Stop `process` (a `Popen`, or a pid): send it each signal of `steps` in turn and wait up to the
+    seconds that follow the signal for it to end; SIGKILL it if it still runs after the last; reap it
+    when it is a child of this process. Nothing happens to a process that has ended already.
 
-
-def _stop(process: subprocess.Popen[str], grace: float = 10.0) -> None:
-    """SIGINT first, as a terminal's Ctrl-C would, so DVC never dies halfway through writing dvc.lock."""
-    if process.poll() is not None:
+    A process that leads a process group of its own gets each signal with its group: what it started
+    there (DVC's stage command, the server's workers) is stopped with it, as a terminal's Ctrl-C would."""
+    pid = process if isinstance(process, int) else process.pid
+    if _ended(process, 0):
         return
-    _signal(process, signal.SIGINT)
-    try:
-        process.wait(timeout=grace)
-        return
-    except subprocess.TimeoutExpired:
-        _signal(process, signal.SIGTERM)
-    try:
-        process.wait(timeout=TERM_WAIT_S)
-    except subprocess.TimeoutExpired:
-        _signal(process, signal.SIGKILL)
+    for signum, grace in steps:
+        _send(pid, signum)
+        if _ended(process, grace):
+            return
+    _send(pid, signal.SIGKILL)
+    if isinstance(process, int):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    else:
         process.wait()
+
+
+def _send(pid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if leads_group(pid):
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+
+
+def _ended(process: subprocess.Popen[Any] | int, timeout: float) -> bool:
+    """Whether `process` ends within `timeout` s (reaped if it is our child)."""
+    if not isinstance(process, int):
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ChildProcessError):  # not our child: its parent reaps it
+            os.waitpid(process, os.WNOHANG)
+        if not running(process):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(_POLL_S)
+
+
+# ------------------------------------------------------------------------------------ looking at one
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and has not ended: a zombie (ended, not reaped yet by a parent that
+    may never do it) has ended."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # exists, owned by someone else
+        return True
+
+
+def command_line(pid: int) -> list[str] | None:
+    """The arguments process `pid` was started with; None when it is gone or they cannot be read."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return None
+
+
+def leads_group(pid: int) -> bool:
+    """Whether process `pid` leads a process group (its own, started with `process_group=0` or a new
+    session)."""
+    try:
+        return os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False

@@ -1,15 +1,18 @@
 """Tie a process dvcflow starts, and its whole process group, to dvcflow's life.
 
 A SIGKILLed dvcflow must leave nothing behind that races the next run: neither the DVC child
-(`dvcrepo._child_main`) nor a stage command the engine runs (`dvcrepo.stream_process`, through this
-file as a shim: `python -I -S tether.py PARENT_PID COMMAND...`). Each runs as the leader of a process
-group of its own (so a Ctrl-C can be forwarded to it and its children); on Linux the kernel SIGTERMs it
-when dvcflow dies (PR_SET_PDEATHSIG), and it then passes the signal on to its group before dying. What
-still runs in the group `GRACE_S` later (a command that traps or ignores SIGTERM) is SIGKILLed. A shim
-started in its caller's group (`--ephemeral`'s temporary Prefect server, `api._tether_temporary_server`)
-passes it to its command alone.
+(`dvcflow.dvc.child`, which calls `tether` itself) nor a stage command the engine runs
+(`dvcflow.proc.children.stream_process`, through this file as a shim: `python -I -S tether.py PARENT_PID
+COMMAND...`). Each runs as the leader of a process group of its own (so a Ctrl-C can be forwarded to it and
+its children); on Linux the kernel SIGTERMs it when dvcflow dies (PR_SET_PDEATHSIG), and it then passes the
+signal on to its group before dying. What still runs in the group `GRACE_S` later (a command that traps or
+ignores SIGTERM) is SIGKILLed. A shim started in its caller's group (`--ephemeral`'s temporary Prefect
+server, `dvcflow.api.connect`) passes it to its command alone.
 
-Standard library only: the shim starts in ~15 ms.
+The rest of dvcflow reaches this module through `dvcflow.proc.children`, the one process-control module.
+This file is also a program of its own, started in ~15 ms with the standard library only: `-I -S` puts
+neither dvcflow nor psutil on its path. So it keeps its own short stop-then-kill (`_stop_then_kill`, the
+shim's copy of `children.stop_then_kill`) and reads process groups from `/proc` by hand (`_others_in`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 GRACE_S = 5.0  # for the group to end after SIGTERM, before SIGKILL
@@ -38,31 +42,37 @@ def _end_group(signum: int, _frame: object) -> None:
         signal.signal(ending, signal.SIG_IGN)
     group = os.getpgrp()
     if group == os.getpid():
-        os.killpg(0, signum)  # ignored here, so it cannot cut this handler short
-        deadline = time.monotonic() + GRACE_S
-        while _others_in(group) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _others_in(group):
-            os.killpg(0, signal.SIGKILL)  # this process included: it has nothing left to do
+        # Ignored here, so it cannot cut this handler short; SIGKILL takes this process too: it has
+        # nothing left to do.
+        _stop_then_kill(lambda number: os.killpg(0, number), lambda: _others_in(group), signum)
     elif _command is not None:  # a shim in its caller's group (never signal that): its command only
-        _end_command(_command, signum)
+        command = _command
+        _stop_then_kill(lambda number: _signal(command, number), lambda: _running(command), signum)
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
 
 
-def _end_command(pid: int, signum: int) -> None:
+def _stop_then_kill(send: Callable[[int], None], running: Callable[[], bool], signum: int) -> None:
+    """`send` `signum`, then SIGKILL if something is still `running` `GRACE_S` later."""
+    send(signum)
+    deadline = time.monotonic() + GRACE_S
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if running():
+        send(signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(OSError):
         os.kill(pid, signum)
-    deadline = time.monotonic() + GRACE_S
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            return
-        time.sleep(0.05)
-    with contextlib.suppress(OSError):
-        os.kill(pid, signal.SIGKILL)
+
+
+def _running(child: int) -> bool:
+    """Whether this process's child `child` still runs (reaped once it has ended)."""
+    try:
+        return os.waitpid(child, os.WNOHANG)[0] != child
+    except ChildProcessError:
+        return False
 
 
 def _others_in(group: int) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from dvcflow.core.errors import ServerError
 from dvcflow.core.settings import ServerConfig, local_client_environment, warm_enabled
-from dvcflow.proc import zygote
+from dvcflow.proc import children, zygote
 
 HEALTH_TIMEOUT_S = 90.0
 # The warm starter, run as `python -m` this: a name, not an import (the server layer sits below `cli`).
@@ -77,29 +77,14 @@ def _state_file(config: ServerConfig) -> Path:
     return config.home / "server.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers signal 0; treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
 def _is_prefect_server(pid: int) -> bool:
     """Guard against a recycled pid: only signal a process that is a Prefect server."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return _alive(pid)
+    argv = children.command_line(pid)
+    if argv is None:  # gone, or not ours to read
+        return children.running(pid)
+    line = " ".join(argv)
     # dvcflow's own lean server (`_command`), or `prefect server start`
-    return b"dvcflow.server.process" in cmdline or (b"prefect" in cmdline and b"server" in cmdline)
+    return "dvcflow.server.process" in line or ("prefect" in line and "server" in line)
 
 
 def recorded_pid(config: ServerConfig) -> int | None:
@@ -108,7 +93,7 @@ def recorded_pid(config: ServerConfig) -> int | None:
         pid = int(_pid_file(config).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) and _is_prefect_server(pid) else None
+    return pid if children.running(pid) and _is_prefect_server(pid) else None
 
 
 def health(url: str, timeout: float = 1.0) -> bool:
@@ -228,7 +213,7 @@ def _wait_healthy(config: ServerConfig, process: subprocess.Popen[bytes], timeou
         if health(config.url, timeout=1.0):
             return
         time.sleep(0.05)
-    _terminate(process.pid, timeout=5)
+    _terminate(process, timeout=5)
     _pid_file(config).unlink(missing_ok=True)
     raise ServerError(
         f"the Prefect server at {config.url} was not healthy within {timeout:g} s; "
@@ -328,7 +313,7 @@ def run_foreground(config: ServerConfig) -> None:
     try:
         code = process.wait()
     except KeyboardInterrupt:
-        _terminate(process.pid, timeout=10)
+        _terminate(process, timeout=10)
         raise
     finally:
         _pid_file(config).unlink(missing_ok=True)
@@ -336,27 +321,9 @@ def run_foreground(config: ServerConfig) -> None:
         raise ServerError(f"the Prefect server exited with code {code} (its output is above)")
 
 
-def _terminate(pid: int, timeout: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGTERM) if _is_group_leader(pid) else os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL) if _is_group_leader(pid) else os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-
-
-def _is_group_leader(pid: int) -> bool:
-    try:
-        return os.getpgid(pid) == pid
-    except ProcessLookupError:
-        return False
+def _terminate(process: subprocess.Popen[bytes] | int, timeout: float) -> None:
+    """SIGTERM (to its process group when it leads one), SIGKILL after `timeout` s."""
+    children.stop_then_kill(process, ((signal.SIGTERM, timeout),))
 
 
 def stop(config: ServerConfig, *, timeout: float = 20.0) -> int | None:
