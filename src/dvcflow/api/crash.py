@@ -1,43 +1,107 @@
-"""TODO docstring."""
+"""Marking flow runs Crashed, one way for both who do it.
+
+A dvcflow process that dies mid-run leaves its flow run Running forever: nothing in Prefect ends it
+without heartbeats (see `dvcflow.api.watchdog` for why dvcflow keeps them off). Two places notice:
+the run's own watchdog, the moment its process dies, and the next run of the same repository, for a
+process that died with no watchdog to act (the machine went down with it). Both find the unfinished
+flow runs carrying given tags (`dvcflow.api.tags`) and set them, and their unfinished task runs,
+Crashed, with `crash_runs`: the same requests, the same states.
+
+What differs is only how a request travels. The watchdog must start in ~20 ms, so this module imports
+nothing but the standard library, and the watchdog posts with `urllib` (`http_post`). The next run has
+Prefect's client at hand, which also reaches `--ephemeral`'s temporary server and knows the credentials
+of a Prefect profile; `crash_orphaned_runs` sends the same requests through it.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
-from dvcflow.api.execution import PAGE
-from dvcflow.api.tags import HOST_TAG, PID_TAG, _tag_value, repo_tag
+if TYPE_CHECKING:
+    from pathlib import Path
+
+Post = Callable[[str, object], Any]
+"""POST a JSON body to a path of the Prefect API (`/flow_runs/filter`); the JSON answer."""
+
+UNFINISHED = ["RUNNING", "PENDING"]
+TIMEOUT_S = 10.0  # for one request of `http_post`
+
+
+def crash_runs(post: Post, tags: Sequence[str], reason: Callable[[Mapping[str, Any]], str | None]) -> int:
+    """Set the unfinished flow runs that carry every one of `tags` Crashed, and their unfinished task
+    runs: each run for which `reason` (given the run as the API returns it) has a message, which the
+    Crashed states carry. The count of flow runs set Crashed."""
+    state = {"type": {"any_": UNFINISHED}}
+    runs = post("/flow_runs/filter", {"flow_runs": {"tags": {"all_": list(tags)}, "state": state}})
+    count = 0
+    for run in runs if isinstance(runs, list) else []:
+        message = reason(run)
+        if message is None:
+            continue
+        run_id = run["id"]
+        tasks = post(
+            "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"state": state}}
+        )
+        for task in tasks if isinstance(tasks, list) else []:
+            post(f"/task_runs/{task['id']}/set_state", _crashed(message))
+        post(f"/flow_runs/{run_id}/set_state", _crashed(message))
+        count += 1
+    return count
+
+
+def _crashed(message: str) -> dict[str, object]:
+    return {"state": {"type": "CRASHED", "name": "Crashed", "message": message}, "force": True}
+
+
+def http_post(api_url: str) -> Post:
+    """`Post` over plain HTTP to the API at `api_url`, with the credentials `PREFECT_API_KEY` or
+    `PREFECT_API_AUTH_STRING` in the environment (standard library only)."""
+
+    def post(path: str, body: object) -> Any:
+        import base64
+        import json
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get("PREFECT_API_KEY"):
+            headers["Authorization"] = f"Bearer {os.environ['PREFECT_API_KEY']}"
+        elif os.environ.get("PREFECT_API_AUTH_STRING"):
+            token = base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        request = urllib.request.Request(
+            f"{api_url.rstrip('/')}{path}", data=json.dumps(body).encode(), headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    return post
 
 
 def crash_orphaned_runs(repo_root: Path) -> int:
-    """Set this repository's unfinished flow runs to Crashed when they ran on this host and their process
+    """Set this repository's unfinished flow runs Crashed when they ran on this host and their process
     is gone. A run of another host (same repository on a shared server) is never touched."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-        FlowRunFilterTags,
-    )
-    from prefect.client.schemas.objects import StateType
-    from prefect.states import Crashed
 
+    from dvcflow.api.tags import HOST_TAG, PID_TAG, repo_tag, tag_value
     from dvcflow.proc import liveness
 
     here = liveness.host_id()
-    unfinished = FlowRunFilter(
-        tags=FlowRunFilterTags(all_=[repo_tag(repo_root), f"{HOST_TAG}{here}"]),
-        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])),
-    )
-    crashed = 0
+
+    def orphaned(run: Mapping[str, Any]) -> str | None:
+        token = tag_value(run.get("tags") or [], PID_TAG)
+        if token is None or liveness.alive(token):
+            return None
+        return f"its dvcflow process ({token} on {here}) is gone; found by the next run"
+
     try:
         with get_client(sync_client=True) as client:
-            for run in client.read_flow_runs(flow_run_filter=unfinished, limit=PAGE):
-                token = _tag_value(run.tags, PID_TAG)
-                if token is None or liveness.alive(token):
-                    continue
-                message = f"its dvcflow process ({token} on {here}) is gone; found by the next run"
-                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
-                crashed += 1
+
+            def post(path: str, body: object) -> Any:
+                return client.request("POST", path, json=body).json()  # type: ignore[arg-type]
+
+            return crash_runs(post, [repo_tag(repo_root), f"{HOST_TAG}{here}"], orphaned)
     except Exception:  # housekeeping only: never the reason a run does not start
-        return crashed
-    return crashed
+        return 0

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""The tags dvcflow puts on every flow run it starts: the repository, and the host and process that run it.
+
+Why tags: they are how dvcflow finds its own runs again with nothing but the Prefect API. Notifications
+and the metrics history filter by the repository's tag; the crash sweep (`dvcflow.api.crash`) picks the
+unfinished runs of this host whose process is gone. Each is a `prefix:value` string, so a run started by
+an older dvcflow (without a host or process tag) is simply never matched.
+"""
 
 from __future__ import annotations
 
@@ -33,5 +39,6 @@ def run_tags(repo_root: Path) -> tuple[str, ...]:
     return (repo_tag(repo_root), f"{HOST_TAG}{liveness.host_id()}", f"{PID_TAG}{liveness.process_token()}")
 
 
-def _tag_value(tags: list[str], prefix: str) -> str | None:
+def tag_value(tags: list[str], prefix: str) -> str | None:
+    """The value of the first of `tags` that starts with `prefix` (`PID_TAG`: the process token)."""
     return next((tag.removeprefix(prefix) for tag in tags if tag.startswith(prefix)), None)

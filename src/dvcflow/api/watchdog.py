@@ -7,12 +7,14 @@ that pipe, costing nothing while the run goes on:
 - dvcflow finished normally: it writes `done` and closes the pipe; the watchdog exits without a request.
 - dvcflow died (SIGKILL, OOM killer, a crash of the interpreter): the kernel closes the pipe; the watchdog
   asks the Prefect API for the still Running/Pending flow runs tagged with this repository, host and
-  process (`runs.run_tags`), and sets them, and their unfinished task runs, to Crashed.
+  process (`dvcflow.api.tags.run_tags`), and sets them, and their unfinished task runs, to Crashed
+  (`dvcflow.api.crash`, the one way dvcflow marks a run Crashed).
 
 Why not Prefect's heartbeats: zombie detection needs an automation on the server (a proactive trigger
 on missing `prefect.flow-run.heartbeat` events, 30 s heartbeats at best, so a minute or more to notice),
 and the heartbeat thread costs 0-1 s at the end of every flow run. What this cannot see is a host that
-dies with its run (power loss): heartbeats would. Standard library only, so the watchdog starts in ~20 ms.
+dies with its run (power loss): heartbeats would; the next run of the repository then does
+(`dvcflow.api.crash.crash_orphaned_runs`). Standard library only, so the watchdog starts in ~20 ms.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 
+from dvcflow.api.crash import crash_runs, http_post
+
 DONE = b"done\n"
 ATTEMPTS = 3  # the API may be restarting; bounded, the watchdog must end
-TIMEOUT_S = 10.0
-UNFINISHED = ["RUNNING", "PENDING"]
 
 
 @contextlib.contextmanager
@@ -62,50 +64,6 @@ def watching(api_url: str | None, tags: Sequence[str]) -> Iterator[None]:
         os.close(write_end)
 
 
-def _request(api_url: str, path: str, body: object) -> object:
-    import base64
-    import json
-    import urllib.request
-
-    headers = {"Content-Type": "application/json"}
-    if os.environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['PREFECT_API_KEY']}"
-    elif os.environ.get("PREFECT_API_AUTH_STRING"):
-        token = base64.b64encode(os.environ["PREFECT_API_AUTH_STRING"].encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
-    request = urllib.request.Request(
-        f"{api_url.rstrip('/')}{path}", data=json.dumps(body).encode(), headers=headers, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-        text = response.read()
-    return json.loads(text) if text else None
-
-
-def _crashed(message: str) -> dict[str, object]:
-    return {"state": {"type": "CRASHED", "name": "Crashed", "message": message}, "force": True}
-
-
-def crash_runs(api_url: str, tags: Sequence[str], message: str) -> int:
-    """Set the unfinished flow runs carrying every one of `tags`, and their unfinished task runs, Crashed."""
-    state = {"type": {"any_": UNFINISHED}}
-    runs = _request(
-        api_url, "/flow_runs/filter", {"flow_runs": {"tags": {"all_": list(tags)}, "state": state}}
-    )
-    count = 0
-    for run in runs if isinstance(runs, list) else []:
-        run_id = run["id"]
-        tasks = _request(
-            api_url,
-            "/task_runs/filter",
-            {"flow_runs": {"id": {"any_": [run_id]}}, "task_runs": {"state": state}},
-        )
-        for task in tasks if isinstance(tasks, list) else []:
-            _request(api_url, f"/task_runs/{task['id']}/set_state", _crashed(message))
-        _request(api_url, f"/flow_runs/{run_id}/set_state", _crashed(message))
-        count += 1
-    return count
-
-
 def main(argv: Sequence[str]) -> int:
     import signal
     import time
@@ -118,7 +76,7 @@ def main(argv: Sequence[str]) -> int:
     message = "its dvcflow process ended without finishing the run (killed?); marked by dvcflow's watchdog"
     for attempt in range(ATTEMPTS):
         try:
-            crash_runs(api_url, tags, message)
+            crash_runs(http_post(api_url), tags, lambda _run: message)
             return 0
         except OSError:
             time.sleep(2**attempt)

@@ -1,8 +1,13 @@
-"""Which host and process run a flow run, and whether that process still lives (standard library only:
-the watchdog imports it too).
+"""Which host and process run a flow run, and whether that process still lives: what the crash sweep
+(`dvcflow.api.crash.crash_orphaned_runs`) asks of a run's tags.
 
 A process is named by its pid plus, on Linux, its start time in clock ticks since boot, so a pid reused by
 another program after a crash does not look like the run's process: `4242.1234567`.
+
+The start time is read from `/proc/PID/stat` by hand, not with psutil (which `dvcflow.proc.children`
+uses): psutil gives it only as seconds since the epoch, computed from the boot time, which moves when the
+system clock is set. The tick count never changes, so a token written into a run's tags by one process
+(or an earlier dvcflow) compares equal in another one, days later.
 """
 
 from __future__ import annotations
