@@ -194,18 +194,16 @@ def _to_deployment(request: DeployRequest) -> Any:
 
 
 def _info(deployment_id: Any, request: DeployRequest) -> DeploymentInfo:
-    from prefect.settings import get_current_settings
-
+    from dvcflow.api.links import deployment_link
     from dvcflow.flows.deployed import FLOW_NAME
 
-    ui = get_current_settings().ui_url
     return DeploymentInfo(
         id=str(deployment_id),
         name=request.name,
         flow_name=FLOW_NAME,
         schedule=request.schedule,
         pool=request.pool,
-        ui_link=f"{ui}/deployments/deployment/{deployment_id}" if ui else None,
+        ui_link=deployment_link(deployment_id),
     )
 
 
