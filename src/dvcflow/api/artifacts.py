@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Where a run's metrics live in Prefect: one table artifact per flow run, under a key made from the
+repository's identity.
+
+Why an artifact under such a key: Prefect keeps every version of a keyed artifact, so the metrics history
+(`dvcflow.services.history`) is one query for the key, and the key stays the same after the repository
+moves or on another clone (`dvcflow.core.identity`). Runs recorded before identities existed used a
+path-based key, which is read, never written, so they stay in the history.
+"""
 
 from __future__ import annotations
 

@@ -1,13 +1,16 @@
-"""Moving data between the workspace and the DVC remote around a run: `--pull`, `--allow-missing`, `--push`.
+"""What a run asks and what it did, as plain values every layer can pass around: what to move between the
+workspace and the DVC remote (`DataSync`), what DVC did with each stage (`StagesReport`, `ReproOutcome`),
+and the flow run with its task runs as read back from Prefect (`FlowRunRecord`, `TaskRunRecord`).
+
+Why in `core`: the engine, the flows, the services and the renderer all hold these, and none of them
+should import the layer that fills them (DVC's log is read in `dvcflow.dvc.commands`, Prefect's API in
+`dvcflow.api.execution`). Pure data: no DVC, no Prefect, cheap to import.
 
 `dvc repro --pull` restores from the remote what a stage would otherwise have to recompute (a fresh clone
 reproduces with every stage restored, none rerun); `--allow-missing` skips stages whose only change is
 missing data; `--push` uploads the outputs after a Completed run. Every run mode takes one `DataSync`
 value (keyword `sync=`), so the flags mean the same thing everywhere.
-
-Also the record of what DVC did with each stage of a `dvc repro` (`StagesReport`), read from its log.
-
-Pure data: no DVC, no Prefect, cheap to import."""
+"""
 
 from __future__ import annotations
 
