@@ -38,7 +38,7 @@ SLICES: tuple[tuple[str, str, str], ...] = (
     ("Prefect task engine (task-run states, API)", "prefect/task_engine.py", ""),
     ("Prefect flow engine (flow run, states, API)", "prefect/flow_engine.py", ""),
     ("settings and API connection", "dvcflow/api/execution.py", "_execute"),
-    ("repository checks, server health", "dvcflow/services/pipeline.py", "_prepare"),
+    ("repository checks, server health", "dvcflow/services/launch.py", "_prepare"),
     ("run summary (render)", "dvcflow/cli/render/", ""),
     ("CLI parsing and the rest", "", ""),
 )

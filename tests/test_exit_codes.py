@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
 from dvcflow.core.errors import ExitCode, PipelineError, exit_code_for_state, exit_code_table
-from dvcflow.services import pipeline
+from dvcflow.services.pipeline import Pipeline
 from tests.helpers import PROJECT, free_port
 
 cli = CliRunner()
@@ -22,7 +22,7 @@ def test_ok() -> None:
 
 
 def test_pipeline_failed() -> None:
-    with mock.patch.object(pipeline, "run_option_a", autospec=True, side_effect=PipelineError("stage broke")):
+    with mock.patch.object(Pipeline, "run", autospec=True, side_effect=PipelineError("stage broke")):
         result = cli.invoke(app, ["run-a"])
     assert (result.exit_code, result.stderr) == (1, "Error: stage broke\n")
 
@@ -55,14 +55,14 @@ def test_server_unreachable() -> None:
 
 
 def test_interrupted() -> None:
-    with mock.patch.object(pipeline, "plan_stages", autospec=True, side_effect=KeyboardInterrupt):
+    with mock.patch.object(Pipeline, "plan", autospec=True, side_effect=KeyboardInterrupt):
         result = cli.invoke(app, ["plan"])
     assert (result.exit_code, result.stderr) == (ExitCode.INTERRUPTED, "Interrupted.\n")
     assert ExitCode.INTERRUPTED == 130
 
 
 def test_internal_error_is_one_line_without_debug() -> None:
-    with mock.patch.object(pipeline, "plan_stages", autospec=True, side_effect=ZeroDivisionError("boom")):
+    with mock.patch.object(Pipeline, "plan", autospec=True, side_effect=ZeroDivisionError("boom")):
         result = cli.invoke(app, ["plan"])
     assert result.exit_code == ExitCode.INTERNAL == 70
     assert result.stderr == "Error: unexpected ZeroDivisionError: boom (rerun with --debug for details)\n"

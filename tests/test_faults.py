@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from dvcflow.proc.children import TERM_WAIT_S
-from dvcflow.services.pipeline import EPHEMERAL_INTERRUPT_GRACE_S
+from dvcflow.services.launch import EPHEMERAL_INTERRUPT_GRACE_S
 from tests.helpers import api_post, base_env, dvc, dvcflow, free_port, make_tiny_repo
 
 pytestmark = pytest.mark.integration

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -73,6 +74,17 @@ def hide_console_tracebacks() -> None:
                 handler.setFormatter(_WithoutTraceback(handler.formatter))
 
 
+def caller_flow_run() -> Any | None:
+    """The flow run this code runs inside of (a user's flow calling `dvcflow.Pipeline`), or None.
+
+    Never imports Prefect: a process that has not imported it runs no flow."""
+    context = sys.modules.get("prefect.context")
+    if context is None:
+        return None
+    run = context.FlowRunContext.get()
+    return run.flow_run if run is not None else None
+
+
 def _state_message(state: Any) -> str | None:
     message = getattr(state, "message", None)
     return str(message) if message else None
@@ -87,6 +99,9 @@ def execute(
     **parameters: Any,
 ) -> FlowRunRecord:
     """Run `flow`, wait for its end, and read the flow run and its task runs back.
+
+    Inside a running flow (`caller_flow_run`), `flow` runs as its subflow, and the record is the
+    subflow run's; the process, which goes on after it, is not frozen for exit.
 
     Losing the API mid-run is a one-line `ApiUnreachableError`, not a client traceback: DVC writes
     `dvc.lock` per finished stage, so the repository stays consistent and a re-run resumes.
@@ -131,6 +146,7 @@ def _execute(
 
     if not debug:
         hide_console_tracebacks()
+    subflow = caller_flow_run() is not None
     with temporary_settings(updates=_quiet_heartbeats()), prefect_tags(*tags), _task_runs_seen():
         state = flow(**parameters, return_state=True)
         flow_run_id: UUID = state.state_details.flow_run_id
@@ -140,7 +156,8 @@ def _execute(
             task_runs = _known_task_runs(flow_run_id) or _final_task_runs(client, flow_run_id, seen)
         ui_link = flow_run_link(flow_run_id) if keep_link else None
     returned = _returned(state)
-    freeze_for_exit()
+    if not subflow:  # a top-level run is its process's last work (`gcpause`); a caller's flow goes on
+        freeze_for_exit()
     tasks = tuple(
         TaskRunRecord(
             name=_DEFAULT_SUFFIX.sub("", run.name),

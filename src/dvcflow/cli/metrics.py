@@ -72,12 +72,13 @@ def metrics(
     """
     from dvcflow.cli import render
     from dvcflow.cli.render.metrics import show
-    from dvcflow.services import pipeline
+    from dvcflow.services.pipeline import Pipeline
 
     request = _request(target, diff, history, params)
-    show(
-        pipeline.metrics_view(
-            repo, rev=request.rev, runs=request.runs, params=request.params, announce=render.info
-        ),
-        json=json,
-    )
+    pipeline = Pipeline(repo, announce=render.info)
+    if request.runs is not None:
+        show(pipeline.metrics_history(request.runs), json=json)
+    elif request.rev is not None:
+        show(pipeline.metrics_diff(request.rev, params=request.params), json=json)
+    else:
+        show(pipeline.metrics(), json=json)

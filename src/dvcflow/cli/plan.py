@@ -12,7 +12,6 @@ from dvcflow.cli.common import (
     RepoOption,
     SingleItemOption,
     TargetsArgument,
-    selection_from,
 )
 
 
@@ -34,7 +33,9 @@ def plan(
     Example: dvcflow plan --json; dvcflow plan train --mermaid
     """
     from dvcflow.cli.render.plan import plan_view
-    from dvcflow.services import pipeline
+    from dvcflow.services.pipeline import Pipeline
 
-    selection = selection_from(targets, single_item, downstream, glob, force)
-    plan_view(pipeline.plan_stages(repo, selection=selection), json=json, mermaid=mermaid)
+    plan = Pipeline(repo).plan(
+        *targets or (), single_item=single_item, downstream=downstream, glob=glob, force=force
+    )
+    plan_view(plan, json=json, mermaid=mermaid)

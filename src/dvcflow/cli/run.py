@@ -1,7 +1,12 @@
-"""`dvcflow run-a` (and later run modes): connect to Prefect, run a flow, render its summary."""
+"""`dvcflow run-a` and `run-b`: their flags become one `Pipeline.run` call; then the run's summary.
+
+The one place the tour's vocabulary meets the library's: Option A (`run-a`, DVC decides what is up to date)
+is `Pipeline.run()`, with `--per-stage` `per_stage=True`; Option B (`run-b`, Prefect's cache decides) is
+`cached_dag=True`.
+"""
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -17,6 +22,10 @@ from dvcflow.cli.common import (
     debug_requested,
     selection_from,
 )
+
+if TYPE_CHECKING:
+    from dvcflow.core.selection import Selection
+    from dvcflow.services.pipeline import Pipeline
 
 PerStageOption = Annotated[
     bool,
@@ -138,12 +147,9 @@ def run_a(
     Example: dvcflow run-a train -s --force; dvcflow run-a --pull --push; dvcflow run-a --per-stage -j 4
     """
     from dvcflow.cli import render
-    from dvcflow.cli.render.runs import show_run
-    from dvcflow.core.records import DataSync
-    from dvcflow.services import pipeline
+    from dvcflow.services.pipeline import Pipeline
 
-    selection = selection_from(targets, single_item, downstream, glob, force)
-    sync = DataSync(pull=pull, allow_missing=allow_missing, push=push)
+    selection = selection_from(targets, single_item, downstream, glob, force)  # its errors come first
     _check_flags(
         per_stage,
         fail_once,
@@ -154,39 +160,27 @@ def run_a(
             "--dask-address": dask_address is not None,
         },
     )
+    pipeline = Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested())
     if dry_run:
         from dvcflow.cli.render.plan import plan_view
 
-        plan_view(pipeline.plan_stages(repo, selection=selection), json=json)
+        plan_view(pipeline.plan(*selection.targets, **selection.flags()), json=json)
         return
-    if per_stage:
-        record = pipeline.run_per_stage(
-            repo,
-            selection=selection,
-            jobs=jobs,
-            keep_going=keep_going,
-            retries=1 if retries is None else retries,
-            dask_address=dask_address,
-            show_metrics=show_metrics,
-            sync=sync,
-            ephemeral=ephemeral,
-            debug=debug_requested(),
-            announce=render.info,
-        )
-    else:
-        record = pipeline.run_option_a(
-            repo,
-            selection=selection,
-            sync=sync,
-            retries=1 if retries is None else retries,
-            fail_once=fail_once,
-            show_metrics=show_metrics,
-            ephemeral=ephemeral,
-            debug=debug_requested(),
-            announce=render.info,
-        )
-    show_run(record, json=json)
-    raise typer.Exit(record.exit_code)
+    _run_and_show(
+        pipeline,
+        selection,
+        json=json,
+        per_stage=per_stage,
+        jobs=jobs,
+        keep_going=keep_going,
+        retries=1 if retries is None else retries,
+        pull=pull,
+        allow_missing=allow_missing,
+        push=push,
+        dask_address=dask_address,
+        show_metrics=show_metrics,
+        fail_once=fail_once,
+    )
 
 
 def run_b(
@@ -224,20 +218,31 @@ def run_b(
     Example: dvcflow run-b --params params.yaml; dvcflow run-b train --force
     """
     from dvcflow.cli import render
-    from dvcflow.cli.render.runs import show_run
-    from dvcflow.services import pipeline
+    from dvcflow.services.pipeline import Pipeline
 
     selection = selection_from(targets, single_item, downstream, glob, force)
-    record = pipeline.run_option_b(
-        repo,
-        params_path=params,
-        selection=selection,
+    _run_and_show(
+        Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested()),
+        selection,
+        json=json,
+        cached_dag=True,
+        params_file=params,
         jobs=jobs,
         keep_going=keep_going,
         retries=retries,
-        ephemeral=ephemeral,
-        debug=debug_requested(),
-        announce=render.info,
     )
-    show_run(record, json=json)
-    raise typer.Exit(record.exit_code)
+
+
+def _run_and_show(pipeline: "Pipeline", selection: "Selection", *, json: bool, **options: Any) -> None:
+    """`Pipeline.run` on the selected stages, then the run's summary whether it completed or not (the
+    library raises `PipelineRunError` with the result), then exit with the code its final state maps to."""
+    from dvcflow.cli.render.runs import show_run
+    from dvcflow.core.results import PipelineRunError
+
+    try:
+        result = pipeline.run(*selection.targets, **selection.flags(), **options)
+    except PipelineRunError as failed:
+        result = failed.result
+    assert result.record is not None  # `RunResult.from_record` keeps it
+    show_run(result.record, json=json)
+    raise typer.Exit(result.exit_code)

@@ -63,12 +63,12 @@ def sweep(
     """
     from dvcflow.cli import render
     from dvcflow.cli.render.sweep import SweepProgressView, sweep_json, sweep_summary
-    from dvcflow.services import pipeline
+    from dvcflow.services.pipeline import Pipeline
 
+    pipeline = Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested())
     with SweepProgressView(enabled=not json) as progress:
-        report = pipeline.run_sweep(
-            repo,
-            set_params=set_params,
+        report = pipeline.sweep(
+            *set_params,
             jobs=jobs,
             metric=metric,
             maximize=maximize,
@@ -76,9 +76,6 @@ def sweep(
             save=save,
             max_trials=max_trials,
             dask_address=dask_address,
-            ephemeral=ephemeral,
-            debug=debug_requested(),
-            announce=render.info,
             on_progress=progress.update,
         )
     if json:

@@ -11,8 +11,19 @@ Pure data: no DVC, no Prefect, cheap to import.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 from dvcflow.core.errors import UsageError
+
+
+class SelectionFlags(TypedDict, total=False):
+    """`Selection`'s flags as keyword arguments, declared once for `Pipeline.plan` and `Pipeline.run`
+    (`**flags: Unpack[SelectionFlags]`); each is False unless given, and means what `Selection`'s says."""
+
+    single_item: bool
+    downstream: bool
+    glob: bool
+    force: bool
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,12 @@ class Selection:
             raise UsageError("--glob needs a target pattern, e.g. 'train*'")
         if self.single_item and not self.targets:
             raise UsageError("-s/--single-item needs a target")
+
+    def flags(self) -> SelectionFlags:
+        """The flags, as `Pipeline.plan` and `Pipeline.run` take them after the targets."""
+        return SelectionFlags(
+            single_item=self.single_item, downstream=self.downstream, glob=self.glob, force=self.force
+        )
 
     @property
     def everything(self) -> bool:

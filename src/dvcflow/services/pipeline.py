@@ -1,478 +1,276 @@
-"""Run a pipeline under Prefect: find the repo, choose the API, run the flow, read it back.
+"""`Pipeline`: a DVC repository's pipeline as a Python object, the noun every `dvcflow` command is a thin
+layer over (`Pipeline(repo).run(...)`, then render), and what `from dvcflow import Pipeline` gives a
+Prefect user for their own flows.
 
-The CLI calls these and renders what they return; they never print.
+Provides `Pipeline` with `plan`, `run`, `metrics`, `metrics_diff`, `metrics_history` and `sweep`. The
+keyword arguments are the command line's options under Python names; they become the values shared
+inside (`Selection`, whose flags are declared once as `SelectionFlags`; `DataSync`), and the work is done
+by `dvcflow.services.launch`. Nothing here prints: progress notes go to `announce`.
+
+Inside a running flow, `run` and `sweep` run dvcflow's flow as a subflow of the caller's flow run (see
+docs/python-api.md for why); outside one they start a flow run exactly as `dvcflow run-a` does.
 """
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import os
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from dvcflow.api.connect import connect
-from dvcflow.api.execution import import_engine
-from dvcflow.core import metrics
-from dvcflow.core.records import NO_SYNC, DataSync, FlowRunRecord
-from dvcflow.core.selection import EVERYTHING, Selection
-from dvcflow.core.settings import resolve_server_config
-from dvcflow.dvc import commands, metrics_files, repository, targets
-from dvcflow.dvc.session import PipelineSession
-from dvcflow.proc import children
-from dvcflow.proc.gcpause import collector_paused
-from dvcflow.proc.runlock import exclusive_run
+from dvcflow.core.errors import UsageError
+from dvcflow.core.records import DataSync
+from dvcflow.core.results import PipelineRunError, RunResult
+from dvcflow.core.selection import Selection
+from dvcflow.services import launch
 
 if TYPE_CHECKING:
+    from typing import Unpack
+
     from dvcflow.core.graph import Plan
     from dvcflow.core.metrics import MetricsDiff, MetricsSnapshot
+    from dvcflow.core.selection import SelectionFlags
     from dvcflow.engine.trials import SweepProgress, SweepReport
     from dvcflow.services.history import MetricsHistory
+    from dvcflow.services.launch import SweepOptions
+
+DEFAULT_REV = "HEAD"
+DEFAULT_HISTORY_RUNS = 10
+
+logger = logging.getLogger("dvcflow")
 
 
-def _prepare(
-    repo: Path | None,
-    ephemeral: bool,
-    announce: Callable[[str], None],
-    selection: Selection = EVERYTHING,
-    sync: DataSync = NO_SYNC,
-    *,
-    keep_session: bool = False,
-) -> tuple[Path, tuple[str, ...], bool]:
-    """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), then
-    connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit.
+def _log(message: str) -> None:
+    """The default `announce`: the caller's flow run log inside a flow, else the `dvcflow` logger."""
+    from dvcflow.api.execution import caller_flow_run
 
-    With `keep_session`, the checks read the repository through the run's DVC session (`open_session`),
-    which the engine flow then goes on using; the caller closes it (`close_session`)."""
-    from dvcflow.engine.executor import open_session
+    if caller_flow_run() is not None:
+        from prefect import get_run_logger
 
-    root = repository.find_repo_root(repo)
-    repository.check_params_files(root)
-    session = open_session(root) if keep_session else None
-    stages = targets.check_repro_inputs(root, selection, sync, session)
-    return root, stages, _connect(root, ephemeral, announce)
-
-
-def _check_retries(retries: int) -> None:
-    from dvcflow.core.errors import UsageError
-
-    if retries < 0:
-        raise UsageError(f"--retries must be 0 or more, got {retries}")
-
-
-EPHEMERAL_INTERRUPT_GRACE_S = 2.0  # what DVC gets to stop its stage after Ctrl-C with --ephemeral
-
-
-@contextlib.contextmanager
-def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
-    """With Prefect's temporary server, Ctrl-C ends the process at once (exit 130).
-
-    That server is a child in dvcflow's process group, so the terminal's SIGINT stops it too; Prefect would
-    then retry for minutes to record the interrupted run on a server that is gone. Nothing can be recorded
-    any more, so nothing is lost. DVC runs in a process group of its own (`commands.stream_dvc`): it is
-    signalled here, as the terminal would, and given a moment to clean up its stage.
-    """
-    import signal
-    import threading
-
-    from dvcflow.core.errors import ExitCode
-
-    def stop(signum: int, frame: object) -> None:
-        children.interrupt_commands(grace=EPHEMERAL_INTERRUPT_GRACE_S)
-        announce("Interrupted (Prefect's temporary server stopped with it; nothing more to record).")
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(ExitCode.INTERRUPTED)
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _execute_exclusively(
-    root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, debug: bool, **parameters: Any
-) -> FlowRunRecord:
-    """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow.
-
-    The flow run is tagged with the repository, host and process (`runs.run_tags`) and watched by a
-    watchdog that marks it Crashed if this process dies (`dvcflow.api.watchdog`; not with a temporary server,
-    which dies too).
-    """
-    from dvcflow.api.crash import crash_orphaned_runs
-    from dvcflow.api.execution import execute
-    from dvcflow.api.tags import run_tags
-    from dvcflow.api.watchdog import watching
-    from dvcflow.engine.executor import close_session
-
-    def on_wait(message: str) -> None:
-        close_session(root)  # the other run changes the repository: the flow must read it afresh
-        announce(message)
-
-    children.clear_interrupted()  # a process may run more than one command (tests, library use)
-    with exclusive_run(root, on_wait=on_wait):
-        # A run of this repository left Running by a process of this host that is gone (one that died
-        # before its watchdog could act, e.g. with the machine): say so instead of leaving it Running.
-        orphans = crash_orphaned_runs(root)
-        if orphans:
-            announce(
-                f"Marked {orphans} flow run(s) of this repository Crashed: their dvcflow process had died"
-            )
-        tags = run_tags(root)
-        guard = watching(os.environ["PREFECT_API_URL"], tags) if keep_link else _ctrl_c_ends_at_once(announce)
-        with guard:
-            return execute(flow, keep_link=keep_link, repo_root=root, tags=tags, debug=debug, **parameters)
-
-
-def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
-    """Choose the Prefect API and export it; True when the run's UI link outlives this process."""
-    config = resolve_server_config(start=root)
-    connection = connect(config, ephemeral=ephemeral or None, on_server_start=announce)
-    announce(connection.description)
-    return connection.links_survive
-
-
-def run_option_a(
-    repo: Path | None = None,
-    *,
-    selection: Selection = EVERYTHING,
-    sync: DataSync = NO_SYNC,
-    retries: int = 1,
-    fail_once: bool = False,
-    show_metrics: bool = True,
-    ephemeral: bool = False,
-    debug: bool = False,
-    announce: Callable[[str], None] = lambda _: None,
-) -> FlowRunRecord:
-    """Option A: one Prefect task runs `dvc repro` with the selection's arguments; DVC decides what is
-    up to date. With `sync.push`, a `dvc push` task uploads the selected stages' outputs afterwards."""
-    _check_retries(retries)
-    root, stages, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
-    repro_args = (*sync.repro_args(), *selection.dvc_args())
-    commands.warm_up(["repro", *repro_args], root, metrics=show_metrics)  # overlaps Prefect's import
-    with collector_paused():
-        from dvcflow.flows.repro import dvc_pipeline_flow
-
-        import_engine()
-
-    pushed = (() if selection.everything else stages) if sync.push else None
-    return _execute_exclusively(
-        root,
-        announce,
-        dvc_pipeline_flow,
-        keep_link,
-        debug,
-        fail_once=fail_once,
-        show_metrics=show_metrics,
-        repro_args=repro_args,
-        retries=retries,
-        push=pushed,
-    )
-
-
-def check_stage_inputs(
-    root: Path, params_path: Path | None, selection: Selection = EVERYTHING
-) -> Path | None:
-    """run-b's pre-flight, before Prefect is contacted: a typo costs a one-line error, not a failed run.
-
-    `--params PATH` names the params file the run uses, and it must be one the pipeline already reads
-    (`params.yaml`, or a file a stage lists under `params:`): run-b runs the pipeline as `dvc.yaml`
-    declares it, so that DVC agrees with the result; values from anywhere else could not be honoured.
-    Also refused: params the stages read that the files lack, and source data that is missing.
-    """
-    from dvcflow.core.errors import ConfigError
-    from dvcflow.engine.executor import open_session
-
-    default = root / repository.DEFAULT_PARAMS_FILE
-    if params_path is None:
-        resolved = default.resolve() if default.is_file() else None
+        get_run_logger().info(message)
     else:
-        resolved = (params_path if params_path.is_absolute() else root / params_path).resolve()
-        if not resolved.is_file():
-            raise ConfigError(f"{root / params_path}: params file not found")
-    session = open_session(root)  # the run's session: the flow goes on using it; the caller closes it
-    read = session.params_paths()
-    if params_path is not None and resolved not in read:
-        shown = ", ".join(sorted(path.relative_to(root).as_posix() for path in read))
-        raise ConfigError(
-            f"{resolved}: no stage of this pipeline reads this params file",
-            hint=f"run-b runs the pipeline as dvc.yaml declares it: edit {shown} instead"
-            if shown
-            else "no stage of this pipeline declares params",
-        )
-    for path, key, stage in session.missing_params():
-        raise ConfigError(f"{path}: missing key '{key}'", hint=f"stage {stage} reads it")
-    for path, stage in session.missing_sources(session.select(selection)):
-        raise ConfigError(
-            f"{path}: not found (stage {stage} needs it)",
-            hint="fetch it with `dvc pull` or `dvc checkout`",
-        )
-    return resolved
+        logger.info(message)
 
 
-def run_option_b(
-    repo: Path | None = None,
-    *,
-    params_path: Path | None = None,
-    selection: Selection = EVERYTHING,
-    jobs: int | None = None,
-    keep_going: bool = False,
-    retries: int = 1,
-    ephemeral: bool = False,
-    debug: bool = False,
-    announce: Callable[[str], None] = lambda _: None,
-) -> FlowRunRecord:
-    """Option B on any DVC repository: Prefect owns the stage DAG and its cache decides what runs;
-    unchanged stages end Cached, and DVC agrees with the result."""
-    from dvcflow.engine.executor import close_session
+class Pipeline:
+    """The DVC pipeline of one repository, run under Prefect.
 
-    _check_counts(jobs, retries)
-    root = repository.find_repo_root(repo)
-    repository.check_params_files(root)
-    try:
-        resolved = check_stage_inputs(root, params_path, selection)
-        keep_link = _connect(root, ephemeral, announce)
-        with collector_paused():
-            from dvcflow.flows.cached_dag import stage_dag_flow
-            from dvcflow.flows.per_stage import task_runner
+    `repo`: a folder in the DVC repository (default: the current directory); it is looked up when a
+    method is called, so constructing a `Pipeline` never fails or touches the disk.
+    `ephemeral`: use Prefect's temporary per-process server instead of dvcflow's local one (outside a
+    flow only; like `--ephemeral`). `announce`: gets one-line progress notes (the local server started,
+    waiting for another run of this repository...); default: logged. `tracebacks`: leave failed tasks'
+    tracebacks on the console; False shortens them to one line there, as the CLI does without `--debug`
+    (the Prefect UI always has them).
+    """
 
-            import_engine()
+    def __init__(
+        self,
+        repo: str | os.PathLike[str] | None = None,
+        *,
+        ephemeral: bool = False,
+        announce: Callable[[str], None] | None = None,
+        tracebacks: bool = True,
+    ) -> None:
+        self.repo = Path(repo) if repo is not None else None
+        self.ephemeral = ephemeral
+        self.announce = announce or _log
+        self.tracebacks = tracebacks
 
-        limit = jobs or _cpus()
-        return _execute_exclusively(
-            root,
-            announce,
-            stage_dag_flow.with_options(task_runner=task_runner(limit, None)),
-            keep_link,
-            debug,
-            params_path=resolved,
-            jobs=limit,
+    def __repr__(self) -> str:
+        return f"Pipeline({str(self.repo) if self.repo is not None else None!r})"
+
+    @property
+    def root(self) -> Path:
+        """The repository's root (`NotADvcRepoError` when `repo` is in none)."""
+        from dvcflow.dvc.repository import find_repo_root
+
+        return find_repo_root(self.repo)
+
+    def plan(self, *targets: str, **flags: Unpack[SelectionFlags]) -> Plan:
+        """The waves of the selected stages and, for each, whether a per-stage run would reproduce it
+        and why; from DVC's graph and one `dvc status`. Runs nothing, contacts no Prefect API.
+
+        `targets` and the flags select stages as `dvc repro` does (see `run`). `str(plan)` reads well."""
+        return launch.plan_stages(self.repo, selection=Selection(targets, **flags))
+
+    def run(
+        self,
+        *targets: str,
+        per_stage: bool = False,
+        cached_dag: bool = False,
+        jobs: int | None = None,
+        keep_going: bool = False,
+        retries: int = 1,
+        pull: bool = False,
+        allow_missing: bool = False,
+        push: bool = False,
+        params_file: str | os.PathLike[str] | None = None,
+        dask_address: str | None = None,
+        show_metrics: bool = True,
+        fail_once: bool = False,
+        **flags: Unpack[SelectionFlags],
+    ) -> RunResult:
+        """Reproduce the pipeline as one Prefect flow run; its result, or `PipelineRunError` carrying it.
+
+        Which stages: `targets` (stage names, `sub/dvc.yaml:train`, `data.dvc`; default all), with
+        `single_item` (only the targets), `downstream` (the targets and what depends on them), `glob`
+        (targets are patterns), `force` (reproduce even if up to date), as `dvc repro` takes them.
+
+        How: by default one task runs `dvc repro` and DVC decides what is up to date. `per_stage=True`:
+        one task per stage, independent stages in parallel (at most `jobs`, default the CPUs;
+        `keep_going` finishes independent branches after a failure; `dask_address` runs them on a Dask
+        cluster). `cached_dag=True`: one task per stage too, but Prefect's cache decides what runs and
+        unchanged stages end Cached (`params_file`: the params file the run uses, one the pipeline
+        already reads). `retries`: retries of a failed stage command (or `dvc repro`).
+
+        Data: `pull` fetches missing data from the DVC remote first, `allow_missing` skips stages whose
+        only change is missing data, `push` uploads the outputs after a Completed run (not with
+        `cached_dag`). `show_metrics=False` skips reading the metrics. `fail_once` fails the `dvc repro`
+        task once, to show a retry.
+
+        Raises `PipelineRunError` (with `.result`) when the flow run ends Failed, Crashed or Cancelled,
+        and another `DvcflowError` (`UsageError`, `ConfigError`, `NotADvcRepoError`, `ServerError`...)
+        when the input is refused before any flow run starts.
+        """
+        selection = Selection(targets, **flags)
+        sync = DataSync(pull=pull, allow_missing=allow_missing, push=push)
+        _check_run_options(
+            per_stage=per_stage,
+            cached_dag=cached_dag,
+            jobs=jobs,
             keep_going=keep_going,
-            retries=retries,
-            selection=selection,
-        )
-    finally:
-        close_session(root)  # the flow closed it, unless it never ran
-
-
-def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> Plan:
-    """The waves of the selected stages and which would run, from DVC's graph and one `dvc status`;
-    runs nothing."""
-    from dvcflow.core.graph import plan
-
-    with PipelineSession(repository.find_repo_root(repo)) as session:
-        selected = session.select(selection)
-        return plan(session.snapshot(), selected, force=selection.force)
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1
-
-
-def _check_counts(jobs: int | None, retries: int) -> None:
-    from dvcflow.core.errors import UsageError
-
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    _check_retries(retries)
-
-
-def _check_dask_address(address: str) -> None:
-    """Fail in a second, before any flow run, when no Dask scheduler listens there."""
-    import importlib.util
-    import socket
-    from urllib.parse import urlsplit
-
-    from dvcflow.core.errors import ConfigError, UsageError
-
-    if importlib.util.find_spec("prefect_dask") is None:
-        raise UsageError(
-            "--dask-address needs prefect-dask, which is not installed", hint="pip install 'dvcflow[dask]'"
-        )
-    parts = urlsplit(address)
-    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
-        raise UsageError(f"--dask-address must look like tcp://HOST:PORT, got {address!r}")
-    try:
-        with socket.create_connection((parts.hostname, parts.port), timeout=3):
-            pass
-    except OSError as err:
-        raise ConfigError(
-            f"no Dask scheduler answers at {address} ({err})", hint="start one with `dask scheduler`"
-        ) from None
-
-
-def run_per_stage(
-    repo: Path | None = None,
-    *,
-    jobs: int | None = None,
-    keep_going: bool = False,
-    retries: int = 1,
-    dask_address: str | None = None,
-    show_metrics: bool = True,
-    sync: DataSync = NO_SYNC,
-    ephemeral: bool = False,
-    debug: bool = False,
-    selection: Selection = EVERYTHING,
-    announce: Callable[[str], None] = lambda _: None,
-) -> FlowRunRecord:
-    """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
-    here; on a Dask cluster, as many as it takes)."""
-    _check_counts(jobs, retries)
-    if dask_address is not None:
-        _check_dask_address(dask_address)
-    from dvcflow.engine.executor import close_session
-
-    root = repository.find_repo_root(repo)
-    try:
-        _, stages, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
-        with collector_paused():
-            from dvcflow.flows.per_stage import per_stage_flow, task_runner
-
-            import_engine()
-
-        limit = jobs or (_cpus() if dask_address is None else 10_000)
-        return _execute_exclusively(
-            root,
-            announce,
-            per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
-            keep_link,
-            debug,
-            jobs=limit,
-            keep_going=keep_going,
-            retries=retries,
+            sync=sync,
+            params_file=params_file,
+            dask_address=dask_address,
             show_metrics=show_metrics,
-            selection=selection,
-            push=(() if selection.everything else stages) if sync.push else None,
-            pull=sync.pull,
-            allow_missing=sync.allow_missing,
+            fail_once=fail_once,
         )
-    finally:
-        close_session(root)  # the flow closed it, unless it never ran
+        if cached_dag:
+            record = launch.run_cached_dag(
+                self.repo,
+                params_path=Path(params_file) if params_file is not None else None,
+                selection=selection,
+                jobs=jobs,
+                keep_going=keep_going,
+                retries=retries,
+                ephemeral=self.ephemeral,
+                debug=self.tracebacks,
+                announce=self.announce,
+            )
+        elif per_stage:
+            record = launch.run_per_stage(
+                self.repo,
+                selection=selection,
+                jobs=jobs,
+                keep_going=keep_going,
+                retries=retries,
+                dask_address=dask_address,
+                show_metrics=show_metrics,
+                sync=sync,
+                ephemeral=self.ephemeral,
+                debug=self.tracebacks,
+                announce=self.announce,
+            )
+        else:
+            record = launch.run_repro(
+                self.repo,
+                selection=selection,
+                sync=sync,
+                retries=retries,
+                fail_once=fail_once,
+                show_metrics=show_metrics,
+                ephemeral=self.ephemeral,
+                debug=self.tracebacks,
+                announce=self.announce,
+            )
+        result = RunResult.from_record(record)
+        if not result.completed:
+            raise PipelineRunError(result)
+        return result
 
+    def metrics(self) -> MetricsSnapshot:
+        """The metrics the pipeline's `dvc.yaml` declares, as they are in the workspace now
+        (`MetricsError` when there are none yet). `.flat()` gives `{"accuracy": 0.97, ...}`."""
+        from dvcflow.core.metrics import require_metrics
+        from dvcflow.dvc.metrics_files import read_metrics
 
-def metrics_view(
-    repo: Path | None,
-    *,
-    rev: str | None = None,
-    runs: int | None = None,
-    params: bool = False,
-    announce: Callable[[str], None] = lambda _: None,
-) -> MetricsSnapshot | MetricsDiff | MetricsHistory:
-    """What `dvcflow metrics` shows: the metrics now, against git revision `rev`, or over the last `runs`
-    flow runs (read back from the Prefect API)."""
-    if runs is not None:
+        return require_metrics(read_metrics(self.root))
+
+    def metrics_diff(self, rev: str = DEFAULT_REV, *, params: bool = False) -> MetricsDiff:
+        """The workspace's metrics against git revision `rev`, like `dvc metrics diff` (with `params`,
+        the params too)."""
+        from dvcflow.dvc.metrics_files import diff_metrics
+
+        return diff_metrics(self.root, rev, params=params)
+
+    def metrics_history(self, runs: int = DEFAULT_HISTORY_RUNS) -> MetricsHistory:
+        """The metrics the last `runs` flow runs of this repository published, newest first, read back
+        from the Prefect API."""
         from dvcflow.services.history import read_history
 
-        return read_history(repo, runs, announce=announce)
+        return read_history(self.repo, runs, announce=self.announce)
 
-    root = repository.find_repo_root(repo)
-    if rev is not None:
-        return metrics_files.diff_metrics(root, rev, params=params)
-    return metrics.require_metrics(metrics_files.read_metrics(root))
+    def sweep(
+        self,
+        *set_params: str,
+        on_progress: Callable[[SweepProgress], None] | None = None,
+        **options: Unpack[SweepOptions],
+    ) -> SweepReport:
+        """Run every combination of the `set_params` values (`"train.C=0.1,1,10"`, as `dvc exp run -S`
+        takes them), each trial a child flow run in a workspace of its own; the workspace is not touched.
 
+        `options` (`dvcflow.services.launch.SweepOptions`): `jobs` (trials at once, default the CPUs),
+        `metric` (default: the first) and `maximize` (default True) pick the best trial, `per_stage`,
+        `save` (default True: every completed trial becomes a DVC experiment), `max_trials` (default 100),
+        `dask_address`. `on_progress` gets the counts whenever a trial starts or ends.
 
-def run_sweep(
-    repo: Path | None = None,
-    *,
-    set_params: Sequence[str],
-    jobs: int | None = None,
-    metric: str | None = None,
-    maximize: bool = True,
-    per_stage: bool = False,
-    save: bool = True,
-    max_trials: int = 100,
-    dask_address: str | None = None,
-    ephemeral: bool = False,
-    debug: bool = False,
-    announce: Callable[[str], None] = lambda _: None,
-    on_progress: Callable[[SweepProgress], None] = lambda _: None,
-) -> SweepReport:
-    """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once (default:
-    the CPUs here; on a Dask cluster, every trial, the cluster deciding).
-
-    All input is checked before the first flow run; the workspace is never written to.
-    """
-    import shutil
-    import tempfile
-
-    from dvcflow.core.errors import UsageError
-    from dvcflow.dvc import experiments
-    from dvcflow.engine.trials import SweepReport, SweepSession, TrialSpec, pick_best, registered
-
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    root = repository.find_repo_root(repo)
-    repository.check_params_files(root)
-    baseline = experiments.git_baseline(root)
-    grid = experiments.expand_grid(root, set_params)
-    if len(grid) > max_trials:
-        raise UsageError(
-            f"{len(grid)} trials is more than --max-trials {max_trials}",
-            hint="fewer values, or raise --max-trials",
+        A failed trial is part of the report (`report.trials`, `report.exit_code`), not an exception."""
+        return launch.run_sweep(
+            self.repo,
+            set_params=set_params,
+            ephemeral=self.ephemeral,
+            debug=self.tracebacks,
+            announce=self.announce,
+            on_progress=on_progress or (lambda _: None),
+            **options,
         )
-    if metric is not None:
-        _check_metric(root, metric)
-    if dask_address is not None:
-        _check_dask_address(dask_address)
-    trials = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
-    # Trials' logs interleaved on the terminal say less than the progress bar and the final table (which
-    # names each failure): they go to the UI only.
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    keep_link = _connect(root, ephemeral, announce)
-    from dvcflow.flows.sweep import sweep_flow, trial_runner
-
-    limit = min(jobs or (_cpus() if dask_address is None else len(trials)), len(trials))
-    experiments.prune_workspaces(root)
-    scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
-    sweep = SweepSession(
-        root,
-        baseline,
-        trials,
-        scratch,
-        experiments.cache_dir(root),
-        save=save,
-        per_stage=per_stage,
-        metric=metric,
-        maximize=maximize,
-        on_progress=on_progress,
-    )
-    try:
-        with registered(sweep) as session_id:
-            record = _execute_exclusively(
-                root,
-                announce,
-                sweep_flow.with_options(task_runner=trial_runner(limit, dask_address)),
-                keep_link,
-                debug,
-                session_id=session_id,
-                grid=[spec.values() for spec in trials],
-                jobs=limit,
-            )
-    except KeyboardInterrupt:  # outside the flow's own handling: stop what runs, then leave
-        sweep.interrupt()
-        children.interrupt_commands()
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        experiments.prune_workspaces(root)
-    results = sweep.results()
-    chosen, best = pick_best(results, metric, maximize)
-    return SweepReport(record, results, sweep.varying, chosen, maximize, best, save)
 
 
-def _check_metric(root: Path, metric: str) -> None:
-    """`--metric` must name a metric the pipeline reports; checked against the workspace's metrics
-    files when they exist (a fresh clone has none yet, and then the name is checked at the end)."""
-    from dvcflow.core.errors import UsageError
-    from dvcflow.dvc.metrics_files import read_metrics
-
-    known = read_metrics(root).flat()
-    if known and metric not in known:
-        raise UsageError(f"--metric {metric}: the pipeline has no such metric (it has: {', '.join(known)})")
+def _check_run_options(
+    *,
+    per_stage: bool,
+    cached_dag: bool,
+    jobs: int | None,
+    keep_going: bool,
+    sync: DataSync,
+    params_file: object,
+    dask_address: str | None,
+    show_metrics: bool,
+    fail_once: bool,
+) -> None:
+    """Refuse options the chosen way of running would ignore (the CLI checks its own flags first)."""
+    if params_file is not None and not cached_dag:
+        raise UsageError("params_file needs cached_dag=True")
+    if cached_dag:
+        ignored = {
+            "pull": sync.pull,
+            "allow_missing": sync.allow_missing,
+            "push": sync.push,
+            "dask_address": dask_address is not None,
+            "fail_once": fail_once,
+            "show_metrics=False": not show_metrics,
+        }
+        for name, used in ignored.items():
+            if used:
+                raise UsageError(f"{name} does not apply with cached_dag=True")
+    elif per_stage:
+        if fail_once:
+            raise UsageError("fail_once fails the single `dvc repro` task; with per_stage=True use retries")
+    else:
+        if jobs is not None or keep_going:
+            name = "jobs" if jobs is not None else "keep_going"
+            raise UsageError(f"{name} needs per_stage=True or cached_dag=True")
+        if dask_address is not None:
+            raise UsageError("dask_address needs per_stage=True")

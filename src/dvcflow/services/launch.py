@@ -1,0 +1,493 @@
+"""Launch one flow run of a repository's pipeline: check the input, choose the Prefect API, take the run lock,
+run the flow under a watchdog, read it back as a `FlowRunRecord`.
+
+Provides one function per way of running (`run_repro`: one `dvc repro` task; `run_per_stage`: one task per
+stage, DVC's status decides; `run_cached_dag`: one task per stage, Prefect's cache decides), `plan_stages`
+and `run_sweep`. `dvcflow.services.pipeline.Pipeline` is their one caller; they never print.
+
+Inside a running Prefect flow (a user's flow calling `Pipeline.run`) the flow runs as a subflow of it, on
+the caller's Prefect API: nothing is connected or exported, no signal handler is installed, the process's
+logging and garbage collector are left alone (see docs/python-api.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from dvcflow.api.connect import connect
+from dvcflow.api.execution import caller_flow_run, import_engine
+from dvcflow.core.errors import UsageError
+from dvcflow.core.records import NO_SYNC, DataSync, FlowRunRecord
+from dvcflow.core.selection import EVERYTHING, Selection
+from dvcflow.core.settings import resolve_server_config
+from dvcflow.dvc import commands, repository, targets
+from dvcflow.dvc.session import PipelineSession
+from dvcflow.proc import children
+from dvcflow.proc.gcpause import collector_paused
+from dvcflow.proc.runlock import exclusive_run
+
+if TYPE_CHECKING:
+    from dvcflow.core.graph import Plan
+    from dvcflow.engine.trials import SweepProgress, SweepReport
+
+
+def _prepare(
+    repo: Path | None,
+    ephemeral: bool,
+    announce: Callable[[str], None],
+    selection: Selection = EVERYTHING,
+    sync: DataSync = NO_SYNC,
+    *,
+    keep_session: bool = False,
+) -> tuple[Path, tuple[str, ...], bool]:
+    """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), then
+    connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit.
+
+    With `keep_session`, the checks read the repository through the run's DVC session (`open_session`),
+    which the engine flow then goes on using; the caller closes it (`close_session`)."""
+    from dvcflow.engine.executor import open_session
+
+    root = repository.find_repo_root(repo)
+    repository.check_params_files(root)
+    session = open_session(root) if keep_session else None
+    stages = targets.check_repro_inputs(root, selection, sync, session)
+    return root, stages, _connect(root, ephemeral, announce)
+
+
+def _caller_api_url() -> str | None:
+    """The Prefect API of the flow this process runs in (None: Prefect's temporary in-process server)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    return str(url) if url else None
+
+
+def _check_retries(retries: int) -> None:
+    if retries < 0:
+        raise UsageError(f"--retries must be 0 or more, got {retries}")
+
+
+EPHEMERAL_INTERRUPT_GRACE_S = 2.0  # what DVC gets to stop its stage after Ctrl-C with --ephemeral
+
+
+@contextlib.contextmanager
+def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
+    """With Prefect's temporary server, Ctrl-C ends the process at once (exit 130).
+
+    That server is a child in dvcflow's process group, so the terminal's SIGINT stops it too; Prefect would
+    then retry for minutes to record the interrupted run on a server that is gone. Nothing can be recorded
+    any more, so nothing is lost. DVC runs in a process group of its own (`commands.stream_dvc`): it is
+    signalled here, as the terminal would, and given a moment to clean up its stage.
+    """
+    import signal
+    import threading
+
+    from dvcflow.core.errors import ExitCode
+
+    def stop(signum: int, frame: object) -> None:
+        children.interrupt_commands(grace=EPHEMERAL_INTERRUPT_GRACE_S)
+        announce("Interrupted (Prefect's temporary server stopped with it; nothing more to record).")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ExitCode.INTERRUPTED)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _execute_exclusively(
+    root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, debug: bool, **parameters: Any
+) -> FlowRunRecord:
+    """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow.
+
+    The flow run is tagged with the repository, host and process (`dvcflow.api.tags.run_tags`) and watched
+    by a watchdog that marks it Crashed if this process dies (`dvcflow.api.watchdog`; not with a temporary
+    server, which dies too).
+    """
+    from dvcflow.api.crash import crash_orphaned_runs
+    from dvcflow.api.execution import execute
+    from dvcflow.api.tags import run_tags
+    from dvcflow.api.watchdog import watching
+    from dvcflow.engine.executor import close_session
+
+    def on_wait(message: str) -> None:
+        close_session(root)  # the other run changes the repository: the flow must read it afresh
+        announce(message)
+
+    children.clear_interrupted()  # a process may run more than one command (tests, library use)
+    with exclusive_run(root, on_wait=on_wait):
+        # A run of this repository left Running by a process of this host that is gone (one that died
+        # before its watchdog could act, e.g. with the machine): say so instead of leaving it Running.
+        orphans = crash_orphaned_runs(root)
+        if orphans:
+            announce(
+                f"Marked {orphans} flow run(s) of this repository Crashed: their dvcflow process had died"
+            )
+        tags = run_tags(root)
+        guard: contextlib.AbstractContextManager[None]
+        if caller_flow_run() is not None:  # the caller's process: its signals, its API's settings
+            guard = watching(_caller_api_url(), tags)
+        elif keep_link:
+            guard = watching(os.environ["PREFECT_API_URL"], tags)
+        else:
+            guard = _ctrl_c_ends_at_once(announce)
+        with guard:
+            return execute(flow, keep_link=keep_link, repo_root=root, tags=tags, debug=debug, **parameters)
+
+
+def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
+    """Choose the Prefect API and export it; True when the run's UI link outlives this process.
+
+    Inside a running flow, the run is a subflow on the caller's API: nothing to choose or export."""
+    if caller_flow_run() is not None:
+        if ephemeral:
+            raise UsageError(
+                "ephemeral=True does not apply inside a running flow: the pipeline runs as its subflow, "
+                "on the flow's Prefect API"
+            )
+        return _caller_api_url() is not None
+    config = resolve_server_config(start=root)
+    connection = connect(config, ephemeral=ephemeral or None, on_server_start=announce)
+    announce(connection.description)
+    return connection.links_survive
+
+
+def run_repro(
+    repo: Path | None = None,
+    *,
+    selection: Selection = EVERYTHING,
+    sync: DataSync = NO_SYNC,
+    retries: int = 1,
+    fail_once: bool = False,
+    show_metrics: bool = True,
+    ephemeral: bool = False,
+    debug: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+) -> FlowRunRecord:
+    """One Prefect task runs `dvc repro` with the selection's arguments; DVC decides what is
+    up to date. With `sync.push`, a `dvc push` task uploads the selected stages' outputs afterwards."""
+    _check_retries(retries)
+    root, stages, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
+    repro_args = (*sync.repro_args(), *selection.dvc_args())
+    commands.warm_up(["repro", *repro_args], root, metrics=show_metrics)  # overlaps Prefect's import
+    with collector_paused():
+        from dvcflow.flows.repro import dvc_pipeline_flow
+
+        import_engine()
+
+    pushed = (() if selection.everything else stages) if sync.push else None
+    return _execute_exclusively(
+        root,
+        announce,
+        dvc_pipeline_flow,
+        keep_link,
+        debug,
+        fail_once=fail_once,
+        show_metrics=show_metrics,
+        repro_args=repro_args,
+        retries=retries,
+        push=pushed,
+    )
+
+
+def check_stage_inputs(
+    root: Path, params_path: Path | None, selection: Selection = EVERYTHING
+) -> Path | None:
+    """The cached-DAG run's pre-flight, before Prefect is contacted: a typo costs a one-line error, not a
+    failed run.
+
+    `--params PATH` names the params file the run uses, and it must be one the pipeline already reads
+    (`params.yaml`, or a file a stage lists under `params:`): run-b runs the pipeline as `dvc.yaml`
+    declares it, so that DVC agrees with the result; values from anywhere else could not be honoured.
+    Also refused: params the stages read that the files lack, and source data that is missing.
+    """
+    from dvcflow.core.errors import ConfigError
+    from dvcflow.engine.executor import open_session
+
+    default = root / repository.DEFAULT_PARAMS_FILE
+    if params_path is None:
+        resolved = default.resolve() if default.is_file() else None
+    else:
+        resolved = (params_path if params_path.is_absolute() else root / params_path).resolve()
+        if not resolved.is_file():
+            raise ConfigError(f"{root / params_path}: params file not found")
+    session = open_session(root)  # the run's session: the flow goes on using it; the caller closes it
+    read = session.params_paths()
+    if params_path is not None and resolved not in read:
+        shown = ", ".join(sorted(path.relative_to(root).as_posix() for path in read))
+        raise ConfigError(
+            f"{resolved}: no stage of this pipeline reads this params file",
+            hint=f"run-b runs the pipeline as dvc.yaml declares it: edit {shown} instead"
+            if shown
+            else "no stage of this pipeline declares params",
+        )
+    for path, key, stage in session.missing_params():
+        raise ConfigError(f"{path}: missing key '{key}'", hint=f"stage {stage} reads it")
+    for path, stage in session.missing_sources(session.select(selection)):
+        raise ConfigError(
+            f"{path}: not found (stage {stage} needs it)",
+            hint="fetch it with `dvc pull` or `dvc checkout`",
+        )
+    return resolved
+
+
+def run_cached_dag(
+    repo: Path | None = None,
+    *,
+    params_path: Path | None = None,
+    selection: Selection = EVERYTHING,
+    jobs: int | None = None,
+    keep_going: bool = False,
+    retries: int = 1,
+    ephemeral: bool = False,
+    debug: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+) -> FlowRunRecord:
+    """Prefect owns the stage DAG and its cache decides what runs, on any DVC repository; unchanged
+    stages end Cached, and DVC agrees with the result."""
+    from dvcflow.engine.executor import close_session
+
+    _check_counts(jobs, retries)
+    root = repository.find_repo_root(repo)
+    repository.check_params_files(root)
+    try:
+        resolved = check_stage_inputs(root, params_path, selection)
+        keep_link = _connect(root, ephemeral, announce)
+        with collector_paused():
+            from dvcflow.flows.cached_dag import stage_dag_flow
+            from dvcflow.flows.per_stage import task_runner
+
+            import_engine()
+
+        limit = jobs or _cpus()
+        return _execute_exclusively(
+            root,
+            announce,
+            stage_dag_flow.with_options(task_runner=task_runner(limit, None)),
+            keep_link,
+            debug,
+            params_path=resolved,
+            jobs=limit,
+            keep_going=keep_going,
+            retries=retries,
+            selection=selection,
+        )
+    finally:
+        close_session(root)  # the flow closed it, unless it never ran
+
+
+def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> Plan:
+    """The waves of the selected stages and which would run, from DVC's graph and one `dvc status`;
+    runs nothing."""
+    from dvcflow.core.graph import plan
+
+    with PipelineSession(repository.find_repo_root(repo)) as session:
+        selected = session.select(selection)
+        return plan(session.snapshot(), selected, force=selection.force)
+
+
+def _cpus() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _check_counts(jobs: int | None, retries: int) -> None:
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    _check_retries(retries)
+
+
+def _check_dask_address(address: str) -> None:
+    """Fail in a second, before any flow run, when no Dask scheduler listens there."""
+    import importlib.util
+    import socket
+    from urllib.parse import urlsplit
+
+    from dvcflow.core.errors import ConfigError
+
+    if importlib.util.find_spec("prefect_dask") is None:
+        raise UsageError(
+            "--dask-address needs prefect-dask, which is not installed", hint="pip install 'dvcflow[dask]'"
+        )
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+        raise UsageError(f"--dask-address must look like tcp://HOST:PORT, got {address!r}")
+    try:
+        with socket.create_connection((parts.hostname, parts.port), timeout=3):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"no Dask scheduler answers at {address} ({err})", hint="start one with `dask scheduler`"
+        ) from None
+
+
+def run_per_stage(
+    repo: Path | None = None,
+    *,
+    jobs: int | None = None,
+    keep_going: bool = False,
+    retries: int = 1,
+    dask_address: str | None = None,
+    show_metrics: bool = True,
+    sync: DataSync = NO_SYNC,
+    ephemeral: bool = False,
+    debug: bool = False,
+    selection: Selection = EVERYTHING,
+    announce: Callable[[str], None] = lambda _: None,
+) -> FlowRunRecord:
+    """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
+    here; on a Dask cluster, as many as it takes)."""
+    _check_counts(jobs, retries)
+    if dask_address is not None:
+        _check_dask_address(dask_address)
+    from dvcflow.engine.executor import close_session
+
+    root = repository.find_repo_root(repo)
+    try:
+        _, stages, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
+        with collector_paused():
+            from dvcflow.flows.per_stage import per_stage_flow, task_runner
+
+            import_engine()
+
+        limit = jobs or (_cpus() if dask_address is None else 10_000)
+        return _execute_exclusively(
+            root,
+            announce,
+            per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
+            keep_link,
+            debug,
+            jobs=limit,
+            keep_going=keep_going,
+            retries=retries,
+            show_metrics=show_metrics,
+            selection=selection,
+            push=(() if selection.everything else stages) if sync.push else None,
+            pull=sync.pull,
+            allow_missing=sync.allow_missing,
+        )
+    finally:
+        close_session(root)  # the flow closed it, unless it never ran
+
+
+class SweepOptions(TypedDict, total=False):
+    """`run_sweep`'s (and `Pipeline.sweep`'s) keyword arguments for how the grid runs; defaults there."""
+
+    jobs: int | None
+    metric: str | None
+    maximize: bool
+    per_stage: bool
+    save: bool
+    max_trials: int
+    dask_address: str | None
+
+
+def run_sweep(
+    repo: Path | None = None,
+    *,
+    set_params: Sequence[str],
+    jobs: int | None = None,
+    metric: str | None = None,
+    maximize: bool = True,
+    per_stage: bool = False,
+    save: bool = True,
+    max_trials: int = 100,
+    dask_address: str | None = None,
+    ephemeral: bool = False,
+    debug: bool = False,
+    announce: Callable[[str], None] = lambda _: None,
+    on_progress: Callable[[SweepProgress], None] = lambda _: None,
+) -> SweepReport:
+    """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once (default:
+    the CPUs here; on a Dask cluster, every trial, the cluster deciding).
+
+    All input is checked before the first flow run; the workspace is never written to.
+    """
+    import shutil
+    import tempfile
+
+    from dvcflow.dvc import experiments
+    from dvcflow.engine.trials import SweepReport, SweepSession, TrialSpec, pick_best, registered
+
+    if jobs is not None and jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    root = repository.find_repo_root(repo)
+    repository.check_params_files(root)
+    baseline = experiments.git_baseline(root)
+    grid = experiments.expand_grid(root, set_params)
+    if len(grid) > max_trials:
+        raise UsageError(
+            f"{len(grid)} trials is more than --max-trials {max_trials}",
+            hint="fewer values, or raise --max-trials",
+        )
+    if metric is not None:
+        _check_metric(root, metric)
+    if dask_address is not None:
+        _check_dask_address(dask_address)
+    trials = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
+    # Trials' logs interleaved on the terminal say less than the progress bar and the final table (which
+    # names each failure): they go to the UI only.
+    if caller_flow_run() is None:  # a caller's flow keeps its own console
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    keep_link = _connect(root, ephemeral, announce)
+    from dvcflow.flows.sweep import sweep_flow, trial_runner
+
+    limit = min(jobs or (_cpus() if dask_address is None else len(trials)), len(trials))
+    experiments.prune_workspaces(root)
+    scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
+    sweep = SweepSession(
+        root,
+        baseline,
+        trials,
+        scratch,
+        experiments.cache_dir(root),
+        save=save,
+        per_stage=per_stage,
+        metric=metric,
+        maximize=maximize,
+        on_progress=on_progress,
+    )
+    try:
+        with registered(sweep) as session_id:
+            record = _execute_exclusively(
+                root,
+                announce,
+                sweep_flow.with_options(task_runner=trial_runner(limit, dask_address)),
+                keep_link,
+                debug,
+                session_id=session_id,
+                grid=[spec.values() for spec in trials],
+                jobs=limit,
+            )
+    except KeyboardInterrupt:  # outside the flow's own handling: stop what runs, then leave
+        sweep.interrupt()
+        children.interrupt_commands()
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        experiments.prune_workspaces(root)
+    results = sweep.results()
+    chosen, best = pick_best(results, metric, maximize)
+    return SweepReport(record, results, sweep.varying, chosen, maximize, best, save)
+
+
+def _check_metric(root: Path, metric: str) -> None:
+    """`--metric` must name a metric the pipeline reports; checked against the workspace's metrics
+    files when they exist (a fresh clone has none yet, and then the name is checked at the end)."""
+    from dvcflow.dvc.metrics_files import read_metrics
+
+    known = read_metrics(root).flat()
+    if known and metric not in known:
+        raise UsageError(f"--metric {metric}: the pipeline has no such metric (it has: {', '.join(known)})")
