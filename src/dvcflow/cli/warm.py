@@ -10,13 +10,14 @@ process, and how a command runs (the Typer app).
   module, `python -m dvcflow.cli.warm HOME SERVER_PID`, as a string: the server layer imports no `cli`),
   and `server stop` stops it; it exits by itself when the server process ends.
 - The console script (`dvcflow.cli.entry`) first tries it (`serve_here`, standard library only until
-  a starter takes the command). Besides the zygote's own checks (same interpreter, `sys.path`,
-  installed packages and dvcflow source files), a command is served only when its `PREFECT_*` variables
-  are ones the starter imported Prefect with and the working directory holds no file Prefect's settings
-  read (`_prefect_files`): a child would not see them. With a terminal, `--push`/`--pull` run the usual
-  way (password prompts need /dev/tty). `DVCFLOW_WARM=0` turns it off (for a command, or for the starter
-  when given to `server start`).
-- A served child rebuilds Prefect's logging for its client's stderr (`dvcflow.api.prefect_settings`).
+  a starter takes the command). Besides the zygote's own checks (same interpreter, start-up options,
+  `sys.path`, installed packages and dvcflow source files), a command is served whatever its Prefect
+  settings (`PREFECT_*` variables, profiles, a prefect.toml ...): the child rebuilds them as Prefect's
+  import would have, once the command has exported its own (`dvcflow.api.prefect_settings`). Declined
+  are only the settings a child cannot bring up to date (`prefect_settings.declined`: Prefect's plugins,
+  another SSL_CERT_FILE) and, with a terminal, `--push`/`--pull` (password prompts need /dev/tty); the
+  list, with the reasons, is in docs/server.md. `DVCFLOW_WARM=0` turns it off (for a command, or for the
+  starter when given to `server start`).
 - `server` commands are never served: they do not import Prefect, and `server stop` stops the starter.
 """
 
@@ -40,8 +41,6 @@ UNSERVED = frozenset({"server"})
 # (DVC then runs in a background process group of that terminal, so a prompt still stops it: a known
 # gap, docs/failure-modes.md.)
 PROMPTING_OPTIONS = frozenset({"--push", "--pull"})
-# What Prefect's settings read from the working directory besides the environment (prefect/settings/base.py).
-PREFECT_FILES = (".env", "prefect.toml", "pyproject.toml")
 
 # What a forked child would otherwise import itself; DVC because run-a's pre-flight opens the repository
 # in process. Not scikit-learn/pandas: their thread pools would start threads, and a process with
@@ -98,51 +97,20 @@ def serve_here(argv: Sequence[str]) -> int | None:
 # ---------------------------------------------------------------------------------------------- starter
 
 
-def _prefect_files(cwd: str) -> list[str]:
-    """The files in `cwd` that Prefect's settings would read (a `.env` naming a PREFECT_ variable, a
-    prefect.toml, a pyproject.toml with [tool.prefect]): a process importing Prefect there applies them,
-    a child of the starter (which imported Prefect in its home) would not."""
-    import tomllib
-
-    found = []
-    for name in PREFECT_FILES:
-        try:
-            with open(os.path.join(cwd, name), "rb") as handle:
-                text = handle.read()
-        except OSError:
-            continue
-        if name == "prefect.toml" or (name == ".env" and b"prefect_" in text.lower()):
-            found.append(name)
-        elif name == "pyproject.toml" and b"prefect" in text:
-            try:
-                tool = tomllib.loads(text.decode()).get("tool", {})
-            except ValueError:
-                tool = {"prefect": None}  # Prefect would fail on it: let the usual way say so
-            if "prefect" in tool:
-                found.append(name)
-    return found
-
-
 class _Policy:
-    """The hooks that depend on what the starter imported Prefect with: its `PREFECT_*` variables."""
+    """The hooks that depend on what the starter imported Prefect with (its environment and home)."""
 
-    def __init__(self, imported_with: Mapping[str, str]) -> None:
-        self.imported_with = dict(imported_with)
+    def __init__(self, environ: Mapping[str, str], cwd: str) -> None:
+        self.environ = dict(environ)
+        self.inputs = prefect_settings.settings_inputs(environ, cwd)
 
     def refuse(self, request: Mapping[str, Any]) -> str | None:
-        """A child would run with the starter's Prefect settings: refuse a command whose own differ."""
-        theirs = prefect_settings.prefect_environment(request.get("env") or {})
-        extra = set(theirs.items()) - set(self.imported_with.items())
-        if extra:
-            names = ", ".join(sorted(key for key, _ in extra))
-            return f"Prefect settings this starter was not imported with: {names}"
-        files = _prefect_files(str(request.get("cwd", "")))
-        if files:
-            return f"Prefect settings in the working directory: {', '.join(files)}"
-        return None
+        """Only what a child cannot bring up to date (`prefect_settings.declined`): other Prefect settings
+        are rebuilt in the child (`prefect_settings.sync_prefect_settings`)."""
+        return prefect_settings.declined(request.get("env") or {}, str(request.get("cwd", "")), self.environ)
 
     def after_adopt(self, _request: Mapping[str, Any]) -> None:
-        prefect_settings.adopted(self.imported_with)
+        prefect_settings.adopted(self.inputs)
 
 
 def _preload() -> None:
@@ -181,8 +149,9 @@ def _run(argv: list[str], main_package: str | None) -> int:
 def main(argv: Sequence[str]) -> int:
     """`python -m dvcflow.cli.warm HOME SERVER_PID` (launched by `dvcflow.server.control`)."""
     home, server_pid = Path(argv[0]), int(argv[1])
-    # The environment `launch` gave it, before the imports: what Prefect is imported with here.
-    policy = _Policy(prefect_settings.prefect_environment(os.environ))
+    # The environment `launch` gave it and its working directory, before the imports: what Prefect's
+    # settings are built from here.
+    policy = _Policy(os.environ, os.getcwd())
     hooks = zygote.StarterHooks(
         module=MODULE,
         package=PACKAGE,

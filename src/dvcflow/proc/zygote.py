@@ -13,10 +13,10 @@ Standard library only at import: the client side runs on every command's path, `
   the process it serves beside (`server_pid`) ends. It listens on `<home>/warm.sock` (mode 0600) and logs
   what it serves or refuses to `<home>/warm.log`.
 - The client (`serve`) sends argv, cwd, environment, umask, stdio settings, `sys.path` and its fds
-  0/1/2 (SCM_RIGHTS). The starter forks only when the fingerprint matches (same interpreter, `sys.path`,
-  installed packages and the package's source files) and the hooks do not refuse; otherwise, or on any
-  failure before the client has told the forked child to go (`GO`), `serve` returns None: the caller
-  runs the command itself, and that child exits untouched.
+  0/1/2 (SCM_RIGHTS). The starter forks only when the fingerprint matches (same interpreter and start-up
+  options, `sys.path`, installed packages and the package's source files) and the hooks do not refuse;
+  otherwise, or on any failure before the client has told the forked child to go (`GO`), `serve`
+  returns None: the caller runs the command itself, and that child exits untouched.
 - The child takes over the fds, cwd, environment and signal defaults, calls the hooks' `after_adopt`,
   and runs the command (`run`); the starter reports its exit status (a signal death included) to the
   client, which exits the same way (`exit_like`). The client forwards SIGINT/SIGQUIT to the child's
@@ -53,6 +53,25 @@ READY_TIMEOUT_S = 2.0  # a starter that has imported answers in milliseconds; a 
 PROTOCOL = 2
 CHECK_EVERY_S = 2.0  # how often an idle starter looks for changed code (and, without pidfds, the server)
 GO = b"go"  # the client's answer to `accepted`: only then does the child start the command
+# What the interpreter reads from the environment only as it starts (the rest of its start-up options are
+# in `sys.flags`, `sys.warnoptions` and `sys._xoptions`): a forked child has the starter's.
+STARTUP_ENV = (
+    "PYTHONHASHSEED",
+    "PYTHONMALLOC",
+    "PYTHONMALLOCSTATS",
+    "PYTHONFAULTHANDLER",
+    "PYTHONTRACEMALLOC",
+    "PYTHONPROFILEIMPORTTIME",
+    "PYTHONPYCACHEPREFIX",
+    "PYTHONNODEBUGRANGES",
+)
+_DIFFERENCES = {  # what a refusal says for each part of the fingerprint that differs
+    "python": "another interpreter",
+    "startup": "other interpreter start-up options (sys.flags, -W, -X, PYTHONHASHSEED ...)",
+    "path": "another import path",
+    "path_mtimes": "packages installed or removed since the starter started",
+    "code": "other source files",
+}
 
 _FORWARD_TO_GROUP = (signal.SIGINT, signal.SIGQUIT)  # what a terminal sends to the foreground group
 _HELD_AT_FORK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # those the starter handles itself
@@ -98,8 +117,9 @@ def socket_path(home: Path) -> Path:
 
 def fingerprint(path: Sequence[str], package: str) -> dict[str, Any]:
     """What must be equal for a child of the starter to behave as this process would (~1 ms): the
-    interpreter, the import path (its first entry, the script's folder, aside), when each path folder
-    last changed (an install or upgrade), and the size and mtime of every source file in `package`."""
+    interpreter and its start-up options (`sys.flags`, `-W`, `-X`, `STARTUP_ENV`), the import path (its
+    first entry, the script's folder, aside), when each path folder last changed (an install or
+    upgrade), and the size and mtime of every source file in `package`."""
 
     def mtime(entry: str) -> int | None:
         try:
@@ -117,7 +137,13 @@ def fingerprint(path: Sequence[str], package: str) -> dict[str, Any]:
                     [os.path.relpath(os.path.join(folder, name), package), stat.st_size, stat.st_mtime_ns]
                 )
     return {
-        "python": [sys.executable, sys.version, sys.flags.optimize, sys.flags.dev_mode, sys.flags.utf8_mode],
+        "python": [sys.executable, sys.version],
+        "startup": [
+            list(sys.flags),
+            sys.warnoptions,
+            sys._xoptions,
+            [os.environ.get(name) for name in STARTUP_ENV],
+        ],
         "path": list(path[1:]),
         "path_mtimes": [mtime(entry) for entry in path[1:]],
         "code": [package, code],
@@ -599,8 +625,10 @@ class _Starter:
                     f"{self.hooks.name}'s code or installed packages changed since this starter imported them"
                 )
             theirs = request.get("fingerprint") or {}
-            differ = ", ".join(key for key in self.fingerprint if theirs.get(key) != self.fingerprint[key])
-            return f"another interpreter or import path ({differ})"
+            differ = [key for key in self.fingerprint if theirs.get(key) != self.fingerprint[key]]
+            if "path" in differ and "path_mtimes" in differ:  # other folders: other mtimes, naturally
+                differ.remove("path_mtimes")
+            return "; ".join(_DIFFERENCES.get(key, key) for key in differ) or "another fingerprint"
         if request.get("protocol") != PROTOCOL:
             return "another protocol"
         if len(fds) != 3:
