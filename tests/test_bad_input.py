@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import integration_fixture
 from tests.helpers import base_env, dvcflow, free_port, make_pipeline_repo
 
-pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("bad-input")
     env = base_env(root)

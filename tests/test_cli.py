@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -11,6 +9,7 @@ from typer.testing import CliRunner
 from dvcflow import __version__
 from dvcflow.cli.app import app
 from dvcflow.core.errors import NotADvcRepoError
+from tests.conftest import Processes
 
 runner = CliRunner()
 
@@ -69,13 +68,9 @@ def test_dvcflow_debug_variable_is_the_flag(tmp_path: Path) -> None:
     assert "Traceback (most recent call last)" in result.stderr
 
 
-def test_debug_traceback_in_a_real_process(tmp_path: Path) -> None:
-    plain = subprocess.run(
-        [sys.executable, "-m", "dvcflow", "run-a"], cwd=tmp_path, capture_output=True, text=True
-    )
-    debug = subprocess.run(
-        [sys.executable, "-m", "dvcflow", "--debug", "run-a"], cwd=tmp_path, capture_output=True, text=True
-    )
+def test_debug_traceback_in_a_real_process(tmp_path: Path, processes: Processes) -> None:
+    plain = processes.python("-m", "dvcflow", "run-a", cwd=tmp_path)
+    debug = processes.python("-m", "dvcflow", "--debug", "run-a", cwd=tmp_path)
     assert plain.returncode == 3 and "Traceback" not in plain.stderr
     assert debug.returncode == 3 and "Traceback (most recent call last)" in debug.stderr
 
@@ -89,7 +84,8 @@ def test_bad_port_in_environment_is_a_config_error(tmp_path: Path) -> None:
 def test_debug_does_not_travel_through_the_environment(tmp_path: Path) -> None:
     import os
 
-    runner.invoke(app, ["--debug", "run-a", "--repo", str(tmp_path)])
+    result = runner.invoke(app, ["--debug", "run-a", "--repo", str(tmp_path)])
+    assert result.exit_code == 3, result.output  # not a DVC repository: the command did run
     assert "DVCFLOW_DEBUG" not in os.environ
 
 
@@ -112,7 +108,7 @@ def test_command_modules_keep_annotations_evaluated() -> None:
     ] == []
 
 
-def test_help_imports_neither_markdown_nor_traceback_and_typer_still_gets_them() -> None:
+def test_help_imports_neither_markdown_nor_traceback_and_typer_still_gets_them(processes: Processes) -> None:
     """`dvcflow.cli.lean_help`: help without `rich.markdown`/`rich.traceback`; Typer's uses of them
     (Markdown markup mode, pretty tracebacks) get the real classes."""
     code = (
@@ -132,5 +128,5 @@ def test_help_imports_neither_markdown_nor_traceback_and_typer_still_gets_them()
         "    trace = rich_utils.Traceback.from_exception(type(exc), exc, exc.__traceback__)\n"
         "assert type(trace) is rich.traceback.Traceback\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = processes.python("-c", code, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -238,7 +238,8 @@ def test_each_server_option_reaches_the_configuration(
         mock.patch.object(control, function, autospec=True) as called,
         mock.patch("dvcflow.cli.render.server.server_status", autospec=True),
     ):
-        CliRunner().invoke(app, argv)
+        result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
     assert called.call_args.args[0] == config
     if function == "start":
         assert called.call_args.kwargs == {"timeout": 90.0}

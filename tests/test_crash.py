@@ -6,16 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from dvcflow.api.tags import HOST_TAG, PID_TAG, repo_tag
 from dvcflow.proc import liveness
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, Processes
 from tests.helpers import api_post, make_tiny_repo
 
 
-def dead_process_token() -> str:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
+def dead_process_token(processes: Processes) -> str:
+    child = processes.start([sys.executable, "-c", "pass"])
     token = liveness.process_token(child.pid)
     child.wait()
     return token
@@ -27,15 +25,14 @@ def running_flow_run(api_url: str, flow_id: str, tags: list[str]) -> str:
     return str(run["id"])
 
 
-@pytest.mark.integration
 def test_only_runs_of_this_host_with_a_dead_process_are_crashed(
-    tmp_path: Path, live_server: LiveServer
+    tmp_path: Path, live_server: LiveServer, processes: Processes
 ) -> None:
     api_url = live_server.api_url
     repo = make_tiny_repo(tmp_path / "repo", live_server.env)
     flow = api_post(api_url, "/flows/", {"name": "crash sweep probe"})
     assert isinstance(flow, dict)
-    here, dead = f"{HOST_TAG}{liveness.host_id()}", f"{PID_TAG}{dead_process_token()}"
+    here, dead = f"{HOST_TAG}{liveness.host_id()}", f"{PID_TAG}{dead_process_token(processes)}"
     ghost = running_flow_run(api_url, flow["id"], [repo_tag(repo), here, dead])
     elsewhere = running_flow_run(api_url, flow["id"], [repo_tag(repo), f"{HOST_TAG}other-machine", dead])
     alive = running_flow_run(
@@ -65,10 +62,10 @@ def test_only_runs_of_this_host_with_a_dead_process_are_crashed(
     assert states == {ghost: "Crashed", elsewhere: "Running", alive: "Running", untagged: "Running"}
 
 
-def test_liveness_tells_a_reused_pid_from_the_original_process() -> None:
+def test_liveness_tells_a_reused_pid_from_the_original_process(processes: Processes) -> None:
     token = liveness.process_token()
     pid, _, ticks = token.partition(".")
     assert liveness.alive(token)
-    assert not liveness.alive(dead_process_token())
+    assert not liveness.alive(dead_process_token(processes))
     if ticks:  # Linux: the start time is part of the token
         assert not liveness.alive(f"{pid}.{int(ticks) + 1}")

@@ -216,9 +216,11 @@ def test_a_deployment_run_refuses_a_repo_root_other_than_its_own(tmp_path: Path)
     from dvcflow.flows.deployed import check_repo_root
 
     served, other = tmp_path / "served", tmp_path / "other"
-    served.mkdir()
-    other.mkdir()
+    for root in (served, other):  # identities from `repo_id`: no git to ask
+        root.mkdir()
+        (root / "pyproject.toml").write_text(f'[tool.dvcflow]\nrepo_id = "{root.name}-repo"\n')
     tags = [repo_tag(served), "other-tag"]
+    assert tags[0].endswith(":served-repo")
     assert check_repo_root(str(served), str(served), tags) == served
     with pytest.raises(UsageError, match="is not the repository this deployment serves"):
         check_repo_root(str(other), str(served), tags)

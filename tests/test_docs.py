@@ -4,6 +4,8 @@ that exist."""
 from __future__ import annotations
 
 import ast
+import importlib
+import itertools
 import re
 import runpy
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from tests.helpers import PROJECT
 
 FAILURE_MODES = PROJECT / "docs" / "failure-modes.md"
+PARAMETER_SET = type(pytest.param(None))  # what `pytest.param(..., id=...)` makes
 TEST_REF = re.compile(r"`(tests/test_\w+\.py)::(test_\w+)(?:\[([^\]]+)\])?`")
 
 
@@ -40,6 +43,29 @@ def test_every_failure_mode_row_names_a_test() -> None:
     assert not unproven, f"rows without a test in their last column: {unproven}"
 
 
+def _parameter_ids(file: str, name: str) -> set[str]:
+    """The ids of the test's parameters as pytest names them, from its `parametrize` marks: explicit ids
+    (`ids=[...]`, `pytest.param(..., id=...)`), joined with `-` across stacked marks as pytest does."""
+    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    per_mark = []
+    for mark in getattr(getattr(module, name), "pytestmark", []):
+        if mark.name != "parametrize":
+            continue
+        values = list(mark.kwargs.get("argvalues", mark.args[1] if len(mark.args) > 1 else []))
+        given = mark.kwargs.get("ids")
+        if given is not None:
+            assert not callable(given), f"{file}::{name}: ids from a function cannot be checked here"
+            ids = [str(one) for one in given]
+        else:
+            ids = [value.id if isinstance(value, PARAMETER_SET) else None for value in values]
+            assert None not in ids, (
+                f"{file}::{name}: a parameter without an explicit id cannot be named in docs"
+            )
+        assert len(ids) == len(values), f"{file}::{name}: {len(ids)} ids for {len(values)} parameters"
+        per_mark.append(ids)
+    return {"-".join(parts) for parts in itertools.product(*per_mark)} if per_mark else set()
+
+
 def _defined_tests(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     return {
@@ -59,4 +85,4 @@ def test_each_named_test_exists(ref: str) -> None:
     assert path.is_file(), f"{file} does not exist"
     assert name in _defined_tests(path), f"{file} defines no {name}"
     if param:
-        assert f'"{param}"' in path.read_text(encoding="utf-8"), f"{file} has no parameter id {param!r}"
+        assert param in _parameter_ids(file, name), f"{file}::{name} has no parameter {param!r}"

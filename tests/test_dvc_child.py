@@ -11,9 +11,8 @@ import pytest
 
 from dvcflow.dvc import commands, metrics_files, repository
 from dvcflow.proc import children
+from tests.conftest import Processes, integration_fixture
 from tests.helpers import base_env, make_tiny_repo
-
-pytestmark = pytest.mark.integration
 
 STAGES = """\
 stages:
@@ -26,7 +25,7 @@ stages:
 SCORE = "print('scoring')\nopen('m.json', 'w').write('{\"acc\": 0.5}')\n"
 
 
-@pytest.fixture
+@integration_fixture
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     env = base_env(tmp_path / "home")
     for key, value in env.items():
@@ -100,8 +99,11 @@ def test_interrupt_from_a_signal_handler_while_the_lock_is_held() -> None:
     assert not thread.is_alive(), "interrupt_commands deadlocked on _RUNNING_LOCK"
 
 
-def test_a_command_started_after_an_interrupt_is_stopped_at_once(tmp_path: Path) -> None:
-    """A stage still preparing when Ctrl-C came (or a retry) must not run its command to the end."""
+def test_a_command_started_after_an_interrupt_is_stopped_at_once(
+    tmp_path: Path, processes: Processes
+) -> None:
+    """A stage still preparing when Ctrl-C came (or a retry) must not run its command to the end (real
+    `sleep` and `true` processes, which `processes` kills should the interrupt not)."""
     import time
 
     children.interrupt_commands(grace=0.1)

@@ -13,7 +13,6 @@ import logging
 import re
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,8 @@ import pytest
 
 from dvcflow.core.errors import ConfigError
 from dvcflow.engine.plugins import StageFunction, command_arguments, load_registry
-from tests.conftest import LiveServer
-from tests.helpers import PROJECT, api_post, base_env, dvc, dvcflow, make_shaped_repo, make_tiny_repo
+from tests.conftest import LiveServer, Processes, Repos
+from tests.helpers import PROJECT, api_post, dvc, dvcflow, make_shaped_repo, make_tiny_repo
 
 STAGES = ("prep", "feature@max", "feature@sum", "shards", "train")
 
@@ -59,7 +58,6 @@ def dvc_files(repo: Path) -> dict[str, bytes]:
     return {name: (repo / name).read_bytes() for name in ("dvc.lock", "data/raw.txt.dvc")}
 
 
-@pytest.mark.integration
 @pytest.mark.timeout(600)  # three copies, three pipeline runs: slow on a loaded 2-CPU machine
 def test_run_b_and_per_stage_write_what_dvc_repro_writes(tmp_path: Path, client_env: dict[str, str]) -> None:
     env = client_env
@@ -80,7 +78,6 @@ def test_run_b_and_per_stage_write_what_dvc_repro_writes(tmp_path: Path, client_
         dvc_agrees(repo, env)
 
 
-@pytest.mark.integration
 @pytest.mark.timeout(600)  # seven run-b processes
 def test_run_b_caches_by_dvc_hashes_and_never_trusts_missing_outputs(
     tmp_path: Path, client_env: dict[str, str], live_server: LiveServer
@@ -153,7 +150,7 @@ def _asset_event(server: LiveServer, key: str) -> dict[str, Any]:
         time.sleep(0.2)  # polling the API for a record written asynchronously, bounded above
 
 
-def test_dvcflow_imports_no_project_code() -> None:
+def test_dvcflow_names_no_project_module() -> None:
     """mltoy is the demo's project: dvcflow learns about it only from the demo's pyproject registry."""
     offenders = []
     for path in sorted((PROJECT / "src/dvcflow").rglob("*.py")):
@@ -163,6 +160,10 @@ def test_dvcflow_imports_no_project_code() -> None:
                 names = [node.module]
             offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0] == "mltoy"]
     assert offenders == []
+
+
+def test_importing_every_dvcflow_module_loads_no_project_code(processes: Processes) -> None:
+    """Nor through a library it imports: every dvcflow module in a fresh interpreter, and no mltoy."""
     modules = [
         f"dvcflow.{path.relative_to(PROJECT / 'src/dvcflow').with_suffix('').as_posix().replace('/', '.')}"
         for path in sorted((PROJECT / "src/dvcflow").rglob("*.py"))
@@ -172,8 +173,8 @@ def test_dvcflow_imports_no_project_code() -> None:
         f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
         "print('mltoy' in sys.modules)"
     )
-    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert loaded.stdout.strip() == "False"
+    loaded = processes.python("-c", script)
+    assert (loaded.returncode, loaded.stdout.strip()) == (0, "False"), loaded.stderr
 
 
 def test_the_demo_registers_its_stage_functions() -> None:
@@ -239,14 +240,13 @@ def _verdicts(root: Path, session: Any = None) -> tuple[Verdicts, Verdicts]:
     return ours, theirs
 
 
-@pytest.mark.integration
 def test_the_sessions_changed_check_agrees_with_dvcs_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repos: Repos
 ) -> None:
     """run-b asks `PipelineSession.changed` (DVC's checks without its read-write locks) whether a
     trusted hit must be recorded: it must say what `Stage.changed` says, whatever changed."""
-    env = base_env(tmp_path / "home")
-    repo = make_shaped_repo(tmp_path / "repo", env)
+    env = repos.env
+    repo = repos.shaped(tmp_path / "repo")
     assert dvc("repro", cwd=repo, env=env).returncode == 0
     monkeypatch.chdir(repo)
     ours, theirs = _verdicts(repo)
@@ -297,26 +297,25 @@ def write_label(argv: list[str]) -> None:
 
 
 def test_sessions_in_threads_keep_the_process_in_its_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repos: Repos
 ) -> None:
     """Two repositories' sessions used at once (sweep trials with --per-stage, a threaded Dask worker): each
     DVC call and in-process function runs in its own repository, and the process's working directory is
     the same afterwards (one lock, `dvcrepo.CWD_LOCK`, for every change of it)."""
     from dvcflow.engine.executor import close_session, execute, open_session
 
-    env = base_env(tmp_path / "home")
     stages = (
         "stages:\n  hello:\n    cmd: python write.py {label}\n    deps: [write.py]\n    outs: [out.txt]\n"
     )
-    repos = {}
+    roots = {}
     for label in ("left", "right"):
         root = tmp_path / label
         root.mkdir()
         (root / "write.py").write_text("import sys\nopen('out.txt', 'w').write(sys.argv[1])\n")
-        repos[label] = make_tiny_repo(root, env, stages=stages.format(label=label)).resolve()
+        roots[label] = repos.tiny(root, stages=stages.format(label=label)).resolve()
     monkeypatch.chdir(tmp_path)
     function = StageFunction("hello", "tests.test_engine:write_label")
-    start = threading.Barrier(len(repos))
+    start = threading.Barrier(len(roots))
     failures: list[BaseException] = []
 
     def use(root: Path) -> None:
@@ -333,7 +332,7 @@ def test_sessions_in_threads_keep_the_process_in_its_directory(
         finally:
             close_session(root)
 
-    threads = [threading.Thread(target=use, args=(root,)) for root in repos.values()]
+    threads = [threading.Thread(target=use, args=(root,)) for root in roots.values()]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -342,7 +341,7 @@ def test_sessions_in_threads_keep_the_process_in_its_directory(
     assert not failures, failures
     assert Path.cwd() == tmp_path
     assert not (tmp_path / "out.txt").exists()
-    for root in repos.values():
+    for root in roots.values():
         assert "out.txt" in (root / "dvc.lock").read_text()
 
 
@@ -360,7 +359,6 @@ assert holder.stdout.readline().strip() == b"held"
 """
 
 
-@pytest.mark.integration
 def test_a_repository_lock_held_by_another_dvc_process_fails_the_stage_in_one_line_not_a_hang(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from dvcflow.cli.app import app
 from dvcflow.core.errors import ExitCode, PipelineError, exit_code_for_state, exit_code_table
 from dvcflow.services.pipeline import Pipeline
-from tests.helpers import PROJECT, free_port
+from tests.helpers import PROJECT
 
 cli = CliRunner()
 
@@ -46,9 +46,9 @@ def test_bad_input(tmp_path: Path, args: list[str], env: dict[str, str]) -> None
     assert result.exit_code == ExitCode.BAD_INPUT == 3, result.output
 
 
-def test_server_unreachable() -> None:
+def test_server_unreachable(closed_port: int) -> None:
     """A real refused connection: nothing listens on a fresh free port."""
-    api = f"http://127.0.0.1:{free_port()}/api"
+    api = f"http://127.0.0.1:{closed_port}/api"
     result = cli.invoke(app, ["metrics", "--history", "--repo", str(PROJECT)], env={"PREFECT_API_URL": api})
     assert result.exit_code == ExitCode.SERVER_UNREACHABLE == 4, result.output
     assert result.stderr.startswith(f"Error: the Prefect API at {api} is unreachable")

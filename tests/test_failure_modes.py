@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.helpers import dvcflow
-
-pytestmark = pytest.mark.integration
 
 
 def test_run_a_bad_param_value_and_missing_raw_data_fail_with_the_stages_own_words(

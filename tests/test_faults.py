@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -20,9 +21,8 @@ import yaml
 
 from dvcflow.proc.children import TERM_WAIT_S
 from dvcflow.services.launch import EPHEMERAL_INTERRUPT_GRACE_S
+from tests.conftest import Processes, integration_fixture
 from tests.helpers import api_post, base_env, dvc, dvcflow, free_port, make_tiny_repo
-
-pytestmark = pytest.mark.integration
 
 # The stage says when its command runs (`started`), then holds on until the test creates `release` (or
 # `seconds` pass), and counts its completions: the tests act at known moments, not after guessed sleeps.
@@ -196,12 +196,12 @@ def test_two_runs_at_once_take_turns(tmp_path: Path, client_env: dict[str, str])
     assert "slow" in lock["stages"]
 
 
-def test_server_killed_during_a_run(tmp_path: Path) -> None:
+def test_server_killed_during_a_run(tmp_path: Path, processes: Processes) -> None:
     home, port = tmp_path / "home", free_port()
     env = base_env(home)
     # One client retry instead of dvcflow's three keeps this test short; the outcome is the same.
     env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(port), PREFECT_CLIENT_MAX_RETRIES="1")
-    assert dvcflow("server", "start", cwd=tmp_path, env=env).returncode == 0
+    assert processes.dvcflow("server", "start", cwd=tmp_path, env=env).returncode == 0
     try:
         repo = slow_repo(tmp_path, env, seconds=120)
         run = Watched(["run-a"], repo, env)
@@ -226,26 +226,31 @@ def test_server_killed_during_a_run(tmp_path: Path) -> None:
 
 FLOW_SERIES = """
 import sys
-from prefect import flow
+from prefect import flow, tags
 from prefect.settings import temporary_settings
 
 @flow(name="load probe")
 def probe(i: int) -> int:
     return i
 
-with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+with tags(sys.argv[2]), temporary_settings(updates={"flows.heartbeat_frequency": None}):
     states = [probe(i, return_state=True) for i in range(int(sys.argv[1]))]
 print(sum(state.is_completed() for state in states))
 """
 
 
 def test_load_fifty_in_a_row_and_eight_at_once(tmp_path: Path, client_env: dict[str, str]) -> None:
+    """Counted by what this test started (a tag of its own, the runs' links): other tests share the server,
+    and a deployment's schedule of theirs may add runs meanwhile."""
     api_url = client_env_api(client_env)
     env = {**client_env, "PREFECT_API_URL": api_url}
-    began = api_post(api_url, "/flow_runs/count", {})  # earlier tests share this server
-    stuck_before = unfinished_runs(api_url)  # runs of other tests still going, if any
+    series_tag = f"load-probe-{uuid.uuid4().hex[:8]}"
     series = subprocess.run(
-        [sys.executable, "-c", FLOW_SERIES, "50"], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", FLOW_SERIES, "50", series_tag],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert series.stdout.strip() == "50", series.stderr
     assert "database is locked" not in series.stderr
@@ -255,15 +260,15 @@ def test_load_fifty_in_a_row_and_eight_at_once(tmp_path: Path, client_env: dict[
     results = [run.finish(timeout=300) for run in runs]
     assert [code for code, _, _ in results] == [0] * 8, [err for _, _, err in results]
     assert not any("database is locked" in out + err for _, out, err in results)
-    assert api_post(api_url, "/flow_runs/count", {}) == began + 58  # nothing lost
-    assert unfinished_runs(api_url) <= stuck_before  # nothing stuck
-
-
-def unfinished_runs(api_url: str) -> set[str]:
-    not_final = {"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "SCHEDULED"]}}}}
-    runs = api_post(api_url, "/flow_runs/filter", not_final)
-    assert isinstance(runs, list)
-    return {run["id"] for run in runs}
+    links = [re.findall(r"/runs/flow-run/([0-9a-f-]{36})", out + err) for _, out, err in results]
+    assert all(links), results
+    ids = {found[0] for found in links}
+    # Nothing lost: the server holds every run this test made, and nothing stuck: each of them finished.
+    probes = api_post(api_url, "/flow_runs/filter", {"flow_runs": {"tags": {"all_": [series_tag]}}})
+    made = api_post(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": sorted(ids)}}})
+    assert isinstance(probes, list) and isinstance(made, list)
+    assert (len(probes), {run["id"] for run in made}) == (50, ids)
+    assert {run["state_type"] for run in probes + made} == {"COMPLETED"}
 
 
 def client_env_api(env: dict[str, str]) -> str:
@@ -274,7 +279,7 @@ def client_env_api(env: dict[str, str]) -> str:
 EPHEMERAL_EXIT_WITHIN_S = EPHEMERAL_INTERRUPT_GRACE_S + TERM_WAIT_S + 3.0
 
 
-@contextlib.contextmanager
+@integration_fixture
 def ephemeral_run_mid_stage(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     """`dvcflow run-a --ephemeral` (no server, so no warm starter) in a slow repository, once its stage
     has started; its output in tmp_path/output.txt; whatever is left of its process group killed after."""
@@ -298,28 +303,32 @@ def ephemeral_run_mid_stage(tmp_path: Path) -> Iterator[tuple[Path, subprocess.P
                 os.killpg(run.pid, signal.SIGKILL)  # the temporary server and the stage, if still there
 
 
-def test_sigkill_with_the_temporary_server_leaves_no_server_behind(tmp_path: Path) -> None:
+def test_sigkill_with_the_temporary_server_leaves_no_server_behind(
+    ephemeral_run_mid_stage: tuple[Path, subprocess.Popen[bytes]],
+) -> None:
     """Prefect stops its temporary server only in an exit hook, so a SIGKILLed dvcflow left it serving
     forever; it is tethered now."""
-    with ephemeral_run_mid_stage(tmp_path) as (repo, run):
-        assert any("uvicorn" in line for line in processes_in(repo))  # it runs where dvcflow runs
-        run.kill()
-        run.wait(timeout=30)
-        deadline = time.monotonic() + 15
-        while processes_in(repo) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = processes_in(repo)
-    assert left == []  # the temporary server, DVC and the stage's command all ended with dvcflow
+    repo, run = ephemeral_run_mid_stage
+    assert any("uvicorn" in line for line in processes_in(repo))  # it runs where dvcflow runs
+    run.kill()
+    run.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while processes_in(repo) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # The temporary server, DVC and the stage's command all ended with dvcflow.
+    assert processes_in(repo) == []
 
 
-def test_ctrl_c_with_the_temporary_server_exits_130_at_once(tmp_path: Path) -> None:
+def test_ctrl_c_with_the_temporary_server_exits_130_at_once(
+    tmp_path: Path, ephemeral_run_mid_stage: tuple[Path, subprocess.Popen[bytes]]
+) -> None:
     """--ephemeral: the terminal's SIGINT stops Prefect's temporary server too; dvcflow must not spend
     minutes retrying to record the run on it."""
-    with ephemeral_run_mid_stage(tmp_path) as (_, run):
-        os.killpg(run.pid, signal.SIGINT)
-        interrupted = time.monotonic()
-        code = run.wait(timeout=60)
-        took = time.monotonic() - interrupted
+    _, run = ephemeral_run_mid_stage
+    os.killpg(run.pid, signal.SIGINT)
+    interrupted = time.monotonic()
+    code = run.wait(timeout=60)
+    took = time.monotonic() - interrupted
     text = (tmp_path / "output.txt").read_text()
     assert code == 130, text
     assert took < EPHEMERAL_EXIT_WITHIN_S, f"exited {took:.1f} s after Ctrl-C"

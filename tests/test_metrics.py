@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -54,7 +55,6 @@ def fails(result: subprocess.CompletedProcess[str], code: int, *lines: str) -> N
 # --- integration: real DVC repos, real processes --------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_from_no_metrics_to_a_diff_against_real_commits(
     pipeline_repo: Path, client_env: dict[str, str]
 ) -> None:
@@ -120,7 +120,6 @@ def test_from_no_metrics_to_a_diff_against_real_commits(
     assert "No change since HEAD." in unchanged.stdout
 
 
-@pytest.mark.integration
 def test_errors_outside_a_git_dvc_repo(tmp_path: Path, client_env: dict[str, str]) -> None:
     env = client_env
     plain = tmp_path / "plain"
@@ -169,7 +168,6 @@ def make_score_repo(root: Path, env: dict[str, str]) -> Path:
     return make_tiny_repo(root, env, SCORE_PIPELINE)
 
 
-@pytest.mark.integration
 def test_history_of_three_real_flow_runs(tmp_path: Path, live_server: LiveServer) -> None:
     env = dict(live_server.env)
     repo = make_score_repo(tmp_path / "Iris_History", env)
@@ -266,10 +264,35 @@ def test_changed_rows_are_highlighted_and_noise_rounded() -> None:
     assert [next(iter(column.cells)) for column in table.columns] == ["m.json", "a", "0.9", "0.95", "+0.05"]
 
 
-def test_artifact_rows_round_trip_and_the_legacy_key_is_unchanged(tmp_path: Path) -> None:
-    """The path-based key of older versions, still read by `--history`, must keep its exact shape."""
+# The path-based artifact keys dvcflow published before repository identities (commit c377abc), for
+# folders that need not exist: computed once with the released code. `--history` still reads them, so
+# `legacy_artifact_key` must give exactly these.
+RELEASED_KEYS = {
+    "/dvcflow-released/projects/My Repo.v2": "dvcflow-metrics-my-repo-v2-3e8235",
+    "/dvcflow-released/other/My Repo.v2": "dvcflow-metrics-my-repo-v2-f71f02",
+    "/dvcflow-released/A very long repository name, more than forty characters in all": (
+        "dvcflow-metrics-a-very-long-repository-name-more-than-fo-657cca"
+    ),
+    "/dvcflow-released/Ünïcode ___": "dvcflow-metrics-n-code-9f2f4d",
+    "/dvcflow-released/x/___": "dvcflow-metrics-repo-1b035a",
+    "/dvcflow-released/work/..": "dvcflow-metrics-dvcflow-released-c170d4",
+}
+
+
+def released_legacy_key(repo_root: Path) -> str:
+    """The released format, written out independently of dvcflow (pinned to `RELEASED_KEYS` below): what an
+    older dvcflow published for `repo_root`, for tests whose repository is in a temporary folder."""
+    resolved = repo_root.resolve()
+    slug = re.sub(r"[^a-z0-9]+", "-", resolved.name.lower()).strip("-")[:40].strip("-") or "repo"
+    return f"dvcflow-metrics-{slug}-{hashlib.sha1(str(resolved).encode()).hexdigest()[:6]}"
+
+
+@pytest.mark.parametrize(("folder", "key"), RELEASED_KEYS.items(), ids=range(len(RELEASED_KEYS)))
+def test_the_legacy_key_is_the_released_one(folder: str, key: str) -> None:
+    assert legacy_artifact_key(Path(folder)) == key
+    assert released_legacy_key(Path(folder)) == key
+
+
+def test_artifact_rows_round_trip() -> None:
     snapshot = MetricsSnapshot((Metric("r/m.json", "accuracy", 0.9), Metric("r/m.json", "test.f1", 0.8)))
     assert MetricsSnapshot.from_rows(json.loads(json.dumps(snapshot.table_rows()))) == snapshot
-    one, two = tmp_path / "My Repo.v2", tmp_path / "other" / "My Repo.v2"
-    assert legacy_artifact_key(one) == legacy_artifact_key(one) != legacy_artifact_key(two)
-    assert re.fullmatch(r"dvcflow-metrics-my-repo-v2-[0-9a-f]{6}", legacy_artifact_key(one))

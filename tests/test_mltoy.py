@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import yaml
 from mltoy.data import DataError, materialize_iris, tracked_md5
 from mltoy.params import ParamsError, load_params
 from mltoy.pipeline import StageError, stage_evaluate, stage_prepare, stage_train
+from tests.conftest import Processes
 from tests.helpers import PROJECT
 
 GOOD = {
@@ -116,41 +115,36 @@ def test_raw_data_matches_the_dvc_file(tmp_path: Path) -> None:
     assert len(tracked_md5(PROJECT / "data/raw/iris.csv.dvc")) == 32
 
 
-def test_cli_error_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mltoy.cli",
-            "train",
-            "--train",
-            str(tmp_path / "none.csv"),
-            "--model",
-            str(tmp_path / "m.joblib"),
-            "--params",
-            str(PROJECT / "params.yaml"),
-        ],
-        capture_output=True,
-        text=True,
+def test_cli_error_is_one_line(tmp_path: Path, processes: Processes) -> None:
+    result = processes.python(
+        "-m",
+        "mltoy.cli",
+        "train",
+        "--train",
+        str(tmp_path / "none.csv"),
+        "--model",
+        str(tmp_path / "m.joblib"),
+        "--params",
+        str(PROJECT / "params.yaml"),
     )
     assert result.returncode == 1
     assert result.stderr == f"Error: training data not found: {tmp_path / 'none.csv'}\n"
 
 
-def test_mltoy_imports_neither_prefect_nor_dvc() -> None:
+def test_mltoy_imports_neither_prefect_nor_dvc(processes: Processes) -> None:
     code = (
         "import sys, mltoy.cli, mltoy.pipeline, mltoy.data, mltoy.params;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'dvc', 'dvcflow')))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    result = processes.python("-c", code)
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
 
 
-def test_dvcflow_help_imports_no_heavy_library() -> None:
+def test_dvcflow_help_imports_no_heavy_library(processes: Processes) -> None:
     code = (
         "import sys; from typer.testing import CliRunner; from dvcflow.cli.app import app;"
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'dvc', 'sklearn', 'pandas'}))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "[]"
+    result = processes.python("-c", code)
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr

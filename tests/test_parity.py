@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import integration_fixture
 from tests.helpers import base_env, dvc, dvcflow, git
-
-pytestmark = pytest.mark.integration
 
 STEP_PY = """\
 import sys
@@ -71,7 +70,7 @@ def build_pipeline(root: Path, env: dict[str, str]) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("parity")
     return build_pipeline(root / "pipeline", base_env(root))
@@ -169,7 +168,7 @@ def test_run_a_per_stage_runs_the_stages_dvc_repro_runs(
 # Real remotes: a directory, and a WebDAV server on 127.0.0.1 run by the test.
 
 
-@pytest.fixture
+@integration_fixture
 def webdav_url(tmp_path: Path) -> Iterator[str]:
     """A WebDAV server (wsgidav on cheroot) on a free loopback port, in a thread of this process."""
     from cheroot import wsgi
@@ -288,7 +287,7 @@ def test_a_fresh_clone_without_pull(pipeline: Path, tmp_path: Path, client_env: 
     assert "Intentional one-time failure" in tasks[0]["message"]
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def pushed_origin(pipeline: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pipeline reproduced, pushed to a directory remote (`store` beside it) and committed."""
     root = tmp_path_factory.mktemp("pushed")

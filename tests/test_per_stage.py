@@ -19,7 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
-from tests.helpers import dvc, dvcflow, free_port, make_wide_repo
+from tests.helpers import dvc, dvcflow, make_wide_repo
 
 
 def summary(output: str) -> dict[str, list[str]]:
@@ -47,7 +47,6 @@ def status_clean(repo: Path, env: dict[str, str]) -> bool:
     return json.loads(result.stdout) == {}
 
 
-@pytest.mark.integration
 def test_wide_pipeline_runs_branches_at_once_retries_the_flaky_join_then_has_nothing_to_do(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
@@ -90,7 +89,6 @@ def test_wide_pipeline_runs_branches_at_once_retries_the_flaky_join_then_has_not
     assert json.loads(plan.output)["would_run"] == []
 
 
-@pytest.mark.integration
 def test_failed_branch_stops_the_run_then_keep_going_resumes_and_finishes_the_other_branches(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
@@ -125,7 +123,6 @@ def test_failed_branch_stops_the_run_then_keep_going_resumes_and_finishes_the_ot
     assert set(lock["stages"]) == {"branch@0", "branch@2"}
 
 
-@pytest.mark.integration
 def test_stages_run_on_a_dask_cluster(
     tmp_path: Path, client_env: dict[str, str], dask_scheduler: str
 ) -> None:
@@ -165,8 +162,8 @@ def test_contradictory_flags_are_one_line_usage_errors(tmp_path: Path, args: lis
     assert result.output.strip().splitlines()[0] == message
 
 
-def test_dask_address_without_a_scheduler_is_a_one_line_error(tmp_path: Path) -> None:
-    address = f"tcp://127.0.0.1:{free_port()}"
+def test_dask_address_without_a_scheduler_is_a_one_line_error(tmp_path: Path, closed_port: int) -> None:
+    address = f"tcp://127.0.0.1:{closed_port}"
     started = time.monotonic()
     result = CliRunner().invoke(
         app, ["run-a", "--per-stage", "--dask-address", address, "--repo", str(tmp_path)]

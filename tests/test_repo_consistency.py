@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
+from tests.conftest import Processes
 from tests.helpers import PROJECT
 
 
@@ -38,8 +36,9 @@ def test_dvc_lock_records_the_current_sources_and_params() -> None:
 OTHER_KERNEL = "Nehalem"
 
 
-@pytest.mark.integration  # a real training in a subprocess: seconds, kept out of `make test-fast`
-def test_the_trained_model_is_byte_identical_under_another_blas_kernel(tmp_path: Path) -> None:
+def test_the_trained_model_is_byte_identical_under_another_blas_kernel(
+    tmp_path: Path, processes: Processes
+) -> None:
     """A fresh clone's `make run` leaves `git status` clean on any CPU: the model's md5 in dvc.lock is what
     `train` writes whichever BLAS kernel runs it."""
     lock = yaml.safe_load((PROJECT / "dvc.lock").read_text())
@@ -52,5 +51,6 @@ def test_the_trained_model_is_byte_identical_under_another_blas_kernel(tmp_path:
         "stage_prepare(Path('data/raw/iris.csv'), out / 'train.csv', out / 'test.csv', params);"
         "stage_train(out / 'train.csv', out / 'model.joblib', params)"
     )
-    subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=PROJECT, env=env, check=True)
+    trained = processes.python("-c", script, str(tmp_path), cwd=PROJECT, env=env)  # a real training: seconds
+    assert trained.returncode == 0, trained.stderr
     assert hashlib.md5((tmp_path / "model.joblib").read_bytes()).hexdigest() == recorded

@@ -6,12 +6,9 @@ import json
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.helpers import dvc, dvcflow, make_tiny_repo
-
-pytestmark = pytest.mark.integration
 
 STAGES = ("prepare", "train", "evaluate")
 

@@ -17,10 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, Processes
 from tests.helpers import PROJECT, base_env, dvc, dvcflow
-
-pytestmark = pytest.mark.integration
 
 STAGES = ("prepare", "train", "evaluate")
 FINAL_TYPES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -200,7 +198,7 @@ def _params_without(section: str) -> str:
     ],
 )
 def test_bad_inputs_are_one_line_errors_before_prefect_is_contacted(
-    bare_repo: Path, tmp_path: Path, params_file: str, content: str | None, error: str
+    bare_repo: Path, tmp_path: Path, params_file: str, content: str | None, error: str, processes: Processes
 ) -> None:
     if content == "RAW-MISSING":
         (bare_repo / "data/raw/iris.csv").unlink()
@@ -208,7 +206,9 @@ def test_bad_inputs_are_one_line_errors_before_prefect_is_contacted(
         (bare_repo / params_file).write_text(content)
     env = base_env(tmp_path)
     env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # nothing listens: contacting it would be another error
-    result = dvcflow("run-b", "--repo", "repo", "--params", params_file, cwd=tmp_path, env=env, timeout=60)
+    result = processes.dvcflow(
+        "run-b", "--repo", "repo", "--params", params_file, cwd=tmp_path, env=env, timeout=60
+    )
     assert result.returncode == 3
     assert result.stderr.splitlines()[0] == "Error: " + error.format(repo=bare_repo)
     assert "Traceback" not in result.stderr

@@ -8,20 +8,41 @@ import re
 import socket
 import time
 import urllib.error
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from dvcflow.proc import zygote
+from tests.conftest import Processes, integration_fixture
 from tests.helpers import api_post, base_env, dvcflow, free_port, make_tiny_repo
-
-pytestmark = pytest.mark.integration
 
 
 def server_env(home: Path, port: int) -> dict[str, str]:
     env = base_env(home)
     env.update(DVCFLOW_HOME=str(home), DVCFLOW_PORT=str(port))
     return env
+
+
+@dataclass(frozen=True)
+class OwnServer:
+    home: Path
+    port: int
+    env: dict[str, str]
+
+
+@integration_fixture
+def own_server(tmp_path: Path) -> Iterator[OwnServer]:
+    """A home and a free port for a dvcflow server of the test's own (not the session's): whatever server
+    the test starts there is stopped at its end, also when the test failed before stopping it."""
+    home, port = tmp_path / "home", free_port()
+    env = server_env(home, port)
+    try:
+        yield OwnServer(home, port, env)
+    finally:
+        if (home / "server.pid").exists():
+            dvcflow("server", "stop", cwd=tmp_path, env=env, timeout=60)
 
 
 def pid_alive(pid: int) -> bool:
@@ -45,9 +66,8 @@ def run_link_id(output: str) -> str:
     return match.group(1)
 
 
-def test_lifecycle_with_auth(tmp_path: Path) -> None:
-    home, port = tmp_path / "home", free_port()
-    env = server_env(home, port)
+def test_lifecycle_with_auth(tmp_path: Path, own_server: OwnServer) -> None:
+    home, port, env = own_server.home, own_server.port, own_server.env
     secret = "alice:s3cret-pass"
 
     started = dvcflow("server", "start", "--auth", secret, cwd=tmp_path, env=env)
@@ -102,25 +122,22 @@ def test_lifecycle_with_auth(tmp_path: Path) -> None:
     assert twice.stdout.strip() == "No dvcflow server was running."
 
 
-def test_first_run_starts_the_local_server_and_its_link_outlives_the_run(tmp_path: Path) -> None:
-    home, port = tmp_path / "home", free_port()
-    env = server_env(home, port)
+def test_first_run_starts_the_local_server_and_its_link_outlives_the_run(
+    tmp_path: Path, own_server: OwnServer
+) -> None:
+    port, env = own_server.port, own_server.env
     repo = make_tiny_repo(tmp_path / "repo", env)
-    try:
-        run = dvcflow("run-a", cwd=repo, env=env)
-        assert run.returncode == 0, run.stderr
-        assert f"Started dvcflow's local Prefect server at http://127.0.0.1:{port}" in run.stderr
-        assert "dvcflow server stop" in run.stderr
-        assert "telemetry" not in run.stderr.lower()
-        flow_run = read_flow_run(f"http://127.0.0.1:{port}/api", run_link_id(run.stdout))
-        assert flow_run["state_name"] == "Completed"
-    finally:
-        dvcflow("server", "stop", cwd=tmp_path, env=env)
+    run = dvcflow("run-a", cwd=repo, env=env)
+    assert run.returncode == 0, run.stderr
+    assert f"Started dvcflow's local Prefect server at http://127.0.0.1:{port}" in run.stderr
+    assert "dvcflow server stop" in run.stderr
+    assert "telemetry" not in run.stderr.lower()
+    flow_run = read_flow_run(f"http://127.0.0.1:{port}/api", run_link_id(run.stdout))
+    assert flow_run["state_name"] == "Completed"
 
 
-def test_ephemeral_opt_out_uses_a_temporary_server(tmp_path: Path) -> None:
-    home, port = tmp_path / "home", free_port()
-    env = {**server_env(home, port), "DVCFLOW_EPHEMERAL": "1"}
+def test_ephemeral_opt_out_uses_a_temporary_server(tmp_path: Path, own_server: OwnServer) -> None:
+    home, env = own_server.home, {**own_server.env, "DVCFLOW_EPHEMERAL": "1"}
     repo = make_tiny_repo(tmp_path / "repo", env)
     run = dvcflow("run-a", cwd=repo, env=env)
     assert run.returncode == 0, run.stderr
@@ -130,18 +147,20 @@ def test_ephemeral_opt_out_uses_a_temporary_server(tmp_path: Path) -> None:
     assert "telemetry" not in run.stderr.lower()
 
 
-def test_port_taken_by_another_program(tmp_path: Path) -> None:
+def test_port_taken_by_another_program(tmp_path: Path, processes: Processes) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         port = blocker.getsockname()[1]
-        result = dvcflow("server", "start", cwd=tmp_path, env=server_env(tmp_path / "home", port))
+        result = processes.dvcflow("server", "start", cwd=tmp_path, env=server_env(tmp_path / "home", port))
     assert result.returncode == 4
     assert result.stderr.splitlines()[0] == f"Error: port {port} on 127.0.0.1 is taken by another program"
 
 
-def test_unhealthy_start_reports_the_log_and_leaves_nothing_running(tmp_path: Path) -> None:
-    env = server_env(tmp_path / "home", free_port())
+def test_unhealthy_start_reports_the_log_and_leaves_nothing_running(
+    tmp_path: Path, own_server: OwnServer
+) -> None:
+    env = own_server.env
     began = time.monotonic()
     result = dvcflow("server", "start", "--timeout", "0.5", cwd=tmp_path, env=env)
     assert result.returncode == 4
@@ -152,17 +171,19 @@ def test_unhealthy_start_reports_the_log_and_leaves_nothing_running(tmp_path: Pa
     assert status["running"] is False and status["pid"] is None
 
 
-def test_non_loopback_host_requires_auth(tmp_path: Path) -> None:
-    result = dvcflow("server", "start", "--host", "0.0.0.0", cwd=tmp_path, env=server_env(tmp_path, 1))
+def test_non_loopback_host_requires_auth(tmp_path: Path, processes: Processes) -> None:
+    result = processes.dvcflow(
+        "server", "start", "--host", "0.0.0.0", cwd=tmp_path, env=server_env(tmp_path, 1)
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "Error: refusing to serve on non-loopback host 0.0.0.0 without --auth USER:PASS"
     )
 
 
-def test_unreachable_api_url_fails_fast(tmp_path: Path) -> None:
+def test_unreachable_api_url_fails_fast(tmp_path: Path, closed_port: int) -> None:
     env = base_env(tmp_path)
-    api_url = f"http://127.0.0.1:{free_port()}/api"
+    api_url = f"http://127.0.0.1:{closed_port}/api"
     env["PREFECT_API_URL"] = api_url
     repo = make_tiny_repo(tmp_path / "repo", env)
     began = time.monotonic()
@@ -174,26 +195,24 @@ def test_unreachable_api_url_fails_fast(tmp_path: Path) -> None:
 
 
 POSTGRES_URL = os.environ.get("DVCFLOW_TEST_POSTGRES_URL", "")
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1")
 
 
 @pytest.mark.skipif(
-    not POSTGRES_URL,
+    not POSTGRES_URL and not IN_CI,
     reason="no PostgreSQL: DVCFLOW_TEST_POSTGRES_URL unset (.ci/run starts one: scripts/ci-postgres.sh)",
 )
-def test_server_on_postgresql(tmp_path: Path) -> None:
-    home, port = tmp_path / "home", free_port()
-    env = server_env(home, port)
+def test_server_on_postgresql(tmp_path: Path, own_server: OwnServer) -> None:
+    assert POSTGRES_URL, "CI=true and no PostgreSQL: DVCFLOW_TEST_POSTGRES_URL unset (run CI through .ci/run)"
+    port, env = own_server.port, dict(own_server.env)
     password = POSTGRES_URL.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     started = dvcflow("server", "start", "--database-url", POSTGRES_URL, cwd=tmp_path, env=env)
-    try:
-        assert started.returncode == 0, started.stderr
-        assert password not in started.stdout
-        assert "postgresql+asyncpg://dvcflow:***@" in started.stdout
-        env["DVCFLOW_DATABASE_URL"] = POSTGRES_URL
-        repo = make_tiny_repo(tmp_path / "repo", env)
-        run = dvcflow("run-a", cwd=repo, env=env)
-        assert run.returncode == 0, run.stderr
-        flow_run = read_flow_run(f"http://127.0.0.1:{port}/api", run_link_id(run.stdout))
-        assert flow_run["state_name"] == "Completed"
-    finally:
-        dvcflow("server", "stop", cwd=tmp_path, env=env)
+    assert started.returncode == 0, started.stderr
+    assert password not in started.stdout
+    assert "postgresql+asyncpg://dvcflow:***@" in started.stdout
+    env["DVCFLOW_DATABASE_URL"] = POSTGRES_URL
+    repo = make_tiny_repo(tmp_path / "repo", env)
+    run = dvcflow("run-a", cwd=repo, env=env)
+    assert run.returncode == 0, run.stderr
+    flow_run = read_flow_run(f"http://127.0.0.1:{port}/api", run_link_id(run.stdout))
+    assert flow_run["state_name"] == "Completed"

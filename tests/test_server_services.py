@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
 import time
 import urllib.request
@@ -14,10 +13,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from dvcflow.server import process
-from tests.helpers import api_post, base_env, dvcflow, free_port
+from tests.conftest import Processes
+from tests.helpers import api_post, base_env, free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -47,15 +45,14 @@ def _server_env(home: Path, cache: Path) -> dict[str, str]:
     return env
 
 
-@pytest.mark.integration
-def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None:
+def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path, processes: Processes) -> None:
     """A first server with no template migrates a fresh database and leaves it as the template; set-up's
     `--prepare-template` makes the same one in another cache; a second server, on another fresh home,
     starts from that copy, skipping migrations and block registration."""
     first_env = _server_env(tmp_path / "first", tmp_path / "cache-first")
-    first = dvcflow("server", "start", cwd=PROJECT, env=first_env, timeout=180)
+    first = processes.dvcflow("server", "start", cwd=PROJECT, env=first_env, timeout=180)
     assert first.returncode == 0, first.stderr
-    assert dvcflow("server", "stop", cwd=PROJECT, env=first_env, timeout=60).returncode == 0
+    assert processes.dvcflow("server", "stop", cwd=PROJECT, env=first_env, timeout=60).returncode == 0
     assert (tmp_path / "first" / "prefect" / process.MEMO_NAME).is_file()
     [left] = (tmp_path / "cache-first" / "dvcflow").glob("prefect-*.db")
 
@@ -63,14 +60,14 @@ def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None
     env = _server_env(tmp_path / "second", cache)
     prepare = [sys.executable, "-m", "dvcflow.server.process", "--prepare-template"]
     for outcome in ("prepared", "up to date"):
-        done = subprocess.run(prepare, env=env, capture_output=True, text=True, timeout=300)
+        done = processes.run(prepare, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stdout.strip().endswith(outcome), done.stdout + done.stderr
     [prepared] = (cache / "dvcflow").glob("prefect-*.db")
     assert prepared.name == left.name and _schema(prepared) == _schema(left)
     assert _block_types(prepared) == _block_types(left) != []
 
     api = f"http://127.0.0.1:{env['DVCFLOW_PORT']}/api"
-    second = dvcflow("server", "start", cwd=PROJECT, env=env, timeout=180)
+    second = processes.dvcflow("server", "start", cwd=PROJECT, env=env, timeout=180)
     assert second.returncode == 0, second.stderr
     try:
         database = tmp_path / "second" / "prefect" / "prefect.db"
@@ -119,7 +116,7 @@ def test_lean_start_still_schedules_and_runs_automations(tmp_path: Path) -> None
 
         _wait_for("the automation's action", fired)
     finally:
-        dvcflow("server", "stop", cwd=PROJECT, env=env, timeout=60)
+        processes.dvcflow("server", "stop", cwd=PROJECT, env=env, timeout=60)
 
 
 def _split_top_level(body: str) -> list[str]:
@@ -157,8 +154,7 @@ def _schema(database: Path) -> list[object]:
     return schema
 
 
-@pytest.mark.integration
-def test_fast_migration_leaves_prefects_own_schema(tmp_path: Path) -> None:
+def test_fast_migration_leaves_prefects_own_schema(tmp_path: Path, processes: Processes) -> None:
     """`migrate_new_database` (a synchronous connection under Prefect's migration scripts) and Prefect's own
     `prefect server database upgrade` leave the same tables, columns, constraints, indexes and revision."""
     env = base_env(tmp_path / "home")
@@ -166,11 +162,11 @@ def test_fast_migration_leaves_prefects_own_schema(tmp_path: Path) -> None:
     theirs, ours = tmp_path / "theirs.db", tmp_path / "ours.db"
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{process.SQLITE_PREFIX}{theirs}"
     upgrade = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
-    done = subprocess.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
+    done = processes.run(upgrade, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"{process.SQLITE_PREFIX}{ours}"
     code = f"import pathlib, dvcflow.server.process as s; s.migrate_new_database(pathlib.Path({str(ours)!r}))"
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    done = processes.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ours")] == []  # renamed into place
     assert process.schema_revision(ours) is not None

@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from dvcflow.cli.app import app
 from dvcflow.dvc.experiments import apply_params, expand_grid
 from dvcflow.engine.trials import TrialResult, TrialSpec, best_trial, pick_best, table_rows, varying_params
-from tests.helpers import api_post, base_env, dvc, dvcflow, git, make_pipeline_repo, make_tiny_repo
+from tests.conftest import integration_fixture, offline_env
+from tests.helpers import api_post, dvc, dvcflow, git, make_pipeline_repo, make_tiny_repo
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -66,7 +67,6 @@ def worktrees(repo: Path) -> list[str]:
     ]
 
 
-@pytest.mark.integration
 @pytest.mark.timeout(900)  # ~2 min alone; 5 min and more when six test suites share the two CPUs
 def test_a_2x2_grid_equals_dvc_exp_run_is_listed_by_dvc_exp_show_and_leaves_the_workspace_alone(
     tmp_path: Path, client_env: dict[str, str]
@@ -181,7 +181,6 @@ def make_third_party_repo(root: Path, env: dict[str, str], sleep: float = 0) -> 
     return make_tiny_repo(root, env, stages=THIRD_PARTY_STAGES)
 
 
-@pytest.mark.integration
 def test_per_stage_trials_at_once_in_one_process_equal_the_usual_sweep(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
@@ -205,7 +204,6 @@ def test_per_stage_trials_at_once_in_one_process_equal_the_usual_sweep(
     assert len(worktrees(repo)) == 1
 
 
-@pytest.mark.integration
 def test_a_foreach_pipeline_with_params_in_another_file_and_one_failing_trial(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
@@ -243,7 +241,6 @@ def test_a_foreach_pipeline_with_params_in_another_file_and_one_failing_trial(
     ]  # fmt: skip
 
 
-@pytest.mark.integration
 def test_ctrl_c_cancels_the_running_trials_and_leaves_no_workspace_or_experiment(
     tmp_path: Path, client_env: dict[str, str]
 ) -> None:
@@ -286,11 +283,11 @@ def test_ctrl_c_cancels_the_running_trials_and_leaves_no_workspace_or_experiment
     assert tree_digest(repo) == before
 
 
-@pytest.fixture(scope="module")
+@integration_fixture(scope="module")
 def demo_with_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     """One demo repo (with a metrics file, as after a run) for all the bad inputs: none may change it."""
     home = tmp_path_factory.mktemp("bad-input")
-    env = {**base_env(home), "DVCFLOW_HOME": str(home), "DVCFLOW_PORT": "9"}  # nothing listens on 9
+    env = offline_env(home)
     repo = make_pipeline_repo(home / "repo", env)
     (repo / "reports").mkdir()
     (repo / "reports" / "metrics.json").write_text('{"accuracy": 0.9}')

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import dvc.logger as _dvc_logger  # noqa: F401 - before CliRunner swaps sys.stdout (see test_sweep)
-import pytest
 from typer.testing import CliRunner
 
 from dvcflow.cli.app import app
 from dvcflow.engine.trials import CANCEL_MARK, TrialJob, TrialSpec, mark_cancelled
-from tests.helpers import api_post, base_env, dvcflow, free_port, git, make_pipeline_repo
+from tests.conftest import Repos
+from tests.helpers import api_post, dvcflow, git
 from tests.test_sweep import experiments, make_third_party_repo, tree_digest, worktrees
 
 
@@ -33,7 +33,6 @@ def tasks_done_by(address: str) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.integration
 def test_trials_run_on_a_dask_cluster_as_child_flow_runs_and_become_experiments(
     tmp_path: Path, client_env: dict[str, str], dask_scheduler: str
 ) -> None:
@@ -78,11 +77,12 @@ def test_trials_run_on_a_dask_cluster_as_child_flow_runs_and_become_experiments(
     assert tree_digest(repo) == before
 
 
-def test_an_unreachable_dask_address_is_one_line_before_any_trial(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    env = {**base_env(home), "DVCFLOW_HOME": str(home), "DVCFLOW_PORT": "9"}  # no server either
-    repo = make_pipeline_repo(tmp_path / "repo", env)
-    address = f"tcp://127.0.0.1:{free_port()}"
+def test_an_unreachable_dask_address_is_one_line_before_any_trial(
+    tmp_path: Path, repos: Repos, closed_port: int
+) -> None:
+    env = repos.env  # no server either
+    repo = repos.pipeline(tmp_path / "repo")
+    address = f"tcp://127.0.0.1:{closed_port}"
     started = time.monotonic()
 
     result = CliRunner().invoke(

@@ -5,6 +5,7 @@ client."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,11 +23,9 @@ from dvcflow.api.tags import PID_TAG
 from dvcflow.cli import warm
 from dvcflow.core.settings import warm_enabled
 from dvcflow.proc import zygote
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, integration_fixture
 from tests.helpers import api_post, base_env, dvcflow, make_tiny_repo
 from tests.test_faults import CRASHED_WITHIN_S, Watched, processes_in, slow_repo, wait_for_file
-
-integration = pytest.mark.integration
 
 
 def served(home: Path) -> dict[int, list[str]]:
@@ -73,7 +72,6 @@ def starter(live_server: LiveServer) -> int:
     return pid
 
 
-@integration
 def test_run_a_is_served_warm_and_prints_and_exits_as_without_it(
     tmp_path: Path, live_server: LiveServer, starter: int
 ) -> None:
@@ -100,10 +98,9 @@ def test_run_a_is_served_warm_and_prints_and_exits_as_without_it(
         cold_usage.stderr,
     )
     assert usage.returncode == 2 and "Usage: python -m dvcflow run-a" in usage.stderr
-    assert os.getpid() != starter
+    assert zygote.ping(live_server.home) == starter  # one starter served them all, and it is still up
 
 
-@integration
 def test_environment_and_cwd_reach_the_stage_command(
     tmp_path: Path, live_server: LiveServer, starter: int
 ) -> None:
@@ -123,7 +120,6 @@ def test_environment_and_cwd_reach_the_stage_command(
     ]
 
 
-@integration
 def test_ctrl_c_reaches_the_served_command(tmp_path: Path, live_server: LiveServer, starter: int) -> None:
     repo = slow_repo(tmp_path, live_server.env, seconds=60)
     run = Watched(["run-a"], repo, live_server.env)
@@ -167,7 +163,6 @@ def test_a_ctrl_c_forwarded_before_the_child_began_the_command_still_interrupts_
     assert not (repo / "completions.txt").exists()
 
 
-@integration
 def test_sigkill_of_the_client_kills_the_child_and_the_flow_run_is_crashed(
     tmp_path: Path, live_server: LiveServer, starter: int
 ) -> None:
@@ -195,7 +190,6 @@ def test_sigkill_of_the_client_kills_the_child_and_the_flow_run_is_crashed(
     assert f"the client of {child} is gone" in (live_server.home / zygote.LOG_NAME).read_text()
 
 
-@integration
 def test_another_import_path_runs_in_the_calling_process(
     tmp_path: Path, live_server: LiveServer, starter: int
 ) -> None:
@@ -206,7 +200,7 @@ def test_another_import_path_runs_in_the_calling_process(
     assert zygote.ping(live_server.home) == starter  # refusing is no reason to stop
 
 
-@pytest.fixture
+@integration_fixture
 def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
     """A starter of the test's own (no server needed for `--version`), importing a copy of dvcflow's
     source (`PYTHONPATH`, for it and its clients): what a test writes there never reaches the session's
@@ -238,7 +232,6 @@ def own_starter(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
         assert starter.wait(timeout=60) == 0
 
 
-@integration
 def test_a_changed_source_file_runs_the_command_here_and_the_starter_starts_afresh(
     tmp_path: Path, own_starter: tuple[Path, dict[str, str], int]
 ) -> None:
@@ -268,29 +261,46 @@ def wait_for_log(home: Path, text: str, count: int, timeout: float = 60) -> None
 
 
 # A client that sends its request, gets its child's pid and leaves without saying GO (as one whose
-# handshake timed out does, then running the command itself). The child's stdout is a pipe it watches
-# meanwhile: the command must print nothing there (before the fix, its child ran at once).
+# handshake timed out does, then running the command itself). The child's stdout is a pipe of the client's:
+# the command must print nothing there (before the fix, its child ran at once). Not a guessed wait: a
+# witness, the same command asked for next and told to go, runs to its end first; the child that gave up
+# was forked before it, so had it run the command too it would have printed by then. Then the client
+# leaves, and reads that pipe to its end: all the child ever wrote, once it is gone.
 GIVE_UP = """
-import json, os, select, socket, sys
+import json, os, socket, sys
 from dvcflow.cli import warm
 from dvcflow.proc import zygote
+
+def ask(stdout):
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    connection.connect(sys.argv[1])
+    request = zygote._request(["--version"], warm.PACKAGE)
+    socket.send_fds(connection, [json.dumps(request).encode()], [0, stdout, 2])
+    os.close(stdout)
+    return connection, json.loads(connection.recv(zygote.MAX_MESSAGE))["accepted"]
+
+def everything(read_end):  # until every writer has closed it: the child is gone
+    data = b""
+    while chunk := os.read(read_end, 4096):
+        data += chunk
+    return data
+
 child_out, child_in = os.pipe()
-connection = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-connection.connect(sys.argv[1])
-request = zygote._request(["--version"], warm.PACKAGE)
-socket.send_fds(connection, [json.dumps(request).encode()], [0, child_in, 2])
-os.close(child_in)
-print("accepted", json.loads(connection.recv(zygote.MAX_MESSAGE))["accepted"])
-ready, _, _ = select.select([child_out], [], [], 1.5)
-print("it ran:", os.read(child_out, 100) if ready else b"")
+connection, child = ask(child_in)
+print("accepted", child)
+witness_out, witness_in = os.pipe()
+witness, _ = ask(witness_in)
+witness.send(zygote.GO)
+print("witness:", everything(witness_out))
+connection.close()  # gives up: no GO
+print("it ran:", everything(child_out))
 """
 
 
-@integration
 def test_a_client_that_gave_up_never_gets_its_command_run_and_a_stalled_one_delays_no_one(
     tmp_path: Path, own_starter: tuple[Path, dict[str, str], int]
 ) -> None:
-    home, env, _ = own_starter
+    home, env, pid = own_starter
     gave_up = subprocess.run(
         [sys.executable, "-c", GIVE_UP, str(zygote.socket_path(home))],
         env=env,
@@ -299,7 +309,8 @@ def test_a_client_that_gave_up_never_gets_its_command_run_and_a_stalled_one_dela
         timeout=60,  # returns once the child (holding the same pipes) is gone too
     )
     child = int(gave_up.stdout.split()[1])
-    assert gave_up.stdout == f"accepted {child}\nit ran: b''\n", gave_up.stderr
+    witnessed = repr(f"dvcflow {warm_version()}\n".encode())
+    assert gave_up.stdout == f"accepted {child}\nwitness: {witnessed}\nit ran: b''\n", gave_up.stderr
     deadline = time.monotonic() + 30
     while f"{child} ended" not in (home / zygote.LOG_NAME).read_text():
         assert time.monotonic() < deadline, (home / zygote.LOG_NAME).read_text()
@@ -307,12 +318,15 @@ def test_a_client_that_gave_up_never_gets_its_command_run_and_a_stalled_one_dela
     assert f"the client of {child} is gone" in (home / zygote.LOG_NAME).read_text()
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as stalled:
-        stalled.connect(str(zygote.socket_path(home)))  # and never sends its request
-        started = time.monotonic()
-        assert zygote.ping(home, timeout=5) is not None
-        assert time.monotonic() - started < 0.5  # the previous loop waited 2 s for the stalled request
+        stalled.connect(str(zygote.socket_path(home)))  # and sends no request, yet
+        assert zygote.ping(home, timeout=60) == pid
         served_now = dvcflow("--version", cwd=tmp_path, env=env)
         assert served_now.stdout == f"dvcflow {warm_version()}\n"
+        # Both were answered while the stalled client was still waited for, not after the starter had
+        # given up on it (the previous loop waited 2 s for its request, then dropped it): it is answered too.
+        stalled.settimeout(60)
+        stalled.send(json.dumps({"protocol": zygote.PROTOCOL, "ping": True}).encode())
+        assert json.loads(stalled.recv(zygote.MAX_MESSAGE) or b"{}") == {"pong": pid}
     assert "serving ['--version']" in (home / zygote.LOG_NAME).read_text()
 
 

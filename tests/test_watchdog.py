@@ -9,9 +9,8 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import pytest
-
 from dvcflow.api.watchdog import DONE
+from tests.conftest import integration_fixture
 
 TAGS = ["dvcflow-repo:abc", "dvcflow-host:h", "dvcflow-pid:1.2"]
 
@@ -41,7 +40,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
+@integration_fixture  # a server, and each test runs the watchdog as a process
 def api() -> Iterator[FakeApi]:
     server = FakeApi(("127.0.0.1", 0), Handler)
     server.requests = []
