@@ -1,4 +1,10 @@
-"""Decide which Prefect API a run uses and prepare the environment for it, before Prefect is imported."""
+"""Decide which Prefect API a command uses and prepare the environment for it, before Prefect is imported.
+
+`connect` is the one way in, for every command that talks to Prefect (runs, deployments, notifications,
+the histories): Prefect reads its settings once, at import, so whatever chooses the API must run first and
+export them; doing it in one place keeps the choice (`PREFECT_API_URL`, `--ephemeral`, or dvcflow's local
+server as the repository's settings describe it, started on first use) the same everywhere.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dvcflow.api import prefect_settings
@@ -20,6 +27,7 @@ from dvcflow.core.settings import (
     apply_environment,
     choose_api_mode,
     ephemeral_environment,
+    resolve_server_config,
 )
 from dvcflow.server import control
 
@@ -53,14 +61,18 @@ def _check_reachable(api_url: str) -> None:
 
 
 def connect(
-    config: ServerConfig,
+    root: Path,
     *,
     ephemeral: bool | None = None,
-    on_server_start: Callable[[str], None] | None = None,
+    announce: Callable[[str], None] = lambda _line: None,
 ) -> ApiConnection:
-    """Export the client settings for this run; start the local server on first use."""
-    connection = _connect(config, ephemeral=ephemeral, on_server_start=on_server_start)
+    """Choose the Prefect API for the repository at `root` (its server settings), export the client
+    settings for it and start dvcflow's local server on first use. `announce` hears that the server was
+    started, then which API is used. `ephemeral`: True (the flag), False (never: what must outlive this
+    process, a deployment, a history), None (`DVCFLOW_EPHEMERAL` decides)."""
+    connection = _connect(resolve_server_config(start=root), ephemeral=ephemeral, on_server_start=announce)
     prefect_settings.sync_prefect_settings()  # in a warm starter's child, Prefect is imported already
+    announce(connection.description)
     return connection
 
 

@@ -115,10 +115,8 @@ def connect_lasting(root: Path, announce: Callable[[str], None]) -> None:
     """Use the configured API, or dvcflow's local server (started if need be): schedules, runs started
     from the UI and automations need a server that outlives this process, never a temporary one."""
     from dvcflow.api.connect import connect
-    from dvcflow.core.settings import resolve_server_config
 
-    connection = connect(resolve_server_config(start=root), ephemeral=False, on_server_start=announce)
-    announce(connection.description)
+    connect(root, ephemeral=False, announce=announce)
 
 
 def check_request(

@@ -18,7 +18,6 @@ from dvcflow.api.artifacts import artifact_key, legacy_artifact_key
 from dvcflow.api.connect import connect
 from dvcflow.core.errors import MetricsError, ServerError
 from dvcflow.core.metrics import MetricsSnapshot, Scalar
-from dvcflow.core.settings import resolve_server_config
 from dvcflow.dvc import repository
 
 
@@ -135,8 +134,7 @@ def read_history(
 ) -> MetricsHistory:
     """The metrics of the last `limit` flow runs of this repository's pipeline, newest first."""
     root = repository.find_repo_root(repo)
-    connection = connect(resolve_server_config(start=root), ephemeral=False, on_server_start=announce)
-    announce(connection.description)
+    connect(root, ephemeral=False, announce=announce)
     key = artifact_key(root)
     import httpx
 

@@ -24,7 +24,6 @@ from dvcflow.api.execution import caller_flow_run, import_engine
 from dvcflow.core.errors import UsageError
 from dvcflow.core.records import NO_SYNC, DataSync, FlowRunRecord
 from dvcflow.core.selection import EVERYTHING, Selection
-from dvcflow.core.settings import resolve_server_config
 from dvcflow.dvc import commands, repository, targets
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.proc import children
@@ -157,10 +156,7 @@ def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bo
                 "on the flow's Prefect API"
             )
         return _caller_api_url() is not None
-    config = resolve_server_config(start=root)
-    connection = connect(config, ephemeral=ephemeral or None, on_server_start=announce)
-    announce(connection.description)
-    return connection.links_survive
+    return connect(root, ephemeral=ephemeral or None, announce=announce).links_survive
 
 
 def run_repro(
