@@ -106,6 +106,8 @@ def test_plan_as_dict_is_json(wide: StageGraph) -> None:
         "reason": "upstream branch@2 may change",
         "kind": "stage",
         "upstream": ["branch@0", "branch@1", "branch@2", "branch@3"],
+        "resources": {},  # what it declares it needs (tests/test_resources.py)
+        "mutex": [],
     }
 
 

@@ -5,7 +5,8 @@ Provides:
 - `StageGraph`: the nodes; `waves()` by Kahn's algorithm (`ValueError` on a cycle), `descendants()`.
 - `PipelineSnapshot`: the graph plus what `dvc status` said changed, filled by `dvcflow.dvcrepo`.
 - `Decision`, `PlannedStage`, `Plan` and `plan()`: which stages would be reproduced, and why
-  (`PipelineError` on a cycle), restricted to the stages a `Selection` names; `Plan.mermaid()`.
+  (`PipelineError` on a cycle), restricted to the stages a `Selection` names, each with what it declares
+  it needs (`dvcflow.core.resources.Demand`); `Plan.mermaid()`.
 
 Pure logic: no DVC, no Prefect, cheap to import.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from dvcflow.core.errors import PipelineError
+from dvcflow.core.resources import NO_DEMAND, Demand
 
 
 class StageKind(StrEnum):
@@ -156,6 +158,7 @@ class PlannedStage:
     reason: str  # why: what status said, or which upstream changed
     upstream: tuple[str, ...]
     kind: StageKind = StageKind.STAGE
+    demand: Demand = NO_DEMAND  # resources and mutex groups it holds while it runs
 
     @property
     def would_run(self) -> bool:
@@ -193,7 +196,8 @@ class Plan:
             lines.append(f"wave {number}:")
             for name in wave:
                 stage = by_name[name]
-                lines.append(f"  {name}: {stage.decision.value} ({stage.reason})")
+                needs = f" [needs {stage.demand}]" if not stage.demand.empty else ""
+                lines.append(f"  {name}: {stage.decision.value} ({stage.reason}){needs}")
         return "\n".join(lines)
 
     def mermaid(self) -> str:
@@ -221,18 +225,27 @@ class Plan:
                     "reason": stage.reason,
                     "kind": stage.kind.value,
                     "upstream": list(stage.upstream),
+                    **stage.demand.as_dict(),
                 }
                 for stage in self.stages
             },
         }
 
 
-def plan(snapshot: PipelineSnapshot, selected: Iterable[str] | None = None, *, force: bool = False) -> Plan:
+def plan(
+    snapshot: PipelineSnapshot,
+    selected: Iterable[str] | None = None,
+    *,
+    force: bool = False,
+    demands: Mapping[str, Demand] | None = None,
+) -> Plan:
     """Changed stages run, their descendants run if DVC says so, everything else is up to date.
 
     `selected` (what `dvcrepo.selected_stages` returns) narrows the plan to those stages, as `dvc repro
     TARGETS` does: edges to stages outside it are dropped. With `force` every planned stage runs.
+    `demands`: what stages declare they need (`dvcflow.core.resources.demands_for`), kept on each.
     """
+    demands = demands or {}
     graph = snapshot.graph
     if selected is not None:
         graph = graph.subgraph(selected)
@@ -257,5 +270,9 @@ def plan(snapshot: PipelineSnapshot, selected: Iterable[str] | None = None, *, f
             else:
                 decision, reason = Decision.UP_TO_DATE, "nothing changed here or upstream"
             decided[name] = decision
-            stages.append(PlannedStage(name, number, decision, reason, node.upstream, node.kind))
+            stages.append(
+                PlannedStage(
+                    name, number, decision, reason, node.upstream, node.kind, demands.get(name, NO_DEMAND)
+                )
+            )
     return Plan(tuple(stages), waves)
