@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from dvcflow.core.graph import PipelineSnapshot, Plan, PlannedStage, StageGraph, StageNode, plan
+from dvcflow.core.resources import Grant
 from dvcflow.engine.scheduler import Action, Outcome, run_stages
 
 
@@ -20,7 +21,9 @@ class FakeLauncher:
     pending: list[tuple[str, Action]] = field(default_factory=list)
     most_running: int = 0
 
-    def launch(self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...]) -> None:
+    def launch(
+        self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...], grant: Grant
+    ) -> None:
         self.launched.append((stage.name, action, reason, edges))
         self.pending.append((stage.name, action))
         self.most_running = max(self.most_running, sum(a is Action.RUN for _, a in self.pending))

@@ -154,6 +154,7 @@ def _execute(
             flow_run = client.read_flow_run(flow_run_id)
             seen = sum(1 for run in _seen_task_runs.values() if run.flow_run_id == flow_run_id)
             task_runs = _known_task_runs(flow_run_id) or _final_task_runs(client, flow_run_id, seen)
+            waits = dict(_waits)
         ui_link = flow_run_link(flow_run_id) if keep_link else None
     returned = _returned(state)
     if not subflow:  # a top-level run is its process's last work (`gcpause`); a caller's flow goes on
@@ -165,6 +166,7 @@ def _execute(
             attempts=run.run_count,
             seconds=run.total_run_time.total_seconds(),
             message=_state_message(run.state) if run.state and not run.state.is_completed() else None,
+            waited=waits.get(run.id),
         )
         for run in task_runs
     )
@@ -193,6 +195,16 @@ _declared: dict[UUID, tuple[UUID, ...]] = {}
 
 
 _collecting = False
+
+
+_waits: dict[UUID, float] = {}  # task run → seconds it waited for resources (`note_wait`)
+
+
+def note_wait(task_run_id: UUID, seconds: float) -> None:
+    """A stage that declares resources waited `seconds` for them (for this run's capacity in the
+    scheduler, for another run's in the server's limits): added up, shown in the summary."""
+    if _collecting:
+        _waits[task_run_id] = _waits.get(task_run_id, 0.0) + seconds
 
 
 def remember_task_run(task_run: Any = None) -> None:
@@ -240,6 +252,7 @@ def _task_runs_seen() -> Iterator[None]:
         _collecting = False
         _seen_task_runs.clear()
         _declared.clear()
+        _waits.clear()
 
 
 def _known_task_runs(flow_run_id: UUID) -> list[Any] | None:

@@ -109,6 +109,8 @@ class TaskRunRecord:
     attempts: int
     seconds: float
     message: str | None = None
+    waited: float | None = None
+    """Seconds a stage that declares resources waited for them (None: it declares none)."""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ No Prefect here: the task in `engine.task` gives `log` the task's logger.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -78,10 +79,13 @@ def execute(
     log: Callable[[str], None],
     pull: bool = False,
     allow_missing: bool = False,
+    holding: Callable[[], contextlib.AbstractContextManager[Mapping[str, str]]] | None = None,
 ) -> StageResult:
     """Run stage `name` if it needs to (see the module doc); `PipelineError` when it fails. `pull` and
     `allow_missing` are `dvc repro --pull/--allow-missing`: a stage whose only change is missing data is
-    skipped (`allow_missing`) or fetched from the remote (`pull`), as `Stage.reproduce` does."""
+    skipped (`allow_missing`) or fetched from the remote (`pull`), as `Stage.reproduce` does. `holding`
+    is entered around the command only (the resources it declares: `dvcflow.api.limits`), and gives
+    variables for its environment (`CUDA_VISIBLE_DEVICES`)."""
     spec = session.spec(name)
     if check_changed and not force and (pull or allow_missing) and session.missing_data_only(name):
         if allow_missing:
@@ -103,17 +107,22 @@ def execute(
         log(f"Stage '{name}' is cached - skipping run, checked out its outputs from the DVC cache")
         return StageResult(name, Status.RESTORED, session.recorded_outputs(name))
     log(f"Running stage '{name}':")
+    held = contextlib.ExitStack()
     try:
+        extra_env = held.enter_context(holding()) if holding is not None else {}
         if function is not None:
             _call(function, spec.commands, spec.wdir, log)
         else:
             commands, cwd, env = session.command_env(name)
+            env.update(extra_env)
             for command, shown in zip(commands, spec.commands, strict=True):
                 log(f"> {shown}")
                 _stream(name, command, shown, cwd, env, log)
     except BaseException:
         session.abandon(name)
         raise
+    finally:
+        held.close()
     outputs = session.record(name)
     log(f"Recorded {', '.join(f'{out.path} ({out.md5})' for out in outputs) or 'the stage'} in dvc.lock")
     return StageResult(name, Status.RAN, outputs)

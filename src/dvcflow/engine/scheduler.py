@@ -5,15 +5,23 @@ finished: at most `jobs` stages running at once; descendants of a failure are no
 `keep_going`, nothing new starts after a failure. The launcher is a protocol, so the unit tests drive the
 scheduler with a fake (no Prefect, no DVC) and the flows with Prefect tasks.
 
+Resources (`dvcflow.core.resources`): a stage that declares a demand starts only when it fits what is free
+(`ResourcePool`: never over the capacity of any resource, never two stages of one mutex group), and gets
+its own GPU indices. Every time something finishes, every ready stage that fits starts, in plan order: a
+small stage may start ahead of a bigger one that waits (nothing is reserved for the bigger one).
+
 Pure logic: no DVC, no Prefect.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Protocol
 
 from dvcflow.core.graph import Decision, Plan, PlannedStage
+from dvcflow.core.resources import GPU, NO_GRANT, Capacity, Demand, Grant
 
 
 class Action(StrEnum):
@@ -37,9 +45,12 @@ class Outcome(StrEnum):
 
 class StageLauncher(Protocol):
     """Starts stages and reports them finished; `edges` are the upstream stages that were launched
-    (the UI draws them), never those that were not run."""
+    (the UI draws them), never those that were not run; `grant`: the resources the stage holds until it
+    finishes (its GPU indices), `NO_GRANT` for a stage that declares none."""
 
-    def launch(self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...]) -> None: ...
+    def launch(
+        self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...], grant: Grant
+    ) -> None: ...
 
     def next_finished(self) -> tuple[str, Outcome]:
         """Block until a launched stage has finished; its name and outcome."""
@@ -62,14 +73,66 @@ def decide(
     return Action.RUN, stage.reason, None
 
 
-def run_stages(plan: Plan, launcher: StageLauncher, *, jobs: int, keep_going: bool) -> dict[str, Outcome]:
+class ResourcePool:
+    """What is free while stages run: `take` a demand if it fits now (with the lowest free GPU indices),
+    `give` it back when the stage ends. `capacity` None: amounts are not counted here (a Dask cluster
+    counts them), mutex groups still are."""
+
+    def __init__(self, capacity: Capacity | None) -> None:
+        self.free: dict[str, int] | None = dict(capacity.amounts) if capacity is not None else None
+        self.devices = capacity.gpus if capacity is not None else ()
+        self.free_gpus: list[str] = list(self.devices)
+        self.held: set[str] = set()  # mutex groups
+
+    def fits(self, demand: Demand) -> bool:
+        if any(group in self.held for group in demand.mutex):
+            return False
+        free = self.free
+        return free is None or all(amount <= free.get(name, 0) for name, amount in demand.resources)
+
+    def take(self, demand: Demand, waited: float = 0.0) -> Grant | None:
+        """The grant, or None when the demand does not fit now."""
+        if not self.fits(demand):
+            return None
+        self.held.update(demand.mutex)
+        gpus: tuple[str, ...] = ()
+        if self.free is not None:
+            for name, amount in demand.resources:
+                self.free[name] -= amount
+            count = demand.amount(GPU)
+            gpus, self.free_gpus = tuple(self.free_gpus[:count]), self.free_gpus[count:]
+        return Grant(demand, gpus, waited)
+
+    def give(self, grant: Grant) -> None:
+        self.held.difference_update(grant.demand.mutex)
+        if self.free is not None:
+            for name, amount in grant.demand.resources:
+                self.free[name] += amount
+            back = {*self.free_gpus, *grant.gpus}
+            self.free_gpus = [device for device in self.devices if device in back]
+
+
+def run_stages(
+    plan: Plan,
+    launcher: StageLauncher,
+    *,
+    jobs: int,
+    keep_going: bool,
+    capacity: Capacity | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Outcome]:
     """Launch every stage of `plan` once, upstream first, at most `jobs` running at once; the outcomes.
 
     A stage never starts while an upstream one runs (DVC's per-path locks would fail it as "busy").
     Descendants of a failure end not run; without `keep_going` so does every stage not started yet.
+    A stage's `demand` must fit the free part of `capacity` (None: only mutex groups are kept apart) when
+    it starts; its grant says how long it waited for that (by `clock`).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    pool = ResourcePool(capacity)
+    grants: dict[str, Grant] = {}
+    blocked_since: dict[str, float] = {}  # ready, a job free, held back by resources or a mutex
     stages = {stage.name: stage for stage in plan.stages}
     waiting = [stage.name for stage in plan.stages]  # wave order
     outcomes: dict[str, Outcome] = {}
@@ -84,9 +147,17 @@ def run_stages(plan: Plan, launcher: StageLauncher, *, jobs: int, keep_going: bo
             if not all(up in outcomes for up in stage.upstream):
                 continue
             action, reason, culprit = decide(stage, blamed, first_failure, keep_going)
+            grant = NO_GRANT
             if action is Action.RUN:
                 if len(running) >= jobs:
                     continue
+                if not stage.demand.empty:
+                    now = clock()
+                    taken = pool.take(stage.demand, now - blocked_since.get(name, now))
+                    if taken is None:
+                        blocked_since.setdefault(name, now)
+                        continue
+                    grant = grants[name] = taken
                 running.add(name)
             if culprit is not None:
                 blamed[name] = culprit
@@ -94,7 +165,8 @@ def run_stages(plan: Plan, launcher: StageLauncher, *, jobs: int, keep_going: bo
                 not_run.add(name)
             waiting.remove(name)
             in_flight.add(name)
-            launcher.launch(stage, action, reason, tuple(up for up in stage.upstream if up not in not_run))
+            edges = tuple(up for up in stage.upstream if up not in not_run)
+            launcher.launch(stage, action, reason, edges, grant)
         if not in_flight:
             if waiting:
                 raise RuntimeError(f"stages that can never start: {', '.join(waiting)}")
@@ -102,6 +174,8 @@ def run_stages(plan: Plan, launcher: StageLauncher, *, jobs: int, keep_going: bo
         name, outcome = launcher.next_finished()
         in_flight.discard(name)
         running.discard(name)
+        if name in grants:
+            pool.give(grants.pop(name))
         outcomes[name] = outcome
         if outcome is Outcome.FAILED:
             blamed[name] = name

@@ -5,15 +5,23 @@
 Prefect assets (`file://` keys, DVC's md5 and size as metadata) and its deps as upstream assets, so the
 run's graph shows the data. `PrefectLauncher` is the scheduler's `StageLauncher`: it submits the task with
 `wait_for` edges (the UI draws the DAG) and reports each finished stage.
+
+A stage that declares resources (`dvcflow.core.resources`) gets the scheduler's grant: its command runs
+with its GPU indices in `CUDA_VISIBLE_DEVICES`, holding the machine's Prefect concurrency limits
+(`dvcflow.api.limits`); on Dask, the amounts become the task's worker resources instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import queue
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from prefect import allow_failure, get_run_logger
 from prefect.assets import Asset
@@ -24,8 +32,9 @@ from prefect.results import ResultStore
 from prefect.states import Cancelled, Completed
 from prefect.tasks import MaterializingTask
 
-from dvcflow.api.execution import remember_task_run, untagged_tasks
+from dvcflow.api.execution import note_wait, remember_task_run, untagged_tasks
 from dvcflow.core.graph import PlannedStage
+from dvcflow.core.resources import NO_GRANT, NO_RESOURCES, Grant, Resources, dask_resources
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import StageResult, Status, execute, open_session
 from dvcflow.engine.plugins import StageFunction
@@ -37,6 +46,7 @@ UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
 PULLED_STATE = "Pulled"  # a Completed state: only its data was missing, fetched from the remote (--pull)
 NOT_RUN_STATE = "NotRun"  # a Cancelled state: an upstream stage failed, or the run stopped first
 PLACEHOLDER_ASSET = "file:///dev/null"  # replaced per stage by `with_options(assets=...)`
+WAIT_WORTH_SAYING_S = 0.5  # a wait for another run's resources shorter than this goes unlogged
 
 
 def _run_stage(
@@ -49,8 +59,11 @@ def _run_stage(
     function: StageFunction | None = None,
     pull: bool = False,
     allow_missing: bool = False,
+    grant: Grant = NO_GRANT,
+    share: bool = False,
 ) -> StageResult | State[Any]:
-    """One stage; its command's output lines go into this task's log."""
+    """One stage; its command's output lines go into this task's log. With a `grant`, its command runs
+    with its GPU indices and, with `share`, holding the machine's concurrency limits."""
     remember_task_run()
     logger = get_run_logger()
     if action is Action.NOT_RUN:
@@ -73,6 +86,7 @@ def _run_stage(
         log=logger.info,
         pull=pull,
         allow_missing=allow_missing,
+        holding=None if grant.empty else partial(_holding, grant, share),
     )
     _describe_assets(repo_root, result)
     if by_cache:
@@ -84,6 +98,50 @@ def _run_stage(
     return Completed(
         message="restored from DVC's run cache" if result.status is Status.RESTORED else "reproduced"
     )
+
+
+@contextlib.contextmanager
+def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
+    """Around a stage's command: the machine's limits (with `share`; the wait is logged and counted in
+    the summary), and the environment of its grant.
+
+    The limits are released in a thread of their own while DVC records the outputs (a release is two
+    API calls and a thread's end, ~0.1-0.3 s); the launcher waits for it before the scheduler hands the
+    stage's resources to another (`_released`)."""
+    from prefect.context import TaskRunContext
+
+    logger = get_run_logger()
+    environment = grant.environment()
+    context = TaskRunContext.get()
+    task_run = context.task_run.id if context is not None else None
+    held = contextlib.ExitStack()
+    try:
+        if share:
+            from dvcflow.api.limits import holding
+
+            waited = held.enter_context(holding(grant.demand, task_run))
+            if task_run is not None:
+                note_wait(task_run, waited)
+            if waited >= WAIT_WORTH_SAYING_S:
+                logger.info("Waited %.1f s for %s, held by another run on this machine", waited, grant.demand)
+        shown = ", ".join(f"{key}={value}" for key, value in environment.items())
+        logger.info("Holding %s%s", grant.demand, f" ({shown})" if shown else "")
+        yield environment
+    finally:
+        release = threading.Thread(
+            target=contextvars.copy_context().run, args=(held.close,), name="dvcflow-release", daemon=True
+        )
+        release.start()
+        _releasing.setdefault(task_run, []).append(release)
+
+
+_releasing: dict[UUID | None, list[threading.Thread]] = {}  # task run → its limits' releases under way
+
+
+def _released(task_run: UUID | None) -> None:
+    """Wait until the task run's limits are back on the server (see `_holding`)."""
+    for release in _releasing.pop(task_run, []):
+        release.join()
 
 
 stage_task: MaterializingTask[Any, Any] = MaterializingTask(
@@ -137,6 +195,7 @@ class PrefectLauncher:
         name_runs_after_stages: bool = True,
         pull: bool = False,
         allow_missing: bool = False,
+        resources: Resources = NO_RESOURCES,
     ) -> None:
         self.root = root
         self.session = session
@@ -148,6 +207,7 @@ class PrefectLauncher:
         self.name_runs_after_stages = name_runs_after_stages
         self.pull = pull
         self.allow_missing = allow_missing
+        self.resources = resources
         self.futures: dict[str, PrefectFuture[Any]] = {}
         self.keys: dict[str, str] = {}
         self._finished: queue.Queue[str] = queue.Queue()
@@ -178,9 +238,11 @@ class PrefectLauncher:
             options.update(cache_policy=policy, persist_result=True, refresh_cache=decision.refresh)
         return options
 
-    def launch(self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...]) -> None:
+    def launch(
+        self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...], grant: Grant
+    ) -> None:
         task_for_stage = stage_task.with_options(**self._options(stage, action))
-        with untagged_tasks():
+        with untagged_tasks(), self._on_workers_with(grant):
             future = task_for_stage.submit(
                 self.root,
                 stage.name,
@@ -191,11 +253,25 @@ class PrefectLauncher:
                 self.functions.get(stage.name),
                 self.pull,
                 self.allow_missing,
+                grant,
+                self.resources.share,
                 wait_for=[allow_failure(self.futures[up]) for up in edges],
                 return_state=False,
             )
+        if not grant.empty:
+            note_wait(future.task_run_id, grant.waited)  # the wait for this run's own capacity
         self.futures[stage.name] = future
         future.add_done_callback(partial(_report_done, self._finished, stage.name))
+
+    def _on_workers_with(self, grant: Grant) -> contextlib.AbstractContextManager[Any]:
+        """On Dask, the demand's amounts as the task's worker resources (`GPU`, `MEM_GB`): it lands only
+        on a worker started with `--resources GPU=...`, and the cluster counts them."""
+        amounts = dask_resources(grant.demand)
+        if not (self.resources.dask and amounts):
+            return contextlib.nullcontext()
+        from dask.base import annotate
+
+        return annotate(resources=amounts)
 
     def next_finished(self) -> tuple[str, Outcome]:
         try:
@@ -207,6 +283,7 @@ class PrefectLauncher:
             # (so that they can be stopped cleanly), and the task runner would wait for them to finish.
             children.interrupt_commands()
             raise
+        _released(future.task_run_id)
         state = future.state
         if state.name == NOT_RUN_STATE:
             return name, Outcome.NOT_RUN

@@ -1,0 +1,115 @@
+"""Resources shared by every run on this machine, through the Prefect server's global concurrency limits.
+
+The scheduler keeps one run within its capacity (`dvcflow.engine.scheduler`). Two runs on one GPU box,
+each within its own capacity, would still put two stages on one GPU; so each stage that declares a demand
+also holds, around its command, a slot of a global concurrency limit per resource (`occupy=` the amount)
+and per mutex group (a limit of 1). Every process that talks to the same server shares them, and they
+show on the UI's Concurrency page, with the task run that holds each slot.
+
+Scope: the machine. A limit is named `dvcflow:<host id>:<resource>` (`dvcflow:<host id>:mutex:<group>`;
+the host id of `dvcflow.proc.liveness.host_id`), because what it counts (GPUs, memory, a licence bound to
+the host) belongs to the machine, not to one repository: two repositories on one box queue for its GPU
+too, and two boxes sharing a server do not wait for each other's.
+
+Each run writes its capacity to the server before its first stage (`ensure_limits`): a missing limit is
+created, one with another limit or switched off is set to the capacity. The limits are taken one at a time
+in one order (mutex groups, then resources by name), so two runs never wait for each other in a circle. A
+slot is leased (60 s, renewed while the command runs): if the process dies, the server frees it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from uuid import UUID
+
+from dvcflow.core.resources import Capacity, Demand
+
+PREFIX = "dvcflow"
+LEASE_S = 60  # the server's minimum lease; renewed while the stage runs
+
+
+def _host() -> str:
+    from dvcflow.proc.liveness import host_id
+
+    return host_id()
+
+
+def limit_name(resource: str, host: str | None = None) -> str:
+    """`dvcflow:<host id>:gpu`: the global concurrency limit counting a resource on this machine."""
+    return f"{PREFIX}:{host or _host()}:{resource}"
+
+
+def mutex_name(group: str, host: str | None = None) -> str:
+    """`dvcflow:<host id>:mutex:<group>`: a limit of 1."""
+    return f"{PREFIX}:{host or _host()}:mutex:{group}"
+
+
+def wanted_limits(capacity: Capacity, demands: Mapping[str, Demand]) -> dict[str, int]:
+    """Limit name → its limit, for what `demands` take: the capacity of each resource, 1 per mutex group."""
+    host = _host()
+    wanted: dict[str, int] = {}
+    for demand in demands.values():
+        for resource, _ in demand.resources:
+            amount = capacity.amount(resource)
+            if amount is not None:
+                wanted[limit_name(resource, host)] = amount
+        for group in demand.mutex:
+            wanted[mutex_name(group, host)] = 1
+    return dict(sorted(wanted.items()))
+
+
+def ensure_limits(
+    capacity: Capacity, demands: Mapping[str, Demand], announce: Callable[[str], None] = lambda _: None
+) -> None:
+    """Create each limit the run takes, or set it to the capacity (switched on); `announce` says which
+    changed."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for name, limit in wanted_limits(capacity, demands).items():
+            try:
+                existing = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                with contextlib.suppress(ObjectAlreadyExists):  # another run created it a moment ago
+                    client.create_global_concurrency_limit(
+                        GlobalConcurrencyLimitCreate(name=name, limit=limit)
+                    )
+                continue
+            if existing.limit != limit or not existing.active:
+                client.update_global_concurrency_limit(
+                    name, GlobalConcurrencyLimitUpdate(limit=limit, active=True)
+                )
+                announce(f"Concurrency limit {name}: {existing.limit} -> {limit} (this run's capacity)")
+
+
+@contextlib.contextmanager
+def holding(demand: Demand, task_run: UUID | None = None) -> Iterator[float]:
+    """Hold a slot of each limit `demand` takes for the block (mutex groups first, together, then each
+    resource by name, `occupy=` its amount); yields the seconds spent waiting for them."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency.sync import concurrency
+
+    holder = ConcurrencyLeaseHolder(type="task_run", id=task_run) if task_run is not None else None
+    host = _host()
+    takes: list[tuple[list[str], int]] = []
+    if demand.mutex:
+        takes.append(([mutex_name(group, host) for group in demand.mutex], 1))
+    takes.extend(([limit_name(resource, host)], amount) for resource, amount in demand.resources)
+    started = time.monotonic()
+    with contextlib.ExitStack() as held:
+        for names, occupy in takes:
+            held.enter_context(
+                concurrency(
+                    names,
+                    occupy=occupy,
+                    lease_duration=LEASE_S,
+                    strict=True,
+                    holder=holder,
+                    raise_on_lease_renewal_failure=False,  # a missed renewal does not kill the command
+                )
+            )
+        yield time.monotonic() - started
