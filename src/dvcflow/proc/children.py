@@ -179,6 +179,25 @@ def interrupt_commands(grace: float = INTERRUPT_GRACE_S) -> int:
     return len(running)
 
 
+def stop_commands_in(folder: Path, grace: float = TERM_WAIT_S) -> int:
+    """Stop every process `stream` is reading that runs in `folder` or below it (SIGTERM to its group,
+    SIGKILL after `grace` s): one sweep trial's DVC and stage command, the other trials untouched. The
+    count stopped."""
+    import psutil
+
+    def inside(process: subprocess.Popen[str]) -> bool:
+        try:
+            return Path(psutil.Process(process.pid).cwd()).is_relative_to(folder)
+        except psutil.Error:
+            return False
+
+    with _RUNNING_LOCK:
+        chosen = [process for process in _RUNNING if inside(process)]
+    for process in chosen:
+        stop_then_kill(process, ((signal.SIGTERM, grace),))
+    return len(chosen)
+
+
 def _interrupt(process: subprocess.Popen[str], grace: float = INTERRUPT_GRACE_S) -> None:
     """SIGINT first, as a terminal's Ctrl-C would, so DVC never dies halfway through writing dvc.lock.
 
