@@ -15,7 +15,7 @@ import contextlib
 import fcntl
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,8 +67,9 @@ def _has_key(data: dict[str, Any], dotted: str) -> Any:
 _MISSING = object()
 
 
-def _check_values(root: Path, path_overrides: dict[str, list[str]]) -> None:
-    """Each `-S` names an existing file and key, has a value, and a number where the param is one."""
+def check_values(root: Path, path_overrides: dict[str, list[str]]) -> None:
+    """Each `-S` names an existing file and key, has a value, and a number where the param is one
+    (an `interval(...)` of a search is a range of numbers by its grammar)."""
     from dvc.utils.hydra import to_hydra_overrides
     from hydra.errors import OverrideParseException
 
@@ -93,6 +94,8 @@ def _check_values(root: Path, path_overrides: dict[str, list[str]]) -> None:
                 continue
             if parsed.value() == "":
                 raise UsageError(f"-S {text}: empty value list", hint=f"give values, e.g. {key}=1,2")
+            if parsed.is_interval_sweep():
+                continue
             values = list(parsed.sweep_iterator()) if parsed.is_sweep_override() else [parsed.value()]
             number = isinstance(current, (int, float)) and not isinstance(current, bool)
             for value in values:
@@ -116,7 +119,7 @@ def expand_grid(root: Path, set_params: Sequence[str]) -> tuple[tuple[Override, 
     if not set_params:
         raise UsageError("give at least one -S KEY=VALUES", hint="e.g. dvcflow sweep -S train.C=0.1,1,10")
     path_overrides = to_path_overrides(set_params)
-    _check_values(root, path_overrides)
+    check_values(root, path_overrides)
     try:
         sweeps = get_hydra_sweeps(path_overrides)
     except (InvalidArgumentError, OverrideParseException) as err:
@@ -151,6 +154,13 @@ def git_baseline(root: Path) -> str:
             f"{root}: a sweep needs a git repository with at least one commit",
             hint="DVC experiments are git commits: `git init`, then commit the pipeline",
         ) from None
+
+
+def dvc_subdir(root: Path) -> Path:
+    """The DVC root's folder inside its git work tree (`.` when they are one): where a trial's DVC root
+    is inside its worktree."""
+    top = Path(_git(root, "rev-parse", "--show-toplevel").decode().strip())
+    return root.resolve().relative_to(top.resolve())
 
 
 def prune_workspaces(root: Path) -> None:
@@ -306,3 +316,40 @@ def _baseline_path(top: Path) -> str:
     """`ab/cdef...`: where DVC keeps the experiments of the worktree's HEAD under refs/exps."""
     head = _git(top, "rev-parse", "HEAD").decode().strip()
     return f"{head[:2]}/{head[2:]}"
+
+
+def save_stopped_experiment(workspace: Path, name: str, why: str) -> str:
+    """A trial stopped halfway (pruned) as an experiment `NAME`: its params, the stages `dvc repro`
+    finished (their `dvc.lock` entries; their outputs are in the cache already), and its files that git
+    would show (a metrics file with `cache: false`, the steps logged so far); returns its commit.
+
+    `dvc exp save` cannot do it: it commits every stage, and the stopped one has no outputs. So the
+    experiment is made as DVC makes one: a commit on top of the baseline, under
+    `refs/exps/<baseline>/<name>`, where `dvc exp show` lists it and `dvc exp apply` restores it.
+    """
+    top = Path(_git(workspace, "rev-parse", "--show-toplevel").decode().strip())
+    ref = f"refs/exps/{_baseline_path(top)}/{name}"
+    with _saving(top):
+        _git(top, "add", "--all", "--", ".")
+        _git(
+            top, *_identity(top), "commit", "--quiet", "--no-verify", "--allow-empty", "-m", f"dvcflow: {why}"
+        )
+        rev = _git(top, "rev-parse", "HEAD").decode().strip()
+        _git(top, "update-ref", ref, rev, "")  # "": only if no experiment has this name
+    return rev
+
+
+def _identity(top: Path) -> tuple[str, ...]:
+    """`-c user.name=... -c user.email=...` when git has no identity configured (DVC has its own default)."""
+    if subprocess.run(["git", "var", "GIT_COMMITTER_IDENT"], cwd=top, capture_output=True).returncode == 0:
+        return ()
+    return ("-c", "user.name=dvcflow", "-c", "user.email=dvcflow@localhost")
+
+
+def apply_experiment(root: Path, name: str, on_line: Callable[[str], None]) -> None:
+    """`dvc exp apply NAME` in the user's workspace (a DVC process, its lines to `on_line`)."""
+    from dvcflow.dvc.commands import failure, stream_dvc
+
+    result = stream_dvc(["exp", "apply", name], cwd=root, on_line=on_line)
+    if not result.ok:
+        raise failure(result)
