@@ -101,6 +101,23 @@ DaskOption = Annotated[
         rich_help_panel="Per stage",
     ),
 ]
+RESOURCE_HELP = (
+    "How much there is of a resource the stages declare, NAME=AMOUNT, repeatable: --resource gpu=2 "
+    "--resource mem_gb=32 (default: [tool.dvcflow.capacity]; GPUs: the machine's). See docs/resources.md."
+)
+ResourceOption = Annotated[
+    list[str] | None,
+    typer.Option("--resource", help=RESOURCE_HELP, show_default=False, rich_help_panel="Per stage"),
+]
+RunBResourceOption = Annotated[
+    list[str] | None, typer.Option("--resource", help=RESOURCE_HELP, show_default=False)
+]
+
+
+def _capacity(values: list[str] | None) -> dict[str, int] | None:
+    from dvcflow.core.resources import capacity_from_flags
+
+    return capacity_from_flags(values) if values else None
 
 
 def _check_flags(per_stage: bool, fail_once: bool, per_stage_flags: dict[str, bool]) -> None:
@@ -136,6 +153,7 @@ def run_a(
     retries: RetriesOption = None,
     dry_run: DryRunOption = False,
     dask_address: DaskOption = None,
+    resource: ResourceOption = None,
     ephemeral: EphemeralOption = False,
     json: JsonOption = False,
 ) -> None:
@@ -158,8 +176,10 @@ def run_a(
             "--keep-going": keep_going,
             "--dry-run": dry_run,
             "--dask-address": dask_address is not None,
+            "--resource": bool(resource),
         },
     )
+    capacity = _capacity(resource)
     pipeline = Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested())
     if dry_run:
         from dvcflow.cli.render.plan import plan_view
@@ -178,6 +198,7 @@ def run_a(
         allow_missing=allow_missing,
         push=push,
         dask_address=dask_address,
+        resources=capacity,
         show_metrics=show_metrics,
         fail_once=fail_once,
     )
@@ -207,6 +228,7 @@ def run_b(
         bool, typer.Option("--keep-going", help="After a failure, finish the independent branches.")
     ] = False,
     retries: Annotated[int, typer.Option("--retries", help="Retries per stage.")] = 1,
+    resource: RunBResourceOption = None,
     ephemeral: EphemeralOption = False,
     json: JsonOption = False,
 ) -> None:
@@ -221,6 +243,7 @@ def run_b(
     from dvcflow.services.pipeline import Pipeline
 
     selection = selection_from(targets, single_item, downstream, glob, force)
+    capacity = _capacity(resource)
     _run_and_show(
         Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested()),
         selection,
@@ -230,6 +253,7 @@ def run_b(
         jobs=jobs,
         keep_going=keep_going,
         retries=retries,
+        resources=capacity,
     )
 
 

@@ -319,6 +319,17 @@ class PipelineSession:
         with self._locked():
             return repo_metrics(self._repo, self.root)
 
+    def declarations(self, names: Sequence[str]) -> dict[str, object]:
+        """What each of `names` declares under `meta: {dvcflow: ...}` (resources, mutex groups; read by
+        `dvcflow.core.resources.demands_for`), as DVC resolved it: a `foreach`/`matrix` item's `${item}`
+        is interpolated. Stages without one are left out."""
+        declared: dict[str, object] = {}
+        for name in names:
+            meta = getattr(self._stage(name), "meta", None)
+            if isinstance(meta, dict) and "dvcflow" in meta:
+                declared[name] = meta["dvcflow"]
+        return declared
+
     def params_paths(self) -> set[Path]:
         """Every params file a stage reads (resolved paths)."""
         from dvc.dependency.param import ParamsDependency

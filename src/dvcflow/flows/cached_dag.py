@@ -18,12 +18,12 @@ from prefect.results import ResultStore, get_result_store
 
 from dvcflow.core.graph import PipelineSnapshot, StageKind, plan
 from dvcflow.core.metrics import MetricsSnapshot
+from dvcflow.core.resources import NO_RESOURCES, Resources
 from dvcflow.core.selection import EVERYTHING, Selection
 from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.plugins import load_registry
-from dvcflow.engine.scheduler import run_stages
 from dvcflow.engine.task import PrefectLauncher, stage_task
-from dvcflow.flows.per_stage import finish, publish_dag
+from dvcflow.flows.per_stage import finish, publish_dag, schedule
 
 FLOW_NAME = "Prefect owned stage DAG"
 CACHE_DECIDES = "Prefect's cache decides"
@@ -37,8 +37,10 @@ def stage_dag_flow(
     keep_going: bool = False,
     retries: int = 1,
     selection: Selection = EVERYTHING,
+    resources: Resources = NO_RESOURCES,
 ) -> MetricsSnapshot | State[Any] | None:
-    """Run the selected stages; an unchanged stage with intact outputs ends `Cached`."""
+    """Run the selected stages; an unchanged stage with intact outputs ends `Cached`. `resources`: what
+    stages declare they need and the capacity (`dvcflow.core.resources`)."""
     logger = get_run_logger()
     logger.info("Params: %s", params_path or "none (no stage reads params.yaml)")
     session = open_session(repo_root)
@@ -49,7 +51,9 @@ def stage_dag_flow(
             if graph[name].kind is StageKind.DATA_SOURCE and session.reproduce_by_dvc(name, force=False):
                 logger.info("Data source %s changed: DVC verified it and recorded its new hash", name)
         stages = [name for name in selected if graph[name].kind is StageKind.STAGE]
-        stage_plan = plan(PipelineSnapshot(graph, dict.fromkeys(stages, CACHE_DECIDES)), stages)
+        stage_plan = plan(
+            PipelineSnapshot(graph, dict.fromkeys(stages, CACHE_DECIDES)), stages, demands=resources.demands
+        )
         publish_dag(stage_plan, repo_root)
         store = get_result_store().update_for_task(stage_task.with_options(persist_result=True))
         assert isinstance(store, ResultStore)  # a sync flow gets the sync variant
@@ -62,8 +66,9 @@ def stage_dag_flow(
             store=store,
             functions=load_registry(repo_root),
             name_runs_after_stages=False,
+            resources=resources,
         )
-        run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going)
+        schedule(stage_plan, launcher, resources, jobs, keep_going)
         return finish(launcher.futures, session, show_metrics=True, counts=False)
     finally:
         close_session(repo_root)

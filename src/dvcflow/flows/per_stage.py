@@ -24,6 +24,7 @@ from dvcflow.api.execution import declare_task_runs, untagged_tasks
 from dvcflow.core.errors import PipelineError
 from dvcflow.core.graph import Plan, plan
 from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
+from dvcflow.core.resources import NO_RESOURCES, Resources
 from dvcflow.core.selection import EVERYTHING, Selection
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import close_session, open_session
@@ -47,6 +48,21 @@ def publish_dag(stage_plan: Plan, repo_root: Path) -> None:
         )
     except Exception as exc:
         get_run_logger().warning("Could not publish the DAG artifact: %s", exc)
+
+
+def schedule(
+    stage_plan: Plan, launcher: PrefectLauncher, resources: Resources, jobs: int, keep_going: bool
+) -> None:
+    """`run_stages` within the run's resources: this machine's capacity, or on Dask the cluster's (which
+    counts the amounts itself; mutex groups are still kept apart here)."""
+    if not resources.empty:
+        get_run_logger().info(
+            "Resources: %d stage(s) declare needs; capacity %s",
+            len(resources.demands),
+            "of the Dask workers" if resources.dask else resources.capacity,
+        )
+    capacity = None if resources.dask else resources.capacity
+    run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going, capacity=capacity)
 
 
 def _names(names: list[str]) -> str:
@@ -133,18 +149,20 @@ def per_stage_flow(
     push: tuple[str, ...] | None = None,
     pull: bool = False,
     allow_missing: bool = False,
+    resources: Resources = NO_RESOURCES,
 ) -> MetricsSnapshot | State[Any] | None:
     """Reproduce the DVC pipeline stage by stage, independent stages in parallel; with `push`, upload
     the outputs of those stages (all when empty) to the default DVC remote afterwards. `pull` and
     `allow_missing` as `dvc repro --pull/--allow-missing`: the run cache is pulled first, then each
-    stage whose only change is missing data is fetched (or skipped) when its turn comes."""
+    stage whose only change is missing data is fetched (or skipped) when its turn comes. `resources`:
+    what stages declare they need and the capacity (`dvcflow.core.resources`)."""
     logger = get_run_logger()
     session = open_session(repo_root)
     try:
         if pull:
             session.pull_run_cache(logger.warning)
         selected = session.select(selection)
-        stage_plan = plan(session.snapshot(), selected, force=selection.force)
+        stage_plan = plan(session.snapshot(), selected, force=selection.force, demands=resources.demands)
         logger.info(
             "%d stages in %d waves; %d to reproduce, %d up to date (by dvc status)",
             len(stage_plan.stages),
@@ -160,8 +178,9 @@ def per_stage_flow(
             force=selection.force,
             pull=pull,
             allow_missing=allow_missing,
+            resources=resources,
         )
-        run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going)
+        schedule(stage_plan, launcher, resources, jobs, keep_going)
         return finish(launcher.futures, session, show_metrics=show_metrics, push=push, retries=retries)
     finally:
         close_session(repo_root)

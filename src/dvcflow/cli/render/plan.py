@@ -1,4 +1,5 @@
-"""The plan of a per-stage run: its waves, and per stage whether it would run and why."""
+"""The plan of a per-stage run: its waves, and per stage whether it would run and why (and what it
+declares it needs, when any stage does)."""
 
 from __future__ import annotations
 
@@ -23,23 +24,29 @@ def plan_view(plan: Plan, *, json: bool = False, mermaid: bool = False) -> None:
     if json:
         as_json(plan.as_dict())
         return
+    needs = any(not stage.demand.empty for stage in plan.stages)
     table = Table()
     table.add_column("Wave", justify="right")
     table.add_column("Stage")
     table.add_column("Would run")
     table.add_column("Why")
+    if needs:
+        table.add_column("Needs")
     for number, wave in enumerate(plan.waves, start=1):
         for name in wave:
             stage = plan.stage(name)
             verdict = "yes" if stage.would_run else "no"
             if stage.decision is Decision.DOWNSTREAM:
                 verdict = "if DVC finds a change"
-            table.add_row(
+            cells: list[str | Text] = [
                 str(number),
                 name,
                 Text(verdict, style=DECISION_STYLES[stage.decision]),
                 Text(stage.reason, style="dim"),
-            )
+            ]
+            if needs:
+                cells.append(Text(str(stage.demand), style="magenta"))
+            table.add_row(*cells)
         if number < len(plan.waves):
             table.add_section()
     if not plan.stages:

@@ -1,4 +1,5 @@
-"""The post-run summary: each task's final state, attempts and duration, then the flow's verdict."""
+"""The post-run summary: each task's final state, attempts and duration (and, when stages declare
+resources, how long each waited for them), then the flow's verdict."""
 
 from __future__ import annotations
 
@@ -22,14 +23,25 @@ STAGE_VERDICTS = (
 def run_summary(record: FlowRunRecord) -> None:
     """A dbt-like recap of one flow run."""
     out.print(Text(f"{record.flow_name} · {record.name}", style="bold"), soft_wrap=True)
+    waits = any(task.waited is not None for task in record.tasks)
     table = Table()
     table.add_column("Task")
     table.add_column("State")
     table.add_column("Attempts", justify="right")
     table.add_column("Duration", justify="right")
+    if waits:
+        table.add_column("Waited for resources", justify="right")
     for task in record.tasks:
         style = STATE_STYLES.get(task.state, "")
-        table.add_row(task.name, Text(task.state, style=style), str(task.attempts), seconds(task.seconds))
+        cells: list[str | Text] = [
+            task.name,
+            Text(task.state, style=style),
+            str(task.attempts),
+            seconds(task.seconds),
+        ]
+        if waits:
+            cells.append(seconds(task.waited) if task.waited is not None else "")
+        table.add_row(*cells)
     if not record.tasks:
         table.add_row(Text("(no task ran)", style="dim"), "", "", "")
     out.print(table)
@@ -88,6 +100,7 @@ def run_json(record: FlowRunRecord) -> None:
                 "attempts": task.attempts,
                 "seconds": task.seconds,
                 "message": task.message,
+                "waited": task.waited,
             }
             for task in record.tasks
         ],
