@@ -15,7 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -43,18 +44,21 @@ def _prepare(
     sync: DataSync = NO_SYNC,
     *,
     keep_session: bool = False,
+    before_connect: Callable[[Path], None] = lambda _: None,
 ) -> tuple[Path, tuple[str, ...], bool]:
     """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), then
     connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit.
 
     With `keep_session`, the checks read the repository through the run's DVC session (`open_session`),
-    which the engine flow then goes on using; the caller closes it (`close_session`)."""
+    which the engine flow then goes on using; the caller closes it (`close_session`). `before_connect`:
+    the caller's own checks of the repository, after these."""
     from dvcflow.engine.executor import open_session
 
     root = repository.find_repo_root(repo)
     repository.check_params_files(root)
     session = open_session(root) if keep_session else None
     stages = targets.check_repro_inputs(root, selection, sync, session)
+    before_connect(root)
     return root, stages, _connect(root, ephemeral, announce)
 
 
@@ -246,20 +250,26 @@ def run_cached_dag(
     jobs: int | None = None,
     keep_going: bool = False,
     retries: int = 1,
+    resources: Mapping[str, int] | None = None,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
     """Prefect owns the stage DAG and its cache decides what runs, on any DVC repository; unchanged
-    stages end Cached, and DVC agrees with the result."""
+    stages end Cached, and DVC agrees with the result. `resources`: the capacity of each resource the
+    stages declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`)."""
     from dvcflow.engine.executor import close_session
+    from dvcflow.services.resources import resources_for, share
 
     _check_counts(jobs, retries)
     root = repository.find_repo_root(repo)
     repository.check_params_files(root)
     try:
         resolved = check_stage_inputs(root, params_path, selection)
+        planned = resources_for(root, selection, resources)
         keep_link = _connect(root, ephemeral, announce)
+        planned = replace(planned, share=planned.share and keep_link)  # a temporary server shares nothing
+        share(planned, announce)
         with collector_paused():
             from dvcflow.flows.cached_dag import stage_dag_flow
             from dvcflow.flows.per_stage import task_runner
@@ -278,19 +288,23 @@ def run_cached_dag(
             keep_going=keep_going,
             retries=retries,
             selection=selection,
+            resources=planned,
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran
 
 
 def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> Plan:
-    """The waves of the selected stages and which would run, from DVC's graph and one `dvc status`;
-    runs nothing."""
+    """The waves of the selected stages and which would run, from DVC's graph and one `dvc status`, each
+    with the resources and mutex groups it declares; runs nothing."""
     from dvcflow.core.graph import plan
+    from dvcflow.core.resources import ResourceSettings, demands_for
 
-    with PipelineSession(repository.find_repo_root(repo)) as session:
+    root = repository.find_repo_root(repo)
+    with PipelineSession(root) as session:
         selected = session.select(selection)
-        return plan(session.snapshot(), selected, force=selection.force)
+        demands = demands_for(selected, session.declarations(selected), ResourceSettings.read(root))
+        return plan(session.snapshot(), selected, force=selection.force, demands=demands)
 
 
 def _cpus() -> int:
@@ -338,21 +352,38 @@ def run_per_stage(
     dask_address: str | None = None,
     show_metrics: bool = True,
     sync: DataSync = NO_SYNC,
+    resources: Mapping[str, int] | None = None,
     ephemeral: bool = False,
     debug: bool = False,
     selection: Selection = EVERYTHING,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
     """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
-    here; on a Dask cluster, as many as it takes)."""
+    here; on a Dask cluster, as many as it takes). `resources`: the capacity of each resource the stages
+    declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`)."""
     _check_counts(jobs, retries)
     if dask_address is not None:
         _check_dask_address(dask_address)
+    from dvcflow.core.resources import Resources
     from dvcflow.engine.executor import close_session
+    from dvcflow.services.resources import resources_for, share
 
     root = repository.find_repo_root(repo)
     try:
-        _, stages, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
+        found: list[Resources] = []
+        _, stages, keep_link = _prepare(
+            root,
+            ephemeral,
+            announce,
+            selection,
+            sync,
+            keep_session=True,
+            before_connect=lambda root: found.append(
+                resources_for(root, selection, resources, dask_address=dask_address)
+            ),
+        )
+        planned = replace(found[0], share=found[0].share and keep_link)  # a temporary server shares nothing
+        share(planned, announce)
         with collector_paused():
             from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
@@ -373,6 +404,7 @@ def run_per_stage(
             push=(() if selection.everything else stages) if sync.push else None,
             pull=sync.pull,
             allow_missing=sync.allow_missing,
+            resources=planned,
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran

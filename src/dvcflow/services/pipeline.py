@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,6 +108,7 @@ class Pipeline:
         push: bool = False,
         params_file: str | os.PathLike[str] | None = None,
         dask_address: str | None = None,
+        resources: Mapping[str, int] | None = None,
         show_metrics: bool = True,
         fail_once: bool = False,
         **flags: Unpack[SelectionFlags],
@@ -124,6 +125,12 @@ class Pipeline:
         cluster). `cached_dag=True`: one task per stage too, but Prefect's cache decides what runs and
         unchanged stages end Cached (`params_file`: the params file the run uses, one the pipeline
         already reads). `retries`: retries of a failed stage command (or `dvc repro`).
+
+        Resources (`per_stage` or `cached_dag`; docs/resources.md): stages declare what they need in
+        `dvc.yaml` (`meta: {dvcflow: {resources: {gpu: 1}, mutex: [licence]}}`) or by glob in
+        `[tool.dvcflow.resources]`; `resources` is how much there is (`{"gpu": 2, "mem_gb": 32}`, over
+        `[tool.dvcflow.capacity]`; GPUs default to the machine's). Never more than that runs at once,
+        nor two stages of one mutex group, also across runs on this machine sharing the Prefect server.
 
         Data: `pull` fetches missing data from the DVC remote first, `allow_missing` skips stages whose
         only change is missing data, `push` uploads the outputs after a Completed run (not with
@@ -146,6 +153,7 @@ class Pipeline:
             dask_address=dask_address,
             show_metrics=show_metrics,
             fail_once=fail_once,
+            resources=resources,
         )
         if cached_dag:
             record = launch.run_cached_dag(
@@ -155,6 +163,7 @@ class Pipeline:
                 jobs=jobs,
                 keep_going=keep_going,
                 retries=retries,
+                resources=resources,
                 ephemeral=self.ephemeral,
                 debug=self.tracebacks,
                 announce=self.announce,
@@ -169,6 +178,7 @@ class Pipeline:
                 dask_address=dask_address,
                 show_metrics=show_metrics,
                 sync=sync,
+                resources=resources,
                 ephemeral=self.ephemeral,
                 debug=self.tracebacks,
                 announce=self.announce,
@@ -249,6 +259,7 @@ def _check_run_options(
     dask_address: str | None,
     show_metrics: bool,
     fail_once: bool,
+    resources: Mapping[str, int] | None = None,
 ) -> None:
     """Refuse options the chosen way of running would ignore (the CLI checks its own flags first)."""
     if params_file is not None and not cached_dag:
@@ -269,8 +280,8 @@ def _check_run_options(
         if fail_once:
             raise UsageError("fail_once fails the single `dvc repro` task; with per_stage=True use retries")
     else:
-        if jobs is not None or keep_going:
-            name = "jobs" if jobs is not None else "keep_going"
+        if jobs is not None or keep_going or resources:
+            name = "jobs" if jobs is not None else "keep_going" if keep_going else "resources"
             raise UsageError(f"{name} needs per_stage=True or cached_dag=True")
         if dask_address is not None:
             raise UsageError("dask_address needs per_stage=True")
