@@ -52,6 +52,12 @@ SWEEP = {
     "save": True,
     "max_trials": 100,
     "dask_address": None,
+    "search": None,
+    "trials": None,
+    "study": None,
+    "prune": None,
+    "seed": None,
+    "apply_best": False,
     "on_progress": mock.ANY,
 }
 DONE = FlowRunRecord("id", "name", "flow", "Completed", 0.0, (), None)
@@ -169,6 +175,38 @@ CASES: list[tuple[list[str], Call]] = [
         ),
     ),
     (["--debug", "sweep", "-S", "a=1"], sweep("a=1", hosted={**HOSTED, "tracebacks": True})),
+    (
+        [
+            "sweep",
+            "-S",
+            "a=interval(0,1)",
+            "--search",
+            "tpe",
+            "--trials",
+            "8",
+            "--study",
+            "s",
+            "--prune",
+            "median",
+            "--seed",
+            "3",
+            "--apply-best",
+            "--metric",
+            "m",
+            "--minimize",
+        ],
+        sweep(
+            "a=interval(0,1)",
+            search="tpe",
+            trials=8,
+            study="s",
+            prune="median",
+            seed=3,
+            apply_best=True,
+            metric="m",
+            maximize=False,
+        ),
+    ),
 ]
 
 

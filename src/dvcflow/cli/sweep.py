@@ -52,6 +52,48 @@ def sweep(
             show_default=False,
         ),
     ] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            "--search",
+            help="Search instead of a grid: tpe, random or grid, with Optuna; -S then takes "
+            "choice(a,b), range(2,10), interval(0.001,0.1), tag(log, interval(...)).",
+            show_default=False,
+        ),
+    ] = None,
+    trials: Annotated[
+        int | None,
+        typer.Option(
+            "--trials",
+            help="New trials of a --search (default for grid: the whole grid).",
+            show_default=False,
+        ),
+    ] = None,
+    study: Annotated[
+        str | None,
+        typer.Option(
+            "--study",
+            help="Keep the search's study under this name (in .dvc/tmp/dvcflow-studies); "
+            "resume it if it exists.",
+            show_default=False,
+        ),
+    ] = None,
+    prune: Annotated[
+        str | None,
+        typer.Option(
+            "--prune",
+            help="median or hyperband: stop a trial whose --metric per step (dvclive or a plots file) "
+            "falls behind.",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="Seed of the search's sampler.", show_default=False)
+    ] = None,
+    apply_best: Annotated[
+        bool,
+        typer.Option("--apply-best", help="At the end, `dvc exp apply` the best trial to the workspace."),
+    ] = False,
     json: JsonOption = False,
     ephemeral: EphemeralOption = False,
 ) -> None:
@@ -60,6 +102,8 @@ def sweep(
     Your workspace is not touched; each completed trial becomes a DVC experiment (`dvc exp show`).
 
     Example: dvcflow sweep -S train.C=0.1,1,10 -S split.test_size=0.2,0.3 --jobs 2 --metric accuracy
+
+    Search: dvcflow sweep --search tpe --trials 16 -S 'train.C=tag(log, interval(0.01,100))' --metric accuracy
     """
     from dvcflow.cli import render
     from dvcflow.cli.render.sweep import SweepProgressView, sweep_json, sweep_summary
@@ -76,6 +120,12 @@ def sweep(
             save=save,
             max_trials=max_trials,
             dask_address=dask_address,
+            search=search,
+            trials=trials,
+            study=study,
+            prune=prune,
+            seed=seed,
+            apply_best=apply_best,
             on_progress=progress.update,
         )
     if json:

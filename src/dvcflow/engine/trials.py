@@ -8,11 +8,15 @@ Provides:
 - `TrialJob`: all a trial needs, as plain data, since it may run in another process (a Dask worker); it
   learns of a Ctrl-C from a mark in the sweep's scratch folder (`mark_cancelled`).
 - `best_trial` and `table_rows`: the best trial by a metric, and the trial table (CLI and artifact).
+
+A grid sweep knows its trials up front; a search (`--search`, `dvcflow.engine.search`) asks its study
+for the next point as a trial ends (`SweepSession.next_trial`) and tells it how each ended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 import uuid
@@ -20,12 +24,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dvcflow.core.metrics import Scalar
 from dvcflow.core.records import FlowRunRecord
 from dvcflow.dvc.experiments import Override
 
+if TYPE_CHECKING:
+    from dvcflow.engine.search import Search
+
 COMPLETED, FAILED, CANCELLED, NOT_RUN = "Completed", "Failed", "Cancelled", "NotRun"
+PRUNED = "Pruned"  # a search stopped it early (`--prune`); kept as an experiment
+ENDED_WELL = (COMPLETED, PRUNED)
 CANCEL_MARK = "cancelled"  # a file in the scratch folder: the sweep was interrupted
 
 
@@ -56,6 +66,21 @@ class TrialJob:
         """The sweep was interrupted: its scratch folder is marked, or already removed."""
         return (self.scratch / CANCEL_MARK).exists() or not self.scratch.is_dir()
 
+    @property
+    def folder(self) -> Path:
+        """The trial's workspace folder (a git worktree)."""
+        return self.scratch / f"trial-{self.spec.index}"
+
+    @property
+    def pruned(self) -> bool:
+        """A search stopped this trial early (`mark_pruned`)."""
+        return (self.scratch / f"trial-{self.spec.index}.pruned").exists()
+
+
+def mark_pruned(scratch: Path, index: int) -> None:
+    with contextlib.suppress(OSError):
+        (scratch / f"trial-{index}.pruned").touch()
+
 
 def mark_cancelled(scratch: Path) -> None:
     """Tell every trial of the sweep, in this process or on a worker, that it was interrupted."""
@@ -73,10 +98,17 @@ class TrialResult:
     metrics: dict[str, Scalar] = field(default_factory=dict)
     experiment: str | None = None  # the saved experiment's commit
     message: str | None = None
+    number: int | None = None  # a search's trial number in its study
+    steps: int | None = None  # a search's steps of the metric seen while it ran
 
     @property
     def completed(self) -> bool:
         return self.state == COMPLETED
+
+    @property
+    def ended_well(self) -> bool:
+        """Completed, or pruned by the search (both are what was asked for)."""
+        return self.state in ENDED_WELL
 
 
 @dataclass(frozen=True)
@@ -85,6 +117,8 @@ class SweepProgress:
     running: int
     completed: int
     failed: int  # failed or cancelled
+    rows: tuple[TrialResult, ...] = ()  # the trials ended so far, for a live table
+    best: int | None = None  # the best of them so far by the sweep's metric
 
     @property
     def finished(self) -> int:
@@ -107,17 +141,61 @@ class SweepSession:
         metric: str | None,
         maximize: bool,
         on_progress: Callable[[SweepProgress], None] = lambda _: None,
+        search: Search | None = None,
     ) -> None:
-        self.root, self.baseline, self.trials, self.scratch = root, baseline, trials, scratch
+        self.root, self.baseline, self.trials, self.scratch = root, baseline, list(trials), scratch
         self.cache = cache
         self.save, self.per_stage = save, per_stage
         self.metric, self.maximize = metric, maximize
-        self.varying = varying_params(trials)
+        self.search = search
+        if search is None:
+            self.varying = varying_params(trials)
+            self.planned = len(trials)
+        else:
+            self.varying = tuple(param.label for param in search.plan.searched)
+            self.planned = search.trials
         self.run_name = "sweep"  # the parent flow run's name, set when it starts; trials are named after it
+        self.notes: list[str] = []  # warnings for the user (e.g. --prune without a step metric)
+        self.stopped: str | None = None  # why a search asks for no more trials
+        self.summary: str | None = None  # a search's end-of-run summary (markdown)
         self._on_progress = on_progress
         self._lock = threading.Lock()
         self._running: set[int] = set()
         self._results: dict[int, TrialResult] = {}
+        self._numbers: dict[int, int] = {}  # a search's trial index -> its study trial number
+        self._next = 1
+
+    def next_trial(self) -> int | None:
+        """The index of the next trial to start, or None when there is none: a grid's next point, or a
+        search's next point asked of the study now (so it learns from every trial ended so far)."""
+        with self._lock:
+            if self._next > self.planned or self.stopped is not None:
+                return None
+            index = self._next
+            self._next += 1
+            if self.search is not None:
+                number, overrides = self.search.ask()
+                self._numbers[index] = number
+                self.trials.append(TrialSpec(index, overrides))
+            return index
+
+    def number(self, index: int) -> int | None:
+        return self._numbers.get(index)
+
+    def unstarted(self) -> list[int]:
+        """A grid's trials not started (a search asks for none it does not start)."""
+        with self._lock:
+            return list(range(self._next, len(self.trials) + 1))
+
+    def stop(self, why: str) -> None:
+        """Ask for no more trials (a search whose metric no trial reports)."""
+        with self._lock:
+            self.stopped = self.stopped or why
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            if text not in self.notes:
+                self.notes.append(text)
 
     def job(self, index: int) -> TrialJob:
         spec = self.trials[index - 1]
@@ -136,6 +214,15 @@ class SweepSession:
         self._report()
 
     def finished(self, result: TrialResult) -> None:
+        number = self._numbers.get(result.index)
+        if number is not None and result.number is None:
+            result = dataclasses.replace(result, number=number)
+        if self.search is not None and number is not None:
+            value = _number(result.metrics.get(self.metric)) if self.metric else None
+            outcome = {COMPLETED: "complete", PRUNED: "pruned"}.get(result.state, "fail")
+            if outcome == "complete" and value is None:
+                outcome = "fail"
+            self.search.tell(number, outcome, value, result.name)
         with self._lock:
             self._running.discard(result.index)
             self._results[result.index] = result
@@ -145,17 +232,19 @@ class SweepSession:
         """Every trial, in grid order; those that never finished are NotRun."""
         with self._lock:
             done = dict(self._results)
+            trials = list(self.trials)
         return tuple(
             done.get(spec.index) or TrialResult(spec.index, "", spec.values(), NOT_RUN, 0.0)
-            for spec in self.trials
+            for spec in trials
         )
 
     def progress(self) -> SweepProgress:
         with self._lock:
-            completed = sum(result.completed for result in self._results.values())
-            return SweepProgress(
-                len(self.trials), len(self._running), completed, len(self._results) - completed
-            )
+            ended = tuple(self._results[index] for index in sorted(self._results))
+            running = len(self._running)
+        completed = sum(result.ended_well for result in ended)
+        best = pick_best(ended, self.metric, self.maximize)[1]
+        return SweepProgress(self.planned, running, completed, len(ended) - completed, ended, best)
 
     def _report(self) -> None:
         self._on_progress(self.progress())
@@ -188,13 +277,16 @@ class SweepReport:
     maximize: bool
     best: int | None  # the best trial's index
     saved: bool
+    notes: tuple[str, ...] = ()  # warnings for the user
+    search: str | None = None  # `--search`'s end-of-run summary (markdown), for a search
+    applied: str | None = None  # the experiment `--apply-best` applied to the workspace
 
     @property
     def exit_code(self) -> int:
         """0 only when every trial Completed; 130 after Ctrl-C; 1 otherwise (`errors.ExitCode`)."""
         from dvcflow.core.errors import ExitCode, exit_code_for_state
 
-        if self.run.completed and not all(trial.completed for trial in self.trials):
+        if self.run.completed and not all(trial.ended_well for trial in self.trials):
             return ExitCode.PIPELINE_FAILED
         return exit_code_for_state(self.run.state)
 
@@ -249,6 +341,8 @@ def table_rows(
         row: dict[str, Scalar] = {"trial": trial.index, "name": trial.name}
         row.update({label: trial.values.get(label) for label in varying})
         row.update({name: trial.metrics.get(name) for name in metric_names(trials)})
+        if trial.number is not None:  # a search's trial: its number in the study, the steps it logged
+            row.update(study_trial=trial.number, steps=trial.steps)
         row.update(state=trial.state, seconds=round(trial.seconds, 2), best=trial.index == best)
         rows.append(row)
     return rows

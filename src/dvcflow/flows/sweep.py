@@ -4,17 +4,22 @@ A trial: its own workspace (`experiments.create_workspace`), the `-S` values wri
 writes them, the pipeline reproduced (`reproduce_trial`, the seam between run-a's `dvc repro` task
 and the per-stage flow), its metrics read, then saved as a DVC experiment; the workspace is removed
 whatever happens.
+
+With `--search` (`dvcflow.engine.search`), the parent asks the study for the next point as each trial
+ends, and a watcher reads the running trial's metric per step: a trial the pruner stops ends Pruned,
+kept as an experiment of what it did so far.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
 from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.futures import PrefectFuture, as_completed, wait
@@ -26,13 +31,16 @@ from dvcflow.api.artifacts import artifact_key
 from dvcflow.core.errors import PipelineError
 from dvcflow.core.metrics import MetricsSnapshot, Scalar
 from dvcflow.dvc import experiments
+from dvcflow.engine.search import StepWatcher
 from dvcflow.engine.trials import (
     CANCELLED,
     COMPLETED,
     FAILED,
+    PRUNED,
     SweepSession,
     TrialJob,
     TrialResult,
+    mark_pruned,
     pick_best,
     session,
     table_rows,
@@ -43,6 +51,7 @@ from dvcflow.proc import children
 SWEEP_FLOW_NAME = "dvcflow sweep"
 TRIAL_FLOW_NAME = "sweep trial"
 ARTIFACT_PREFIX = "dvcflow-sweep"
+SEARCH_ARTIFACT_PREFIX = "dvcflow-search"
 CANCEL_GRACE_S = 30.0  # after Ctrl-C: how long the trials get to stop and clean up
 
 
@@ -98,6 +107,27 @@ def save_task(workspace: Path, name: str) -> str:
     return rev
 
 
+@task(name="dvc exp save (pruned)", cache_policy=NO_CACHE)
+def save_stopped_task(workspace: Path, name: str) -> str:
+    """A pruned trial as an experiment: what it did until it was stopped (`save_stopped_experiment`)."""
+    rev = experiments.save_stopped_experiment(workspace, name, f"{name} pruned by the search")
+    get_run_logger().info("Saved the pruned trial as experiment %s (%s)", name, rev[:7])
+    return rev
+
+
+def _keep_pruned(trial: TrialJob, workspace: experiments.Workspace) -> State[Any]:
+    """The trial's stage was stopped by the pruner: keep what it has as an experiment, end Pruned."""
+    get_run_logger().info("Pruned by the search: its stage was stopped")
+    try:
+        metrics = experiments.read_trial_metrics(workspace.root).flat()
+    except Exception:  # the stopped stage may have left no metrics file, or half of one
+        metrics = {}
+    rev = save_stopped_task(workspace.root, trial.name) if trial.save else None
+    return Completed(
+        name=PRUNED, message="pruned by the search", data={"metrics": metrics, "experiment": rev}
+    )
+
+
 @flow(name=TRIAL_FLOW_NAME, validate_parameters=False)  # built by the sweep itself
 def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] | State[Any]:
     """One trial of a sweep, in its own workspace; `params` shows its values in the UI."""
@@ -113,6 +143,8 @@ def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] 
     except Exception:
         if trial.cancelled:
             return Cancelled(message="the sweep was interrupted")
+        if trial.pruned and workspace is not None:
+            return _keep_pruned(trial, workspace)
         raise
     finally:
         if workspace is not None:
@@ -120,20 +152,44 @@ def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] 
 
 
 @task(name="trial", cache_policy=NO_CACHE)
-def trial_task(trial: TrialJob) -> TrialResult:
+def trial_task(trial: TrialJob, session_id: str | None = None) -> TrialResult:
     """Runs the trial's child flow run (here, or on a Dask worker) and returns how it ended; never
-    fails the parent by itself."""
+    fails the parent by itself. A search's trial (`session_id`: its sweep, in this process) has its
+    steps watched for the pruner while it runs."""
     spec = trial.spec
     if trial.cancelled:
         return TrialResult(spec.index, "", spec.values(), CANCELLED, 0.0, message="not started: interrupted")
+    sweep = session(session_id) if session_id is not None else None
+    number = sweep.number(spec.index) if sweep is not None else None
     start = time.monotonic()
-    state = sweep_trial_flow.with_options(flow_run_name=trial.name)(trial, spec.values(), return_state=True)
+    with contextlib.ExitStack() as stack:
+        watcher = None
+        if sweep is not None and sweep.search is not None and number is not None:
+            inner = trial.folder / experiments.dvc_subdir(trial.root)
+            watcher = stack.enter_context(
+                StepWatcher(
+                    sweep.search,
+                    number,
+                    trial.folder,
+                    lambda: inner if inner.is_dir() else None,
+                    lambda _: mark_pruned(trial.scratch, spec.index),
+                )
+            )
+        state = sweep_trial_flow.with_options(flow_run_name=trial.name)(
+            trial, spec.values(), return_state=True
+        )
     seconds = time.monotonic() - start
+    steps = len(watcher.steps) if watcher is not None else None
     if state.is_completed():
         value = cast(dict[str, Any], state.result())
-        return TrialResult(
-            spec.index, trial.name, spec.values(), COMPLETED, seconds, value["metrics"], value["experiment"]
-        )
+        ended = PRUNED if state.name == PRUNED else COMPLETED
+        result = TrialResult(
+            spec.index, trial.name, spec.values(), ended, seconds, value["metrics"], value["experiment"],
+            message=state.message if ended == PRUNED else None, number=number, steps=steps,
+        )  # fmt: skip
+        if sweep is not None and sweep.search is not None:
+            _check_search_trial(sweep, result)
+        return result
     return TrialResult(
         spec.index,
         trial.name,
@@ -141,7 +197,27 @@ def trial_task(trial: TrialJob) -> TrialResult:
         CANCELLED if state.is_cancelled() else FAILED,
         seconds,
         message=state.message,
+        number=number,
+        steps=steps,
     )
+
+
+def _check_search_trial(sweep: SweepSession, result: TrialResult) -> None:
+    """After a search's trial completed: a `--metric` it does not report stops the search (no point
+    can be told); `--prune` with no step of the metric logged is given up, with one warning."""
+    search = sweep.search
+    assert search is not None
+    metric = search.plan.metric
+    if result.state == COMPLETED and metric not in result.metrics:
+        reported = ", ".join(result.metrics) or "none"
+        sweep.stop(f"--metric {metric}: trial {result.index} reports no such metric (it reports: {reported})")
+    if result.state == COMPLETED and search.pruning and not result.steps:
+        search.give_up_pruning()
+        sweep.note(
+            f"--prune {search.plan.prune}: trial {result.index} logged no step of {metric} "
+            "(dvclive, or a plots file with a step column); not pruning"
+        )
+        get_run_logger().warning(sweep.notes[-1])
 
 
 def _ended(sweep: SweepSession, index: int, future: PrefectFuture[TrialResult]) -> None:
@@ -156,8 +232,18 @@ def _ended(sweep: SweepSession, index: int, future: PrefectFuture[TrialResult]) 
 
 
 def _publish(session_id: str, repo_root: Path) -> None:
-    """The trial table as a Prefect artifact on the sweep's flow run."""
+    """The trial table as a Prefect artifact on the sweep's flow run; for a search also its summary."""
     sweep = session(session_id)
+    if sweep.search is not None:
+        try:
+            sweep.summary = sweep.search.markdown()
+            create_markdown_artifact(
+                markdown=sweep.summary,
+                key=artifact_key(repo_root, prefix=SEARCH_ARTIFACT_PREFIX),
+                description=f"Search of `{repo_root}`: best params, the objective, importances",
+            )
+        except Exception as exc:  # printed too; a failed UI copy must not fail the sweep
+            get_run_logger().warning("Could not publish the search summary: %s", exc)
     trials = sweep.results()
     metric, best = pick_best(trials, sweep.metric, sweep.maximize)
     rows = table_rows(trials, sweep.varying, best)
@@ -190,23 +276,24 @@ def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], job
     sweep = session(session_id)
     sweep.run_name = str(flow_run.name)
     logger = get_run_logger()
-    logger.info("%d trials, %d at once, in %s", len(grid), jobs, sweep.scratch)
-    waiting = list(range(1, len(grid) + 1))
+    logger.info("%d trials, %d at once, in %s", sweep.planned, jobs, sweep.scratch)
     running: dict[PrefectFuture[TrialResult], int] = {}
+    searching = session_id if sweep.search is not None else None
     try:
-        while waiting or running:
-            while waiting and len(running) < jobs:
-                index = waiting.pop(0)
+        while True:
+            while len(running) < jobs and (index := sweep.next_trial()) is not None:
                 sweep.started(index)
                 task = trial_task.with_options(task_run_name=f"trial {index}")
-                running[task.submit(sweep.job(index))] = index
+                running[task.submit(sweep.job(index), searching)] = index
+            if not running:
+                break
             done = next(as_completed(list(running)))
             _ended(sweep, running.pop(done), done)
     except KeyboardInterrupt:
         sweep.interrupt()
         stopped = children.interrupt_commands()
         logger.warning("Interrupted: stopping %d running DVC command(s)", stopped)
-        for index in waiting:
+        for index in sweep.unstarted():
             spec = sweep.trials[index - 1]
             sweep.finished(
                 TrialResult(index, "", spec.values(), CANCELLED, 0.0, message="not started: interrupted")
@@ -218,7 +305,11 @@ def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], job
         return Cancelled(message="interrupted (Ctrl-C): running trials cancelled")
     _publish(session_id, repo_root)
     trials = sweep.results()
-    failed = [trial for trial in trials if not trial.completed]
+    if sweep.stopped is not None:
+        return Failed(message=sweep.stopped)
+    failed = [trial for trial in trials if not trial.ended_well]
     if failed:
-        return Failed(message=f"{len(failed)} of {len(trials)} trials did not complete")
+        counted = f"{len(failed)} of {len(trials)} trials did not complete"
+        reasons = [f"trial {trial.index}: {trial.message}" for trial in failed if trial.message]
+        return Failed(message="\n".join([counted, *reasons]))
     return Completed(message=f"{len(trials)} trials completed")

@@ -420,6 +420,12 @@ class SweepOptions(TypedDict, total=False):
     save: bool
     max_trials: int
     dask_address: str | None
+    search: str | None
+    trials: int | None
+    study: str | None
+    prune: str | None
+    seed: int | None
+    apply_best: bool
 
 
 def run_sweep(
@@ -433,15 +439,23 @@ def run_sweep(
     save: bool = True,
     max_trials: int = 100,
     dask_address: str | None = None,
+    search: str | None = None,
+    trials: int | None = None,
+    study: str | None = None,
+    prune: str | None = None,
+    seed: int | None = None,
+    apply_best: bool = False,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
     on_progress: Callable[[SweepProgress], None] = lambda _: None,
 ) -> SweepReport:
     """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once (default:
-    the CPUs here; on a Dask cluster, every trial, the cluster deciding).
+    the CPUs here; on a Dask cluster, every trial, the cluster deciding). With `search`, `trials` points
+    asked of an Optuna study as trials end (`dvcflow.engine.search`).
 
-    All input is checked before the first flow run; the workspace is never written to.
+    All input is checked before the first flow run; the workspace is never written to, unless
+    `apply_best` applies the best trial at the end (`dvc exp apply`).
     """
     import shutil
     import tempfile
@@ -451,20 +465,32 @@ def run_sweep(
 
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    _check_search_flags(search, trials, study, prune, seed, metric, dask_address, apply_best, save)
     root = repository.find_repo_root(repo)
     repository.check_params_files(root)
     baseline = experiments.git_baseline(root)
-    grid = experiments.expand_grid(root, set_params)
-    if len(grid) > max_trials:
-        raise UsageError(
-            f"{len(grid)} trials is more than --max-trials {max_trials}",
-            hint="fewer values, or raise --max-trials",
-        )
+    if search is None:
+        grid = experiments.expand_grid(root, set_params)
+        if len(grid) > max_trials:
+            raise UsageError(
+                f"{len(grid)} trials is more than --max-trials {max_trials}",
+                hint="fewer values, or raise --max-trials",
+            )
     if metric is not None:
         _check_metric(root, metric)
     if dask_address is not None:
         _check_dask_address(dask_address)
-    trials = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
+    searching = None
+    if search is not None:
+        assert metric is not None  # checked with the flags
+        searching = _search(root, set_params, search, trials, study, prune, seed, metric, maximize, jobs)
+        specs: tuple[TrialSpec, ...] = ()
+        planned = searching.trials
+        shown = [{param.label: param.text.partition("=")[2] for param in searching.plan.space}]
+    else:
+        specs = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
+        planned = len(specs)
+        shown = [spec.values() for spec in specs]
     # Trials' logs interleaved on the terminal say less than the progress bar and the final table (which
     # names each failure): they go to the UI only.
     if caller_flow_run() is None:  # a caller's flow keeps its own console
@@ -472,13 +498,13 @@ def run_sweep(
     keep_link = _connect(root, ephemeral, announce)
     from dvcflow.flows.sweep import sweep_flow, trial_runner
 
-    limit = min(jobs or (_cpus() if dask_address is None else len(trials)), len(trials))
+    limit = min(jobs or (_cpus() if dask_address is None else planned), planned)
     experiments.prune_workspaces(root)
     scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
     sweep = SweepSession(
         root,
         baseline,
-        trials,
+        specs,
         scratch,
         experiments.cache_dir(root),
         save=save,
@@ -486,6 +512,7 @@ def run_sweep(
         metric=metric,
         maximize=maximize,
         on_progress=on_progress,
+        search=searching,
     )
     try:
         with registered(sweep) as session_id:
@@ -496,7 +523,7 @@ def run_sweep(
                 keep_link,
                 debug,
                 session_id=session_id,
-                grid=[spec.values() for spec in trials],
+                grid=shown,
                 jobs=limit,
             )
     except KeyboardInterrupt:  # outside the flow's own handling: stop what runs, then leave
@@ -508,7 +535,65 @@ def run_sweep(
         experiments.prune_workspaces(root)
     results = sweep.results()
     chosen, best = pick_best(results, metric, maximize)
-    return SweepReport(record, results, sweep.varying, chosen, maximize, best, save)
+    applied = None
+    if apply_best and best is not None and record.state != "Cancelled":
+        applied = results[best - 1].name
+        announce(f"Applying the best trial to the workspace: dvc exp apply {applied}")
+        experiments.apply_experiment(root, applied, on_line=lambda _: None)
+    return SweepReport(
+        record, results, sweep.varying, chosen, maximize, best, save,
+        notes=tuple(sweep.notes), search=sweep.summary, applied=applied,
+    )  # fmt: skip
+
+
+def _check_search_flags(
+    search: str | None,
+    trials: int | None,
+    study: str | None,
+    prune: str | None,
+    seed: int | None,
+    metric: str | None,
+    dask_address: str | None,
+    apply_best: bool,
+    save: bool,
+) -> None:
+    """The search's flags alone, before anything is read: each needs `--search`, which needs a metric."""
+    from dvcflow.engine.search import check_plan
+
+    if apply_best and not save:
+        raise UsageError("--apply-best needs the trials saved as experiments (not --no-save)")
+    if search is None:
+        given = {"--trials": trials, "--study": study, "--prune": prune, "--seed": seed}
+        for flag, value in given.items():
+            if value is not None:
+                raise UsageError(f"{flag} needs --search tpe|random|grid")
+        return
+    check_plan(search, trials, prune, study)
+    if metric is None:
+        raise UsageError(f"--search {search} needs --metric NAME (and --maximize or --minimize)")
+    if dask_address is not None:
+        raise UsageError("--search runs its trials on this machine: not with --dask-address")
+
+
+def _search(
+    root: Path,
+    set_params: Sequence[str],
+    strategy: str,
+    trials: int | None,
+    study: str | None,
+    prune: str | None,
+    seed: int | None,
+    metric: str,
+    maximize: bool,
+    jobs: int | None,
+) -> Any:
+    """The search space from `-S`, and its study (created, or loaded to resume it): a `Search`."""
+    from dvcflow.dvc.search_space import parse_search_space
+    from dvcflow.engine.search import Search, SearchPlan
+
+    space = parse_search_space(root, set_params, grid=strategy == "grid")
+    plan = SearchPlan(strategy, trials or 0, space, metric, maximize, study, prune, seed)
+    return Search(plan, root, jobs or _cpus())
 
 
 def _check_metric(root: Path, metric: str) -> None:

@@ -236,6 +236,13 @@ class Pipeline:
         `save` (default True: every completed trial becomes a DVC experiment), `max_trials` (default 100),
         `dask_address`. `on_progress` gets the counts whenever a trial starts or ends.
 
+        A search instead of a grid: `search="tpe"|"random"|"grid"` asks an Optuna study for `trials`
+        points, each as a trial ends; `set_params` then take Hydra's sweep forms (`"train.C=tag(log,
+        interval(0.01,100))"`, `range(2,10)`, `choice(a,b)`), `metric` is required, `study` names a
+        study kept in the repository (resumed when it exists), `prune="median"|"hyperband"` stops
+        trials whose metric per step falls behind, `seed` makes it repeatable, and `apply_best` applies
+        the best trial to the workspace at the end (`dvc exp apply`). See docs/sweep.md.
+
         A failed trial is part of the report (`report.trials`, `report.exit_code`), not an exception."""
         return launch.run_sweep(
             self.repo,

@@ -28,6 +28,7 @@ STATE_STYLES = {
     "NotReady": "yellow",
     "UpToDate": "cyan",
     "Pulled": "cyan",
+    "Pruned": "magenta",
     "NotRun": "yellow",
 }
 
