@@ -67,6 +67,16 @@ class SweepProgressView:
             err.print(self._progress)  # the bar's last state stays; the live rows are in the final table
 
 
+def short(value: str) -> str:
+    """A param's value as written, or 6 significant digits of a long float a search drew (the
+    experiment has it whole)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return f"{number:.6g}" if len(value) > 8 and "." in value else value
+
+
 def live_table(state: SweepProgress) -> Table:
     """The trials ended last (at most `LIVE_ROWS`) and the best so far, marked."""
     table = Table(box=None, pad_edge=False)
@@ -84,7 +94,7 @@ def live_table(state: SweepProgress) -> Table:
         shown.insert(0, best)
     for row in shown:
         mark = f" {BEST_MARK}" if row.index == state.best else ""
-        cells = [f"{row.index}{mark}", *(row.values.get(label, "") for label in labels)]
+        cells = [f"{row.index}{mark}", *(short(row.values.get(label, "")) for label in labels)]
         cells += [display_value(row.metrics.get(name)) for name in names]
         table.add_row(
             *cells, Text(row.state, style=STATE_STYLES.get(row.state, "")), style="bold" if mark else ""
@@ -108,7 +118,7 @@ def sweep_summary(report: SweepReport) -> None:
     for row, trial in zip(table_rows(report.trials, report.varying, report.best), report.trials, strict=True):
         mark = f" {BEST_MARK}" if row["best"] else ""
         cells = [f"{trial.index}{mark}", trial.name or "—"]
-        cells += [str(trial.values.get(label, "")) for label in report.varying]
+        cells += [short(trial.values.get(label, "")) for label in report.varying]
         cells += [display_value(trial.metrics.get(name)) for name in names]
         table.add_row(
             *cells,
@@ -127,7 +137,9 @@ def sweep_summary(report: SweepReport) -> None:
             f"Best: trial {best.index} ({how} {report.metric} = {display_value(best.metrics[report.metric])})"
         )
         if report.search is not None:
-            line += " with " + ", ".join(f"{label}={best.values.get(label)}" for label in report.varying)
+            line += " with " + ", ".join(
+                f"{label}={short(best.values.get(label, ''))}" for label in report.varying
+            )
         if report.applied:
             line += f"; applied to the workspace (`dvc exp apply {report.applied}`)"
         elif report.saved:
