@@ -215,6 +215,40 @@ def write_doc(section: str) -> None:
     DOC.write_text(text, encoding="utf-8")
 
 
+SEARCH_BEGIN = "<!-- bench-search:begin (written by `make bench`) -->"
+SEARCH_END = "<!-- bench-search:end -->"
+
+
+def _search_section(render_only: bool, quick: bool, write: bool) -> None:
+    """`dvcflow sweep --search` on Branin (bench/bench_search.py): its rows under markers of their own."""
+    from bench.bench_search import rows
+
+    if render_only:
+        result = _newest("search")
+    else:
+        result = _bench("bench_search.py", "search", ["--repeat", "2" if quick else "3"])
+    section = "\n".join(
+        [
+            SEARCH_BEGIN,
+            f"## `dvcflow sweep --search` on Branin (`bench/bench_search.py`, {result['when'][:8]})",
+            "",
+            "| what | measured | ratio: median (lowest-highest) | rounds | target |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *rows(result),
+            SEARCH_END,
+        ]
+    )
+    print(section)
+    if write:
+        text = DOC.read_text(encoding="utf-8")
+        if SEARCH_BEGIN in text and SEARCH_END in text:
+            head, rest = text.split(SEARCH_BEGIN, 1)
+            text = head + section + rest.split(SEARCH_END, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        DOC.write_text(text, encoding="utf-8")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -240,6 +274,7 @@ def main() -> int:
     if not options.no_doc:
         write_doc(section)
         print(f"wrote {DOC.relative_to(PROJECT)}")
+    _search_section(options.render_only, quick, write=not options.no_doc)
     return 0
 
 
