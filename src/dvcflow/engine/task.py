@@ -33,6 +33,7 @@ from prefect.states import Cancelled, Completed
 from prefect.tasks import MaterializingTask
 
 from dvcflow.api.execution import note_wait, remember_task_run, untagged_tasks
+from dvcflow.api.limits import LEASE_S
 from dvcflow.core.graph import PlannedStage
 from dvcflow.core.resources import NO_GRANT, NO_RESOURCES, Grant, Resources, dask_resources
 from dvcflow.dvc.session import PipelineSession
@@ -129,10 +130,20 @@ def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
         yield environment
     finally:
         release = threading.Thread(
-            target=contextvars.copy_context().run, args=(held.close,), name="dvcflow-release", daemon=True
+            target=contextvars.copy_context().run,
+            args=(_release, held, logger),
+            name="dvcflow-release",
+            daemon=True,
         )
         release.start()
         _releasing.setdefault(task_run, []).append(release)
+
+
+def _release(held: contextlib.ExitStack, logger: Any) -> None:
+    try:
+        held.close()
+    except Exception as exc:  # the server frees the slots when their lease ends
+        logger.warning("Could not release the concurrency limits (free again within %d s): %s", LEASE_S, exc)
 
 
 _releasing: dict[UUID | None, list[threading.Thread]] = {}  # task run → its limits' releases under way
