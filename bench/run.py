@@ -249,6 +249,40 @@ def _search_section(render_only: bool, quick: bool, write: bool) -> None:
         DOC.write_text(text, encoding="utf-8")
 
 
+RESOURCES_BEGIN = "<!-- bench-resources:begin (written by `make bench`) -->"
+RESOURCES_END = "<!-- bench-resources:end -->"
+
+
+def _resources_section(render_only: bool, quick: bool, write: bool) -> None:
+    """Resource-aware scheduling (bench/bench_resources.py): its rows under markers of their own."""
+    from bench.bench_resources import rows
+
+    if render_only:
+        result = _newest("resources")
+    else:
+        result = _bench("bench_resources.py", "resources", ["--repeat", "2" if quick else "5"])
+    section = "\n".join(
+        [
+            RESOURCES_BEGIN,
+            f"## Stages that need a GPU (`bench/bench_resources.py`, {result['when'][:8]})",
+            "",
+            "| what | measured | ratio: median (lowest-highest) | rounds | target |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *rows(result),
+            RESOURCES_END,
+        ]
+    )
+    print(section)
+    if write:
+        text = DOC.read_text(encoding="utf-8")
+        if RESOURCES_BEGIN in text and RESOURCES_END in text:
+            head, rest = text.split(RESOURCES_BEGIN, 1)
+            text = head + section + rest.split(RESOURCES_END, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        DOC.write_text(text, encoding="utf-8")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -275,6 +309,7 @@ def main() -> int:
         write_doc(section)
         print(f"wrote {DOC.relative_to(PROJECT)}")
     _search_section(options.render_only, quick, write=not options.no_doc)
+    _resources_section(options.render_only, quick, write=not options.no_doc)
     return 0
 
 
