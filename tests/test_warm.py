@@ -196,7 +196,7 @@ def test_another_import_path_runs_in_the_calling_process(
     """Prefect settings are served (tests/test_warm_settings.py); another import path is not."""
     other_path = dvcflow("--version", cwd=tmp_path, env={**live_server.env, "PYTHONPATH": str(tmp_path)})
     assert other_path.stdout == f"dvcflow {warm_version()}\n"
-    assert any(line.endswith(": another import path") for line in refusals(live_server.home))
+    assert any(": another import path" in line for line in refusals(live_server.home))
     assert zygote.ping(live_server.home) == starter  # refusing is no reason to stop
 
 

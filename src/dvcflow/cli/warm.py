@@ -19,6 +19,8 @@ process, and how a command runs (the Typer app).
   list, with the reasons, is in docs/server.md. `DVCFLOW_WARM=0` turns it off (for a command, or for the
   starter when given to `server start`).
 - `server` commands are never served: they do not import Prefect, and `server stop` stops the starter.
+- A run's DVC process (`python -m dvcflow.dvc.child`) asks for the entry point `DVC_CHILD`: its `dvc
+  repro` then runs in a child forked from here, DVC imported (`_run_dvc_child`).
 """
 
 from __future__ import annotations
@@ -69,7 +71,49 @@ PRELOAD = (
     "anyio._backends._asyncio",
     "prefect.utilities.visualization",
     "dvcflow.core.identity",
+    # What the DVC child (`dvcflow.dvc.child`, `DVC_CHILD`) imports: a `dvc repro` forked from here
+    # skips ~0.4 s of DVC's import.
+    "dvc.cli",
+    "dvc.cli.parser",
+    "dvcflow.dvc.child",
+    # What a no-op run-a and its DVC child still imported after the fork (~0.1 s; bench/profile_run_a.py
+    # lists them), but for Rich's emoji table and Typer's private modules:
+    "dvc.repo.index",
+    "dvc.repo.metrics.show",
+    "dvc.repo.params",
+    "dvc.repo.plots",
+    "dvc.repo.artifacts",
+    "dvc.repo.stage",
+    "dvc.repo.graph",
+    "dvc.repo.trie",
+    "dvc.repo.brancher",
+    "dvc.repo.open_repo",
+    "dvc.rwlock",
+    "dvc.cachemgr",
+    "dvc.data_cloud",
+    "dvc.dirs",
+    "dvc.utils.strictyaml",
+    "dvc_data.fs",
+    "dvc_data.hashfile.db.local",
+    "dvc_render.vega",
+    "dvc_render.html",
+    "dvc_render.image",
+    "dvc_render.plotly",
+    "configobj",
+    "dulwich.ignore",
+    "dulwich.worktree",
+    "platformdirs",
+    "flatten_dict",
+    "pyparsing",
+    "pygit2",
+    "scmrepo.git.backend.pygit2",
+    "fsspec.implementations.memory",
+    "tarfile",
+    "dvcflow.api.crash",
+    "dvcflow.api.watchdog",
+    "dvcflow.proc.liveness",
 )
+DVC_CHILD = "dvcflow.dvc.child"  # the entry point `python -m dvcflow.dvc.child` asks for (its WARM_ENTRY)
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -109,8 +153,9 @@ class _Policy:
         are rebuilt in the child (`prefect_settings.sync_prefect_settings`)."""
         return prefect_settings.declined(request.get("env") or {}, str(request.get("cwd", "")), self.environ)
 
-    def after_adopt(self, _request: Mapping[str, Any]) -> None:
-        prefect_settings.adopted(self.inputs)
+    def after_adopt(self, request: Mapping[str, Any]) -> None:
+        if request.get("entry") is None:  # a dvcflow command (the DVC child imports no Prefect)
+            prefect_settings.adopted(self.inputs)
 
 
 def _preload() -> None:
@@ -146,6 +191,20 @@ def _run(argv: list[str], main_package: str | None) -> int:
     return 0
 
 
+def _run_dvc_child(argv: list[str]) -> int:
+    """`python -m dvcflow.dvc.child ARGS` (`dvc ARGS` for a command of dvcflow), forked from here, its
+    DVC imported: as that program, tied to this starter instead of to dvcflow (the client, tied to
+    dvcflow, forwards the signals it gets; if it is killed, the starter kills this child's group)."""
+    import logging
+
+    from dvcflow.dvc import child
+    from dvcflow.dvc.repository import PARENT_PID_ENV
+
+    logging.root.handlers.clear()  # Prefect's, for the starter's stderr: a fresh process has none
+    os.environ[PARENT_PID_ENV] = str(os.getppid())
+    return child.main(argv[1:])
+
+
 def main(argv: Sequence[str]) -> int:
     """`python -m dvcflow.cli.warm HOME SERVER_PID` (launched by `dvcflow.server.control`)."""
     home, server_pid = Path(argv[0]), int(argv[1])
@@ -159,6 +218,7 @@ def main(argv: Sequence[str]) -> int:
         run=_run,
         refuse=policy.refuse,
         after_adopt=policy.after_adopt,
+        entries={DVC_CHILD: _run_dvc_child},
     )
     zygote.serve_forever(home, server_pid, hooks)
 

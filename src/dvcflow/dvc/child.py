@@ -6,6 +6,8 @@ Why not `dvc` itself: this process first ties itself to dvcflow, so that a SIGKI
 in a process with threads, as Prefect's is). It also saves work DVC would do twice: it imports DVC with
 the garbage collector paused, may do so ahead of time and wait for its go (`warm_up`), and after a
 successful `repro` reads the metrics with the DVC it has imported, printing them on one marked line.
+With dvcflow's warm starter up, the DVC part runs in a child forked from the starter, DVC imported
+already (`_served`); this process then only forwards signals.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 from dvcflow.dvc.commands import METRICS_ENV, METRICS_MARK, READY_MARK, WAIT_ENV
 from dvcflow.dvc.metrics_files import repo_metrics
 from dvcflow.dvc.repository import PARENT_PID_ENV
-from dvcflow.proc import children
+from dvcflow.proc import children, zygote
+
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # what the warm starter fingerprints
+WARM_ENTRY = "dvcflow.dvc.child"  # this program's name among the warm starter's entry points
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +37,9 @@ def main(argv: list[str]) -> int:
     if not children.tie_to_parent(int(os.environ.get(PARENT_PID_ENV, "0"))):
         return 143  # dvcflow died before it could be tied to it: don't run DVC for nobody
     os.environ.pop(PARENT_PID_ENV, None)  # not for the stage commands, nor these two
+    served = _served(argv)
+    if served is not None:
+        zygote.exit_like(served)
     waits = os.environ.pop(WAIT_ENV, None) == "1"
     metrics = os.environ.pop(METRICS_ENV, None) == "1"
     gc.disable()
@@ -56,6 +64,22 @@ def main(argv: list[str]) -> int:
         _print_metrics()
     gc.freeze()  # nothing left for a collection at exit to scan
     return code
+
+
+def _served(argv: list[str]) -> int | None:
+    """With dvcflow's warm starter up (`dvcflow.cli.warm`), this command runs in a child forked from it,
+    DVC imported already (~0.4 s of a no-op run-a), and this process only forwards signals (a SIGTERM
+    from its tether included) and ends as that child does. None: it runs here (no starter, it declined,
+    `DVCFLOW_WARM=0`, or this is that child)."""
+    from dvcflow.core.settings import resolve_server_config, warm_enabled
+
+    if zygote.forked_here() or not warm_enabled(os.environ):
+        return None
+    try:
+        home = resolve_server_config().home
+    except Exception:  # a bad [tool.dvcflow]: DVC does not care
+        return None
+    return zygote.serve(home, argv, PACKAGE, entry=WARM_ENTRY)
 
 
 def _print_metrics() -> None:

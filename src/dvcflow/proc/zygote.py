@@ -35,7 +35,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -50,7 +50,7 @@ READY_NAME = "warm.ready"  # exists while the starter has finished its imports a
 MAX_MESSAGE = 200_000  # a request larger than this (a huge environment) runs the usual way
 HANDSHAKE_TIMEOUT_S = 10.0  # a starter still importing answers once ready: still sooner than importing
 READY_TIMEOUT_S = 2.0  # a starter that has imported answers in milliseconds; a hung one costs this much
-PROTOCOL = 2
+PROTOCOL = 3  # 3: a request may name an entry point (`StarterHooks.entries`)
 CHECK_EVERY_S = 2.0  # how often an idle starter looks for changed code (and, without pidfds, the server)
 GO = b"go"  # the client's answer to `accepted`: only then does the child start the command
 # What the interpreter reads from the environment only as it starts (the rest of its start-up options are
@@ -73,6 +73,7 @@ _DIFFERENCES = {  # what a refusal says for each part of the fingerprint that di
     "code": "other source files",
 }
 
+_forked = False  # set in a child the starter forked for a client (`forked_here`)
 _FORWARD_TO_GROUP = (signal.SIGINT, signal.SIGQUIT)  # what a terminal sends to the foreground group
 _HELD_AT_FORK = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}  # those the starter handles itself
 _FORWARD_TO_CHILD = (signal.SIGTERM, signal.SIGHUP)  # what `kill PID` or a closed terminal sends
@@ -104,6 +105,9 @@ class StarterHooks:
     refuse: Callable[[Mapping[str, Any]], str | None] = _refuse_nothing
     # Called in the child once it has taken over its client's state, before `run`.
     after_adopt: Callable[[Mapping[str, Any]], None] = _nothing_to_do
+    # Other programs of the package a client may ask for by name (`serve(..., entry=NAME)`) instead of
+    # `run`: each gets the client's `sys.argv` and returns the exit code (or raises SystemExit).
+    entries: Mapping[str, Callable[[list[str]], int]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -169,7 +173,7 @@ def _stdio_settings() -> list[dict[str, Any]] | None:
     return settings
 
 
-def _request(argv: Sequence[str], package: str) -> dict[str, Any] | None:
+def _request(argv: Sequence[str], package: str, entry: str | None = None) -> dict[str, Any] | None:
     stdio = _stdio_settings()
     if stdio is None:
         return None
@@ -178,6 +182,7 @@ def _request(argv: Sequence[str], package: str) -> dict[str, Any] | None:
     main = sys.modules.get("__main__")
     return {
         "protocol": PROTOCOL,
+        "entry": entry,
         "fingerprint": fingerprint(sys.path, package),
         "argv": [sys.argv[0], *argv],
         "main_package": getattr(main, "__package__", None),
@@ -190,10 +195,11 @@ def _request(argv: Sequence[str], package: str) -> dict[str, Any] | None:
     }
 
 
-def serve(home: Path, argv: Sequence[str], package: str) -> int | None:
+def serve(home: Path, argv: Sequence[str], package: str, entry: str | None = None) -> int | None:
     """Run this command (`argv`, without the program) in a child of the starter of `home` and return its
     exit code (negative: the signal that ended it); None when no starter takes it, and the caller must
-    run the command itself. `package` as the starter's hooks have it (the fingerprint's code)."""
+    run the command itself. `package` as the starter's hooks have it (the fingerprint's code); `entry`
+    names one of its `entries` (None: its `run`)."""
     try:
         path = socket_path(home)
         if not path.exists():
@@ -202,7 +208,7 @@ def serve(home: Path, argv: Sequence[str], package: str) -> int | None:
         import json  # only now: a command without a starter never pays for them
         import socket
 
-        request = _request(argv, package)
+        request = _request(argv, package, entry)
         if request is None:
             return None
         payload = json.dumps(request).encode()
@@ -631,6 +637,8 @@ class _Starter:
             return "; ".join(_DIFFERENCES.get(key, key) for key in differ) or "another fingerprint"
         if request.get("protocol") != PROTOCOL:
             return "another protocol"
+        if request.get("entry") is not None and request["entry"] not in self.hooks.entries:
+            return f"no entry point {request['entry']!r}"
         if len(fds) != 3:
             return "not given fds 0, 1 and 2"
         refusal = self.hooks.refuse(request)
@@ -765,12 +773,27 @@ class _Starter:
                 flush=True,
             )
             os._exit(70)
-        _run(request, self.hooks.run)
+        global _forked
+        _forked = True
+        entry = request.get("entry")
+        _run(request, self.hooks.run if entry is None else _without_package(self.hooks.entries[entry]))
 
 
-def _command(request: Mapping[str, Any]) -> list[str]:
-    """What the log names: the command, not its arguments (they may hold a URL with a token)."""
-    return list(request.get("argv", [])[1:2])
+def _command(request: Mapping[str, Any]) -> str:
+    """What the log names: the command, not its arguments (they may hold a URL with a token), after the
+    entry point when it is not the program's own."""
+    command = str(list(request.get("argv", [])[1:2]))
+    return command if request.get("entry") is None else f"{request['entry']} {command}"
+
+
+def _without_package(entry: Callable[[list[str]], int]) -> Callable[[list[str], str | None], int]:
+    return lambda argv, _main_package: entry(argv)
+
+
+def forked_here() -> bool:
+    """Whether this process is a child a starter forked for a client (a command's own entry point may
+    then not ask a starter again)."""
+    return _forked
 
 
 def _adopt(request: Mapping[str, Any]) -> None:
