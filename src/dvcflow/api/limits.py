@@ -12,9 +12,9 @@ the host) belongs to the machine, not to one repository: two repositories on one
 too, and two boxes sharing a server do not wait for each other's.
 
 Each run writes its capacity to the server before its first stage (`ensure_limits`): a missing limit is
-created, one with another limit or switched off is set to the capacity. The limits are taken one at a time
-in one order (mutex groups, then resources by name), so two runs never wait for each other in a circle. A
-slot is leased (60 s, renewed while the command runs): if the process dies, the server frees it.
+created, one with another limit or switched off is set to the capacity. The limits are taken in one order
+(by name; `acquisitions`), so two runs never wait for each other in a circle. A slot is leased (60 s,
+renewed while the command runs): if the process dies, the server frees it.
 """
 
 from __future__ import annotations
@@ -86,22 +86,36 @@ def ensure_limits(
                 announce(f"Concurrency limit {name}: {existing.limit} -> {limit} (this run's capacity)")
 
 
+def acquisitions(demand: Demand, host: str | None = None) -> list[tuple[list[str], int]]:
+    """The calls that take `demand`'s limits: by limit name, consecutive names with the same amount in
+    one call (Prefect takes a call's names all at once or none). One order for every run, so two runs
+    never wait for each other in a circle."""
+    host = host or _host()
+    wanted = sorted(
+        [(limit_name(resource, host), amount) for resource, amount in demand.resources]
+        + [(mutex_name(group, host), 1) for group in demand.mutex]
+    )
+    calls: list[tuple[list[str], int]] = []
+    for name, occupy in wanted:
+        if calls and calls[-1][1] == occupy:
+            calls[-1][0].append(name)
+        else:
+            calls.append(([name], occupy))
+    return calls
+
+
 @contextlib.contextmanager
 def holding(demand: Demand, task_run: UUID | None = None) -> Iterator[float]:
-    """Hold a slot of each limit `demand` takes for the block (mutex groups first, together, then each
-    resource by name, `occupy=` its amount); yields the seconds spent waiting for them."""
+    """Hold a slot of each limit `demand` takes for the block (`occupy=` its amount, a mutex group's 1;
+    see `acquisitions`); yields the seconds it took to get them (the API's round trips, and any wait for
+    another run that holds them)."""
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.concurrency.sync import concurrency
 
     holder = ConcurrencyLeaseHolder(type="task_run", id=task_run) if task_run is not None else None
-    host = _host()
-    takes: list[tuple[list[str], int]] = []
-    if demand.mutex:
-        takes.append(([mutex_name(group, host) for group in demand.mutex], 1))
-    takes.extend(([limit_name(resource, host)], amount) for resource, amount in demand.resources)
     started = time.monotonic()
     with contextlib.ExitStack() as held:
-        for names, occupy in takes:
+        for names, occupy in acquisitions(demand):
             held.enter_context(
                 concurrency(
                     names,

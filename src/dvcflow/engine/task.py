@@ -47,7 +47,7 @@ UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
 PULLED_STATE = "Pulled"  # a Completed state: only its data was missing, fetched from the remote (--pull)
 NOT_RUN_STATE = "NotRun"  # a Cancelled state: an upstream stage failed, or the run stopped first
 PLACEHOLDER_ASSET = "file:///dev/null"  # replaced per stage by `with_options(assets=...)`
-WAIT_WORTH_SAYING_S = 0.5  # a wait for another run's resources shorter than this goes unlogged
+WAIT_WORTH_SAYING_S = 1.0  # a shorter time to get the limits is the API's round trips: not logged
 
 
 def _run_stage(
@@ -124,7 +124,7 @@ def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
             if task_run is not None:
                 note_wait(task_run, waited)
             if waited >= WAIT_WORTH_SAYING_S:
-                logger.info("Waited %.1f s for %s, held by another run on this machine", waited, grant.demand)
+                logger.info("Took %.1f s to get the machine's concurrency limits for %s", waited, grant.demand)
         shown = ", ".join(f"{key}={value}" for key, value in environment.items())
         logger.info("Holding %s%s", grant.demand, f" ({shown})" if shown else "")
         yield environment
