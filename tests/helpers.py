@@ -360,3 +360,68 @@ def make_chain_repo(root: Path, env: dict[str, str], stages: int = 50) -> Path:
     git(root, "add", "-A", env=env)
     git(root, "commit", "-q", "-m", "pipeline", env=env)
     return root
+
+
+# A stage that records when it slept, which GPUs it was given and on which Dask worker it ran.
+TIMED_STAGE_PY = """\
+import json, os, sys, time
+name, seconds = sys.argv[1], float(sys.argv[2])
+start = time.time()
+time.sleep(seconds)
+os.makedirs("out", exist_ok=True)
+with open(f"out/{name}.json", "w") as f:
+    json.dump({"start": start, "end": time.time(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+               "worker": os.environ.get("DVCFLOW_TEST_WORKER")}, f)
+"""
+
+
+def timed_stage(name: str, seconds: float, meta: dict[str, object] | None = None) -> dict[str, object]:
+    """A `dvc.yaml` stage running `stage.py NAME SECONDS` (`${item}` works in `name`), writing
+    `out/NAME.json`; `meta` becomes its `meta: {dvcflow: ...}`."""
+    stage: dict[str, object] = {
+        "cmd": f"python stage.py {name} {seconds}",
+        "deps": ["stage.py"],
+        "outs": [f"out/{name}.json"],
+    }
+    if meta is not None:
+        stage["meta"] = {"dvcflow": meta}
+    return stage
+
+
+def make_resource_repo(
+    root: Path, env: dict[str, str], stages: dict[str, object], *, pyproject: str | None = None
+) -> Path:
+    """A committed git+DVC repository of timed stages (`timed_stage`, or `foreach` of them), with an
+    optional `pyproject.toml` (its `[tool.dvcflow.resources]` / `[tool.dvcflow.capacity]`). Used by
+    tests/test_resources.py and `bench/bench_resources.py`."""
+    root.mkdir(parents=True)
+    (root / "stage.py").write_text(TIMED_STAGE_PY)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    if pyproject is not None:
+        (root / "pyproject.toml").write_text(pyproject)
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
+    )
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "timed stages", env=env)
+    return root
+
+
+def stage_spans(repo: Path) -> dict[str, dict[str, object]]:
+    """What each timed stage recorded (`out/NAME.json`): start, end, gpus, worker."""
+    import json
+
+    return {path.stem: json.loads(path.read_text()) for path in sorted((repo / "out").glob("*.json"))}
+
+
+def most_at_once(spans: list[tuple[float, float]]) -> int:
+    """The most intervals open at one instant (an end at the instant another starts does not overlap)."""
+    events = sorted(
+        [(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans], key=lambda e: (e[0], e[1])
+    )
+    most = current = 0
+    for _, step in events:
+        current += step
+        most = max(most, current)
+    return most
