@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,11 +47,13 @@ import json, math, os, time, yaml
 p = yaml.safe_load(open("params.yaml"))["branin"]
 x1, x2 = p["x1"], p["x2"]
 start = time.time()
+markers = os.environ.get("SWEEP_TEST_MARKERS")
+if markers:
+    open(os.path.join(markers, f"{os.getpid()}.started"), "w").close()
 time.sleep(p["sleep"])
 b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
 f = (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10
 json.dump({"f": f}, open("metrics.json", "w"))
-markers = os.environ.get("SWEEP_TEST_MARKERS")
 if markers:
     with open(os.path.join(markers, f"{os.getpid()}.json"), "w") as out:
         json.dump({"start": start, "end": time.time(), "x1": x1, "x2": x2}, out)
@@ -205,6 +211,50 @@ def test_a_study_resumed_adds_trials_never_repeats_one_and_applies_the_best(
     assert (applied["x1"], applied["x2"]) == (best["params"]["branin.x1"], best["params"]["branin.x2"])  # type: ignore[index]
     assert len(worktrees(repo)) == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("dvcflow-sweep-")]
+
+
+@pytest.mark.timeout(900)
+def test_ctrl_c_leaves_no_workspace_nor_experiment_and_the_study_resumes(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    repo = make_branin_repo(tmp_path / "branin", client_env, sleep=120)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**client_env, "SWEEP_TEST_MARKERS": str(markers), "TMPDIR": str(scratch)}
+    search = ["sweep", "--search", "random", *SPACE, "--metric", "f", "--minimize", "--study", "s"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dvcflow", *search, "--trials", "4", "--jobs", "2"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(markers.glob("*.started"))) < 2 and process.poll() is None:  # two trials run
+            assert time.monotonic() < deadline, "the trials never started"
+            time.sleep(0.2)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stdout + stderr
+    assert experiments(repo, client_env) == {}
+    assert len(worktrees(repo)) == 1 and list(scratch.iterdir()) == []
+    assert [t["state"] for t in study_trials(repo, "s")] == ["FAIL", "FAIL"]  # told, not left Running
+
+    resumed = dvcflow(
+        *search, "--trials", "1", "-S", "branin.sleep=0", cwd=repo, env=client_env, timeout=300
+    )  # a fixed -S is not part of the study's space
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [t["state"] for t in study_trials(repo, "s")] == ["FAIL", "FAIL", "COMPLETE"]
+    assert len(experiments(repo, client_env)) == 1
 
 
 @pytest.mark.timeout(1200)
