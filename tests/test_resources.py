@@ -140,6 +140,21 @@ def test_without_a_capacity_only_mutex_groups_are_kept_apart() -> None:
     assert pool.take(Demand(mutex=("x",))) is not None
 
 
+def test_gpu_indices_are_held_machine_wide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs each hand out indices within their own capacity: the flock per device makes the second
+    stage that was told "0" take the free "1" instead (an flock per open file: as another process)."""
+    import tempfile
+
+    from dvcflow.proc.gpus import claimed
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with claimed(1, ("0", "1"), ("0",)) as first, claimed(1, ("0", "1"), ("0",)) as second:
+        assert (first, second) == (("0",), ("1",))
+    with claimed(2, ("0", "1")) as both:
+        assert both == ("0", "1")  # all free again
+    assert Grant(GPU1).environment() == {}  # on Dask: no indices, the worker's own environment
+
+
 def test_limits_are_taken_in_one_order_same_amounts_together() -> None:
     """Two runs never wait for each other in a circle: every run takes the machine's limits by name."""
     from dvcflow.api.limits import acquisitions

@@ -102,20 +102,24 @@ NO_CAPACITY = Capacity()
 
 @dataclass(frozen=True)
 class Grant:
-    """What the scheduler gave a stage it starts: its demand, its GPU indices, how long it waited for
-    them (seconds from ready to started, while only resources or a mutex held it back)."""
+    """What the scheduler gave a stage it starts: its demand, its GPU indices (of `devices`, the
+    capacity's), how long it waited for them (seconds from ready to started, while only resources or a
+    mutex held it back)."""
 
     demand: Demand = NO_DEMAND
     gpus: tuple[str, ...] = ()
     waited: float = 0.0
+    devices: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return self.demand.empty
 
-    def environment(self) -> dict[str, str]:
-        """`CUDA_VISIBLE_DEVICES` for a stage that holds GPUs (nothing otherwise)."""
-        return {"CUDA_VISIBLE_DEVICES": ",".join(self.gpus)} if self.demand.amount(GPU) else {}
+    def environment(self, gpus: Sequence[str] | None = None) -> dict[str, str]:
+        """`CUDA_VISIBLE_DEVICES` for a stage that holds GPUs (`gpus`, by default its grant's); nothing
+        when it holds none or no indices were handed out (on Dask the worker's own environment rules)."""
+        held = self.gpus if gpus is None else gpus
+        return {"CUDA_VISIBLE_DEVICES": ",".join(held)} if self.demand.amount(GPU) and held else {}
 
 
 NO_GRANT = Grant()

@@ -101,7 +101,7 @@ class ResourcePool:
                 self.free[name] -= amount
             count = demand.amount(GPU)
             gpus, self.free_gpus = tuple(self.free_gpus[:count]), self.free_gpus[count:]
-        return Grant(demand, gpus, waited)
+        return Grant(demand, gpus, waited, self.devices if gpus else ())
 
     def give(self, grant: Grant) -> None:
         self.held.difference_update(grant.demand.mutex)

@@ -104,7 +104,8 @@ def _run_stage(
 @contextlib.contextmanager
 def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
     """Around a stage's command: the machine's limits (with `share`; the wait is logged and counted in
-    the summary), and the environment of its grant.
+    the summary), its GPU indices held machine-wide (`proc.gpus.claimed`: the grant's, unless another
+    run on this machine holds one), and the environment that names them.
 
     The limits are released in a thread of their own while DVC records the outputs (a release is two
     API calls and a thread's end, ~0.1-0.3 s); the launcher waits for it before the scheduler hands the
@@ -124,7 +125,14 @@ def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
             if task_run is not None:
                 note_wait(task_run, waited)
             if waited >= WAIT_WORTH_SAYING_S:
-                logger.info("Took %.1f s to get the machine's concurrency limits for %s", waited, grant.demand)
+                logger.info(
+                    "Took %.1f s to get the machine's concurrency limits for %s", waited, grant.demand
+                )
+        if grant.gpus:
+            from dvcflow.proc.gpus import claimed
+
+            gpus = held.enter_context(claimed(len(grant.gpus), grant.devices or grant.gpus, grant.gpus))
+            environment = grant.environment(gpus)
         shown = ", ".join(f"{key}={value}" for key, value in environment.items())
         logger.info("Holding %s%s", grant.demand, f" ({shown})" if shown else "")
         yield environment

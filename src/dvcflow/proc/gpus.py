@@ -4,15 +4,23 @@
 empty: none). Otherwise `nvidia-smi -L`, when it is on `PATH`, lists the devices (`GPU 0: ...`). Neither:
 no GPU is known, and a stage that needs one is refused before the run unless `--resource gpu=N` says
 how many there are.
+
+`claimed` holds device indices machine-wide (an flock per device), so that two runs on one machine never
+hand one device to two stages at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
 NVIDIA_SMI_TIMEOUT_S = 10
@@ -39,3 +47,56 @@ def visible_gpus(environ: Mapping[str, str] | None = None) -> tuple[tuple[str, .
     if listed.returncode != 0:
         return None
     return tuple(_LISTED.findall(listed.stdout)), "nvidia-smi -L"
+
+
+CLAIM_POLL_S = 0.2
+
+
+def _lock_folder() -> Path:
+    """One folder per machine (every user's runs share the GPUs), sticky and writable by all."""
+    folder = Path(tempfile.gettempdir()) / "dvcflow-gpus"
+    if not folder.is_dir():
+        folder.mkdir(exist_ok=True)
+        with contextlib.suppress(OSError):  # another user's folder: theirs to set
+            folder.chmod(0o1777)
+    return folder
+
+
+def _lock_file(folder: Path, device: str) -> int:
+    path = folder / (re.sub(r"[^A-Za-z0-9._-]", "_", device) + ".lock")
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    with contextlib.suppress(OSError):
+        os.fchmod(handle, 0o666)
+    return handle
+
+
+@contextlib.contextmanager
+def claimed(count: int, devices: Sequence[str], preferred: Sequence[str] = ()) -> Iterator[tuple[str, ...]]:
+    """Hold `count` of `devices` for the block, `preferred` first, by an flock per device that every
+    process on this machine takes: two dvcflow runs (each handing out indices within its own capacity)
+    never give one device to two stages at once. Waits while fewer are free; the kernel frees a dead
+    process's locks."""
+    folder = _lock_folder()
+    order = [*dict.fromkeys([*preferred, *devices])]
+    held: list[tuple[str, int]] = []
+    try:
+        while True:
+            for device in order:
+                if len(held) == count:
+                    break
+                if any(device == taken for taken, _ in held):
+                    continue
+                handle = _lock_file(folder, device)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(handle)
+                    continue
+                held.append((device, handle))
+            if len(held) == count:
+                break
+            time.sleep(CLAIM_POLL_S)
+        yield tuple(device for device, _ in held)
+    finally:
+        for _, handle in held:
+            os.close(handle)  # closing the last descriptor releases the flock
