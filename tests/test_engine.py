@@ -364,18 +364,21 @@ def test_a_repository_lock_held_by_another_dvc_process_fails_the_stage_in_one_li
 ) -> None:
     """The engine takes DVC's repository lock only around its DVC calls: another DVC process may hold it
     when a stage is to be recorded. After DVC's retries the stage fails with one line and the run ends
-    (no lock left held inside the process: the flow closes its session)."""
+    (no lock left held inside the process: the flow closes its session). It is not retried: a retry would
+    remove what the stage wrote, and could take another process's result from DVC's run cache."""
     stages = "stages:\n  hold:\n    cmd: python hold.py\n    deps: [hold.py]\n    outs: [out.txt]\n"
     root = tmp_path / "held"
     root.mkdir()
     (root / "hold.py").write_text(HOLD_PY)
     repo = make_tiny_repo(root, client_env, stages=stages)
 
-    result = dvcflow("run-a", "--per-stage", "--retries", "0", cwd=repo, env=client_env, timeout=120)
+    result = dvcflow("run-a", "--per-stage", "--retries", "1", cwd=repo, env=client_env, timeout=120)
 
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert f"another DVC process holds the repository lock of {repo}" in output
+    assert re.search(r"│ hold\s+│ Failed\s+│\s+1 │", result.stdout), result.stdout  # one attempt
+    assert "Retry" not in result.stderr
     assert "Traceback" not in output
     assert "finished in state Failed" in result.stdout
     assert not (repo / "dvc.lock").exists()  # untouched by the failed stage

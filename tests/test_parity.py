@@ -15,14 +15,15 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import integration_fixture
-from tests.helpers import base_env, dvc, dvcflow, git
+from tests.conftest import Processes, integration_fixture
+from tests.helpers import base_env, dvc, dvcflow, git, make_tiny_repo
 
 STEP_PY = """\
 import sys
@@ -388,3 +389,57 @@ def test_run_a_per_stage_allow_missing_skips_what_only_lacks_data(
     assert dvc_ran(reference.stdout) == []
     assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
     assert workspace(by_dvcflow) == workspace(by_dvc)
+
+
+# A concurrent `dvc repro` is refused while a stage's command runs, as DVC refuses a second `dvc repro`.
+
+
+@pytest.mark.parametrize("command", [["run-b"], ["run-a", "--per-stage"]], ids=["run-b", "per-stage"])
+def test_a_concurrent_dvc_repro_is_refused_while_the_engine_runs_a_stage(
+    tmp_path: Path, client_env: dict[str, str], command: list[str], processes: Processes
+) -> None:
+    """The stage's command runs under DVC's read-write locks of its deps and outputs, as under
+    `dvc repro`: a `dvc repro` of the stage meanwhile is refused ("busy") instead of running the command
+    a second time into the same output, and the output recorded is the stage's own, written once.
+
+    The command writes a first line, then waits until the test has run the concurrent `dvc repro`
+    (bounded: 20 s), then a second line."""
+    env = client_env
+    release = tmp_path / "release"
+    slow = (
+        f"sh -c 'echo partial > slow.out; i=0; while [ ! -e {release} ] && [ $i -lt 200 ];"
+        " do sleep 0.1; i=$((i+1)); done; echo full >> slow.out'"
+    )
+    stages = {"stages": {"slow": {"cmd": slow, "deps": ["trigger.txt"], "outs": ["slow.out"]}}}
+    repo = make_tiny_repo(tmp_path / "repo", env, stages=yaml.safe_dump(stages))
+    (repo / "trigger.txt").write_text("changed\n")
+    engine = processes.start(
+        [sys.executable, "-m", "dvcflow", *command, "slow"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        out = repo / "slow.out"
+        while not (out.exists() and out.read_text() == "partial\n"):
+            assert engine.poll() is None, engine.communicate()
+            assert time.monotonic() < deadline, "the stage's command never started"
+            time.sleep(0.05)  # polling for the command's first line, bounded above
+        concurrent = dvc("repro", "slow", cwd=repo, env=env)
+        release.touch()
+        stdout, stderr = engine.communicate(timeout=180)
+    finally:
+        release.touch()
+        if engine.poll() is None:
+            engine.kill()
+            engine.communicate()
+    assert engine.returncode == 0, stdout + stderr
+    assert concurrent.returncode != 0, concurrent.stdout
+    assert "slow.out' is busy" in concurrent.stderr
+    assert out.read_text() == "partial\nfull\n"
+    assert "Retry" not in stderr
+    status = dvc("status", "--json", cwd=repo, env=env)
+    assert json.loads(status.stdout) == {}, status.stdout

@@ -106,6 +106,11 @@ class StageCommandError(PipelineError):
     """A stage's own command failed, or DVC could not take a lock: a retry may succeed."""
 
 
+class DvcBusyError(PipelineError):
+    """Another DVC process holds the repository lock, or works on a stage's files (DVC's "is busy"):
+    the stage fails without a retry, and nothing it wrote is recorded or replaced from DVC's run cache."""
+
+
 class MetricsError(DvcflowError):
     """Metrics are missing, unreadable or cannot be compared."""
 

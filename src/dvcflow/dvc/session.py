@@ -24,13 +24,14 @@ import contextlib
 import os
 import sys
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from dvcflow.core.errors import PipelineError
+from dvcflow.core.errors import DvcBusyError, PipelineError
 from dvcflow.core.graph import PipelineSnapshot, StageGraph, StageKind, StageNode
 from dvcflow.core.metrics import MetricsFiles
 from dvcflow.core.selection import Selection
@@ -111,6 +112,10 @@ class PipelineSession:
         self._before_run: dict[str, list[tuple[Any, Any, Any]]] = {}  # stage → (dep/out, hash, meta)
         self._selected: dict[Selection, tuple[str, ...]] = {}  # `select`'s answers (DVC parses dvc.yaml)
         self._kept: dict[str, Any] = {}  # DVC's caches carried over its lock's resets (`_locked`)
+        # DVC's read-write locks the stages hold (`_hold`): stage → (lock entry, read, written paths), and
+        # (read|write, path) → how many stages hold it
+        self._held: dict[str, tuple[dict[str, Any], list[str], list[str]]] = {}
+        self._held_paths: Counter[tuple[str, str]] = Counter()
         self._load()
 
     def _load(self) -> None:
@@ -142,7 +147,7 @@ class PipelineSession:
     def _locked(self) -> Any:
         """The session's mutex, the process's working directory (`in_repository`) and DVC's repository
         lock, for one DVC call. Another DVC process holding the lock beyond DVC's own retries (3 s) is a
-        one-line `PipelineError`, and nothing stays held.
+        one-line `DvcBusyError`, and nothing stays held.
 
         DVC drops its caches each time its lock is taken (`Repo._reset`), and rebuilding them (the index:
         dvc.yaml and dvc.lock parsed again; the config; the .dvcignore rules) cost more than the call.
@@ -160,7 +165,7 @@ class PipelineSession:
                 stack.enter_context(lock_repo(self._repo))
             except LockError:
                 lock = Path(self._repo.tmp_dir) / "lock"
-                raise PipelineError(
+                raise DvcBusyError(
                     f"another DVC process holds the repository lock of {self.root} ({lock})",
                     hint=f"wait until it ends and run again; if no DVC process runs, remove {lock}",
                 ) from None
@@ -386,8 +391,10 @@ class PipelineSession:
 
     def prepare(self, name: str, *, force: bool, check_changed: bool, pull: bool = False) -> Prepared:
         """What `Stage.reproduce` does before the command: skip if unchanged (with `check_changed`),
-        remove the outputs unless `persist`, then take the run from DVC's run cache if it has it. With
-        `pull` (`dvc repro --pull`), missing deps and the run cache's outputs come from the remote."""
+        take the stage's DVC locks (`_hold`, kept until `record` or `abandon`), remove the outputs unless
+        `persist`, then take the run from DVC's run cache if it has it. With `pull` (`dvc repro --pull`),
+        missing deps and the run cache's outputs come from the remote. `DvcBusyError` when another DVC
+        process works on the stage's files."""
         from dvc.stage.cache import RunCacheNotFoundError
         from dvc.stage.run import _pull_missing_deps
 
@@ -395,24 +402,97 @@ class PipelineSession:
         with self._locked():
             if check_changed and not force and not _changed(stage):
                 return Prepared.UP_TO_DATE
+            self._hold(name, stage)
             # What `dvc.lock` says until the stage is recorded: a failed run must not leave the saved
             # deps in memory, or a retry would find the stage up to date.
             self._before_run[name] = [
                 (entry, entry.hash_info, entry.meta) for entry in stage.deps + stage.outs
             ]
-            stage.remove_outs(ignore_remove=False, force=False)
-            if not force:
-                if pull:
-                    with in_directory(Path(self._repo.root_dir)):
-                        _pull_missing_deps(stage)
-                try:
-                    stage.repo.stage_cache.restore(stage, pull=pull)
-                except RunCacheNotFoundError:
-                    stage.save_deps()
-                else:
-                    self._save_commit_dump(stage)
-                    return Prepared.RESTORED
+            try:
+                stage.remove_outs(ignore_remove=False, force=False)
+                if not force:
+                    if pull:
+                        with in_directory(Path(self._repo.root_dir)):
+                            _pull_missing_deps(stage)
+                    try:
+                        stage.repo.stage_cache.restore(stage, pull=pull)
+                    except RunCacheNotFoundError:
+                        stage.save_deps()
+                    else:
+                        self._save_commit_dump(stage)
+                        self._before_run.pop(name, None)
+                        self._release(name)
+                        return Prepared.RESTORED
+            except BaseException:
+                self.abandon(name)
+                raise
         return Prepared.READY
+
+    def _hold(self, name: str, stage: Any) -> None:
+        """Take the read-write locks `dvc repro` holds on a stage while its command runs
+        (`Stage.reproduce`: its deps read, its outputs written; `.dvc/tmp/rwlock`), under the repository
+        lock (`_locked`), until `_release`. Another DVC process that would write those deps, or read or
+        write those outputs, meanwhile (a `dvc repro` or `dvc status` of the stage) is refused as "busy",
+        as `dvc repro` refuses it; and when another process holds them, this stage is: `DvcBusyError`.
+
+        The lock entry is the process's own (its pid and command line, as DVC's `rwlocked` writes it), so
+        DVC's calls in this process (`commit`, `checkout`) pass; parallel stages share it, each path
+        released when no stage of the session holds it any more (DVC's `dvc.rwlock` helpers)."""
+        from dvc.lock import LockError
+        from dvc.rwlock import _acquire_read, _acquire_write, _check_blockers
+
+        read, write = _lock_paths(stage.deps), _lock_paths(stage.outs)
+        info = {"pid": os.getpid(), "cmd": " ".join(sys.argv)}
+        try:
+            with self._lock_file() as lock:
+                _check_blockers(self._repo.tmp_dir, lock, info, mode="write", waiters=read + write)
+                _check_blockers(self._repo.tmp_dir, lock, info, mode="read", waiters=write)
+                _acquire_read(lock, info, read)
+                _acquire_write(lock, info, write)
+        except LockError as err:
+            raise DvcBusyError(
+                f"stage '{name}': another DVC process is working on its files ({_one_line(err)})",
+                hint="wait until it ends and run again",
+            ) from None
+        self._held[name] = (info, read, write)
+        self._held_paths.update([("read", path) for path in read] + [("write", path) for path in write])
+
+    def _release(self, name: str) -> None:
+        """Give back what `_hold` took for the stage (idempotent). A failure to edit DVC's lock file is
+        left to DVC: the next DVC process drops the entries of a process that ended."""
+        from dvc.exceptions import DvcException
+        from dvc.rwlock import _release_read, _release_write
+
+        with self._mutex:
+            held = self._held.pop(name, None)
+            if held is None:
+                return
+            info, read, write = held
+            self._held_paths.subtract([("read", path) for path in read] + [("write", path) for path in write])
+            free = {key for key, count in self._held_paths.items() if count <= 0}
+            for key in free:
+                del self._held_paths[key]
+            if not free:
+                return
+            try:
+                with self._lock_file() as lock:
+                    writes = [
+                        path for path in write if ("write", path) in free and lock["write"].get(path) == info
+                    ]
+                    reads = [
+                        path for path in read if ("read", path) in free and info in lock["read"].get(path, [])
+                    ]
+                    _release_write(lock, info, writes)
+                    _release_read(lock, info, reads)
+            except (DvcException, OSError):
+                pass
+
+    def _lock_file(self) -> Any:
+        """DVC's `.dvc/tmp/rwlock`, open for an edit (its own file lock held meanwhile)."""
+        from dvc.rwlock import _edit_rwlock
+
+        repo = self._repo
+        return _edit_rwlock(repo.tmp_dir, repo.fs, repo.config["core"].get("hardlink_lock", False))
 
     def missing_data_only(self, name: str) -> bool:
         """DVC finds the stage changed, but not with `allow_missing` (its upstream stages as they are
@@ -476,6 +556,7 @@ class PipelineSession:
         """After the command: hash the outputs, put them in the DVC cache, write `dvc.lock` (in
         `dvc repro`'s order). Raises `PipelineError` when an output is missing."""
         from dvc.exceptions import DvcException
+        from dvc.lock import LockError
 
         stage = self._stage(name)
         with self._mutex:  # the command may have changed what they say: read them again
@@ -484,19 +565,29 @@ class PipelineSession:
             with self._locked():
                 self._save_commit_dump(stage)
                 self._before_run.pop(name, None)
-                return self._records(stage)
+                records = self._records(stage)
         except PipelineError:
             self.abandon(name)
             raise
+        except LockError as err:
+            self.abandon(name)
+            raise DvcBusyError(
+                f"stage '{name}': DVC could not record it, another DVC process is working on its files"
+                f" ({_one_line(err)})"
+            ) from None
         except DvcException as err:
             self.abandon(name)
             raise PipelineError(f"stage '{name}': DVC could not record it ({err})") from None
+        self._release(name)
+        return records
 
     def abandon(self, name: str) -> None:
-        """The stage failed: forget what `prepare` saved, so its state is `dvc.lock`'s again."""
+        """The stage failed: forget what `prepare` saved, so its state is `dvc.lock`'s again, and give
+        back its DVC locks."""
         with self._mutex:
             for entry, hash_info, meta in self._before_run.pop(name, []):
                 entry.hash_info, entry.meta = hash_info, meta
+            self._release(name)
 
     def recorded_outputs(self, name: str) -> tuple[OutputRecord, ...]:
         """The outputs as `dvc.lock` (or the last `record`) has them."""
@@ -553,6 +644,21 @@ def _changed(stage: Any) -> bool:
     if changed:
         logger.debug("%s changed.", stage)
     return bool(changed)
+
+
+def _lock_paths(entries: Sequence[Any]) -> list[str]:
+    """The paths DVC's `rwlocked` locks for a stage's deps or outs (not those of other repositories or
+    databases, which nothing here writes)."""
+    from dvc.dependency.db import AbstractDependency
+    from dvc.dependency.repo import RepoDependency
+
+    return [entry.fs_path for entry in entries if not isinstance(entry, RepoDependency | AbstractDependency)]
+
+
+def _one_line(err: BaseException) -> str:
+    """DVC's lock error without its advice paragraph, on one line: `'x' is busy, it is being blocked by:
+    (PID 12): dvc repro`."""
+    return " ".join(str(err).split("\n\n")[0].split())
 
 
 def _first_changed(kind: str, stage: Any, entries: Sequence[Any], logger: Any) -> bool:

@@ -1,10 +1,12 @@
 """Run ONE stage as `dvc repro` would, in this process, and record it through DVC.
 
 `execute` asks the `PipelineSession` (the DVC adapter) to prepare the stage (skip it if DVC finds it up to
-date, remove its outputs unless `persist`, take it from DVC's run cache if it has this exact run), then runs
-its command in its wdir as a subprocess, every output line handed to `log` as it arrives — or calls the
-stage's registered in-process function — and finally has DVC hash the outputs, cache them and write
-`dvc.lock`. Only the short DVC calls hold DVC's repository lock, so stages run in parallel threads.
+date, take its DVC locks, remove its outputs unless `persist`, take it from DVC's run cache if it has this
+exact run), then runs its command in its wdir as a subprocess, every output line handed to `log` as it
+arrives — or calls the stage's registered in-process function — and finally has DVC hash the outputs,
+cache them and write `dvc.lock`. Only the short DVC calls hold DVC's repository lock, so stages run in
+parallel threads; from `prepare` to `record` the stage holds DVC's read-write locks of its deps and
+outputs, as `dvc repro` does while its command runs, so that another DVC process cannot run it meanwhile.
 
 No Prefect here: the task in `engine.task` gives `log` the task's logger.
 """
@@ -12,6 +14,7 @@ No Prefect here: the task in `engine.task` gives `log` the task's logger.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -141,7 +144,11 @@ def _call(function: StageFunction, commands: tuple[str, ...], wdir: Path, log: C
     argv = command_arguments(function.stage, commands)
     target = function.load()
     log(f"> {function.target}({argv})")
-    with in_directory(wdir):  # one in-process function (or DVC call) at a time in this process
-        returned = target(argv)
+    argv_before = list(sys.argv)  # DVC's locks name this process by it (`PipelineSession._hold`)
+    try:
+        with in_directory(wdir):  # one in-process function (or DVC call) at a time in this process
+            returned = target(argv)
+    finally:
+        sys.argv[:] = argv_before
     if isinstance(returned, int) and not isinstance(returned, bool) and returned != 0:
         raise PipelineError(f"stage '{function.stage}': {function.target} returned {returned}")

@@ -34,6 +34,7 @@ from prefect.tasks import MaterializingTask
 
 from dvcflow.api.execution import note_wait, remember_task_run, untagged_tasks
 from dvcflow.api.limits import LEASE_S
+from dvcflow.core.errors import DvcBusyError
 from dvcflow.core.graph import PlannedStage
 from dvcflow.core.resources import NO_GRANT, NO_RESOURCES, Grant, Resources, dask_resources
 from dvcflow.dvc.session import PipelineSession
@@ -238,7 +239,7 @@ class PrefectLauncher:
         options: dict[str, Any] = {
             "name": stage.name,
             "retries": self.retries if action is Action.RUN else 0,
-            "retry_condition_fn": _unless_interrupted,
+            "retry_condition_fn": _retry_helps,
             "assets": outs,
             "asset_deps": deps or None,
         }
@@ -309,9 +310,17 @@ class PrefectLauncher:
         return name, Outcome.SUCCEEDED if state.is_completed() else Outcome.FAILED
 
 
-def _unless_interrupted(_task: Any, _task_run: Any, _state: Any) -> bool:
-    """Prefect's `retry_condition_fn`: no retry of a stage once a Ctrl-C stopped the run's commands."""
-    return not children.interrupted()
+def _retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: no retry of a stage once a Ctrl-C stopped the run's commands, nor
+    of one that another DVC process got in the way of (`DvcBusyError`): a retry would remove what the
+    stage wrote and could take another process's result from DVC's run cache as its own."""
+    if children.interrupted():
+        return False
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return True
+    return not isinstance(exc, DvcBusyError)
 
 
 def _report_done(finished: queue.Queue[str], name: str, _: PrefectFuture[Any]) -> None:
