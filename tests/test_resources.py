@@ -271,6 +271,10 @@ def test_a_demand_without_capacity_or_over_all_of_it_is_refused() -> None:
         check({"x": Demand((("licence_seats", 1),))}, capacity)
     with pytest.raises(ConfigError, match=r"^stage 'y' needs gpu=1, but no GPU is visible"):
         check({"y": GPU1}, Capacity())
+    with pytest.raises(
+        ConfigError, match=r"^stage 'y' needs gpu=1, but no Dask worker has GPU: start one with"
+    ):
+        check({"y": GPU1}, Capacity(), on_dask=True)
 
 
 def test_settings_come_from_pyproject_or_dvcflow_yaml_not_both(tmp_path: Path) -> None:

@@ -368,13 +368,19 @@ def resolve_capacity(
     )
 
 
-def check(demands: Mapping[str, Demand], capacity: Capacity) -> None:
+def check(demands: Mapping[str, Demand], capacity: Capacity, *, on_dask: bool = False) -> None:
     """Every demand fits the capacity: a resource with no capacity, or a stage needing more than all of
-    it, is a one-line `ConfigError` naming the stage and the resource (it could never start)."""
+    it, is a one-line `ConfigError` naming the stage and the resource (it could never start). `on_dask`:
+    the capacity is what the most of a Dask cluster's workers has, and the remedy a worker's resources."""
     for stage, demand in demands.items():
         for resource, amount in demand.resources:
             have = capacity.amount(resource)
             if have is None:
+                if on_dask:
+                    raise ConfigError(
+                        f"stage '{stage}' needs {resource}={amount}, but no Dask worker has "
+                        f"{resource.upper()}: start one with --resources {resource.upper()}=N"
+                    )
                 how = (
                     "no GPU is visible (CUDA_VISIBLE_DEVICES, nvidia-smi -L)"
                     if resource == GPU

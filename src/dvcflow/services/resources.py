@@ -49,7 +49,7 @@ def resources_for(
     demands = demands_for(selected, session.declarations(selected), settings)
     if dask_address is not None:
         if any(demand.resources for demand in demands.values()):
-            check(demands, dask_capacity(dask_address))
+            check(demands, dask_capacity(dask_address), on_dask=True)
         return Resources(demands, Capacity(), share=False, dask=True)
     if not demands:
         return Resources(share=False)
