@@ -99,16 +99,31 @@ def test_run_b_caches_by_dvc_hashes_and_never_trusts_missing_outputs(
     (repo / "config/model.yaml").write_text("model:\n  depth: 5\n  name: renamed\n")
     assert set(states(run(repo, env, "run-b").stdout).values()) == {"Cached"}
 
-    # A deleted cached output comes back from the DVC cache; an uncached one (metrics) means a rerun.
+    # Deleted outputs are not trusted: as under `dvc repro`, DVC's run cache has these runs, so nothing
+    # runs and the outputs come back from the DVC cache (the uncached metrics too: the run cache keeps them).
     (repo / "features/sum.txt").unlink()
     shutil.rmtree(repo / "shards")
     (repo / "metrics.json").unlink()
+    reference = shutil.copytree(repo, tmp_path / "reference", symlinks=True)
+    by_dvc = dvc("repro", cwd=reference, env=env)
     healed = run(repo, env, "run-b")
-    assert states(healed.stdout) == {**dict.fromkeys(STAGES[:4], "Cached"), "train": "Completed"}
-    assert "Stage feature@sum: features/sum.txt restored from the DVC cache" in healed.stderr
-    assert "Stage shards: shards restored from the DVC cache" in healed.stderr
-    assert "Stage train: not reusing its cached result, metrics.json changed or went missing" in healed.stderr
+    restored = {"feature@sum", "shards", "train"}
+    assert set(re.findall(r"^Stage '(.+)' is cached - skipping run", by_dvc.stdout, re.MULTILINE)) == restored
+    assert "Running stage" not in by_dvc.stdout + healed.stderr
+    assert states(healed.stdout) == {
+        "prep": "Cached",
+        "feature@max": "Cached",
+        **dict.fromkeys(restored, "Restored"),
+    }
+    assert (
+        "Stage feature@sum: not reusing its cached result, features/sum.txt changed or went missing"
+        in healed.stderr
+    )
+    assert (
+        "Stage 'shards' is cached - skipping run, checked out its outputs from the DVC cache" in healed.stderr
+    )
     assert (repo / "features/sum.txt").is_file() and (repo / "metrics.json").is_file()
+    assert dvc_files(repo) == dvc_files(reference)
     dvc_agrees(repo, env)
 
     # -s with --force: exactly that stage runs.

@@ -5,6 +5,11 @@ reproduced once per module, then two of its inputs are changed so that some stag
 differential case copies it twice and runs `dvc repro ARGS` on one copy and `dvcflow run-a ARGS` on the
 other: the stages DVC reports running, and the resulting `dvc.lock`, must be equal. The remote tests push
 from one clone and `--pull` in a fresh clone, against a directory remote and a WebDAV server on 127.0.0.1.
+
+run-b against `dvc repro` on a pipeline with every stage flag that decides whether DVC runs a stage
+(`always_changed`, `frozen`, `persist` and `cache: false` outputs, a stage without deps or outputs), step
+by step from a freshly reproduced repository; and both engines under a concurrent `dvc repro`, which DVC's
+locks must refuse as they refuse a second `dvc repro`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -389,6 +394,165 @@ def test_run_a_per_stage_allow_missing_skips_what_only_lacks_data(
     assert dvc_ran(reference.stdout) == []
     assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text()
     assert workspace(by_dvcflow) == workspace(by_dvc)
+
+
+# run-b decides what runs as `dvc repro` does, whatever the stage's flags.
+
+FLAG_PY = """\
+import sys
+name, out, *inputs = sys.argv[1:]
+with open("ran.log", "a") as log:  # the counter: one line per command that ran
+    log.write(name + "\\n")
+text = "".join(open(path).read() for path in inputs)
+if out != "-":
+    with open(out, "a" if name == "persist" else "w") as f:
+        f.write(f"{name}<{text}>\\n")
+"""
+
+
+def _flagged(
+    name: str, out: str, *inputs: str, out_flags: dict[str, object] | None = None, **flags: object
+) -> dict[str, object]:
+    """`python flag.py NAME OUT INPUTS...` (OUT `-`: no output), with DVC's stage and output flags."""
+    stage: dict[str, object] = {"cmd": f"python flag.py {name} {out} {' '.join(inputs)}".rstrip()}
+    if inputs:
+        stage["deps"] = ["flag.py", *inputs]
+    if out != "-":
+        stage["outs"] = [{out: out_flags} if out_flags else out]
+    stage.update(flags)
+    return stage
+
+
+FLAGS_PIPELINE = {
+    "stages": {
+        "base": _flagged("base", "base.txt", "raw.txt"),
+        "always": _flagged("always", "always.txt", "base.txt", always_changed=True),
+        "frozen": _flagged("frozen", "frozen.txt", "frozen.cfg"),  # frozen once reproduced
+        "persist": _flagged("persist", "persist.txt", "persist.cfg", out_flags={"persist": True}),
+        "uncached": _flagged("uncached", "uncached.txt", "base.txt", out_flags={"cache": False}),
+        "callback": _flagged("callback", "-"),  # no deps, no outputs: DVC runs it every time
+        "envecho": {  # issue 20's
+            "cmd": "sh -c 'echo envecho >> ran.log; echo MYVAR=$MYVAR > env.txt'",
+            "always_changed": True,
+            "outs": [{"env.txt": {"cache": False}}],
+        },
+    }
+}
+ALWAYS = {"always", "callback", "envecho"}
+
+
+@integration_fixture(scope="module")
+def flags_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The flagged pipeline reproduced by `dvc repro`, then `frozen` frozen and a stage `added` without
+    a `dvc.lock` entry (as `dvc stage add` leaves it), committed."""
+    root = tmp_path_factory.mktemp("flags") / "pipeline"
+    env = {**base_env(root.parent), "MYVAR": "initial"}
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main", env=env)
+    assert dvc("init", "-q", cwd=root, env=env).returncode == 0
+    (root / "flag.py").write_text(FLAG_PY)
+    for name in ("raw.txt", "frozen.cfg", "persist.cfg"):
+        (root / name).write_text(name)
+    (root / "dvc.yaml").write_text(yaml.safe_dump(FLAGS_PIPELINE, sort_keys=False))
+    done = dvc("repro", "-q", cwd=root, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    later = {"stages": {**FLAGS_PIPELINE["stages"], "added": _flagged("added", "added.txt", "base.txt")}}
+    (root / "dvc.yaml").write_text(
+        yaml.safe_dump(later, sort_keys=False).replace("  frozen:\n", "  frozen:\n    frozen: true\n")
+    )
+    (root / "ran.log").unlink()
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "flagged pipeline, reproduced, one stage frozen", env=env)
+    return root
+
+
+def _append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+# (what changes before the step, the stages whose command runs, run-b's states of the others); run in
+# this order on the same two copies, MYVAR changing each time. The first step starts from `dvc repro`'s
+# result: run-b has no Prefect record yet, and must find the stages up to date by DVC's record.
+FLAG_STEPS: list[tuple[str, Callable[[Path], object], set[str], dict[str, str]]] = [
+    (
+        "after dvc repro",  # ...and `added` has no dvc.lock entry yet
+        lambda repo: None,
+        {*ALWAYS, "added"},
+        dict.fromkeys(["base", "frozen", "persist", "uncached"], "UpToDate"),
+    ),
+    (
+        "nothing changed",
+        lambda repo: None,
+        ALWAYS,
+        dict.fromkeys(["base", "frozen", "persist", "uncached", "added"], "Cached"),
+    ),
+    (
+        "a dep of the frozen stage changed",
+        lambda repo: (repo / "frozen.cfg").write_text("frozen.cfg, changed"),
+        ALWAYS,
+        {**dict.fromkeys(["base", "persist", "uncached", "added"], "Cached"), "frozen": "UpToDate"},
+    ),
+    (
+        "a persist output edited",
+        lambda repo: _append(repo / "persist.txt", "edited\n"),
+        {*ALWAYS, "persist"},
+        dict.fromkeys(["base", "frozen", "uncached", "added"], "Cached"),
+    ),
+    (
+        "an uncached output edited",
+        lambda repo: (repo / "uncached.txt").write_text("edited\n"),
+        {*ALWAYS, "uncached"},
+        dict.fromkeys(["base", "frozen", "persist", "added"], "Cached"),
+    ),
+    (
+        "a cached output deleted",  # DVC takes it from its run cache: nothing runs
+        lambda repo: (repo / "base.txt").unlink(),
+        ALWAYS,
+        {"base": "Restored", **dict.fromkeys(["frozen", "persist", "uncached", "added"], "Cached")},
+    ),
+    (
+        "a source changed",
+        lambda repo: (repo / "raw.txt").write_text("raw.txt, changed"),
+        {*ALWAYS, "base", "uncached", "added"},
+        dict.fromkeys(["frozen", "persist"], "Cached"),
+    ),
+]
+
+
+def _ran_since(repo: Path, seen: int) -> tuple[list[str], int]:
+    lines = (repo / "ran.log").read_text().splitlines() if (repo / "ran.log").exists() else []
+    return lines[seen:], len(lines)
+
+
+@pytest.mark.timeout(900)  # seven steps, each a run-b and a dvc repro
+def test_run_b_runs_the_stages_dvc_repro_runs_whatever_their_flags(
+    flags_pipeline: Path, tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    by_dvc = copy_of(flags_pipeline, tmp_path / "dvc")
+    by_dvcflow = copy_of(flags_pipeline, tmp_path / "dvcflow")
+    seen = {by_dvc: 0, by_dvcflow: 0}
+    for number, (what, change, expected, others) in enumerate(FLAG_STEPS):
+        env = {**client_env, "MYVAR": f"step {number}"}
+        for repo in (by_dvc, by_dvcflow):
+            change(repo)
+        reference = dvc("repro", cwd=by_dvc, env=env)
+        assert reference.returncode == 0, reference.stdout + reference.stderr
+        result = dvcflow("run-b", "--json", cwd=by_dvcflow, env=env)
+        assert result.returncode == 0, what + result.stdout + result.stderr
+        states = {task["name"]: task["state"] for task in json.loads(result.stdout)["tasks"]}
+        assert states.pop("metrics summary") == "Completed"
+        ran_by_dvc, seen[by_dvc] = _ran_since(by_dvc, seen[by_dvc])
+        ran_by_dvcflow, seen[by_dvcflow] = _ran_since(by_dvcflow, seen[by_dvcflow])
+        assert set(dvc_ran(reference.stdout)) == set(ran_by_dvc) == expected, what
+        assert sorted(ran_by_dvcflow) == sorted(ran_by_dvc), what  # each command once, no more
+        assert states == {**dict.fromkeys(expected, "Completed"), **others}, what
+        assert (by_dvcflow / "dvc.lock").read_text() == (by_dvc / "dvc.lock").read_text(), what
+        mine, theirs = workspace(by_dvcflow), workspace(by_dvc)
+        del mine["ran.log"], theirs["ran.log"]  # the same lines (above), in the order stages finished
+        assert mine == theirs, what
+        assert (by_dvcflow / "env.txt").read_text() == f"MYVAR=step {number}\n", what
+    status = dvc("status", "--json", cwd=by_dvcflow, env=client_env)
+    assert set(json.loads(status.stdout)) == ALWAYS, status.stdout  # always changed, for DVC too
 
 
 # A concurrent `dvc repro` is refused while a stage's command runs, as DVC refuses a second `dvc repro`.

@@ -85,6 +85,16 @@ def test_run_b_matches_dvc_then_caches_until_inputs_or_outputs_change(
     reference = shutil.copytree(repo, repo.parent / "reference", symlinks=True)
     assert dvc("repro", cwd=reference, env=env).returncode == 0
     expected = json.loads((reference / "reports/metrics.json").read_text())
+    # ...and after it, run-b runs nothing and rewrites nothing: DVC's record says each stage is up to date
+    # (the uncached metrics too). Their Prefect records are written then: the next run is a cache hit.
+    untouched = fingerprint(reference)
+    states, logs = run_b(reference, env)
+    assert states == {**dict.fromkeys(STAGES, "UpToDate"), "metrics summary": "Completed"}
+    assert "Running stage" not in logs and "is cached" not in logs
+    assert fingerprint(reference) == untouched
+    states, _ = run_b(reference, env)
+    assert states == {**dict.fromkeys(STAGES, "Cached"), "metrics summary": "Completed"}
+    assert fingerprint(reference) == untouched
 
     first = dvcflow("run-b", cwd=repo, env=env)
     assert first.returncode == 0, first.stderr
@@ -124,17 +134,18 @@ def test_run_b_matches_dvc_then_caches_until_inputs_or_outputs_change(
         f"Error: {repo}/alt-params.yaml: no stage of this pipeline reads this params file"
     )
 
-    # Deleted or edited outputs are not trusted: the model comes back from the DVC cache, the
-    # uncached metrics are computed again.
+    # Deleted or edited outputs are not trusted. As under `dvc repro`, DVC's run cache has these runs:
+    # the model and the (uncached) metrics come back from the DVC cache, and nothing runs.
     model = (repo / "models/model.joblib").read_bytes()
     (repo / "models/model.joblib").unlink()
     (repo / "reports/metrics.json").write_text("{}\n")
     states, logs = run_b(repo, env)
-    assert [states[name] for name in STAGES] == ["Cached", "Cached", "Completed"]
-    assert "Stage train: models/model.joblib restored from the DVC cache" in logs
-    assert "Stage evaluate: not reusing its cached result, reports/metrics.json changed or went" in logs
+    assert [states[name] for name in STAGES] == ["Cached", "Restored", "Restored"]
+    assert "Stage train: not reusing its cached result, models/model.joblib changed or went missing" in logs
+    assert "Stage 'train' is cached - skipping run, checked out its outputs from the DVC cache" in logs
+    assert "Running stage" not in logs
     assert (repo / "models/model.joblib").read_bytes() == model
-    assert json.loads((repo / "reports/metrics.json").read_text()) != {}
+    assert json.loads((repo / "reports/metrics.json").read_text()) == expected
 
     # --force runs prepare although its cache is valid; a stage that keeps failing (mltoy checks every
     # section) is retried once, the stages below it are not run, and the exit code follows the flow run.

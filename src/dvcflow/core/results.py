@@ -27,6 +27,7 @@ NON_STAGE_TASKS = frozenset({REPRO_TASK, PUSH_TASK, METRICS_TASK})
 
 # The stage states of a per-stage run (`dvcflow.engine.task`), and Prefect's for a cache hit.
 UP_TO_DATE = "UpToDate"
+RESTORED = "Restored"
 PULLED = "Pulled"
 NOT_RUN = "NotRun"
 CACHED = "Cached"
@@ -44,7 +45,8 @@ class StageRun:
     name: str
     """As `dvc repro` names it: `train`, `branch@3`, `sub/dvc.yaml:train`, `data/raw/iris.csv.dvc`."""
     state: str
-    """`Completed` (reproduced: its command ran, or DVC restored it from its run cache), `UpToDate`,
+    """`Completed` (reproduced: its command ran, or, from one `dvc repro` task, DVC restored it from its
+    run cache), `Restored` (with a task per stage: DVC restored it from its run cache), `UpToDate`,
     `Cached` (with `cached_dag=True`: Prefect's cache had it), `Pulled` (only its data was missing, fetched
     from the DVC remote), `Failed`, `NotRun` (an upstream stage failed), or another Prefect state name
     (`Crashed`, `Cancelled`)."""
@@ -57,7 +59,7 @@ class StageRun:
 
     @property
     def ran(self) -> bool:
-        return self.state == COMPLETED
+        return self.state in (COMPLETED, RESTORED)
 
     @property
     def up_to_date(self) -> bool:

@@ -594,22 +594,6 @@ class PipelineSession:
         with self._mutex:
             return self._records(self._stage(name))
 
-    def restore(self, name: str, expected: Sequence[OutputRecord]) -> bool:
-        """Check out the outputs `dvc.lock` records from the DVC cache, if they are `expected` and the
-        cache has them; True when the workspace then holds them."""
-        from dvc.exceptions import DvcException
-
-        stage = self._stage(name)
-        recorded = self._records(stage)
-        if [(r.path, r.md5) for r in recorded] != [(e.path, e.md5) for e in expected]:
-            return False
-        try:
-            with self._locked():
-                stage.checkout(force=True)
-        except (DvcException, OSError):  # not in the DVC cache (a fresh clone): the stage must run
-            return False
-        return [(r.path, r.md5) for r in self.current_outputs(name)] == [(e.path, e.md5) for e in expected]
-
     def _records(self, stage: Any) -> tuple[OutputRecord, ...]:
         return tuple(
             OutputRecord(

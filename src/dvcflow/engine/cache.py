@@ -2,10 +2,10 @@
 
 The key hashes the repository's root, the stage's name, its command, the hashes DVC computes for its
 deps (directories included), the values of its params and the keys of its upstream stages. A stored
-result is trusted only if the outputs it recorded are on disk with the same DVC hashes; otherwise they
-are checked out from the DVC cache when `dvc.lock` records them and the cache has them, else the stage
-runs again (`verdict`). Used by `run-b`, where Prefect's cache decides what runs; under
-`run-a --per-stage` DVC's status decides.
+result is trusted only if the outputs it recorded are on disk with the same DVC hashes and DVC finds the
+stage up to date (`verdict`): a hit is never a stage `dvc repro` would run. Anything else (a miss, an
+untrusted hit, `--force`) goes to the task, where DVC's own steps decide: up to date, restored from its
+run cache, or run (`engine.executor`). Used by `run-b`; under `run-a --per-stage` DVC's status decides.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def policy_for(root: Path, fingerprint: StageFingerprint, upstream_keys: Mapping
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether to let Prefect's cache answer (`refresh` False) or run the stage (`refresh` True)."""
+    """Whether to let Prefect's cache answer (`refresh` False: a hit if it has the key, else the task
+    runs) or to run the task whatever it has (`refresh` True)."""
 
     refresh: bool
     note: str | None  # a line for the flow's log, if anything happened
@@ -85,12 +86,13 @@ class Verdict:
 def verdict(
     store: ResultStore, policy: DvcCachePolicy, session: PipelineSession, name: str, *, force: bool
 ) -> Verdict:
-    """Decide before submitting; restores outputs from the DVC cache when that makes a hit true again,
-    and brings `dvc.lock` in line with a trusted hit, so that DVC agrees with what Prefect reports."""
+    """Decide before submitting. A stored result is trusted when the outputs it recorded are on disk
+    and DVC finds the stage up to date; otherwise the task runs, and DVC decides there (an output
+    changed or missing may come back from DVC's run cache, as with `dvc repro`)."""
     if force:
         return Verdict(True, f"Stage {name}: --force, running it even if cached")
     if not store.exists(policy.key):
-        return Verdict(False, None)  # a miss: Prefect runs it
+        return Verdict(False, None)  # a miss: Prefect runs the task, DVC decides
     try:
         stored = store.read(policy.key).result
     except Exception as err:  # an unreadable record is recomputed, not trusted
@@ -101,17 +103,13 @@ def verdict(
         return Verdict(True, f"Stage {name}: not reusing its cached result, it is not a stage result")
     expected = [(out.path, out.md5) for out in stored.outputs]
     current = [(out.path, out.md5) for out in session.current_outputs(name)]
-    note: str | None = None
     if current != expected:
         changed = ", ".join(
             path for (path, md5), (_, now) in zip(expected, current, strict=False) if md5 != now
         )
-        if not session.restore(name, stored.outputs):
-            return Verdict(
-                True, f"Stage {name}: not reusing its cached result, {changed} changed or went missing"
-            )
-        note = f"Stage {name}: {changed} restored from the DVC cache"
-    if session.changed(name):
-        session.record(name)
-        note = (note + "; " if note else f"Stage {name}: ") + "cached result recorded in dvc.lock"
-    return Verdict(False, note)
+        return Verdict(
+            True, f"Stage {name}: not reusing its cached result, {changed} changed or went missing"
+        )
+    if session.changed(name):  # `dvc.lock` disagrees, or DVC runs it every time (`always_changed`)
+        return Verdict(True, f"Stage {name}: not reusing its cached result, DVC finds the stage changed")
+    return Verdict(False, None)

@@ -1,7 +1,10 @@
 """The one Prefect task that runs a stage, and the launcher that feeds it to the scheduler.
 
-`stage_task` serves `run-b` (Prefect's cache decides: `DvcCachePolicy`, results persisted) and
-`run-a --per-stage` (DVC's status decides: no Prefect cache). Each stage's task declares its outputs as
+`stage_task` serves `run-b` (Prefect's cache answers when DVC agrees: `DvcCachePolicy`, results
+persisted) and `run-a --per-stage` (DVC's status decides: no Prefect cache). Either way a stage that runs
+goes through DVC's own steps (`engine.executor`), and its final state says what happened: `Completed`
+(its command ran), `UpToDate`, `Restored` or `Pulled` (nothing ran), or, under run-b, `Cached`
+(Prefect's record, which DVC's agreed with). Each stage's task declares its outputs as
 Prefect assets (`file://` keys, DVC's md5 and size as metadata) and its deps as upstream assets, so the
 run's graph shows the data. `PrefectLauncher` is the scheduler's `StageLauncher`: it submits the task with
 `wait_for` edges (the UI draws the DAG) and reports each finished stage.
@@ -45,7 +48,9 @@ from dvcflow.proc import children
 
 RETRY_DELAY_S = 2
 UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
+RESTORED_STATE = "Restored"  # a Completed state: DVC's run cache had this run, outputs checked out from it
 PULLED_STATE = "Pulled"  # a Completed state: only its data was missing, fetched from the remote (--pull)
+NOTHING_RAN_STATES = (UP_TO_DATE_STATE, RESTORED_STATE, PULLED_STATE)  # Completed, and no command ran
 NOT_RUN_STATE = "NotRun"  # a Cancelled state: an upstream stage failed, or the run stopped first
 PLACEHOLDER_ASSET = "file:///dev/null"  # replaced per stage by `with_options(assets=...)`
 WAIT_WORTH_SAYING_S = 1.0  # a shorter time to get the limits is the API's round trips: not logged
@@ -63,9 +68,12 @@ def _run_stage(
     allow_missing: bool = False,
     grant: Grant = NO_GRANT,
     share: bool = False,
-) -> StageResult | State[Any]:
+) -> State[Any]:
     """One stage; its command's output lines go into this task's log. With a `grant`, its command runs
-    with its GPU indices and, with `share`, holding the machine's concurrency limits."""
+    with its GPU indices and, with `share`, holding the machine's concurrency limits. DVC decides whether
+    it runs (with `by_cache`, Prefect's cache was asked first, and missed or was not trusted:
+    `engine.cache.verdict`); the result is the final state's data, which run-b's Prefect cache stores
+    under the stage's key, so that a stage found up to date is a plain cache hit next time."""
     remember_task_run()
     logger = get_run_logger()
     if action is Action.NOT_RUN:
@@ -83,7 +91,7 @@ def _run_stage(
         session,
         stage,
         force=force,
-        check_changed=not by_cache,
+        check_changed=True,
         function=function,
         log=logger.info,
         pull=pull,
@@ -91,15 +99,15 @@ def _run_stage(
         holding=None if grant.empty else partial(_holding, grant, share),
     )
     _describe_assets(repo_root, result)
-    if by_cache:
-        return result
     if result.status is Status.UP_TO_DATE:
-        return Completed(name=UP_TO_DATE_STATE, message="DVC found it up to date")
+        return Completed(name=UP_TO_DATE_STATE, message="DVC found it up to date", data=result)
+    if result.status is Status.RESTORED:
+        return Completed(name=RESTORED_STATE, message="nothing ran: taken from DVC's run cache", data=result)
     if result.status is Status.PULLED:
-        return Completed(name=PULLED_STATE, message="nothing ran: its data came from the DVC remote")
-    return Completed(
-        message="restored from DVC's run cache" if result.status is Status.RESTORED else "reproduced"
-    )
+        return Completed(
+            name=PULLED_STATE, message="nothing ran: its data came from the DVC remote", data=result
+        )
+    return Completed(message="reproduced", data=result)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,12 @@
 """`run-b`: Prefect owns the stage DAG and the skipping, on any DVC repository.
 
-The same stage graph and the same task as `run-a --per-stage` (see `dvcflow.engine`), but what runs is
-decided by Prefect's cache (`DvcCachePolicy`, keyed on DVC's hashes): an unchanged stage whose outputs are
-intact ends `Cached`. Stages a repository registers in `[tool.dvcflow.stages]` run as in-process Python
-functions. `.dvc` data sources are verified by DVC in the flow itself, not as tasks. Afterwards DVC agrees:
-outputs in its cache, `dvc.lock` as `dvc repro` writes it, `dvc status` clean.
+The same stage graph and the same task as `run-a --per-stage` (see `dvcflow.engine`), but Prefect's cache
+answers first (`DvcCachePolicy`, keyed on DVC's hashes): an unchanged stage whose outputs are intact ends
+`Cached`. Whatever it has no trusted record of goes through DVC's own steps, so exactly the stages
+`dvc repro` would run do (`UpToDate`, `Restored` or `Completed`). Stages a repository registers in
+`[tool.dvcflow.stages]` run as in-process Python functions. `.dvc` data sources are verified by DVC in the
+flow itself, not as tasks. Afterwards DVC agrees: outputs in its cache, `dvc.lock` as `dvc repro` writes
+it, `dvc status` clean.
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ def stage_dag_flow(
     selection: Selection = EVERYTHING,
     resources: Resources = NO_RESOURCES,
 ) -> MetricsSnapshot | State[Any] | None:
-    """Run the selected stages; an unchanged stage with intact outputs ends `Cached`. `resources`: what
-    stages declare they need and the capacity (`dvcflow.core.resources`)."""
+    """Run the selected stages; an unchanged stage with intact outputs ends `Cached` (`UpToDate` the
+    first time, when only DVC's record says so). `resources`: what stages declare they need and the
+    capacity (`dvcflow.core.resources`)."""
     logger = get_run_logger()
     logger.info("Params: %s", params_path or "none (no stage reads params.yaml)")
     session = open_session(repo_root)

@@ -29,7 +29,14 @@ from dvcflow.core.selection import EVERYTHING, Selection
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.scheduler import run_stages
-from dvcflow.engine.task import NOT_RUN_STATE, PULLED_STATE, UP_TO_DATE_STATE, PrefectLauncher
+from dvcflow.engine.task import (
+    NOT_RUN_STATE,
+    NOTHING_RAN_STATES,
+    PULLED_STATE,
+    RESTORED_STATE,
+    UP_TO_DATE_STATE,
+    PrefectLauncher,
+)
 from dvcflow.flows.repro import dvc_push_task, metrics_summary_task, retry_helps
 
 FLOW_NAME = "Prefect runs DVC stages"
@@ -92,14 +99,16 @@ def finish(
     if counts:
         up_to_date = [name for name, state in states.items() if state.name == UP_TO_DATE_STATE]
         pulled = [name for name, state in states.items() if state.name == PULLED_STATE]
+        restored = [name for name, state in states.items() if state.name == RESTORED_STATE]
         ran = [
             name
             for name, state in states.items()
-            if state.is_completed() and state.name not in (UP_TO_DATE_STATE, PULLED_STATE)
+            if state.is_completed() and state.name not in NOTHING_RAN_STATES
         ]
         logger.info(
-            "%d ran, %s%d up to date, %d failed, %d not run",
+            "%d ran, %s%s%d up to date, %d failed, %d not run",
             len(ran),
+            f"{len(restored)} restored from DVC's run cache, " if restored else "",
             f"{len(pulled)} pulled from the DVC remote, " if pulled else "",
             len(up_to_date),
             len(failed),

@@ -29,6 +29,7 @@ STATE_STYLES = {
     "UpToDate": "cyan",
     "Pulled": "cyan",
     "Pruned": "magenta",
+    "Restored": "cyan",
     "NotRun": "yellow",
 }
 
