@@ -102,15 +102,23 @@ DaskOption = Annotated[
     ),
 ]
 RESOURCE_HELP = (
-    "How much there is of a resource the stages declare, NAME=AMOUNT, repeatable: --resource gpu=2 "
-    "--resource mem_gb=32 (default: [tool.dvcflow.capacity]; GPUs: the machine's). See docs/resources.md."
+    "How much there is of a resource the stages declare, repeatable: --resource gpu=2 --resource "
+    "mem_gb=32 (default: tool.dvcflow.capacity in pyproject.toml; GPUs: the machine's). "
+    "See docs/resources.md."
 )
 ResourceOption = Annotated[
     list[str] | None,
-    typer.Option("--resource", help=RESOURCE_HELP, show_default=False, rich_help_panel="Per stage"),
+    typer.Option(
+        "--resource",
+        metavar="NAME=AMOUNT",
+        help=RESOURCE_HELP,
+        show_default=False,
+        rich_help_panel="Per stage",
+    ),
 ]
 RunBResourceOption = Annotated[
-    list[str] | None, typer.Option("--resource", help=RESOURCE_HELP, show_default=False)
+    list[str] | None,
+    typer.Option("--resource", metavar="NAME=AMOUNT", help=RESOURCE_HELP, show_default=False),
 ]
 
 
