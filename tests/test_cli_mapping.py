@@ -39,10 +39,19 @@ RUN_A = {
     "allow_missing": False,
     "push": False,
     "dask_address": None,
+    "resources": None,
     "show_metrics": True,
     "fail_once": False,
 }
-RUN_B = {**SELECT, "cached_dag": True, "params_file": None, "jobs": None, "keep_going": False, "retries": 1}
+RUN_B = {
+    **SELECT,
+    "cached_dag": True,
+    "params_file": None,
+    "jobs": None,
+    "keep_going": False,
+    "retries": 1,
+    "resources": None,
+}
 PER_STAGE = {**RUN_A, "per_stage": True}
 SWEEP = {
     "jobs": None,
@@ -128,11 +137,16 @@ CASES: list[tuple[list[str], Call]] = [
         run("train", per_stage=True, downstream=True, force=True),
     ),
     (["run-a", "--per-stage", "--pull", "--push"], run(per_stage=True, pull=True, push=True)),
+    (
+        ["run-a", "--per-stage", "--resource", "gpu=2", "--resource", "mem_gb=32"],
+        run(per_stage=True, resources={"gpu": 2, "mem_gb": 32}),
+    ),
     (["run-a", "--per-stage", "--dry-run", "--repo", "r"], plan(repo=Path("r"))),
     (["run-a", "--per-stage", "--dry-run", "train", "-s"], plan("train", single_item=True)),
     (["run-b"], run_b()),
     (["run-b", "--params", "p.yaml"], run_b(params_file=Path("p.yaml"))),
     (["run-b", "--force"], run_b(force=True)),
+    (["run-b", "--resource", "GPU=1"], run_b(resources={"gpu": 1})),
     (["run-b", "train", "-s", "-f"], run_b("train", single_item=True, force=True)),
     (
         ["run-b", "t*", "--glob", "--downstream", "-j", "2", "--keep-going", "--retries", "0"],

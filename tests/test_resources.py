@@ -239,6 +239,11 @@ def test_bad_resource_flags_are_usage_errors(flags: list[str], message: str) -> 
     assert raised.value.message == message
 
 
+def test_resource_flags_need_a_per_stage_run() -> None:
+    result = CliRunner().invoke(app, ["run-a", "--resource", "gpu=1"])
+    assert result.exit_code == 2 and result.output.strip() == "Error: --resource needs --per-stage"
+
+
 def test_flags_win_over_settings_and_gpus_default_to_the_machine() -> None:
     assert capacity_from_flags(["GPU=2", "mem_gb=32"]) == {"gpu": 2, "mem_gb": 32}
     settings = _settings({}, {"gpu": 4, "mem_gb": 16})
