@@ -21,6 +21,7 @@ import pytest
 
 from dvcflow.api.tags import PID_TAG
 from dvcflow.cli import warm
+from dvcflow.core.errors import ExitCode
 from dvcflow.core.settings import warm_enabled
 from dvcflow.proc import zygote
 from tests.conftest import LiveServer, integration_fixture
@@ -188,6 +189,31 @@ def test_sigkill_of_the_client_kills_the_child_and_the_flow_run_is_crashed(
         time.sleep(0.1)
     assert processes_in(repo) == []  # the child, DVC and the stage's command
     assert f"the client of {child} is gone" in (live_server.home / zygote.LOG_NAME).read_text()
+
+
+def test_a_starter_killed_mid_command_leaves_the_command_its_real_exit_status(
+    tmp_path: Path, live_server: LiveServer, starter: int
+) -> None:
+    """SIGKILL of the starter while it serves a run-a: the flow goes on in the child, and the client exits
+    with the child's own status (issue 20), not 1 ("failed") nor "unknown"."""
+    repo = slow_repo(tmp_path, live_server.env, seconds=60)
+    run = Watched(["run-a"], repo, live_server.env)
+    try:
+        wait_for_file(repo / "started")
+        os.kill(starter, signal.SIGKILL)
+        (repo / "release").touch()  # the stage ends after the starter is gone
+        code, stdout, stderr = run.finish(timeout=120)
+        assert code == 0, stderr
+        assert "exit status is unknown" not in stderr
+        assert flow_run(live_server.api_url, stdout)["state_name"] == "Completed"
+        assert (repo / "completions.txt").read_text() == "x"
+    finally:  # the session's server launches a starter again; later tests expect one
+        restarted = dvcflow("server", "start", cwd=tmp_path, env=live_server.env)
+        assert restarted.returncode == 0, restarted.stderr
+        deadline = time.monotonic() + 90  # the killed one's socket stays until the new one replaces it
+        while zygote.ping(live_server.home, timeout=5) in (None, starter):
+            assert time.monotonic() < deadline, (live_server.home / zygote.LOG_NAME).read_text()
+            time.sleep(0.2)
 
 
 def test_another_import_path_runs_in_the_calling_process(
@@ -370,8 +396,17 @@ def test_the_client_exits_with_the_reported_status_and_forwards_signals() -> Non
         assert zygote._wait_for(client, os.getpid(), ignored={int(signal.SIGQUIT)}) == -9
         assert signal.getsignal(signal.SIGQUIT) is saved[signal.SIGQUIT]  # ignored stays the client's own
         assert signal.getsignal(signal.SIGINT) is not saved[signal.SIGINT]  # forwarded to the child
+        starter.send(b'{"status": 3}')  # the child's own word as it exits, then the starter's
+        starter.send(b'{"exit": 3}')
+        assert zygote._wait_for(client, os.getpid(), ignored=set()) == 3
+        starter.send(b'{"status": 0}')  # the child said it, and the starter died before reaping it
         starter.close()
-        assert zygote._wait_for(client, os.getpid(), ignored=set()) == 1  # the starter went away
+        assert zygote._wait_for(client, os.getpid(), ignored=set()) == 0
+        client.close()
+        client, starter = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        starter.close()  # the starter died, and the child said nothing (a signal killed it): unknown, not 1
+        assert zygote._wait_for(client, os.getpid(), ignored=set(), unknown=ExitCode.UNKNOWN) == 5
+        assert ExitCode.UNKNOWN == zygote.UNKNOWN_EXIT
         client.close()
     finally:
         for number, handler in saved.items():

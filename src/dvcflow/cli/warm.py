@@ -130,12 +130,13 @@ def serve_here(argv: Sequence[str]) -> int | None:
     if not warm_enabled(os.environ) or (argv and argv[0] in UNSERVED) or _may_prompt(argv):
         return None
     try:
+        from dvcflow.core.errors import ExitCode
         from dvcflow.core.settings import resolve_server_config
 
         home = resolve_server_config().home
     except Exception:  # a bad [tool.dvcflow], an unreadable cwd ...: the usual path reports it
         return None
-    return zygote.serve(home, argv, PACKAGE)
+    return zygote.serve(home, argv, PACKAGE, unknown=ExitCode.UNKNOWN)
 
 
 # ---------------------------------------------------------------------------------------------- starter

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     USAGE = 2  # flags that contradict each other or name nothing (also Click's own usage errors)
     BAD_INPUT = 3  # not a DVC repository, bad params/config/environment, no metrics to show
     SERVER_UNREACHABLE = 4  # the Prefect API cannot be started, reached, or went away mid-run
+    UNKNOWN = 5  # the command's outcome is unknown: the process that ran it was lost (a warm starter died)
     INTERNAL = 70  # an unexpected exception: a bug in dvcflow (EX_SOFTWARE)
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), or the flow run was Cancelled
 
@@ -31,6 +32,7 @@ _MEANINGS = {
     ExitCode.USAGE: "usage: contradicting or unknown flags and arguments",
     ExitCode.BAD_INPUT: "bad input or configuration: not a DVC repo, bad params or settings",
     ExitCode.SERVER_UNREACHABLE: "the Prefect server could not be started or reached, or went away",
+    ExitCode.UNKNOWN: "outcome unknown: the process running the command was lost (see dvcflow runs)",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C) or the flow run was cancelled",
     ExitCode.INTERNAL: "an unexpected error: a bug in dvcflow (rerun with --debug and report it)",
 }

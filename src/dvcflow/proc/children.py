@@ -98,8 +98,14 @@ def tethered(command: Sequence[str]) -> list[str]:
 
 def tie_to_parent(parent: int) -> bool:
     """Called by a Python child itself, first thing: end with dvcflow (pid `parent`), taking its
-    process group along; False when `parent` is gone already, so there is no one to run for."""
-    return tether.tether(parent)
+    process group along; False when `parent` is gone already, so there is no one to run for.
+
+    A child the warm starter forked (`zygote.forked_here`) has the starter as its parent, whose death
+    must not end a command that runs on: the zygote ties it to its client instead (`zygote._watch_client`),
+    and the client is tied to dvcflow."""
+    from dvcflow.proc import zygote
+
+    return tether.tether(parent, deathsig=not zygote.forked_here())
 
 
 # ------------------------------------------------------------------------------------------ streaming

@@ -96,12 +96,13 @@ def _others_in(group: int) -> bool:
     return False
 
 
-def tether(parent: int) -> bool:
+def tether(parent: int, deathsig: bool = True) -> bool:
     """Make this process end its process group when it gets SIGTERM or SIGHUP, and (Linux) get SIGTERM
-    when `parent` dies; False when `parent` is already gone, so there is no one to run for."""
+    when `parent` dies; False when `parent` is already gone, so there is no one to run for. Without
+    `deathsig`, something else watches the one it runs for (a warm starter's child: its client)."""
     for signum in _ENDING:
         signal.signal(signum, _end_group)
-    if sys.platform.startswith("linux"):
+    if deathsig and sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

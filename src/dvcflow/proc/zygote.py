@@ -19,10 +19,12 @@ Standard library only at import: the client side runs on every command's path, `
   returns None: the caller runs the command itself, and that child exits untouched.
 - The child takes over the fds, cwd, environment and signal defaults, calls the hooks' `after_adopt`,
   and runs the command (`run`); the starter reports its exit status (a signal death included) to the
-  client, which exits the same way (`exit_like`). The client forwards SIGINT/SIGQUIT to the child's
-  process group (what a terminal's Ctrl-C reaches), SIGTERM/SIGHUP to the child, and stops/continues it
-  on Ctrl-Z/`fg`. If the client dies, the starter SIGKILLs the child's process group, as if the command's
-  own process had been killed.
+  client, which exits the same way (`exit_like`); the child says it too as it exits, the client's answer
+  if the starter died meanwhile (else a code the caller reserves for "unknown"). The client forwards
+  SIGINT/SIGQUIT to the child's process group (what a terminal's Ctrl-C reaches), SIGTERM/SIGHUP to the
+  child, and stops/continues it on Ctrl-Z/`fg`. If the client dies, the starter SIGKILLs the child's
+  process group, as if the command's own process had been killed (the child watches its client too, for
+  when the starter has died: the starter's death alone ends no command).
 
 One file of ~800 lines, over the usual ~500: both ends of one protocol (its messages, the `GO`
 handshake, which signals are held at the fork and which are forwarded) read best side by side.
@@ -53,6 +55,9 @@ READY_TIMEOUT_S = 2.0  # a starter that has imported answers in milliseconds; a 
 PROTOCOL = 3  # 3: a request may name an entry point (`StarterHooks.entries`)
 CHECK_EVERY_S = 2.0  # how often an idle starter looks for changed code (and, without pidfds, the server)
 GO = b"go"  # the client's answer to `accepted`: only then does the child start the command
+# A client whose starter died while the child ended without saying its status (a signal killed it). Not
+# 1 ("failed"): the program passes its own code for "outcome unknown" (dvcflow: `ExitCode.UNKNOWN`).
+UNKNOWN_EXIT = 5
 # What the interpreter reads from the environment only as it starts (the rest of its start-up options are
 # in `sys.flags`, `sys.warnoptions` and `sys._xoptions`): a forked child has the starter's.
 STARTUP_ENV = (
@@ -195,11 +200,14 @@ def _request(argv: Sequence[str], package: str, entry: str | None = None) -> dic
     }
 
 
-def serve(home: Path, argv: Sequence[str], package: str, entry: str | None = None) -> int | None:
+def serve(
+    home: Path, argv: Sequence[str], package: str, entry: str | None = None, unknown: int = UNKNOWN_EXIT
+) -> int | None:
     """Run this command (`argv`, without the program) in a child of the starter of `home` and return its
     exit code (negative: the signal that ended it); None when no starter takes it, and the caller must
     run the command itself. `package` as the starter's hooks have it (the fingerprint's code); `entry`
-    names one of its `entries` (None: its `run`)."""
+    names one of its `entries` (None: its `run`). `unknown`: the code when the starter died and the child
+    ended without saying how (killed by a signal), so that its exit status cannot be known."""
     try:
         path = socket_path(home)
         if not path.exists():
@@ -222,7 +230,7 @@ def serve(home: Path, argv: Sequence[str], package: str, entry: str | None = Non
         connection.close()
         return None
     name = os.path.basename(os.path.normpath(package))
-    return _wait_for(connection, child, set(request["ignored"]), name=name)
+    return _wait_for(connection, child, set(request["ignored"]), name=name, unknown=unknown)
 
 
 def _handshake(connection: socket.socket, path: str, payload: bytes, timeout: float) -> int | None:
@@ -272,28 +280,47 @@ def _forward_signals(child: int, ignored: set[int]) -> None:
     signal.signal(signal.SIGTSTP, suspend)
 
 
-def _wait_for(connection: socket.socket, child: int, ignored: set[int], name: str = "client") -> int:
-    """Forward signals to `child` until the starter reports how it ended; `name` begins messages."""
+def _wait_for(
+    connection: socket.socket,
+    child: int,
+    ignored: set[int],
+    name: str = "client",
+    unknown: int = UNKNOWN_EXIT,
+) -> int:
+    """Forward signals to `child` until the starter reports how it ended; `name` begins messages.
+
+    The child also says its status itself, on the same connection, as it exits (`_report`): the
+    starter's word is waited for (only then has the child been reaped, so the client's exit cannot
+    make the starter kill the child's group), but if the starter dies, EOF comes once the child is gone
+    too (it holds the connection), and its own word is the command's exit status. A child that left
+    without one (SIGKILL) while the starter was gone: `unknown`, never a code that claims an outcome."""
     import json
 
     _forward_signals(child, ignored)
     connection.settimeout(None)
+    said: int | None = None
     while True:
         try:
             data = connection.recv(MAX_MESSAGE)
         except OSError:
             data = b""
-        if not data:  # the starter died: the child's status cannot be known any more
+        if not data:  # the starter died; the child, which holds the connection too, has ended
+            if said is not None:
+                return said
             print(
-                f"{name}: the warm starter went away; the command's exit status is unknown", file=sys.stderr
+                f"{name}: the warm starter went away and the command ended without saying how; "
+                f"its exit status is unknown (exit {unknown})",
+                file=sys.stderr,
             )
-            return 1
+            return unknown
         try:
             message = json.loads(data)
         except ValueError:
             continue
         if isinstance(message.get("exit"), int):
             return int(message["exit"])
+        if isinstance(message.get("status"), int):
+            said = int(message["status"])
 
 
 def exit_like(code: int) -> None:
@@ -775,8 +802,37 @@ class _Starter:
             os._exit(70)
         global _forked
         _forked = True
+        _watch_client(connection)
         entry = request.get("entry")
-        _run(request, self.hooks.run if entry is None else _without_package(self.hooks.entries[entry]))
+        _run(
+            request,
+            self.hooks.run if entry is None else _without_package(self.hooks.entries[entry]),
+            connection,
+        )
+
+
+def _watch_client(connection: socket.socket) -> None:
+    """In the forked child: if its client dies, kill this child's process group, as the starter does
+    (`_client_gone`) while it lives; this watch is what does it once the starter has died. One thread
+    blocked on the connection, which the client closes only by dying (it waits for the exit status)."""
+    import select
+    import threading
+
+    def watch() -> None:
+        try:
+            while True:  # select, then recv: the fd's blocking mode is shared with the starter's copy
+                select.select([connection], [], [])
+                try:
+                    if not connection.recv(MAX_MESSAGE):
+                        break
+                except (BlockingIOError, TimeoutError):
+                    continue
+        except (OSError, ValueError):
+            return  # this process closed it: it is ending
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(0, signal.SIGKILL)
+
+    threading.Thread(target=watch, name="zygote-client-watch", daemon=True).start()
 
 
 def _command(request: Mapping[str, Any]) -> str:
@@ -828,8 +884,13 @@ def _fresh_stdio(settings: Sequence[Mapping[str, Any]]) -> None:
         setattr(sys, f"__{name}__", stream)
 
 
-def _run(request: Mapping[str, Any], run: Callable[[list[str], str | None], int]) -> NoReturn:
-    """Run the command as the interpreter would have run it, and end this process as it would have."""
+def _run(
+    request: Mapping[str, Any],
+    run: Callable[[list[str], str | None], int],
+    connection: socket.socket | None = None,
+) -> NoReturn:
+    """Run the command as the interpreter would have run it, and end this process as it would have;
+    first tell the client how (`connection`), in case the starter is no longer there to."""
     try:
         code = run(list(request["argv"]), request.get("main_package"))
     except SystemExit as exc:
@@ -837,6 +898,7 @@ def _run(request: Mapping[str, Any], run: Callable[[list[str], str | None], int]
     except KeyboardInterrupt:  # as Python ends on an uncaught Ctrl-C: a traceback, then by SIGINT
         sys.excepthook(*sys.exc_info())
         _finish()
+        _report(connection, -signal.SIGINT)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
         code = 130
@@ -844,7 +906,20 @@ def _run(request: Mapping[str, Any], run: Callable[[list[str], str | None], int]
         sys.excepthook(*sys.exc_info())
         code = 1
     _finish()
+    _report(connection, code)
     os._exit(code)
+
+
+def _report(connection: socket.socket | None, code: int) -> None:
+    """Tell the client this child's exit status (negative: the signal it ends by), as the starter will
+    once it has reaped it: the client's answer if the starter has died meanwhile (`_wait_for`)."""
+    import json
+
+    if connection is None:
+        return
+    with contextlib.suppress(OSError):
+        connection.settimeout(1.0)  # a client that stopped reading must not keep this child alive
+        connection.send(json.dumps({"status": code}).encode())
 
 
 def _exit_status(code: object) -> int:
