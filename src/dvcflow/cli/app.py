@@ -11,7 +11,7 @@ from typer import _click
 from typer.core import TyperGroup
 
 from dvcflow import __version__
-from dvcflow.cli import lean_help
+from dvcflow.cli import help_text, lean_help
 from dvcflow.core.errors import DvcflowError, ExitCode, exit_code_table
 
 lean_help.install()
@@ -110,6 +110,7 @@ def _register() -> None:
     app.command("sweep")(sweep.sweep)
     app.add_typer(server.app, name="server")
     deploy.register(app)
+    help_text.unwrap_commands(app)  # docstrings' paragraphs, not their source lines, in --help
 
 
 _register()
