@@ -4,6 +4,7 @@ changed — and no flow run, because the checks run before Prefect is contacted 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +31,11 @@ def snapshot(repo: Path) -> dict[str, str]:
 
 
 def write(relative: str, text: str) -> Callable[[Path], None]:
-    return lambda repo: (repo / relative).write_text(text)
+    def put(repo: Path) -> None:
+        (repo / relative).parent.mkdir(parents=True, exist_ok=True)
+        (repo / relative).write_text(text)
+
+    return put
 
 
 def remove(relative: str) -> Callable[[Path], None]:
@@ -122,7 +127,8 @@ CASES = [
         write("dvc.yaml", "stages:\n  x:\n    cmd: echo\n    bogus: 2\n"),
         ["run-a", "--retries", "3"],
         3,
-        "Error: DVC cannot read the pipeline of {repo} ('./dvc.yaml' validation failed)",
+        "Error: DVC cannot read the pipeline of {repo} ('./dvc.yaml' validation failed: extra keys not "
+        "allowed at stages.x.bogus)",
     ),
     (
         "contradictory-flags",
@@ -131,6 +137,138 @@ CASES = [
         2,
         "Error: --jobs needs --per-stage",
     ),
+]
+
+
+def write_bytes(relative: str, data: bytes) -> Callable[[Path], None]:
+    return lambda repo: (repo / relative).write_bytes(data)
+
+
+def directory(relative: str) -> Callable[[Path], None]:
+    def replace(repo: Path) -> None:
+        (repo / relative).unlink()
+        (repo / relative).mkdir()
+
+    return replace
+
+
+def without_train_cmd(repo: Path) -> None:
+    text = (repo / "dvc.yaml").read_text()
+    (repo / "dvc.yaml").write_text(re.sub(r"(?m)^    cmd: python -m mltoy.cli train .*\n", "", text))
+
+
+CONFLICTED_LOCK = "<<<<<<< HEAD\nschema: '2.0'\n=======\nschema: '2.0'\n>>>>>>> theirs\n"
+UNDEFINED_FOREACH = "stages:\n  loop:\n    foreach: ${nosuch}\n    do:\n      cmd: echo ${item}\n"
+CYCLE = (
+    "stages:\n"
+    "  a: {cmd: cp b.txt a.txt, deps: [b.txt], outs: [a.txt]}\n"
+    "  b: {cmd: cp a.txt b.txt, deps: [a.txt], outs: [b.txt]}\n"
+)
+OVERLAP = "stages:\n  a: {cmd: mkdir -p d, outs: [d]}\n  b: {cmd: touch d/x, outs: [d/x]}\n"
+RUNS = {"run-a": ["run-a"], "run-b": ["run-b"], "per-stage": ["run-a", "--per-stage"], "plan": ["plan"]}
+EVERY = {**RUNS, "metrics": ["metrics"]}
+UNREADABLE = "Error: DVC cannot read the {what} of {{repo}} ({why})"
+
+
+def unreadable(why: str, commands: dict[str, list[str]] = EVERY) -> dict[str, tuple[list[str], str]]:
+    """The same one line from every command (`metrics` says what it was reading)."""
+    return {
+        name: (args, UNREADABLE.format(what="metrics" if name == "metrics" else "pipeline", why=why))
+        for name, args in commands.items()
+    }
+
+
+# Issue 20: the definition of the pipeline is input: exit 3 and one line, whichever command reads it.
+DEFINITION_CASES: list[tuple[str, Callable[[Path], None], dict[str, tuple[list[str], str]]]] = [
+    (
+        "dvc-yaml-is-a-list",
+        write("dvc.yaml", "- prepare\n- train\n"),
+        {
+            **{name: (args, "Error: {repo}/dvc.yaml: a list, not a mapping with a `stages:` section")
+               for name, args in RUNS.items()},
+            "metrics": (["metrics"], UNREADABLE.format(
+                what="metrics", why="'./dvc.yaml' validation failed: expected a dictionary")),
+        },
+    ),
+    (
+        "dvc-yaml-not-utf8",
+        write_bytes("dvc.yaml", b"stages:\n  x:\n    cmd: echo \xff\n"),
+        {
+            **{name: (args, "Error: {repo}/dvc.yaml: not valid UTF-8 (byte b'\\xff' at position 27)")
+               for name, args in RUNS.items()},
+            "metrics": (["metrics"], UNREADABLE.format(
+                what="metrics", why="unable to read: 'dvc.yaml', is not valid utf-8")),
+        },
+    ),
+    (
+        "params-yaml-is-a-directory",
+        directory("params.yaml"),
+        {
+            **{name: (args, "Error: {repo}/params.yaml: a directory, not a file")
+               for name, args in RUNS.items()},
+            "metrics": (["metrics"], UNREADABLE.format(
+                what="metrics", why="failed to parse 'vars' in 'dvc.yaml': 'params.yaml' is a directory")),
+        },
+    ),
+    (
+        "conflict-markers-in-dvc-lock",
+        write("dvc.lock", CONFLICTED_LOCK),
+        unreadable(
+            "unable to read: 'dvc.lock', YAML file structure is corrupted at line 2 (mapping values are not "
+            "allowed here); it has git merge conflict markers: resolve the conflict"
+        ),
+    ),
+    (
+        "stage-without-cmd",
+        without_train_cmd,
+        unreadable("'./dvc.yaml' validation failed: required key not provided at stages.train.cmd"),
+    ),
+    (
+        "dvc-lock-is-a-directory",
+        directory("dvc.lock"),
+        unreadable("{repo}/dvc.lock is a directory, not a file"),
+    ),
+    (
+        "dvc-lock-not-utf8",
+        write_bytes("dvc.lock", b"schema: '\xff'\n"),
+        unreadable("unable to read: 'dvc.lock', is not valid utf-8"),
+    ),
+    (
+        "dvc-yaml-syntax-error",
+        write("dvc.yaml", "stages:\n  x: [\n"),
+        {
+            **{name: (args, "Error: {repo}/dvc.yaml: not valid YAML (expected the node content, but found "
+                      "'<stream end>' at line 3)") for name, args in RUNS.items()},
+            "metrics": (["metrics"], UNREADABLE.format(
+                what="metrics", why="unable to read: 'dvc.yaml', YAML file structure is corrupted at line 3 "
+                "(expected the node content, but found '<stream end>')")),
+        },
+    ),
+    (
+        "undefined-foreach-variable",
+        write("dvc.yaml", UNDEFINED_FOREACH),
+        unreadable("failed to parse 'stages.loop.foreach' in 'dvc.yaml': Could not find 'nosuch'"),
+    ),
+    # `metrics` does not build the stage graph (nor does `dvc metrics show`): these do not concern it.
+    (
+        "dependency-cycle",
+        write("dvc.yaml", CYCLE),
+        unreadable("the stages a, b depend on each other's outputs in a cycle", RUNS),
+    ),
+    (
+        "overlapping-outputs",
+        write("dvc.yaml", OVERLAP),
+        unreadable(
+            "output 'd/x' of stage b is inside output 'd' of stage a: track them in separate directories, or "
+            "individually",
+            RUNS,
+        ),
+    ),
+]  # fmt: skip
+CASES += [
+    (f"{command}-{name}", break_it, args, 3, message)
+    for name, break_it, commands in DEFINITION_CASES
+    for command, (args, message) in commands.items()
 ]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvcflow.core.errors import PipelineError
+from dvcflow.core.errors import ConfigError
 from dvcflow.core.metrics import (
     Change,
     MetricsDiff,
@@ -23,6 +23,7 @@ from dvcflow.core.metrics import (
     no_metrics_error,
     snapshot_of,
 )
+from dvcflow.dvc.errors import unreadable
 from dvcflow.dvc.repository import in_repository, open_repo
 
 
@@ -77,10 +78,13 @@ def repo_metrics(repo: Any, root: Path) -> MetricsFiles:
     try:
         shown = repo.metrics.show()
     except DvcException as err:
-        raise PipelineError(f"DVC cannot read the metrics of {root} ({err})") from None
+        raise unreadable(root, err, "metrics") from None
     workspace = shown.get("", {})
     if "error" in workspace:  # dvc.yaml itself could not be read
-        raise PipelineError(f"DVC cannot read the metrics of {root} ({_problem(workspace['error'])})")
+        error = workspace["error"]
+        if isinstance(error, DvcException):
+            raise unreadable(root, error, "metrics")
+        raise ConfigError(f"DVC cannot read the metrics of {root} ({_problem(error)})")
     files: MetricsFiles = {}
     for path, entry in workspace.get("data", {}).items():
         files[path] = _problem(entry["error"]) if "error" in entry else entry.get("data", {})

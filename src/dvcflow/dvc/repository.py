@@ -45,20 +45,27 @@ def params_files(root: Path) -> set[str]:
     import yaml
 
     files = {DEFAULT_PARAMS_FILE} if (root / DEFAULT_PARAMS_FILE).exists() else set()
+    path = root / "dvc.yaml"
     try:
-        spec = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8")) or {}
+        spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         spec = {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: {_unreadable(err)}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{root / 'dvc.yaml'}: not valid YAML ({_yaml_where(err)})") from None
-    for stage in (spec.get("stages") or {}).values():
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_where(err)})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a {type(spec).__name__}, not a mapping with a `stages:` section")
+    stages = spec.get("stages") or {}
+    for stage in stages.values() if isinstance(stages, dict) else ():  # else DVC's validation says why
         body = stage.get("do", stage) if isinstance(stage, dict) else {}
         if not isinstance(body, dict):
             continue
         wdir = str(body.get("wdir", stage.get("wdir", ".") if isinstance(stage, dict) else "."))
         if "$" in wdir:
             continue
-        for entry in body.get("params", []):
+        entries = body.get("params", [])
+        for entry in entries if isinstance(entries, list) else ():
             if isinstance(entry, dict):
                 names = [str(name) for name in entry if "$" not in str(name)]
             elif isinstance(entry, str) and ":" not in entry:
@@ -85,11 +92,22 @@ def check_params_files(root: Path) -> None:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: params file not found (dvc.yaml's stages read it)") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path}: {_unreadable(err)}") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML ({_yaml_where(err)})") from None
         if not isinstance(data, dict):
             what = "empty" if data is None else f"a {type(data).__name__}, not a mapping of params"
             raise ConfigError(f"{path}: params file is {what}")
+
+
+def _unreadable(err: OSError | UnicodeDecodeError) -> str:
+    """Why a file could not be read, without the path the caller names already."""
+    if isinstance(err, UnicodeDecodeError):
+        return f"not valid UTF-8 (byte {err.object[err.start : err.start + 1]!r} at position {err.start})"
+    if isinstance(err, IsADirectoryError):
+        return "a directory, not a file"
+    return f"cannot be read ({err.strerror or err})"
 
 
 def _yaml_where(err: Exception) -> str:
@@ -169,4 +187,4 @@ def open_repo(root: Path) -> Any:
     try:
         return Repo(str(root))
     except DvcException as err:
-        raise PipelineError(f"{root}: DVC cannot open this repository ({err})") from None
+        raise ConfigError(f"{root}: DVC cannot open this repository ({' '.join(str(err).split())})") from None

@@ -36,6 +36,7 @@ from dvcflow.core.graph import PipelineSnapshot, StageGraph, StageKind, StageNod
 from dvcflow.core.metrics import MetricsFiles
 from dvcflow.core.selection import Selection
 from dvcflow.core.settings import QUIET_ENV
+from dvcflow.dvc.errors import unreadable
 from dvcflow.dvc.lockfile import LockOrder
 from dvcflow.dvc.metrics_files import repo_metrics
 from dvcflow.dvc.repository import in_directory, in_repository, open_repo
@@ -126,7 +127,7 @@ class PipelineSession:
                 self._graph = self._repo.index.graph
                 self._stages = {address(stage, self._repo.root_dir): stage for stage in self._graph}
         except DvcException as err:
-            raise PipelineError(f"DVC cannot read the pipeline of {self.root} ({err})") from None
+            raise unreadable(self.root, err) from None
 
     @property
     def repo(self) -> Any:
@@ -216,7 +217,7 @@ class PipelineSession:
                         if addressing in by_addressing:
                             changed[by_addressing[addressing]] = status_reason(entries)
             except DvcException as err:
-                raise PipelineError(f"DVC cannot read the status of {self.root} ({err})") from None
+                raise unreadable(self.root, err, "status") from None
         return PipelineSnapshot(StageGraph(nodes), changed)
 
     def select(self, selection: Selection) -> tuple[str, ...]:
@@ -236,7 +237,7 @@ class PipelineSession:
         try:
             self.collect(selection)
         except DvcException as err:
-            raise PipelineError(f"DVC cannot read the pipeline of {self.root} ({err})") from None
+            raise unreadable(self.root, err) from None
         return self._selected[selection]
 
     def collect(self, selection: Selection) -> list[Any]:

@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dvcflow.core.errors import ConfigError, PipelineError, UsageError
+from dvcflow.core.errors import ConfigError, UsageError
 from dvcflow.core.records import DataSync
 from dvcflow.core.selection import Selection
+from dvcflow.dvc.errors import unreadable
 from dvcflow.dvc.repository import in_directory, open_repo
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def selected_stages(root: Path, selection: Selection) -> tuple[str, ...]:
     try:
         return tuple(dict.fromkeys(address(stage, repo.root_dir) for stage in collect(repo, selection)))
     except DvcException as err:
-        raise PipelineError(f"DVC cannot read the pipeline of {root} ({err})") from None
+        raise unreadable(root, err) from None
     finally:
         repo.close()
 
@@ -107,7 +108,7 @@ def check_repro_inputs(
                         raise ConfigError(_missing_source(root, stage.relpath, out.def_path, remote))
         return tuple(dict.fromkeys(address(stage, repo.root_dir) for stage in stages))
     except DvcException as err:  # an invalid dvc.yaml: bad input, before any flow run
-        raise ConfigError(f"DVC cannot read the pipeline of {root} ({err})") from None
+        raise unreadable(root, err) from None
     finally:
         if session is None:
             repo.close()

@@ -301,6 +301,7 @@ def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> 
     from dvcflow.core.resources import ResourceSettings, demands_for
 
     root = repository.find_repo_root(repo)
+    repository.check_params_files(root)  # the run commands' first check: the same line for the same input
     with PipelineSession(root) as session:
         selected = session.select(selection)
         demands = demands_for(selected, session.declarations(selected), ResourceSettings.read(root))
