@@ -296,3 +296,33 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert "unreachable" not in result.stderr  # rejected before Prefect was contacted
     assert result.stdout == ""
     assert snapshot(repo) == before
+
+
+def test_a_full_disk_while_taking_the_run_lock_is_one_line_not_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OSError 28 writing the run lock: exit 3 and a line that says the disk is full (was exit 70)."""
+    import errno
+    import os
+
+    from dvcflow.core.errors import ConfigError, ExitCode
+    from dvcflow.proc import runlock
+
+    class FullDisk:
+        def __getattr__(self, name: str) -> object:
+            return getattr(os, name)
+
+        @staticmethod
+        def write(fd: int, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runlock, "os", FullDisk())
+    with pytest.raises(ConfigError) as raised, runlock.exclusive_run(tmp_path, on_wait=pytest.fail):
+        pytest.fail("the block ran without its lock written")
+    assert raised.value.exit_code == ExitCode.BAD_INPUT
+    folder = tmp_path / ".dvc" / "tmp"
+    said = f"no space left on the device of {folder} (writing the run lock dvcflow-run.lock)"
+    assert raised.value.message == said
+    monkeypatch.undo()
+    with runlock.exclusive_run(tmp_path, on_wait=pytest.fail):  # and the lock is free again
+        pass

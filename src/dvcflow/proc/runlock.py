@@ -8,13 +8,14 @@ same stage twice. A second `dvcflow run-*` waits for the first instead (saying s
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from dvcflow.core.errors import PipelineError
+from dvcflow.core.errors import ConfigError, PipelineError
 
 
 def lock_path(repo_root: Path) -> Path:
@@ -31,7 +32,7 @@ def exclusive_run(
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed by the with below
     except OSError as err:
-        raise PipelineError(f"cannot create the run lock {path} ({err.strerror})") from None
+        raise _lock_error(path, err) from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -42,16 +43,27 @@ def exclusive_run(
                 f"Another dvcflow run is in progress in {repo_root} (pid {holder}); waiting for it to end"
             )
             _wait(handle, holder, timeout)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:  # unbuffered: a failed write leaves nothing for `close` to fail on again
+            os.ftruncate(handle.fileno(), 0)
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())
+        except OSError as err:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise _lock_error(path, err) from None
         try:
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
+            os.ftruncate(handle.fileno(), 0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_error(path: Path, err: OSError) -> ConfigError:
+    """The run lock could not be written: a full disk is said as such, not as a bug in dvcflow."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ConfigError(
+            f"no space left on the device of {path.parent} (writing the run lock {path.name})",
+            hint="free some disk space (or quota) and run again",
+        )
+    return ConfigError(f"cannot write the run lock {path} ({err.strerror or err})")
 
 
 def _wait(handle: object, holder: str, timeout: float | None) -> None:
