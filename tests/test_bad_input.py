@@ -264,12 +264,29 @@ DEFINITION_CASES: list[tuple[str, Callable[[Path], None], dict[str, tuple[list[s
             RUNS,
         ),
     ),
+    (
+        "repo-is-a-file",
+        lambda repo: None,
+        {
+            name: ([*args, "--repo", "params.yaml"], "Error: {repo}/params.yaml is a file, not a folder")
+            for name, args in EVERY.items()
+        },
+    ),
 ]  # fmt: skip
 CASES += [
     (f"{command}-{name}", break_it, args, 3, message)
     for name, break_it, commands in DEFINITION_CASES
     for command, (args, message) in commands.items()
 ]
+CASES.append(
+    (
+        "metrics-malformed-metrics-file",
+        write("reports/metrics.json", '{"accuracy": '),
+        ["metrics"],
+        3,
+        "Error: reports/metrics.json: the metrics file cannot be read (JSON file structure is corrupted)",
+    )
+)
 
 
 @pytest.mark.parametrize(("name", "break_it", "args", "code", "message"), CASES, ids=[c[0] for c in CASES])
@@ -296,6 +313,24 @@ def test_bad_input_is_one_line_and_changes_nothing(
     assert "unreachable" not in result.stderr  # rejected before Prefect was contacted
     assert result.stdout == ""
     assert snapshot(repo) == before
+
+
+def test_an_empty_foreach_without_targets_is_the_rest_of_the_graph_as_for_dvc_repro(
+    pristine: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """`foreach: []` defines no stage; `dvc repro` then goes on with the rest of the graph (here the data
+    source), where dvcflow said `no stage matches ''`."""
+    import shutil
+
+    source, env = pristine
+    repo = tmp_path / "empty-foreach"
+    shutil.copytree(source, repo, symlinks=True)
+    (repo / "dvc.yaml").write_text("stages:\n  loop:\n    foreach: []\n    do:\n      cmd: echo ${item}\n")
+    (repo / "dvc.lock").unlink()
+    result = dvcflow("plan", cwd=repo, env=env, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "│    1 │ data/raw/iris.csv.dvc │" in result.stdout
+    assert "1 stages in 1 waves" in result.stdout
 
 
 def test_a_full_disk_while_taking_the_run_lock_is_one_line_not_a_bug(

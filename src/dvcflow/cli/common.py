@@ -15,7 +15,6 @@ RepoOption = Annotated[
     typer.Option(
         "--repo",
         help="The DVC repository (default: the one containing the current directory).",
-        file_okay=False,
         show_default=False,
     ),
 ]

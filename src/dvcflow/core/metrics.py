@@ -89,13 +89,23 @@ def snapshot_of(files: MetricsFiles) -> MetricsSnapshot:
     return MetricsSnapshot(tuple(metrics), tuple(errors))
 
 
+NO_SUCH_FILE = "no such file"  # a metrics file's problem when it does not exist (yet)
+
+
 def no_metrics_error(missing: str) -> MetricsError:
     return MetricsError(f"no metrics yet ({missing})", hint="run `dvcflow run-a` to produce them")
 
 
-def require_metrics(snapshot: MetricsSnapshot) -> MetricsSnapshot:
+def require_metrics(snapshot: MetricsSnapshot, missing: str = "none declared in dvc.yaml") -> MetricsSnapshot:
+    """`snapshot` if it has a metric; else why not: a file that exists but cannot be read, or none yet."""
     if snapshot.empty:
-        raise no_metrics_error(", ".join(path for path, _ in snapshot.errors) or "none declared in dvc.yaml")
+        for path, problem in snapshot.errors:
+            if problem != NO_SUCH_FILE:
+                raise MetricsError(
+                    f"{path}: the metrics file cannot be read ({problem})",
+                    hint="fix or delete it: the stage that writes it writes it again when it runs",
+                )
+        raise no_metrics_error(", ".join(path for path, _ in snapshot.errors) or missing)
     return snapshot
 
 

@@ -14,13 +14,14 @@ from typing import Any
 
 from dvcflow.core.errors import ConfigError
 from dvcflow.core.metrics import (
+    NO_SUCH_FILE,
     Change,
     MetricsDiff,
     MetricsFiles,
     MetricsSnapshot,
     as_number,
     as_scalar,
-    no_metrics_error,
+    require_metrics,
     snapshot_of,
 )
 from dvcflow.dvc.errors import unreadable
@@ -50,8 +51,8 @@ def diff_metrics(repo_root: Path, rev: str = "HEAD", *, params: bool = False) ->
     raw = metrics_diff(repo_root, rev)
     metrics = _changes(raw)
     if not any(c.new is not None for c in metrics):
-        missing = sorted({path for revision, path, _ in raw.errors if revision == "workspace" and path})
-        raise no_metrics_error(", ".join(missing) or "nothing in the working tree")
+        now = {(path, problem) for revision, path, problem in raw.errors if revision == "workspace" and path}
+        require_metrics(MetricsSnapshot((), tuple(sorted(now))), missing="nothing in the working tree")
     raw_params = params_diff(repo_root, rev) if params else None
     return MetricsDiff(
         rev=rev,
@@ -100,8 +101,12 @@ class DvcDiff:
 
 
 def _problem(error: object) -> str:
+    from dvc.utils.serialize import ParseError
+
     if isinstance(error, FileNotFoundError):
-        return "no such file"
+        return NO_SUCH_FILE
+    if isinstance(error, ParseError):  # DVC's reason, without the path relative to somewhere
+        return str(error).partition("', ")[2] or str(error)
     return f"{type(error).__name__}: {error}" if isinstance(error, Exception) else str(error)
 
 

@@ -27,6 +27,10 @@ def find_repo_root(start: Path | None = None) -> Path:
     origin = (start or Path.cwd()).resolve()
     if not origin.exists():
         raise NotADvcRepoError(f"{origin}: no such directory")
+    if not origin.is_dir():
+        raise NotADvcRepoError(
+            f"{origin} is a file, not a folder", hint="pass --repo the folder of the DVC repository"
+        )
     for folder in (origin, *origin.parents):
         if (folder / ".dvc").is_dir():
             return folder

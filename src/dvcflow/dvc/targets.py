@@ -49,7 +49,7 @@ def collect(repo: Any, selection: Selection) -> list[Any]:
     except (NoOutputOrStageError, StageNotFound, StageFileDoesNotExistError) as err:
         named = " ".join(selection.targets) or PROJECT_FILE
         raise UsageError(f"unknown target {named!r}: {err}") from None
-    if not stages:
+    if not stages and selection.targets:  # none named: `dvc repro` goes on with the whole graph (below)
         raise UsageError(f"no stage matches {' '.join(selection.targets)!r}")
     if selection.single_item:
         return list(stages)
