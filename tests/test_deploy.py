@@ -210,6 +210,11 @@ def test_api_run_with_overridden_parameters_fails_then_a_retry_redoes_only_what_
         assert any("1 stage(s) failed: b" in line for line in served.seen)
         flow_run = api(live_server, "GET", f"/flow_runs/{run['id']}")
         assert flow_run["parameters"]["per_stage"] is True and flow_run["parameters"]["jobs"] == 2
+        # The run's state message, as the UI shows it, says why in the stage's own words (issue 20).
+        assert flow_run["state"]["message"] == (
+            "1 stage(s) failed: b; 1 not run: c\n"
+            "b: stage b is broken (exit code 1) — the retry failed the same way"
+        )
         expected = {"a": "Completed", "b": "Failed", "c": "NotRun", "d": "Completed"}
         deadline = time.monotonic() + PATIENCE
         while True:  # the server records task runs from events, a moment after the run ends
@@ -306,7 +311,12 @@ def test_notify_posts_once_for_a_failed_run_and_for_completed_only_when_asked(
         failed_run = run_name(failed.stdout)
         post = receiver.wait_for(lambda post: post["run"] == failed_run, timeout=30)
         assert post["path"] == f"/hook/{token}"
-        assert post["state"] == "Failed" and "stage b is broken" in post["reason"]
+        # The notification and `dvcflow runs --json` say why in the stage's own words (issue 20).
+        reason = "failed to reproduce 'b': stage b is broken (exit code 1) — the retry failed the same way"
+        assert post["state"] == "Failed" and post["reason"] == reason
+        listed_runs = dvcflow("runs", "--json", "--limit", "1", cwd=repo, env=client_env)
+        rows = json.loads(listed_runs.stdout)
+        assert [(row["name"], row["message"]) for row in rows] == [(failed_run, reason)]
         assert post["repository"] == str(repo) and post["flow"] == "Prefect operates DVC pipeline"
         assert post["link"].endswith(f"/runs/flow-run/{failed.stdout.split('/runs/flow-run/')[1].split()[0]}")
 

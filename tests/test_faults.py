@@ -128,6 +128,10 @@ def test_ctrl_c_during_a_stage_exits_130_and_the_next_run_finishes(
     assert "Interrupted" in stderr
     assert not re.search(r"^Traceback", stderr, re.MULTILINE), stderr  # the stage's own is in its log
     assert "Retry 1/1" not in stderr  # an interrupted stage is not retried
+    # The stage's task run and the flow run are Crashed, whoever ran the stage's command (issue 20).
+    flow_run = re.search(r"/runs/flow-run/([0-9a-f-]{36})", stderr)
+    assert flow_run is not None, stderr
+    assert final_states(client_env, flow_run.group(1)) == ("Crashed", ["Crashed"])
     assert not (repo / "completions.txt").exists()  # the stage's command never got to its end
     assert not (repo / "slow.txt").exists()
     assert not (repo / "dvc.lock").exists()
@@ -138,6 +142,24 @@ def test_ctrl_c_during_a_stage_exits_130_and_the_next_run_finishes(
     assert again.returncode == 0, again.stderr
     assert (repo / "slow.txt").read_text() == "done"
     assert json.loads(dvc("status", "--json", cwd=repo, env=client_env).stdout) == {}
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def final_states(env: dict[str, str], flow_run_id: str, timeout: float = 30) -> tuple[str, list[str]]:
+    """The flow run's state name and its task runs', once the server has recorded each as final (it
+    records task runs from events, a moment after they happen): polled, bounded."""
+    api_url = client_env_api(env)
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = api_post(api_url, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+        tasks = api_post(api_url, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+        assert isinstance(runs, list) and isinstance(tasks, list)
+        states = [runs[0]["state"], *(task["state"] for task in tasks)]
+        if all(state and state["type"] in FINAL_STATES for state in states) or time.monotonic() > deadline:
+            return runs[0]["state_name"], sorted(task["state_name"] for task in tasks)
+        time.sleep(0.2)
 
 
 CRASHED_WITHIN_S = 15.0  # the watchdog needs ~0.1 s; the margin is for a loaded 2-core CI machine

@@ -283,7 +283,9 @@ def test_a_fresh_clone_without_pull(pipeline: Path, tmp_path: Path, client_env: 
     assert [(t["name"], t["state"], t["attempts"]) for t in data["tasks"]] == [("dvc repro", "Failed", 1)]
     assert "src.txt" in data["tasks"][0]["message"]
     assert "Retry" not in failed.stderr
-    assert data["stages"] == {"ran": [], "skipped": [], "pulled": [], "restored": []}  # failed before its cmd
+    assert data["stages"] == {  # failed before its cmd: not among those that ran
+        "ran": [], "skipped": [], "pulled": [], "restored": [], "failed": ["chain1"],
+    }  # fmt: skip
 
     # --retries reaches run-a's task: 0 means the one-time failure is final.
     once = dvcflow("run-a", "-s", "chain1", "--fail-once", "--retries", "0", "--json", cwd=clone, env=env)

@@ -105,7 +105,8 @@ def test_failed_branch_stops_the_run_then_keep_going_resumes_and_finishes_the_ot
     }
     assert "branch@2: not run: stage 'branch@1' failed and --keep-going is off" in stopped.stdout
     assert "join: not run: upstream stage 'branch@1' failed" in stopped.stdout
-    assert "branch 1 was told to fail" in stopped.stdout  # the task's error names DVC's last lines
+    # The failed stage's summary line: its own last line and its exit code (issue 20).
+    assert "branch@1: branch 1 was told to fail (exit code 1)" in stopped.stdout.splitlines()
     assert "finished in state Failed" in stopped.stdout
     assert not (repo / "out/branch-2.json").exists()
 

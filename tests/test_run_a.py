@@ -96,12 +96,30 @@ def test_broken_stage_fails_the_run_with_dvcs_error(tmp_path: Path, client_env: 
     result = dvcflow("run-a", cwd=repo, env=client_env)
     assert result.returncode == 1
     assert "model exploded" in result.stderr
-    assert "failed to reproduce 'broken'" in result.stdout
+    # The summary: what DVC did with each stage, and the failed one's own last line (issue 20).
+    lines = result.stdout.splitlines()
+    assert "Stages: ran fine · failed broken" in lines
+    reason = "failed to reproduce 'broken': model exploded (exit code 1) — the retry failed the same way"
+    assert f"dvc repro: {reason}" in lines
+    assert "Task run encountered an exception" not in result.stdout
     assert summary_row(result.stdout, "dvc repro")[1:3] == ["Failed", "2"]
     assert "finished in state Failed" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == {"fine"}  # the failed stage recorded nothing
+
+
+def test_a_first_stage_that_fails_is_named_failed_not_none_visited_nor_ran(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    stages = "stages:\n  fill:\n    cmd: python -c \"import sys; sys.exit('no fill today')\"\n    outs: [f]\n"
+    repo = make_tiny_repo(tmp_path / "repo", client_env, stages)
+    result = dvcflow("run-a", "--retries", "0", "--json", cwd=repo, env=client_env)
+    assert result.returncode == 1, result.stderr
+    data = json.loads(result.stdout)
+    assert data["stages"] == {"ran": [], "skipped": [], "pulled": [], "restored": [], "failed": ["fill"]}
+    reason = "failed to reproduce 'fill': no fill today (exit code 1)"
+    assert data["tasks"][0]["message"] == data["flow_run"]["message"] == reason
 
 
 def test_not_a_dvc_repo_is_a_one_line_error(tmp_path: Path, client_env: dict[str, str]) -> None:

@@ -158,7 +158,14 @@ def test_run_b_matches_dvc_then_caches_until_inputs_or_outputs_change(
     assert "train.C: input should be greater than 0" in failed.stderr  # the function's own message
     assert "Retry 1/1 will start 2 second(s) from now" in failed.stderr
     assert re.search(r"│ prepare\s+│ Failed\s+│\s+2 │", failed.stdout)
-    assert "stage 'prepare': mltoy.cli:main returned 1" in failed.stdout
+    # The summary says why in the function's own words, and that the retry failed the same way (issue 20).
+    assert re.search(
+        r"^prepare: Error: params\.yaml: train\.C: input should be greater than 0 .*"
+        r"\(mltoy\.cli:main returned 1\) — the retry failed the same way$",
+        failed.stdout,
+        re.MULTILINE,
+    ), failed.stdout
+    assert "Task run encountered an exception" not in failed.stdout
     assert "evaluate: not run: upstream stage 'prepare' failed" in failed.stdout
     assert "finished in state Failed" in failed.stdout
     assert "Traceback" not in failed.stdout

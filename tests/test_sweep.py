@@ -219,7 +219,8 @@ def test_a_foreach_pipeline_with_params_in_another_file_and_one_failing_trial(
     assert "Completed" in rows["1"] and "│       4 │" in rows["1"] and "★" in rows["1"]  # 1*1+.5 + 1*2+.5
     assert "Completed" in rows["2"] and "│       7 │" in rows["2"]
     assert "Failed" in rows["3"]
-    assert "scale 3 is not allowed" in output
+    # The failed trial's line says why in its stage's own words (issue 20).
+    assert "trial 3: failed to reproduce 'score@a': scale 3 is not allowed (exit code 1)" in result.stdout
     assert "finished in state Failed" in result.stdout
     saved = experiments(repo, client_env)
     assert sorted(data["params"]["conf/hp.yaml"]["data"]["scale"] for data in saved.values()) == [1, 2]  # type: ignore[index]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from uuid import UUID
 
+from dvcflow.api.failures import state_message
 from dvcflow.api.links import flow_run_link
 from dvcflow.api.tags import IDENTITY_TAGS
 from dvcflow.core.errors import ApiLostError, ApiUnreachableError, ServerError
@@ -83,11 +84,6 @@ def caller_flow_run() -> Any | None:
         return None
     run = context.FlowRunContext.get()
     return run.flow_run if run is not None else None
-
-
-def _state_message(state: Any) -> str | None:
-    message = getattr(state, "message", None)
-    return str(message) if message else None
 
 
 def execute(
@@ -165,7 +161,7 @@ def _execute(
             state=run.state_name or "Unknown",
             attempts=run.run_count,
             seconds=run.total_run_time.total_seconds(),
-            message=_state_message(run.state) if run.state and not run.state.is_completed() else None,
+            message=state_message(run.state) if run.state and not run.state.is_completed() else None,
             waited=waits.get(run.id),
         )
         for run in task_runs
@@ -178,7 +174,7 @@ def _execute(
         seconds=flow_run.total_run_time.total_seconds() or _elapsed(flow_run),
         tasks=tasks,
         ui_link=ui_link,
-        message=_state_message(state) if not state.is_completed() else None,
+        message=state_message(state) if not state.is_completed() else None,
         metrics=returned.metrics if isinstance(returned, ReproOutcome) else returned,
         stages=returned.stages if isinstance(returned, ReproOutcome) else None,
     )

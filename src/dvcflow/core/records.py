@@ -70,19 +70,24 @@ class StagesReport:
     """Restored from the remote (`Pulling data for stage: 'x'`, with --pull)."""
     restored: tuple[str, ...] = ()
     """Restored from DVC's run cache without running (`Stage 'x' is cached`)."""
+    failed: tuple[str, ...] = ()
+    """The stage DVC stopped at (`ERROR: failed to reproduce 'x'`): not among those that ran."""
 
     def merged(self, later: StagesReport) -> StagesReport:
-        """This attempt and a later retry of it: a stage that ran in either ran; the rest as last seen."""
-        ran = tuple(dict.fromkeys((*self.ran, *later.ran)))
+        """This attempt and a later retry of it: a stage that ran in either ran, unless the retry failed
+        it; what failed is what the last attempt failed; the rest as last seen."""
+        failed = later.failed
+        ran = tuple(name for name in dict.fromkeys((*self.ran, *later.ran)) if name not in failed)
 
         def rest(earlier: tuple[str, ...], now: tuple[str, ...]) -> tuple[str, ...]:
-            return tuple(name for name in dict.fromkeys((*earlier, *now)) if name not in ran)
+            return tuple(name for name in dict.fromkeys((*earlier, *now)) if name not in ran + failed)
 
         return StagesReport(
             ran,
             rest(self.skipped, later.skipped),
             rest(self.pulled, later.pulled),
             rest(self.restored, later.restored),
+            failed,
         )
 
     def as_dict(self) -> dict[str, list[str]]:
@@ -91,6 +96,7 @@ class StagesReport:
             "skipped": list(self.skipped),
             "pulled": list(self.pulled),
             "restored": list(self.restored),
+            "failed": list(self.failed),
         }
 
 

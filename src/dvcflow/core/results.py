@@ -165,8 +165,7 @@ def _stages_of_repro(report: StagesReport, repro: TaskRunRecord | None) -> dict[
     stages.update({name: StageRun(name, UP_TO_DATE) for name in report.skipped})
     if repro is not None and repro.state != COMPLETED:
         match = _FAILED_STAGE.search(repro.message or "")
-        if match:
-            name = match["name"]
+        for name in report.failed or ((match["name"],) if match else ()):
             stages[name] = StageRun(name, repro.state, message=repro.message)
     return stages
 

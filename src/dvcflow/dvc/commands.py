@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dvcflow.core.errors import PipelineError, StageCommandError
+from dvcflow.core.failures import exit_cause, stage_failure
 from dvcflow.core.metrics import MetricsFiles
 from dvcflow.core.records import StagesReport
 from dvcflow.dvc.repository import dvc_environment
@@ -100,24 +101,50 @@ def _streamed(
 _RETRYABLE = re.compile(r"failed to run: |Unable to acquire lock|is busy|exited with -?\d+")
 
 
+# DVC's ERROR line for a stage whose command failed (`StageCmdFailedError` under `ReproductionError`).
+_COMMAND_FAILED = re.compile(
+    r"^failed to reproduce '(?P<stage>[^']+)': failed to run: .*, exited with (?P<code>-?\d+)$"
+)
+
+
 def failure(result: CommandResult) -> PipelineError:
-    """A readable error from a failed DVC command: DVC's own ERROR line first, then its last lines.
+    """A readable error from a failed DVC command, in the words of what failed: for a stage whose command
+    failed, `failed to reproduce 'train': <its last output lines> (exit code 1)` (`core.failures`);
+    otherwise DVC's own ERROR line, or the command's last lines when DVC said none (it was killed).
 
     A `StageCommandError` (worth a retry) when a stage's command failed; a `PipelineError` otherwise.
     """
-    errors = [line for line in result.tail if line.startswith("ERROR:")]
-    headline = errors[-1].removeprefix("ERROR:").strip() if errors else f"exit code {result.returncode}"
-    shown = "\n".join(f"  {line}" for line in result.tail[-8:])
-    kind = StageCommandError if not errors or _RETRYABLE.search(headline) else PipelineError
-    return kind(f"`dvc {' '.join(result.args)}` failed: {headline}\n{shown}")
+    errors = [index for index, line in enumerate(result.tail) if line.startswith("ERROR:")]
+    if not errors:
+        cause = f"`dvc {result.args[0]}`: {exit_cause(result.returncode)}"
+        return StageCommandError(stage_failure(_stage_output(result.tail), cause))
+    headline = result.tail[errors[-1]].removeprefix("ERROR:").strip()
+    kind = StageCommandError if _RETRYABLE.search(headline) else PipelineError
+    command = _COMMAND_FAILED.match(headline)
+    if command is None:
+        return kind(headline)
+    said = _stage_output(result.tail[: errors[-1]])
+    cause = exit_cause(int(command["code"]))
+    return kind(f"failed to reproduce '{command['stage']}': {stage_failure(said, cause)}")
 
 
-# What `dvc repro` logs for each stage it visits (see `Stage.reproduce` and `stage.cache`).
+def _stage_output(lines: Sequence[str]) -> list[str]:
+    """What the failed stage's command printed: the lines after DVC's `Running stage` line, without
+    DVC's echo of each command (`> cmd`) and its own ERROR and WARNING lines."""
+    starts = [index for index, line in enumerate(lines) if _RUNNING.match(line.strip())]
+    since = lines[starts[-1] + 1 :] if starts else lines
+    return [line for line in since if not line.startswith(("> ", "ERROR:", "WARNING:"))]
+
+
+# What `dvc repro` logs for each stage it visits (see `Stage.reproduce` and `stage.cache`), and the stage
+# it stopped at (`dvc.repo.reproduce._raise_error`).
+_RUNNING = re.compile(r"^Running stage '(?P<name>.+)':$")
 _STAGE_LINES = (
-    ("ran", re.compile(r"^Running stage '(?P<name>.+)':$")),
+    ("ran", _RUNNING),
     ("skipped", re.compile(r"^(?:Stage )?'(?P<name>.+)' didn't change, skipping$")),  # or a `.dvc` file
     ("pulled", re.compile(r"^Pulling data for (?:stage: )?'(?P<name>.+)'$")),
     ("restored", re.compile(r"^Stage '(?P<name>.+)' is cached - skipping run, checking out outputs$")),
+    ("failed", re.compile(r"^ERROR: failed to reproduce '(?P<name>[^']+)'")),
 )
 
 
@@ -141,13 +168,15 @@ class StageLog:
 
     def report(self) -> StagesReport:
         """Each stage once; DVC may log "Pulling data" and then run the stage after all (the remote
-        lacked its data): such a stage ran."""
-        ran = tuple(dict.fromkeys(self._seen["ran"]))
+        lacked its data): such a stage ran. The stage DVC stopped at failed, whether or not its command
+        started."""
+        failed = tuple(dict.fromkeys(self._seen["failed"]))
+        ran = tuple(name for name in dict.fromkeys(self._seen["ran"]) if name not in failed)
 
         def others(kind: str) -> tuple[str, ...]:
-            return tuple(name for name in dict.fromkeys(self._seen[kind]) if name not in ran)
+            return tuple(name for name in dict.fromkeys(self._seen[kind]) if name not in ran + failed)
 
-        return StagesReport(ran, others("skipped"), others("pulled"), others("restored"))
+        return StagesReport(ran, others("skipped"), others("pulled"), others("restored"), failed)
 
 
 def push(root: Path, stages: Sequence[str], on_line: Callable[[str], None]) -> CommandResult:

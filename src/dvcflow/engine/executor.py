@@ -16,12 +16,15 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from dvcflow.core.errors import PipelineError
+from dvcflow.core.failures import ERROR_LINES, exit_cause, last_lines, stage_failure
 from dvcflow.dvc.repository import in_directory
 from dvcflow.dvc.session import OutputRecord, PipelineSession, Prepared
 from dvcflow.engine.plugins import StageFunction, command_arguments
@@ -135,20 +138,90 @@ def _stream(
     name: str, command: list[str], shown: str, cwd: Path, env: dict[str, str], log: Callable[[str], None]
 ) -> None:
     returncode, tail = stream_process(command, cwd, env, log)
-    if returncode != 0:
-        shown_tail = "\n".join(f"  {line}" for line in tail[-8:])
-        raise PipelineError(f"stage '{name}': `{shown}` exited with code {returncode}\n{shown_tail}".rstrip())
+    if returncode != 0:  # the command's last lines say why (`core.failures`); the command is in the log
+        cause = exit_cause(returncode)
+        raise PipelineError(stage_failure(tail, cause if last_lines(tail) else f"`{shown}`: {cause}"))
 
 
 def _call(function: StageFunction, commands: tuple[str, ...], wdir: Path, log: Callable[[str], None]) -> None:
     argv = command_arguments(function.stage, commands)
     target = function.load()
     log(f"> {function.target}({argv})")
+    said: deque[str] = deque(maxlen=ERROR_LINES)
     argv_before = list(sys.argv)  # DVC's locks name this process by it (`PipelineSession._hold`)
-    try:
-        with in_directory(wdir):  # one in-process function (or DVC call) at a time in this process
+    # One in-process function (or DVC call) at a time in this process: `in_directory` holds the lock that
+    # also makes the function's thread the only one whose prints `_printed_lines` takes.
+    with in_directory(wdir), _printed_lines(log, said):
+        try:
             returned = target(argv)
-    finally:
-        sys.argv[:] = argv_before
+        except SystemExit as exc:  # `sys.exit(...)`: as for a command (a text is printed, the status 1)
+            returned = exc.code
+            if returned is not None and not isinstance(returned, int):
+                print(returned, file=sys.stderr)
+                returned = 1
+        except Exception as exc:  # the function's own words, after what it printed
+            said.extend(f"{type(exc).__name__}: {exc}".splitlines())
+            raise PipelineError(stage_failure(said, f"raised by {function.target}")) from exc
+        finally:
+            sys.argv[:] = argv_before
     if isinstance(returned, int) and not isinstance(returned, bool) and returned != 0:
-        raise PipelineError(f"stage '{function.stage}': {function.target} returned {returned}")
+        raise PipelineError(stage_failure(said, f"{function.target} returned {returned}"))
+
+
+class _ThreadLines:
+    """`sys.stdout`/`sys.stderr` while an in-process function runs: what its thread prints goes line by
+    line to `log` (the task's log, as a command's lines do) and the last lines into `said`; every other
+    thread's writes, and anything written while a line is being logged, go to the stream as before."""
+
+    def __init__(self, stream: Any, log: Callable[[str], None], said: deque[str]) -> None:
+        self._stream = stream
+        self._log = log
+        self._said = said
+        self._thread = threading.get_ident()
+        self._partial = ""
+        self._logging = False
+
+    def write(self, text: str) -> int:
+        if threading.get_ident() != self._thread or self._logging:
+            return int(self._stream.write(text))
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if threading.get_ident() != self._thread or self._logging:
+            self._stream.flush()
+
+    def close_line(self) -> None:
+        if self._partial:
+            self._emit(self._partial)
+            self._partial = ""
+
+    def _emit(self, line: str) -> None:
+        line = line.rstrip().expandtabs(4)
+        if not line.strip():
+            return
+        self._said.append(line)
+        self._logging = True
+        try:
+            self._log(line)
+        finally:
+            self._logging = False
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno...: the stream's
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def _printed_lines(log: Callable[[str], None], said: deque[str]) -> Iterator[None]:
+    """Around an in-process function: its prints (stdout and stderr) to `log`, its last lines in `said`."""
+    out, err = _ThreadLines(sys.stdout, log, said), _ThreadLines(sys.stderr, log, said)
+    previous = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = previous
+        out.close_line()
+        err.close_line()

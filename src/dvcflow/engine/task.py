@@ -36,6 +36,7 @@ from prefect.states import Cancelled, Completed
 from prefect.tasks import MaterializingTask
 
 from dvcflow.api.execution import note_wait, remember_task_run, untagged_tasks
+from dvcflow.api.failures import failed
 from dvcflow.api.limits import LEASE_S
 from dvcflow.core.errors import DvcBusyError
 from dvcflow.core.graph import PlannedStage
@@ -86,18 +87,20 @@ def _run_stage(
         return Completed(name=UP_TO_DATE_STATE, message="nothing changed here or upstream")
     if not by_cache:
         logger.info("Reproducing %s (%s)", stage, reason)
-    session = open_session(repo_root)
-    result = execute(
-        session,
-        stage,
-        force=force,
-        check_changed=True,
-        function=function,
-        log=logger.info,
-        pull=pull,
-        allow_missing=allow_missing,
-        holding=None if grant.empty else partial(_holding, grant, share),
-    )
+    try:
+        result = execute(
+            open_session(repo_root),
+            stage,
+            force=force,
+            check_changed=True,
+            function=function,
+            log=logger.info,
+            pull=pull,
+            allow_missing=allow_missing,
+            holding=None if grant.empty else partial(_holding, grant, share),
+        )
+    except Exception as exc:  # the state says why in the stage's own words, not in Prefect's
+        return failed(exc)
     _describe_assets(repo_root, result)
     if result.status is Status.UP_TO_DATE:
         return Completed(name=UP_TO_DATE_STATE, message="DVC found it up to date", data=result)
@@ -179,7 +182,7 @@ stage_task: MaterializingTask[Any, Any] = MaterializingTask(
     name="stage",
     cache_policy=NO_CACHE,
     retry_delay_seconds=RETRY_DELAY_S,
-    log_prints=True,  # an in-process stage function's prints go to the task log, as a command's lines do
+    log_prints=False,  # an in-process function's prints reach the task log through the executor
 )
 
 

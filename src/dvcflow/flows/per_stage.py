@@ -143,7 +143,10 @@ def finish(
         message = f"{len(failed)} stage(s) failed: {_names(failed)}"
         if not_run:
             message += f"; {len(not_run)} not run: {_names(not_run)}"
-        return Failed(message=message)
+        # Then why, in each stage's own words: the flow run's message is what `dvcflow runs --json`, a
+        # notification and the UI show.
+        reasons = [f"{name}: {states[name].message}" for name in failed[:SHOWN_NAMES] if states[name].message]
+        return Failed(message="\n".join([message, *reasons]))
     return snapshot
 
 

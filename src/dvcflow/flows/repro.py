@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -14,6 +14,7 @@ from prefect.states import Failed
 
 from dvcflow.api.artifacts import artifact_key, publish_metrics_artifact
 from dvcflow.api.execution import remember_task_run, untagged_tasks
+from dvcflow.api.failures import failed
 from dvcflow.core.errors import DvcflowError, StageCommandError
 from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
 from dvcflow.core.records import ReproOutcome, StagesReport
@@ -68,12 +69,12 @@ def take_visited(task_run_id: object) -> StagesReport:
 @task(name="dvc repro", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
 def dvc_repro_task(
     repo_root: Path, *, fail_once: bool = False, args: tuple[str, ...] = (), with_metrics: bool = False
-) -> MetricsSnapshot | None:
+) -> MetricsSnapshot | State[Any] | None:
     """Run `dvc repro ARGS` in the repo root, every output line into this task's log; with
     `with_metrics`, return the metrics that DVC process read afterwards (None if it could not)."""
     remember_task_run()
     if fail_once and task_run.run_count <= 1:
-        raise RuntimeError(FAIL_ONCE_MESSAGE)
+        raise RuntimeError(FAIL_ONCE_MESSAGE)  # Prefect's own retry of a raised error, as the tour shows
     logger = get_run_logger()
     logger.info("Running: %s", " ".join(["dvc", "repro", *args]))
     logger.info("CWD: %s", repo_root)
@@ -87,20 +88,21 @@ def dvc_repro_task(
         run = commands.repro(repo_root, ["repro", *args], on_line=on_line, metrics=with_metrics)
     finally:
         _record(task_run.id, stages.report())
-    if not run.result.ok:
-        raise commands.failure(run.result)
+    if not run.result.ok:  # the failed stage's own words as the state's message (`api.failures`)
+        return failed(commands.failure(run.result))
     return None if run.metrics is None else snapshot_of(run.metrics)
 
 
 @task(name="dvc push", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
-def dvc_push_task(repo_root: Path, stages: tuple[str, ...] = ()) -> None:
+def dvc_push_task(repo_root: Path, stages: tuple[str, ...] = ()) -> State[Any] | None:
     """Upload the outputs of `stages` (all tracked data when empty) to the default DVC remote."""
     remember_task_run()
     logger = get_run_logger()
     logger.info("Running: %s", " ".join(["dvc", "push", *stages]))
     result = commands.push(repo_root, stages, on_line=logger.info)
     if not result.ok:
-        raise commands.failure(result)
+        return failed(commands.failure(result))
+    return None
 
 
 @task(name="metrics summary", cache_policy=NO_CACHE)
@@ -156,7 +158,9 @@ def _operate(
         return Failed(
             message=state.message or "the `dvc repro` task failed", data=ReproOutcome(stages=stages)
         )
-    shown = state.result()  # anything else that did not complete (cancelled, crashed) ends the flow here
+    # Anything else that did not complete (cancelled, crashed) ends the flow here; a completed task's
+    # result is its metrics (a failure is a returned state: `api.failures`).
+    shown = cast("MetricsSnapshot | None", state.result())
     if push is not None:
         dvc_push_task.with_options(retries=retries, retry_condition_fn=retry_helps)(repo_root, push)
     metrics = metrics_summary_task(repo_root, shown) if show_metrics else None

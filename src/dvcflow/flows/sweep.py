@@ -28,6 +28,7 @@ from prefect.states import Cancelled, Completed, Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from dvcflow.api.artifacts import artifact_key
+from dvcflow.api.failures import state_message
 from dvcflow.core.errors import PipelineError
 from dvcflow.core.metrics import MetricsSnapshot, Scalar
 from dvcflow.dvc import experiments
@@ -77,7 +78,7 @@ def reproduce_trial(workspace: Path, *, per_stage: bool) -> MetricsSnapshot | No
     if not per_stage:
         repro = dvc_repro_task.with_options(retries=0)(workspace, with_metrics=True, return_state=True)
         take_visited(repro.state_details.task_run_id)  # only run-a reports them; not kept for nobody
-        return repro.result()  # raises the task's error
+        return cast("MetricsSnapshot | None", repro.result())  # raises the task's error
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
     jobs = max(1, (os.cpu_count() or 1) // 2)
@@ -196,7 +197,7 @@ def trial_task(trial: TrialJob, session_id: str | None = None) -> TrialResult:
         spec.values(),
         CANCELLED if state.is_cancelled() else FAILED,
         seconds,
-        message=state.message,
+        message=state_message(state),
         number=number,
         steps=steps,
     )
@@ -228,7 +229,7 @@ def _ended(sweep: SweepSession, index: int, future: PrefectFuture[TrialResult]) 
         sweep.finished(future.result())
         return
     spec = sweep.trials[index - 1]
-    sweep.finished(TrialResult(index, "", spec.values(), FAILED, 0.0, message=state.message))
+    sweep.finished(TrialResult(index, "", spec.values(), FAILED, 0.0, message=state_message(state)))
 
 
 def _publish(session_id: str, repo_root: Path) -> None:

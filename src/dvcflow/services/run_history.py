@@ -34,7 +34,6 @@ class RunRow:
     seconds: float
     ui_link: str | None
     message: str | None = None
-    change: str | None = None  # what changed, for a run an on-change trigger started
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -47,7 +46,6 @@ class RunRow:
             "seconds": round(self.seconds, 3),
             "ui_link": self.ui_link,
             "message": self.message,
-            "change": self.change,
         }
 
 
@@ -68,6 +66,7 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
     from prefect.client.schemas.objects import StateType
     from prefect.client.schemas.sorting import FlowRunSort
 
+    from dvcflow.api.failures import state_message
     from dvcflow.api.links import flow_run_link
     from dvcflow.api.tags import repo_tag
 
@@ -103,19 +102,10 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
             start=run.start_time,
             seconds=run.total_run_time.total_seconds() or _elapsed(run),
             ui_link=flow_run_link(run.id),
-            message=run.state.message if run.state and not run.state.is_completed() else None,
-            change=_change(run.parameters),
+            message=state_message(run.state) if run.state and not run.state.is_completed() else None,
         )
         for run in runs
     )
-
-
-def _change(parameters: dict[str, Any]) -> str | None:
-    """What changed, for a deployment run its on-change trigger started (`core.changes`)."""
-    from dvcflow.core.changes import Change
-
-    change = Change.from_parameter(parameters.get("change"))
-    return change.summary() if change is not None else None
 
 
 def _elapsed(run: Any) -> float:

@@ -14,6 +14,7 @@ from dvcflow.core.records import FlowRunRecord, StagesReport
 
 STAGE_VERDICTS = (
     ("ran", "ran", "green"),
+    ("failed", "failed", "red"),
     ("pulled", "pulled from the remote", "cyan"),
     ("restored", "restored from the run cache", "cyan"),
     ("skipped", "up to date", "dim"),
@@ -47,14 +48,23 @@ def run_summary(record: FlowRunRecord) -> None:
     out.print(table)
     if record.stages is not None:
         out.print(stages_line(record.stages), soft_wrap=True)
-    for task in record.tasks:
-        if task.message and task.state not in ("Completed", "Cached"):
-            out.print(Text(f"{task.name}: ", style="bold red") + Text(task.message), soft_wrap=True)
+    said = [task for task in record.tasks if task.message and task.state not in ("Completed", "Cached")]
+    for task in said:  # a failed stage's last error lines, continued under its name
+        out.print(
+            Text(f"{task.name}: ", style="bold red") + Text(_indented(task.message or "")), soft_wrap=True
+        )
     if record.metrics is not None and not record.metrics.empty:
         metrics_table(record.metrics)
-    if record.message and all(record.message != task.message for task in record.tasks):  # said above
-        out.print(Text(record.message, style="red"), soft_wrap=True)
+    message = record.message or ""
+    for task in said:  # the flow run's message repeats each failed stage's: said above
+        message = "" if message == task.message else message.replace(f"\n{task.name}: {task.message}", "")
+    if message:
+        out.print(Text(message, style="red"), soft_wrap=True)
     verdict(record)
+
+
+def _indented(message: str) -> str:
+    return message.replace("\n", "\n  ")
 
 
 def verdict(record: FlowRunRecord) -> None:
