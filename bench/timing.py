@@ -7,15 +7,42 @@ import contextlib
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 PROJECT = Path(__file__).resolve().parents[1]
+MIN_ROUNDS_FOR_A_CLAIM = 5  # a row may say "met" or "missed" only from this many interleaved rounds
+
+T = TypeVar("T")
+
+
+def rotated(items: Sequence[T], round_no: int) -> list[T]:
+    """`items` in the order of round `round_no`: each goes first in turn, so that no command always
+    runs first (after a pause, or right after another's cache writes) and load drifts hit all alike."""
+    shift = round_no % len(items) if items else 0
+    return [*items[shift:], *items[:shift]]
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, minimum, maximum and number of samples."""
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+        "n": len(values),
+    }
+
+
+def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Round by round: a command against its baseline of the same round (the same load)."""
+    return [round(a / b, 3) for a, b in zip(numerators, denominators, strict=True)]
 
 
 def _children_cpu() -> float:
