@@ -105,3 +105,54 @@ def crash_orphaned_runs(repo_root: Path) -> int:
             return crash_runs(post, [repo_tag(repo_root), f"{HOST_TAG}{here}"], orphaned)
     except Exception:  # housekeeping only: never the reason a run does not start
         return 0
+
+
+STOP_WAIT_S = 30.0  # for the runs `end_live_runs` told to end, before the server is stopped under them
+
+
+def end_live_runs(api_url: str, announce: Callable[[str], None], wait: float = STOP_WAIT_S) -> int:
+    """Before dvcflow's local server stops: tell each dvcflow command of this host still running a flow
+    run on it to end, as a Ctrl-C does (its stage commands stopped, the run recorded Crashed while the
+    server still answers, exit 130), and wait up to `wait` s for them. Without this, each would lose its
+    API mid-run (exit 4, the run Running until the server is back). The count of commands told."""
+    import signal
+    import time
+
+    from dvcflow.api.tags import HOST_TAG, PID_TAG, tag_value
+    from dvcflow.proc import liveness
+
+    state = {"type": {"any_": UNFINISHED}}
+    host = {"tags": {"all_": [f"{HOST_TAG}{liveness.host_id()}"]}, "state": state}
+    try:
+        runs = http_post(api_url)("/flow_runs/filter", {"flow_runs": host})
+    except (OSError, ValueError):
+        return 0  # not answering: nothing can be recorded anyway
+    told: list[int] = []
+    for run in runs if isinstance(runs, list) else []:
+        token = tag_value(run.get("tags") or [], PID_TAG)
+        if token is None or not liveness.alive(token):
+            continue
+        pid = int(token.partition(".")[0])
+        announce(
+            f"A dvcflow command is running flow run {run.get('name')!r} on this server (pid {pid}): "
+            "telling it to end (as Ctrl-C), then stopping the server"
+        )
+        try:
+            os.kill(pid, signal.SIGINT)
+        except OSError:
+            continue
+        told.append(pid)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and any(_running(pid) for pid in told):
+        time.sleep(0.1)
+    return len(told)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

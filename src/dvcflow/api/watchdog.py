@@ -28,7 +28,11 @@ from collections.abc import Iterator, Sequence
 from dvcflow.api.crash import crash_runs, http_post
 
 DONE = b"done\n"
-ATTEMPTS = 3  # the API may be restarting; bounded, the watchdog must end
+# Its API may be gone with the run (the server killed or stopped mid-run: the run then ended with exit 4):
+# the watchdog waits for it to be back (dvcflow's next command starts the local server again) and marks
+# the run Crashed then, polling a refused port at most every `MAX_DELAY_S`; bounded, the watchdog must end.
+PATIENCE_S = 24 * 3600.0
+MAX_DELAY_S = 5.0
 
 
 @contextlib.contextmanager
@@ -73,14 +77,23 @@ def main(argv: Sequence[str]) -> int:
     api_url, tags = argv[0], argv[1:]
     if sys.stdin.buffer.read() == DONE:  # returns at EOF: when dvcflow has closed the pipe or died
         return 0
+    import urllib.error
+
     message = "its dvcflow process ended without finishing the run (killed?); marked by dvcflow's watchdog"
-    for attempt in range(ATTEMPTS):
+    deadline, delay = time.monotonic() + PATIENCE_S, 0.5
+    while True:
         try:
             crash_runs(http_post(api_url), tags, lambda _run: message)
             return 0
-        except OSError:
-            time.sleep(2**attempt)
-    return 1
+        except urllib.error.HTTPError as err:  # an answer: only a server error is worth another try
+            if err.code < 500:
+                return 1
+        except OSError:  # not answering (yet): the server is gone or restarting
+            pass
+        if time.monotonic() > deadline:
+            return 1
+        time.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY_S)
 
 
 if __name__ == "__main__":

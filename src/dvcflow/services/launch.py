@@ -109,6 +109,40 @@ def _ctrl_c_ends_at_once(announce: Callable[[str], None]) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+API_LOST_GRACE_S = 2.0  # what DVC gets to stop its stage once the API is gone
+
+
+@contextlib.contextmanager
+def _lost_api_ends_at_once(root: Path, announce: Callable[[str], None]) -> Iterator[None]:
+    """With the API gone mid-run (its server killed or stopped), end within seconds with one error (exit
+    4), not after Prefect's client has retried for ~40 s amid its workers' `EventsWorker failed` and
+    `--- Error logging to API ---`: nothing could be recorded any more. The stage commands are stopped
+    as a Ctrl-C stops them; the watchdog marks the run Crashed once the server is back."""
+    import logging
+
+    from dvcflow.api.lost import lost_api_ends_the_run
+    from dvcflow.core.errors import ExitCode
+    from dvcflow.core.settings import resolve_server_config
+    from dvcflow.server import control
+
+    api_url = os.environ.get("PREFECT_API_URL")
+    config = resolve_server_config(start=root)
+    server_pid = control.recorded_pid(config) if api_url == config.api_url else None
+
+    def lost(reason: str) -> None:
+        logging.disable(logging.CRITICAL)  # Prefect's workers say nothing more
+        announce(f"Error: lost the Prefect API at {api_url} during the run ({reason}); stopping the run")
+        announce("Hint: finished stages are recorded in dvc.lock; start the server again and re-run")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - `--- Error logging to API ---`, until the exit
+        children.interrupt_commands(grace=API_LOST_GRACE_S)
+        os._exit(ExitCode.SERVER_UNREACHABLE)
+
+    with lost_api_ends_the_run(api_url, server_pid, lost):
+        yield
+
+
 def _execute_exclusively(
     root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, debug: bool, **parameters: Any
 ) -> FlowRunRecord:
@@ -145,7 +179,10 @@ def _execute_exclusively(
             guard = watching(os.environ["PREFECT_API_URL"], tags)
         else:
             guard = _ctrl_c_ends_at_once(announce)
-        with guard:
+        lost_api: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if keep_link and caller_flow_run() is None:  # a caller's flow: its process, its API's fate
+            lost_api = _lost_api_ends_at_once(root, announce)
+        with guard, lost_api:
             return execute(flow, keep_link=keep_link, repo_root=root, tags=tags, debug=debug, **parameters)
 
 
