@@ -234,7 +234,7 @@ def crashed_once_back(env: dict[str, str], flow_run_id: str, timeout: float = 60
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("how", ["sigkill", "server-stop"])
+@pytest.mark.parametrize("how", ["sigkill", "server-stop"], ids=["sigkill", "server-stop"])
 def test_server_gone_during_a_run(tmp_path: Path, processes: Processes, how: str) -> None:
     """Issue 20: a SIGKILL of the server gave exit 4 only 46-54 s later, with Prefect's ERROR noise, and left
     the run Running. Now: exit 4 within seconds and one error, the run Crashed once the server is back (the
