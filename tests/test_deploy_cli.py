@@ -63,6 +63,31 @@ CASES = {
     "runs-limit-too-many": (["runs", "-n", "201"], "Error: --limit must be between 1 and 200, got 201"),
     "notify-list-and-remove": (["notify", "--list", "--remove", "x"], "Error: --list takes no --remove"),
     "notify-remove-with-on": (["notify", "--remove", "x", "--on", "failed"], "Error: --remove takes no --on"),
+    "debounce-zero": (
+        ["deploy", "--on-change", "--debounce", "0"],
+        "Error: --debounce must be more than 0 seconds, got 0",
+    ),
+    "debounce-negative": (
+        ["deploy", "--on-change", "--debounce", "-2"],
+        "Error: --debounce must be more than 0 seconds, got -2",
+    ),
+    "watch-debounce-zero": (
+        ["watch", "--debounce", "0"],
+        "Error: --debounce must be more than 0 seconds, got 0",
+    ),
+    "debounce-without-on-change": (["deploy", "--debounce", "5"], "Error: --debounce needs --on-change"),
+    "watch-branch-without-on-change": (
+        ["deploy", "--watch-branch", "main"],
+        "Error: --watch-branch needs --on-change",
+    ),
+    "watch-imports-zero": (
+        ["deploy", "--on-change", "--watch-imports", "0"],
+        "Error: --watch-imports must be more than 0 seconds, got 0",
+    ),
+    "watch-branch-empty": (
+        ["watch", "--watch-branch", ""],
+        "Error: --watch-branch needs a branch name, got ''",
+    ),
 }
 
 
@@ -108,7 +133,7 @@ def test_a_refused_url_never_shows_its_token(
     assert "SECRETTOKEN" not in result.output
 
 
-@pytest.mark.parametrize("command", ["deploy", "trigger", "runs", "notify"])
+@pytest.mark.parametrize("command", ["deploy", "trigger", "runs", "notify", "watch"])
 def test_every_new_command_has_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage:" in result.output
@@ -167,6 +192,10 @@ DEPLOY = {
     "jobs": None,
     "keep_going": False,
     "pool": None,
+    "on_change": False,
+    "debounce": None,
+    "watch_branch": None,
+    "watch_imports": None,
 }
 NOTIFY = {"webhook": None, "slack": None, "on": None, "name": None}
 MAPPING: list[tuple[list[str], str, dict[str, Any]]] = [
@@ -183,6 +212,11 @@ MAPPING: list[tuple[list[str], str, dict[str, Any]]] = [
         {**DEPLOY, "per_stage": True, "jobs": 2, "keep_going": True},
     ),
     (["deploy", "--pool", "p"], "dvcflow.services.deploy.check_request", {**DEPLOY, "pool": "p"}),
+    (
+        ["deploy", "--on-change", "--debounce", "5", "--watch-branch", "main", "--watch-imports", "600"],
+        "dvcflow.services.deploy.check_request",
+        {**DEPLOY, "on_change": True, "debounce": 5.0, "watch_branch": "main", "watch_imports": 600.0},
+    ),
     (
         ["notify", "--webhook", "https://h/x"],
         "dvcflow.services.notify.check_request",

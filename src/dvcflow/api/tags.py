@@ -22,6 +22,9 @@ PID_TAG = "dvcflow-pid:"
 IDENTITY_TAGS = (REPO_TAG, HOST_TAG, PID_TAG)
 
 
+EXPERIMENT_TAG = "dvcflow-exp:"  # a run on another machine saved its result as this DVC experiment
+
+
 def repo_tag(repo_root: Path) -> str:
     """The Prefect tag naming one repository (`dvcflow.core.identity`), set on every flow run dvcflow starts.
 

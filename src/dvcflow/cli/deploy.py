@@ -8,6 +8,36 @@ from dvcflow.cli.common import JsonOption, RepoOption
 from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption
 from dvcflow.dvc import repository
 
+DebounceOption = Annotated[
+    float | None,
+    typer.Option(
+        "--debounce",
+        help="With --on-change: the first change opens a window of SECONDS; all changes in it start "
+        "one run (default 2).",
+        metavar="SECONDS",
+        show_default=False,
+    ),
+]
+WatchBranchOption = Annotated[
+    str | None,
+    typer.Option(
+        "--watch-branch",
+        help="With --on-change: also run when BRANCH moves on the git remote, for its new commit.",
+        metavar="BRANCH",
+        show_default=False,
+    ),
+]
+WatchImportsOption = Annotated[
+    float | None,
+    typer.Option(
+        "--watch-imports",
+        help="With --on-change: every SECONDS, ask DVC whether a `dvc import`'s source has a newer "
+        "version; a run then updates it.",
+        metavar="SECONDS",
+        show_default=False,
+    ),
+]
+
 NameOption = Annotated[
     str | None,
     typer.Option(
@@ -39,17 +69,32 @@ def deploy(
             show_default=False,
         ),
     ] = None,
+    on_change: Annotated[
+        bool,
+        typer.Option(
+            "--on-change",
+            help="Also run when the pipeline's inputs change (stage deps, params files, .dvc-tracked "
+            "data): a Prefect trigger on dvcflow's change event, and the watchers (here, or with "
+            "--pool: `dvcflow watch`).",
+        ),
+    ] = False,
+    debounce: DebounceOption = None,
+    watch_branch: WatchBranchOption = None,
+    watch_imports: WatchImportsOption = None,
 ) -> None:
     """Register this repository's pipeline as a Prefect deployment and serve it until Ctrl-C.
 
     Its runs start on the schedule, from the UI's Run button, `prefect deployment run` or
-    `dvcflow trigger NAME`. Without --cron/--interval it runs on demand only.
+    `dvcflow trigger NAME`, and with --on-change when its inputs change. Without --cron/--interval it
+    runs on demand only.
 
-    Example: dvcflow deploy --cron '0 3 * * *'; dvcflow deploy --interval 600 --per-stage --jobs 2
+    Example: dvcflow deploy --cron '0 3 * * *'; dvcflow deploy --on-change --watch-branch main
     """
     from dvcflow.cli import render
     from dvcflow.cli.render.deploy import deployment_view, run_event
+    from dvcflow.cli.render.watch import change_line, problem_line, watch_command, watching_view
     from dvcflow.services import deploy as library
+    from dvcflow.services import watch
 
     request = library.check_request(
         repo,
@@ -60,13 +105,55 @@ def deploy(
         jobs=jobs,
         keep_going=keep_going,
         pool=pool,
+        on_change=on_change,
+        debounce=debounce,
+        watch_branch=watch_branch,
+        watch_imports=watch_imports,
     )
+    watching = watch.plan(request.root, request.watch) if request.watch is not None else None
     library.connect_lasting(request.root, render.info)
     if request.pool is not None:
         deployment_view(library.register_to_pool(request, announce=render.info), serving=False)
+        if watching is not None:
+            watch_command(watching)
         return
-    library.serve(request, on_registered=lambda info: deployment_view(info, serving=True), on_run=run_event)
+    library.serve(
+        request,
+        on_registered=lambda info: deployment_view(info, serving=True),
+        on_run=run_event,
+        watching=watching,
+        on_watching=watching_view,
+        on_change=change_line,
+        on_problem=problem_line,
+    )
     render.info("Stopped serving.")
+
+
+def watch_command(
+    repo: RepoOption = None,
+    debounce: DebounceOption = None,
+    watch_branch: WatchBranchOption = None,
+    watch_imports: WatchImportsOption = None,
+) -> None:
+    """Watch this repository's pipeline inputs and send a change event for each change, until Ctrl-C.
+
+    Beside `dvcflow deploy --pool NAME --on-change`: its trigger turns each event into a run that a
+    worker of the pool executes. (`dvcflow deploy --on-change` without --pool watches by itself.)
+
+    Example: dvcflow watch --watch-branch main --watch-imports 600
+    """
+    from dvcflow.cli import render
+    from dvcflow.cli.render.watch import change_line, problem_line, watching_view
+    from dvcflow.services import deploy as library
+    from dvcflow.services import watch
+
+    options = watch.check_options(debounce=debounce, branch=watch_branch, imports_every=watch_imports)
+    watching = watch.plan(repository.find_repo_root(repo), options)
+    library.connect_lasting(watching.root, render.info)
+    watch.watch_until_signalled(
+        watching, on_watching=watching_view, on_change=change_line, on_problem=problem_line
+    )
+    render.info("Stopped watching.")
 
 
 def trigger(
@@ -183,6 +270,7 @@ def notify(
 def register(app: typer.Typer) -> None:
     """The root app's one line for this module's commands."""
     app.command("deploy")(deploy)
+    app.command("watch")(watch_command)
     app.command("trigger")(trigger)
     app.command("runs")(runs)
     app.command("notify")(notify)

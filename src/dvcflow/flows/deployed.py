@@ -22,7 +22,11 @@ ENTRYPOINT = "dvcflow.flows.deployed.deployed_pipeline_flow"
 
 @flow(name=FLOW_NAME)
 def deployed_pipeline_flow(
-    repo_root: str, per_stage: bool = False, jobs: int | None = None, keep_going: bool = False
+    repo_root: str,
+    per_stage: bool = False,
+    jobs: int | None = None,
+    keep_going: bool = False,
+    change: dict[str, Any] | None = None,
 ) -> MetricsSnapshot | Any:
     """Reproduce this repository's DVC pipeline; DVC decides what is out of date.
 
@@ -32,6 +36,9 @@ def deployed_pipeline_flow(
         per_stage: One task per DVC stage, independent stages in parallel (like `run-a --per-stage`).
         jobs: With per_stage: stages reproducing at once (empty: the CPUs of the machine).
         keep_going: With per_stage: after a failure, finish the independent branches.
+        change: What changed, set by the deployment's on-change trigger from its
+            `dvcflow.repository.changed` event (empty for other runs): changed files, the commit a
+            watched branch moved to (checked out first), or imports with a newer version (updated first).
     """
     from dvcflow.api.crash import crash_orphaned_runs
     from dvcflow.core.errors import UsageError
@@ -46,6 +53,10 @@ def deployed_pipeline_flow(
             logger.warning(
                 "Marked %d flow run(s) of this repository Crashed: their process had died", orphans
             )
+        if change:
+            from dvcflow.flows.changes import apply_change
+
+            apply_change(root, change)
         if per_stage:
             from dvcflow.flows.per_stage import per_stage_flow
 

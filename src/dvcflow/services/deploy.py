@@ -8,22 +8,28 @@ Provides:
   `prefect worker start --pool NAME` runs it.
 - `trigger`: starts a run of a deployment now (optionally waiting for its end).
 
+With `--on-change` (a `WatchOptions`), the deployment gets a trigger on dvcflow's change event and a
+concurrency of one, and `serve` runs the watchers of `dvcflow.services.watch` beside its runs.
+
 The flow is `dvcflow.flows.deployed.deployed_pipeline_flow`; its runs carry the repository's tag
 (`runs.repo_tag`) from the deployment, so `dvcflow runs` and `dvcflow notify` see them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dvcflow.core.changes import Change
 from dvcflow.core.errors import DvcflowError, UsageError
 from dvcflow.dvc import repository
+from dvcflow.services.watch import WatchOptions, WatchPlan, check_options
 
 POLL_S = 1.0  # how often the serving process looks at its deployment's runs
 RUNNER_POLL_S = 2.0  # how often it asks for runs to start (Prefect's default, 10 s, delays the Run button)
@@ -45,6 +51,7 @@ class DeployRequest:
     jobs: int | None = None
     keep_going: bool = False
     pool: str | None = None
+    watch: WatchOptions | None = None  # --on-change
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -59,10 +66,12 @@ class DeployRequest:
     @property
     def schedule(self) -> str:
         if self.cron is not None:
-            return f"cron {self.cron!r}"
-        if self.interval is not None:
-            return f"every {self.interval:g} s"
-        return "on demand only"
+            timing = f"cron {self.cron!r}"
+        elif self.interval is not None:
+            timing = f"every {self.interval:g} s"
+        else:
+            timing = "on demand" + ("" if self.watch is not None else " only")
+        return timing + (" and on change" if self.watch is not None else "")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class RunEvent:
     seconds: float
     ui_link: str | None
     message: str | None = None
+    change: str | None = None  # what changed, for a run an on-change trigger started
 
 
 @dataclass(frozen=True)
@@ -129,6 +139,10 @@ def check_request(
     jobs: int | None,
     keep_going: bool,
     pool: str | None,
+    on_change: bool = False,
+    debounce: float | None = None,
+    watch_branch: str | None = None,
+    watch_imports: float | None = None,
 ) -> DeployRequest:
     """Refuse contradictions and nonsense before Prefect is contacted."""
     if cron is not None and interval is not None:
@@ -141,11 +155,19 @@ def check_request(
         raise UsageError(f"{'--jobs' if jobs is not None else '--keep-going'} needs --per-stage")
     if pool is not None and not pool.strip():
         raise UsageError("--pool needs a work pool name")
+    watch = check_options(debounce=debounce, branch=watch_branch, imports_every=watch_imports)
+    if not on_change:
+        for flag, value in (("--debounce", debounce), ("--watch-branch", watch_branch),
+                            ("--watch-imports", watch_imports)):  # fmt: skip
+            if value is not None:
+                raise UsageError(f"{flag} needs --on-change")
     root = repository.find_repo_root(repo)
     chosen = name if name is not None else root.name
     if not chosen or "/" in chosen or "%" in chosen:
         raise UsageError(f"--name must be non-empty and contain no '/' or '%', got {chosen!r}")
-    return DeployRequest(root, chosen, cron, interval, per_stage, jobs, keep_going, pool)
+    return DeployRequest(
+        root, chosen, cron, interval, per_stage, jobs, keep_going, pool, watch if on_change else None
+    )
 
 
 def _check_cron(cron: str | None) -> None:
@@ -166,8 +188,10 @@ def _deployment_options(request: DeployRequest) -> dict[str, Any]:
     """What a served and a work-pool deployment share (Prefect's `to_deployment` / `add_flow` keywords)."""
     from prefect.types.entrypoint import EntrypointType
 
+    from dvcflow.api.events import change_trigger, one_at_a_time
     from dvcflow.api.tags import repo_tag
 
+    on_change = request.watch is not None
     return {
         "name": request.name,
         "interval": request.interval,
@@ -178,6 +202,9 @@ def _deployment_options(request: DeployRequest) -> dict[str, Any]:
         "description": f"The DVC pipeline of {request.root}, registered by `dvcflow deploy`.",
         # imported by module path: any machine with dvcflow installed can run it
         "entrypoint_type": EntrypointType.MODULE_PATH,
+        # deploying again without --on-change removes the trigger (Prefect replaces a deployment's own)
+        "triggers": [change_trigger(request.root, request.name)] if on_change else [],
+        "concurrency_limit": one_at_a_time() if on_change else None,
     }
 
 
@@ -294,7 +321,9 @@ class _RunWatcher:
                 continue
             if kind in ("RUNNING", *FINAL) and attempt not in self.started and run.start_time:
                 self.started.add(attempt)
-                self.on_run(RunEvent(False, run.name, "Running", 0.0, link))
+                change = Change.from_parameter((getattr(run, "parameters", None) or {}).get("change"))
+                summary = change.summary() if change is not None else None
+                self.on_run(RunEvent(False, run.name, "Running", 0.0, link, change=summary))
             if kind in FINAL:
                 self.ended.add(attempt)
                 message = state.message if kind != "COMPLETED" else None
@@ -315,17 +344,28 @@ def serve(
     *,
     on_registered: Callable[[DeploymentInfo], None],
     on_run: Callable[[RunEvent], None],
+    watching: WatchPlan | None = None,
+    on_watching: Callable[[WatchPlan], None] = lambda _: None,
+    on_change: Callable[[Change], None] = lambda _: None,
+    on_problem: Callable[[str], None] = lambda _: None,
 ) -> None:
     """Register the deployment and run its runs in this process until Ctrl-C (SIGINT) or SIGTERM.
 
     One run at a time (runs of one repository would wait for each other anyway). When serving stops,
     the deployment is paused and its scheduled runs dropped, so runs do not pile up unserved; runs
     started by hand meanwhile wait for the next `dvcflow deploy`.
+
+    With `watching` (`--on-change`), its watchers run here too, from registration until serving stops
+    (`on_watching` once they watch, `on_change` per event sent, `on_problem` per failed check).
     """
     import asyncio
+    import logging
 
     for key, value in QUIET_CONSOLE.items():
         os.environ.setdefault(key, value)
+    # Also where Prefect's logging was set up before (the warm starter): a run waiting its turn (on-change
+    # runs queue) is no news, "1 scheduled runs skipped (at capacity)" at every poll would be.
+    logging.getLogger("prefect.runner").setLevel(logging.WARNING)
     _check_cron(request.cron)
     from prefect.client.orchestration import get_client
     from prefect.runner import Runner
@@ -343,10 +383,36 @@ def serve(
         _set_paused(client, deployment_id, False)
     on_registered(_info(deployment_id, request))
     try:
-        with _RunWatcher(deployment_id, on_run):
+        with _RunWatcher(deployment_id, on_run), _watchers(watching, on_watching, on_change, on_problem):
             asyncio.run(_run_until_signalled(runner))
     finally:
         _pause_at_stop(deployment_id, request.name)
+
+
+@contextlib.contextmanager
+def _watchers(
+    watching: WatchPlan | None,
+    on_watching: Callable[[WatchPlan], None],
+    on_change: Callable[[Change], None],
+    on_problem: Callable[[str], None],
+) -> Iterator[None]:
+    """The watchers of `watching` for the block (nothing without one); the events they sent are handed
+    to the server before it ends."""
+    if watching is None:
+        yield
+        return
+    from dvcflow.api.events import drain_events, emit_change
+    from dvcflow.services.watch import Watchers
+
+    def send(change: Change) -> Change:
+        return emit_change(watching.root, change)
+
+    try:
+        with Watchers(watching, send=send, on_change=on_change, on_problem=on_problem):
+            on_watching(watching)
+            yield
+    finally:
+        drain_events()
 
 
 def _pause_at_stop(deployment_id: Any, name: str) -> None:

@@ -34,6 +34,7 @@ class RunRow:
     seconds: float
     ui_link: str | None
     message: str | None = None
+    change: str | None = None  # what changed, for a run an on-change trigger started
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -46,6 +47,7 @@ class RunRow:
             "seconds": round(self.seconds, 3),
             "ui_link": self.ui_link,
             "message": self.message,
+            "change": self.change,
         }
 
 
@@ -103,9 +105,18 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
             seconds=run.total_run_time.total_seconds() or _elapsed(run),
             ui_link=flow_run_link(run.id),
             message=state_message(run.state) if run.state and not run.state.is_completed() else None,
+            change=_change(run.parameters),
         )
         for run in runs
     )
+
+
+def _change(parameters: dict[str, Any]) -> str | None:
+    """What changed, for a deployment run its on-change trigger started (`core.changes`)."""
+    from dvcflow.core.changes import Change
+
+    change = Change.from_parameter(parameters.get("change"))
+    return change.summary() if change is not None else None
 
 
 def _elapsed(run: Any) -> float:

@@ -55,31 +55,37 @@ def triggered_view(run: TriggeredRun) -> None:
 
 
 def runs_table(rows: tuple[RunRow, ...], *, as_json: bool) -> None:
-    """Recent flow runs, newest first."""
+    """Recent flow runs, newest first; then each run's UI link on a line of its own, whole at any width
+    (a table column folded it over two lines, or dropped it at 100 columns). In a terminal that
+    supports hyperlinks the run's name is a link too."""
     if as_json:
         render_json([row.to_dict() for row in rows])
         return
     table = Table()
-    for column in ("Flow", "Run", "Deployment", "State", "Start", "Duration", "Link"):
+    columns = ("Flow", "Run", "Deployment", "State", "Start", "Duration")
+    for column in columns:
         table.add_column(
             column,
             justify="right" if column == "Duration" else "left",
             overflow="fold",
-            no_wrap=column != "Link",
+            no_wrap=column in ("Run", "State", "Start", "Duration"),  # the Flow's words wrap instead
         )
     for row in rows:
         table.add_row(
             row.flow,
-            row.name,
+            Text(row.name, style=f"link {row.ui_link}" if row.ui_link else ""),
             row.deployment or "",
             Text(row.state, style=STATE_STYLES.get(row.state, "")),
             row.start.astimezone().strftime("%m-%d %H:%M:%S") if row.start else "",
             seconds(row.seconds),
-            row.ui_link or "",
         )
     if not rows:
-        table.add_row(Text("(no runs yet)", style="dim"), "", "", "", "", "", "")
+        table.add_row(Text("(no runs yet)", style="dim"), *[""] * (len(columns) - 1))
     out.print(table)
+    widest = max((len(row.name) for row in rows if row.ui_link), default=0)
+    for row in rows:
+        if row.ui_link:
+            out.print(f"{row.name:<{widest}}  {row.ui_link}", soft_wrap=True, highlight=False)
 
 
 def notification_view(notification: Notification, *, removed: bool) -> None:
