@@ -548,3 +548,23 @@ def test_changes_within_the_window_are_one_flush_and_the_next_opens_another() ->
     debouncer.cancel()  # stopping: a window still open sends nothing
     assert not done.wait(1.0)
     assert len(flushed) == 2
+
+
+def test_runs_show_a_change_column_only_when_a_run_was_started_by_a_change(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dvcflow.cli.render.deploy import run_event, runs_table
+    from dvcflow.services.deploy import RunEvent
+    from dvcflow.services.run_history import RunRow
+
+    plain = RunRow("1", "dvcflow pipeline", "calm-run", "demo", "Completed", None, 1.0, None)
+    changed = RunRow(
+        "2", "dvcflow pipeline", "busy-run", "demo", "Completed", None, 1.0, None, change="files a.csv"
+    )
+    runs_table((plain,), as_json=False)
+    assert "Change" not in capsys.readouterr().out
+    runs_table((changed, plain), as_json=False)
+    shown = capsys.readouterr().out
+    assert "Change" in shown and "a.csv" in shown  # the column wraps at 80 characters, not the others
+    run_event(RunEvent(False, "busy-run", "Running", 0.0, None, change="branch origin/main at 01234567"))
+    assert capsys.readouterr().out.endswith("busy-run: started (branch origin/main at 01234567)\n")

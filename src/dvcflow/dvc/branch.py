@@ -112,7 +112,7 @@ def move_to(root: Path, remote: str, branch: str, commit: str) -> str:
         shown = ", ".join(dirty[:5]) + (f" (+{len(dirty) - 5} more)" if len(dirty) > 5 else "")
         raise PipelineError(
             f"the workspace has uncommitted changes ({shown}): not moving it to {branch} at {commit[:12]}; "
-            "commit or stash them, and the next change runs again"
+            f"commit or stash them, and the next commit pushed to {branch} moves it"
         )
     fetched = _git(root, "fetch", "--quiet", remote, f"refs/heads/{branch}")
     if fetched.returncode != 0 and _git(root, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:

@@ -36,6 +36,8 @@ def run_event(event: RunEvent) -> None:
     line = Text(f"{stamp} {event.run_name}: ")
     if not event.ended:
         line += Text("started", style="bold")
+        if event.change:
+            line += Text(f" ({event.change})")
     else:
         line += Text(event.state, style=STATE_STYLES.get(event.state, "bold"))
         line += Text(f" after {seconds(event.seconds)}")
@@ -62,7 +64,8 @@ def runs_table(rows: tuple[RunRow, ...], *, as_json: bool) -> None:
         render_json([row.to_dict() for row in rows])
         return
     table = Table()
-    columns = ("Flow", "Run", "Deployment", "State", "Start", "Duration")
+    changes = any(row.change for row in rows)  # a column only when a run was started by a change
+    columns = ("Flow", "Run", "Deployment", *(("Change",) if changes else ()), "State", "Start", "Duration")
     for column in columns:
         table.add_column(
             column,
@@ -75,6 +78,7 @@ def runs_table(rows: tuple[RunRow, ...], *, as_json: bool) -> None:
             row.flow,
             Text(row.name, style=f"link {row.ui_link}" if row.ui_link else ""),
             row.deployment or "",
+            *((row.change or "",) if changes else ()),
             Text(row.state, style=STATE_STYLES.get(row.state, "")),
             row.start.astimezone().strftime("%m-%d %H:%M:%S") if row.start else "",
             seconds(row.seconds),
