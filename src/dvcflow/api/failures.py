@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from dvcflow.core.errors import DvcflowError
@@ -59,6 +60,18 @@ def failed(exc: Exception) -> Any:
 
 
 _PREFECT_WORDING = re.compile(r"^(?:Task|Flow) run encountered an exception:? ")
+
+
+def retry_unless(state: Any, no_retry: Callable[[BaseException], bool]) -> bool:
+    """The body of a `retry_condition_fn`: retry the failure in `state` unless a Ctrl-C stopped the run's
+    commands (`children.interrupted`) or `no_retry` says of its exception that no retry fixes it."""
+    if children.interrupted():
+        return False
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:
+        return True
+    return not no_retry(exc)
 
 
 def state_message(state: Any) -> str | None:

@@ -36,7 +36,7 @@ from prefect.states import Cancelled, Completed
 from prefect.tasks import MaterializingTask
 
 from dvcflow.api.execution import note_wait, remember_task_run, untagged_tasks
-from dvcflow.api.failures import failed
+from dvcflow.api.failures import failed, retry_unless
 from dvcflow.api.limits import LEASE_S
 from dvcflow.core.errors import DvcBusyError
 from dvcflow.core.graph import PlannedStage
@@ -325,13 +325,7 @@ def _retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:
     """Prefect's `retry_condition_fn`: no retry of a stage once a Ctrl-C stopped the run's commands, nor
     of one that another DVC process got in the way of (`DvcBusyError`): a retry would remove what the
     stage wrote and could take another process's result from DVC's run cache as its own."""
-    if children.interrupted():
-        return False
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception:
-        return True
-    return not isinstance(exc, DvcBusyError)
+    return retry_unless(state, lambda exc: isinstance(exc, DvcBusyError))
 
 
 def _report_done(finished: queue.Queue[str], name: str, _: PrefectFuture[Any]) -> None:

@@ -14,13 +14,12 @@ from prefect.states import Failed
 
 from dvcflow.api.artifacts import artifact_key, publish_metrics_artifact
 from dvcflow.api.execution import remember_task_run, untagged_tasks
-from dvcflow.api.failures import failed
+from dvcflow.api.failures import failed, retry_unless
 from dvcflow.core.errors import DvcflowError, StageCommandError
 from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
 from dvcflow.core.records import ReproOutcome, StagesReport
 from dvcflow.dvc import commands
 from dvcflow.dvc.metrics_files import read_metrics
-from dvcflow.proc import children
 
 FLOW_NAME = "Prefect operates DVC pipeline"
 FAIL_ONCE_MESSAGE = "Intentional one-time failure to demonstrate retries."
@@ -36,13 +35,9 @@ def retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:
     Anything else, such as `--fail-once`'s error or a killed process, gets its retries; nothing does
     after a Ctrl-C (`children.interrupted`).
     """
-    if children.interrupted():
-        return False
-    try:
-        exc = state.result(raise_on_failure=False)
-    except Exception:
-        return True
-    return not isinstance(exc, DvcflowError) or isinstance(exc, StageCommandError)
+    return retry_unless(
+        state, lambda exc: isinstance(exc, DvcflowError) and not isinstance(exc, StageCommandError)
+    )
 
 
 # The stages each `dvc repro` task run visited, across its attempts, until its caller takes them (every
