@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -39,7 +42,8 @@ def debug_requested() -> bool:
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
 
-# `dvc repro`'s selection arguments, declared once for run-a, run-b and plan (see `dvcflow.core.selection`).
+# `dvc repro`'s selection arguments, declared once for run-a, run-b and plan (`selection_options`; see
+# `dvcflow.core.selection`).
 TargetsArgument = Annotated[
     list[str] | None,
     typer.Argument(
@@ -89,3 +93,39 @@ def selection_from(
     return Selection(
         tuple(targets or ()), single_item=single_item, downstream=downstream, glob=glob, force=force
     )
+
+
+_SELECTION_PARAMETERS = (
+    ("targets", TargetsArgument, None),
+    ("single_item", SingleItemOption, False),
+    ("downstream", DownstreamOption, False),
+    ("glob", GlobOption, False),
+    ("force", ForceOption, False),
+)
+
+
+def selection_options(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that takes `dvc repro`'s selection arguments (TARGETS, -s, --downstream, --glob, -f):
+    Typer sees them in place of the command's `selection` parameter, and the command gets the
+    `Selection` they describe, built before its body runs (so a contradiction is the first error)."""
+    own = [p for p in inspect.signature(command).parameters.values() if p.name != "selection"]
+    shared = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, annotation, default in _SELECTION_PARAMETERS
+    ]
+
+    @functools.wraps(command)
+    def with_selection(
+        targets: list[str] | None = None,
+        single_item: bool = False,
+        downstream: bool = False,
+        glob: bool = False,
+        force: bool = False,
+        **options: Any,
+    ) -> None:
+        command(selection=selection_from(targets, single_item, downstream, glob, force), **options)
+
+    parameters = [*shared, *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own)]
+    with_selection.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    with_selection.__annotations__ = {p.name: p.annotation for p in parameters}
+    return with_selection

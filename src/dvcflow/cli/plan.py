@@ -1,27 +1,19 @@
 """`dvcflow plan`: the waves of stages and which would run, without running anything."""
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dvcflow.cli.common import (
-    DownstreamOption,
-    ForceOption,
-    GlobOption,
-    JsonOption,
-    RepoOption,
-    SingleItemOption,
-    TargetsArgument,
-)
+from dvcflow.cli.common import JsonOption, RepoOption, selection_options
+
+if TYPE_CHECKING:
+    from dvcflow.core.selection import Selection
 
 
+@selection_options
 def plan(
-    targets: TargetsArgument = None,
+    selection: "Selection",
     repo: RepoOption = None,
-    single_item: SingleItemOption = False,
-    downstream: DownstreamOption = False,
-    glob: GlobOption = False,
-    force: ForceOption = False,
     json: JsonOption = False,
     mermaid: Annotated[bool, typer.Option("--mermaid", help="Print the DAG as a Mermaid flowchart.")] = False,
 ) -> None:
@@ -35,7 +27,5 @@ def plan(
     from dvcflow.cli.render.plan import plan_view
     from dvcflow.services.pipeline import Pipeline
 
-    plan = Pipeline(repo).plan(
-        *targets or (), single_item=single_item, downstream=downstream, glob=glob, force=force
-    )
+    plan = Pipeline(repo).plan(*selection.targets, **selection.flags())
     plan_view(plan, json=json, mermaid=mermaid)

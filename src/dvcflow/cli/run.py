@@ -10,18 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dvcflow.cli.common import (
-    DownstreamOption,
-    EphemeralOption,
-    ForceOption,
-    GlobOption,
-    JsonOption,
-    RepoOption,
-    SingleItemOption,
-    TargetsArgument,
-    debug_requested,
-    selection_from,
-)
+from dvcflow.cli.common import EphemeralOption, JsonOption, RepoOption, debug_requested, selection_options
 
 if TYPE_CHECKING:
     from dvcflow.core.selection import Selection
@@ -138,12 +127,9 @@ def _check_flags(per_stage: bool, fail_once: bool, per_stage_flags: dict[str, bo
         raise UsageError(f"{given[0]} needs --per-stage")
 
 
+@selection_options
 def run_a(
-    targets: TargetsArgument = None,
-    single_item: SingleItemOption = False,
-    downstream: DownstreamOption = False,
-    glob: GlobOption = False,
-    force: ForceOption = False,
+    selection: "Selection",
     pull: PullOption = False,
     allow_missing: AllowMissingOption = False,
     push: PushOption = False,
@@ -175,7 +161,6 @@ def run_a(
     from dvcflow.cli import render
     from dvcflow.services.pipeline import Pipeline
 
-    selection = selection_from(targets, single_item, downstream, glob, force)  # its errors come first
     _check_flags(
         per_stage,
         fail_once,
@@ -212,13 +197,10 @@ def run_a(
     )
 
 
+@selection_options
 def run_b(
-    targets: TargetsArgument = None,
+    selection: "Selection",
     repo: RepoOption = None,
-    single_item: SingleItemOption = False,
-    downstream: DownstreamOption = False,
-    glob: GlobOption = False,
-    force: ForceOption = False,
     params: Annotated[
         Path | None,
         typer.Option(
@@ -250,7 +232,6 @@ def run_b(
     from dvcflow.cli import render
     from dvcflow.services.pipeline import Pipeline
 
-    selection = selection_from(targets, single_item, downstream, glob, force)
     capacity = _capacity(resource)
     _run_and_show(
         Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested()),
