@@ -90,9 +90,10 @@ def test_constructing_a_pipeline_touches_nothing(tmp_path: Path) -> None:
         ({"params_file": "p.yaml", "per_stage": True}, "params_file needs cached_dag=True"),
         ({"per_stage": True, "fail_once": True}, "fail_once fails the single `dvc repro` task"),
         ({"cached_dag": True, "push": True}, "push does not apply with cached_dag=True"),
+        ({"per_stage": True, "cached_dag": True}, "per_stage and cached_dag exclude each other"),
         ({"downstream": True}, "--downstream needs a target"),
     ],
-    ids=["jobs", "keep-going", "dask", "params-file", "fail-once", "cached-dag-push", "selection"],
+    ids=["jobs", "keep-going", "dask", "params-file", "fail-once", "cached-dag-push", "both-ways", "selection"],
 )
 def test_options_the_chosen_run_would_ignore_are_refused_before_anything_runs(
     tmp_path: Path, options: dict[str, Any], message: str

@@ -269,6 +269,8 @@ def _check_run_options(
     resources: Mapping[str, int] | None = None,
 ) -> None:
     """Refuse options the chosen way of running would ignore (the CLI checks its own flags first)."""
+    if per_stage and cached_dag:  # two ways of running: one would be ignored without a word
+        raise UsageError("per_stage and cached_dag exclude each other")
     if params_file is not None and not cached_dag:
         raise UsageError("params_file needs cached_dag=True")
     if cached_dag:
