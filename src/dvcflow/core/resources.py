@@ -14,8 +14,9 @@ How much there is comes from `--resource NAME=AMOUNT` flags over `[tool.dvcflow.
 Provides:
 - `Demand` (one stage's needs), `Capacity` (what there is), `Grant` (what a running stage holds, with its
   GPU indices), `Resources` (a run's capacity and demands, passed to the engine flows).
-- `capacity_from_flags`, `ResourceSettings.read` (the tables), `demands_for` (globs, then each stage's own
-  `meta`, which wins), `resolve_capacity`, `check` (one-line errors before anything runs).
+- `cpu_count` (the default `--jobs`), `capacity_from_flags`, `ResourceSettings.read` (the tables),
+  `demands_for` (globs, then each stage's own `meta`, which wins), `resolve_capacity`, `check` (one-line
+  errors before anything runs).
 
 Pure logic and reading the settings files: no DVC, no Prefect, cheap to import. The scheduling itself is in
 `dvcflow.engine.scheduler`, the sharing through the Prefect server in `dvcflow.api.limits`.
@@ -24,6 +25,7 @@ Pure logic and reading the settings files: no DVC, no Prefect, cheap to import. 
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +148,11 @@ class Resources:
 
 
 NO_RESOURCES = Resources(share=False)
+
+
+def cpu_count() -> int:
+    """The machine's CPUs (at least 1): how many stages run at once when `--jobs` does not say."""
+    return os.cpu_count() or 1
 
 
 def dask_resources(demand: Demand) -> dict[str, int]:

@@ -8,13 +8,13 @@ own flow run, so a deployment run is one flow run with the same tasks, logs and 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from dvcflow.core.metrics import MetricsSnapshot
+from dvcflow.core.resources import cpu_count
 
 FLOW_NAME = "dvcflow pipeline"
 ENTRYPOINT = "dvcflow.flows.deployed.deployed_pipeline_flow"
@@ -61,7 +61,7 @@ def deployed_pipeline_flow(
             from dvcflow.flows.per_stage import per_stage_flow
 
             return per_stage_flow.fn(
-                root, jobs=jobs or os.cpu_count() or 1, keep_going=keep_going, retries=1, show_metrics=True
+                root, jobs=jobs or cpu_count(), keep_going=keep_going, retries=1, show_metrics=True
             )
         from dvcflow.flows.repro import dvc_pipeline_flow
 

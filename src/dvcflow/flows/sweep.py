@@ -13,7 +13,6 @@ kept as an experiment of what it did so far.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -31,6 +30,7 @@ from dvcflow.api.artifacts import artifact_key
 from dvcflow.api.failures import state_message
 from dvcflow.core.errors import PipelineError
 from dvcflow.core.metrics import MetricsSnapshot, Scalar
+from dvcflow.core.resources import cpu_count
 from dvcflow.dvc import experiments
 from dvcflow.engine.search import StepWatcher
 from dvcflow.engine.trials import (
@@ -81,7 +81,7 @@ def reproduce_trial(workspace: Path, *, per_stage: bool) -> MetricsSnapshot | No
         return cast("MetricsSnapshot | None", repro.result())  # raises the task's error
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
-    jobs = max(1, (os.cpu_count() or 1) // 2)
+    jobs = max(1, cpu_count() // 2)
     state = per_stage_flow.with_options(task_runner=task_runner(jobs, None))(
         repo_root=workspace, jobs=jobs, keep_going=False, retries=0, show_metrics=False, return_state=True
     )

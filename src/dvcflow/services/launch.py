@@ -24,6 +24,7 @@ from dvcflow.api.connect import connect
 from dvcflow.api.execution import caller_flow_run, import_engine
 from dvcflow.core.errors import UsageError
 from dvcflow.core.records import NO_SYNC, DataSync, FlowRunRecord
+from dvcflow.core.resources import cpu_count
 from dvcflow.core.selection import EVERYTHING, Selection
 from dvcflow.dvc import commands, repository, targets
 from dvcflow.dvc.session import PipelineSession
@@ -313,7 +314,7 @@ def run_cached_dag(
 
             import_engine()
 
-        limit = jobs or _cpus()
+        limit = jobs or cpu_count()
         return _execute_exclusively(
             root,
             announce,
@@ -343,12 +344,6 @@ def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> 
         selected = session.select(selection)
         demands = demands_for(selected, session.declarations(selected), ResourceSettings.read(root))
         return plan(session.snapshot(), selected, force=selection.force, demands=demands)
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 1
 
 
 def _check_counts(jobs: int | None, retries: int) -> None:
@@ -427,7 +422,7 @@ def run_per_stage(
 
             import_engine()
 
-        limit = jobs or (_cpus() if dask_address is None else 10_000)
+        limit = jobs or (cpu_count() if dask_address is None else 10_000)
         return _execute_exclusively(
             root,
             announce,
@@ -536,7 +531,7 @@ def run_sweep(
     keep_link = _connect(root, ephemeral, announce)
     from dvcflow.flows.sweep import sweep_flow, trial_runner
 
-    limit = min(jobs or (_cpus() if dask_address is None else planned), planned)
+    limit = min(jobs or (cpu_count() if dask_address is None else planned), planned)
     experiments.prune_workspaces(root)
     scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
     sweep = SweepSession(
@@ -631,7 +626,7 @@ def _search(
 
     space = parse_search_space(root, set_params, grid=strategy == "grid")
     plan = SearchPlan(strategy, trials or 0, space, metric, maximize, study, prune, seed)
-    return Search(plan, root, jobs or _cpus())
+    return Search(plan, root, jobs or cpu_count())
 
 
 def _check_metric(root: Path, metric: str) -> None:
