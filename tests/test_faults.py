@@ -218,6 +218,63 @@ def test_two_runs_at_once_take_turns(tmp_path: Path, client_env: dict[str, str])
     assert "slow" in lock["stages"]
 
 
+# A stage that notes each event with its time: the first run's command holds on until SIGTERM, then takes
+# `TRAP_S` to end (a trainer writing a checkpoint), noting it is alive meanwhile; a later run's ends at once.
+TRAPS_SIGTERM = """import os, pathlib, signal, sys, time
+def note(what):
+    with open('stage.log', 'a') as log:
+        log.write(f'{what} {time.time():.6f} {os.getpid()}\\n')
+first = not os.path.exists('stage.log')
+note('start')
+if not first:
+    pathlib.Path('slow.txt').write_text('done')
+    sys.exit(0)
+def on_term(*_):
+    note('term')
+    ends = time.monotonic() + {trap_s}
+    while time.monotonic() < ends:
+        note('alive')
+        time.sleep(0.05)
+    note('end')
+    os._exit(143)
+signal.signal(signal.SIGTERM, on_term)
+time.sleep(120)
+"""
+TRAP_S = 3.0  # below the tether's SIGKILL after 5 s (`tether.GRACE_S`): the stage ends on its own
+
+
+# DVC's child holds the lock; the shim around the engine's stage command does
+@pytest.mark.parametrize("command", ["run-a", "run-b"], ids=["run-a", "run-b"])
+def test_a_run_waiting_for_a_killed_run_starts_once_its_stage_has_ended(
+    tmp_path: Path, client_env: dict[str, str], command: str
+) -> None:
+    """The run lock outlives a SIGKILLed dvcflow until the stage's process group is gone (issue 20 §4):
+    the next run, already waiting for the lock, must not start its stage beside the killed run's, which
+    takes `TRAP_S` to end after its SIGTERM."""
+    env = {**client_env, "DVCFLOW_WARM": "0"}  # the starter may decline a command while src/ changes
+    repo = make_tiny_repo(tmp_path / "repo", env, SLOW_STAGE.replace("hold.py {seconds}", "stage.py"))
+    (repo / "stage.py").write_text(TRAPS_SIGTERM.replace("{trap_s}", str(TRAP_S)))
+    first = Watched([command], repo, env)
+    wait_for_file(repo / "stage.log")
+    second = Watched([command], repo, env)
+    second.wait_for("Another dvcflow run is in progress")
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.finish(timeout=30)
+    code, _, stderr = second.finish(timeout=120)
+    assert code == 0, stderr
+    assert "busy" not in stderr, stderr  # DVC's locks of the stage's outputs, held by the killed run's DVC
+    events = [line.split() for line in (repo / "stage.log").read_text().splitlines()]
+    kinds = [kind for kind, _, _ in events]
+    assert kinds[:2] == ["start", "term"] and kinds.count("start") == 2, kinds
+    killed = [float(at) for kind, at, pid in events if pid == events[0][2]]
+    started = [float(at) for kind, at, pid in events[1:] if kind == "start"]
+    # The killed run's stage had ended before the next run's started, not beside it.
+    assert "end" in kinds and kinds.index("end") < kinds.index("start", 1), kinds
+    assert started[0] > max(killed), (started, max(killed))
+    assert (repo / "slow.txt").read_text() == "done"
+    assert json.loads(dvc("status", "--json", cwd=repo, env=env).stdout) == {}
+
+
 API_LOST_EXIT_WITHIN_S = 15.0  # the pidfd sees the server die at once; DVC's stop, and a loaded CI's margin
 
 

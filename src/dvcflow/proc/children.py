@@ -12,7 +12,9 @@ written once, here.
 A child must not outlive a SIGKILLed dvcflow (it would race the next run): the tie is the `tether`
 module beside this one, which a Python child calls itself (`tie_to_parent`, see `dvcflow.dvc.child`)
 and any other command runs under as a shim (`tethered`). `tether` keeps its own short copy of the
-escalation: it runs as a standalone program that cannot import this module.
+escalation: it runs as a standalone program that cannot import this module. Nor must a killed run's child
+let the next run start beside it: `start` hands the run lock's descriptor down (`hand_down`), and the
+child keeps it open until its process group has ended (`tether.HOLD_FDS_ENV`).
 
 Nothing here knows what runs: a caller that talks with its child through marked lines takes them out
 of the output with the `aside` filter of `stream` (`dvcflow.dvc.commands`). psutil is imported only
@@ -62,6 +64,13 @@ _RUNNING: set[subprocess.Popen[str]] = set()
 # thread, which may be inside `stream` holding this lock at that moment.
 _RUNNING_LOCK = threading.RLock()
 
+_TETHERS = sys.platform.startswith("linux")  # elsewhere a stage command runs without the shim
+
+# Descriptors every process `start` starts in a folder (or below it) inherits, with that folder: the run
+# lock of a repository this process runs in (`dvcflow.proc.runlock`). Keyed by descriptor: two handles of
+# one repository may be open at once (one opened ahead, one waiting in another thread).
+_HANDED_DOWN: dict[int, Path] = {}
+
 # Set by `interrupt_commands`: the command is ending, so a DVC process or stage command that starts
 # later (a stage still preparing, a retry) is stopped as soon as it starts, and no retry is attempted.
 _INTERRUPTED = threading.Event()
@@ -75,11 +84,17 @@ def start(
 ) -> subprocess.Popen[str]:
     """Start `argv` as the leader of a process group of its own (see `stop_then_kill`), its output
     (stderr included) to be read line by line with `stream`; its stdin a pipe with `stdin_pipe`, else
-    nothing."""
+    nothing. It inherits the descriptors handed down for `cwd` (`hand_down`), named in its environment
+    for `tether`, which keeps them (`argv` is a tethered Python child, or `tethered`)."""
+    folder = Path(cwd).resolve()
+    held = tuple(fd for fd, root in tuple(_HANDED_DOWN.items()) if _TETHERS and folder.is_relative_to(root))
+    if held:
+        env = {**env, tether.HOLD_FDS_ENV: ",".join(map(str, held))}
     return subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=env,
+        pass_fds=held,
         stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -90,10 +105,21 @@ def start(
     )
 
 
+def hand_down(fd: int, folder: Path) -> None:
+    """Have every process `start` starts in `folder` (or below it) inherit `fd`, until `stop_handing_down`:
+    the run lock's descriptor, which such a child (DVC, a stage command's shim) keeps open until its
+    process group has ended, so that the lock outlives a SIGKILLed dvcflow until then."""
+    _HANDED_DOWN[fd] = folder.resolve()
+
+
+def stop_handing_down(fd: int) -> None:
+    _HANDED_DOWN.pop(fd, None)
+
+
 def tethered(command: Sequence[str]) -> list[str]:
     """`command` run through the tether shim, so that it and its process group end when dvcflow does,
     even by SIGKILL (Linux; elsewhere `command` as it is)."""
-    return tether.shim_command(list(command)) if sys.platform.startswith("linux") else list(command)
+    return tether.shim_command(list(command)) if _TETHERS else list(command)
 
 
 def tie_to_parent(parent: int) -> bool:

@@ -9,6 +9,12 @@ signal on to its group before dying. What still runs in the group `GRACE_S` late
 ignores SIGTERM) is SIGKILLed. A shim started in its caller's group (`--ephemeral`'s temporary Prefect
 server, `dvcflow.api.connect`) passes it to its command alone.
 
+The descriptors named in `HOLD_FDS_ENV` (the run lock's, `dvcflow.proc.runlock`, handed down by
+`dvcflow.proc.children.start`) stay open in this process and reach nothing it starts: a group leader ends
+only once the rest of its group has (it SIGKILLs the others, not itself), and then hands them to a small
+process that keeps them until it has been reaped (`_hold_until_reaped`). So a flock held through them
+outlives a SIGKILLed dvcflow until the stage's command has ended, and the next run cannot start beside it.
+
 The rest of dvcflow reaches this module through `dvcflow.proc.children`, the one process-control module.
 This file is also a program of its own, started in ~15 ms with the standard library only: `-I -S` puts
 neither dvcflow nor psutil on its path. So it keeps its own short stop-then-kill (`_stop_then_kill`, the
@@ -26,7 +32,18 @@ from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
 GRACE_S = 5.0  # for the group to end after SIGTERM, before SIGKILL
+KILL_WAIT_S = 5.0  # for the SIGKILLed to be gone (a process in uninterruptible sleep ends when it wakes)
+HOLD_FDS_ENV = "DVCFLOW_HOLD_FDS"  # comma-separated descriptors to keep open until the group has ended
 _command: int | None = None  # the shim's command, once started
+_parent = 0  # the process this one is tied to
+_held: list[int] = []  # the descriptors of `HOLD_FDS_ENV`
+# Keeps the held descriptors open until the process ARGV[1] is reaped (bounded), given them and nothing else.
+_UNTIL_REAPED = (
+    "import os, sys, time\n"
+    "ends = time.monotonic() + 5\n"
+    "while os.path.exists('/proc/' + sys.argv[1]) and time.monotonic() < ends:\n"
+    "    time.sleep(0.02)\n"
+)
 _ENDING = (signal.SIGTERM, signal.SIGHUP)
 # Reset to their default in the command: Python ignores SIGPIPE and SIGXFSZ, as `subprocess` undoes too.
 _DEFAULTS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, *_ENDING)
@@ -42,14 +59,36 @@ def _end_group(signum: int, _frame: object) -> None:
         signal.signal(ending, signal.SIG_IGN)
     group = os.getpgrp()
     if group == os.getpid():
-        # Ignored here, so it cannot cut this handler short; SIGKILL takes this process too: it has
-        # nothing left to do.
-        _stop_then_kill(lambda number: os.killpg(0, number), lambda: _others_in(group), signum)
+        # Ignored here, so it cannot cut this handler short. SIGKILL goes to the others one by one, not
+        # to the group: this process ends last, the run lock it holds (`HOLD_FDS_ENV`) with it.
+        def send(number: int) -> None:
+            if number != signal.SIGKILL:
+                os.killpg(0, number)
+                return
+            for pid in _others_in(group):
+                _signal(pid, number)
+
+        _stop_then_kill(send, lambda: bool(_others_in(group)), signum)
     elif _command is not None:  # a shim in its caller's group (never signal that): its command only
         command = _command
         _stop_then_kill(lambda number: _signal(command, number), lambda: _running(command), signum)
+    _hold_until_reaped()
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
+
+
+def _hold_until_reaped() -> None:
+    """With the parent gone, keep the held descriptors open past this process's end, until it has been
+    reaped: an orphan's zombie waits for init, which may look only every few seconds, and DVC counts a
+    zombie as alive, so its read-write locks of the stage's files would still refuse the next run."""
+    if not _held or os.getppid() == _parent:  # the parent lives: it holds the lock, and reaps us
+        return
+    with contextlib.suppress(OSError):
+        for fd in _held:
+            os.set_inheritable(fd, True)
+        quiet = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+        script = [sys.executable, "-I", "-S", "-c", _UNTIL_REAPED, str(os.getpid())]
+        os.posix_spawn(sys.executable, script, {}, file_actions=quiet)
 
 
 def _stop_then_kill(send: Callable[[int], None], running: Callable[[], bool], signum: int) -> None:
@@ -58,8 +97,10 @@ def _stop_then_kill(send: Callable[[int], None], running: Callable[[], bool], si
     deadline = time.monotonic() + GRACE_S
     while running() and time.monotonic() < deadline:
         time.sleep(0.05)
-    if running():
+    deadline = time.monotonic() + KILL_WAIT_S
+    while running() and time.monotonic() < deadline:  # again: what forked meanwhile
         send(signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -75,14 +116,15 @@ def _running(child: int) -> bool:
         return False
 
 
-def _others_in(group: int) -> bool:
-    """Whether a live process other than this one is in process group `group` (Linux: /proc; elsewhere
-    False, so only the signal is passed on)."""
+def _others_in(group: int) -> list[int]:
+    """The live processes other than this one in process group `group` (Linux: /proc; elsewhere none, so
+    only the signal is passed on)."""
     me = os.getpid()
+    found: list[int] = []
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return False
+        return found
     for entry in entries:
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -92,14 +134,21 @@ def _others_in(group: int) -> bool:
         except OSError:
             continue
         if len(fields) > 2 and fields[0] != b"Z" and int(fields[2]) == group:
-            return True
-    return False
+            found.append(int(entry))
+    return found
 
 
 def tether(parent: int, deathsig: bool = True) -> bool:
     """Make this process end its process group when it gets SIGTERM or SIGHUP, and (Linux) get SIGTERM
     when `parent` dies; False when `parent` is already gone, so there is no one to run for. Without
-    `deathsig`, something else watches the one it runs for (a warm starter's child: its client)."""
+    `deathsig`, something else watches the one it runs for (a warm starter's child: its client).
+    The descriptors of `HOLD_FDS_ENV` are kept, and kept from what this process starts."""
+    global _parent
+    _parent = parent
+    for held in filter(None, os.environ.pop(HOLD_FDS_ENV, "").split(",")):
+        with contextlib.suppress(OSError, ValueError):
+            os.set_inheritable(int(held), False)
+            _held.append(int(held))
     for signum in _ENDING:
         signal.signal(signum, _end_group)
     if deathsig and sys.platform.startswith("linux"):

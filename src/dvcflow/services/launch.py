@@ -30,11 +30,11 @@ from dvcflow.dvc import commands, repository, targets
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.proc import children
 from dvcflow.proc.gcpause import collector_paused
-from dvcflow.proc.runlock import exclusive_run
+from dvcflow.proc.runlock import exclusive_run, open_ahead
 
 if TYPE_CHECKING:
     from dvcflow.core.graph import Plan
-    from dvcflow.engine.trials import SweepProgress, SweepReport
+    from dvcflow.core.resources import Resources
 
 
 def _prepare(
@@ -45,22 +45,19 @@ def _prepare(
     sync: DataSync = NO_SYNC,
     *,
     keep_session: bool = False,
-    before_connect: Callable[[Path], None] = lambda _: None,
 ) -> tuple[Path, tuple[str, ...], bool]:
     """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), then
     connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit.
 
     With `keep_session`, the checks read the repository through the run's DVC session (`open_session`),
-    which the engine flow then goes on using; the caller closes it (`close_session`). `before_connect`:
-    the caller's own checks of the repository, after these."""
+    which the engine flow then goes on using; the caller closes it (`close_session`)."""
     from dvcflow.engine.executor import open_session
 
     root = repository.find_repo_root(repo)
     repository.check_params_files(root)
     session = open_session(root) if keep_session else None
     stages = targets.check_repro_inputs(root, selection, sync, session)
-    before_connect(root)
-    return root, stages, _connect(root, ephemeral, announce)
+    return root, stages, connect_run(root, ephemeral, announce)
 
 
 def _caller_api_url() -> str | None:
@@ -144,7 +141,7 @@ def _lost_api_ends_at_once(root: Path, announce: Callable[[str], None]) -> Itera
         yield
 
 
-def _execute_exclusively(
+def execute_exclusively(
     root: Path, announce: Callable[[str], None], flow: Any, keep_link: bool, debug: bool, **parameters: Any
 ) -> FlowRunRecord:
     """One dvcflow run per repository at a time (see `runlock`); then run and read back the flow.
@@ -187,7 +184,7 @@ def _execute_exclusively(
             return execute(flow, keep_link=keep_link, repo_root=root, tags=tags, debug=debug, **parameters)
 
 
-def _connect(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
+def connect_run(root: Path, ephemeral: bool, announce: Callable[[str], None]) -> bool:
     """Choose the Prefect API and export it; True when the run's UI link outlives this process.
 
     Inside a running flow, the run is a subflow on the caller's API: nothing to choose or export."""
@@ -218,6 +215,7 @@ def run_repro(
     _check_retries(retries)
     root, stages, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
     repro_args = (*sync.repro_args(), *selection.dvc_args())
+    open_ahead(root)  # the DVC child warmed up now shares the run lock's file, to hold the lock once taken
     commands.warm_up(["repro", *repro_args], root, metrics=show_metrics)  # overlaps Prefect's import
     with collector_paused():
         from dvcflow.flows.repro import dvc_pipeline_flow
@@ -225,7 +223,7 @@ def run_repro(
         import_engine()
 
     pushed = (() if selection.everything else stages) if sync.push else None
-    return _execute_exclusively(
+    return execute_exclusively(
         root,
         announce,
         dvc_pipeline_flow,
@@ -297,7 +295,7 @@ def run_cached_dag(
     stages end Cached, and DVC agrees with the result. `resources`: the capacity of each resource the
     stages declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`)."""
     from dvcflow.engine.executor import close_session
-    from dvcflow.services.resources import resources_for, share
+    from dvcflow.services.resources import resources_for
 
     _check_counts(jobs, retries)
     root = repository.find_repo_root(repo)
@@ -305,31 +303,56 @@ def run_cached_dag(
     try:
         resolved = check_stage_inputs(root, params_path, selection)
         planned = resources_for(root, selection, resources)
-        keep_link = _connect(root, ephemeral, announce)
-        planned = replace(planned, share=planned.share and keep_link)  # a temporary server shares nothing
-        share(planned, announce)
-        with collector_paused():
-            from dvcflow.flows.cached_dag import stage_dag_flow
-            from dvcflow.flows.per_stage import task_runner
-
-            import_engine()
-
-        limit = jobs or cpu_count()
-        return _execute_exclusively(
+        keep_link = connect_run(root, ephemeral, announce)
+        return _run_engine_flow(
             root,
             announce,
-            stage_dag_flow.with_options(task_runner=task_runner(limit, None)),
+            planned,
             keep_link,
             debug,
+            cached_dag=True,
+            jobs=jobs or cpu_count(),
             params_path=resolved,
-            jobs=limit,
             keep_going=keep_going,
             retries=retries,
             selection=selection,
-            resources=planned,
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran
+
+
+def _run_engine_flow(
+    root: Path,
+    announce: Callable[[str], None],
+    planned: Resources,
+    keep_link: bool,
+    debug: bool,
+    *,
+    cached_dag: bool,
+    jobs: int,
+    dask_address: str | None = None,
+    **parameters: Any,
+) -> FlowRunRecord:
+    """The stage engine's flow (`cached_dag`: run-b's, else `--per-stage`'s) on a task runner of `jobs`
+    workers: the run's resources shared first, the engine imported with the collector paused."""
+    from dvcflow.services.resources import share
+
+    planned = replace(planned, share=planned.share and keep_link)  # a temporary server shares nothing
+    share(planned, announce)
+    with collector_paused():
+        from dvcflow.flows.per_stage import per_stage_flow, task_runner
+
+        if cached_dag:
+            from dvcflow.flows.cached_dag import cached_dag_flow as flow
+        else:
+            flow = per_stage_flow
+        import_engine()
+
+    runner = task_runner(jobs, dask_address)
+    return execute_exclusively(
+        root, announce, flow.with_options(task_runner=runner), keep_link, debug, jobs=jobs, resources=planned,
+        **parameters,
+    )
 
 
 def plan_stages(repo: Path | None = None, selection: Selection = EVERYTHING) -> Plan:
@@ -352,7 +375,7 @@ def _check_counts(jobs: int | None, retries: int) -> None:
     _check_retries(retries)
 
 
-def _check_dask_address(address: str) -> None:
+def check_dask_address(address: str) -> None:
     """Fail in a second, before any flow run, when no Dask scheduler listens there."""
     import importlib.util
     import socket
@@ -396,40 +419,23 @@ def run_per_stage(
     declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`)."""
     _check_counts(jobs, retries)
     if dask_address is not None:
-        _check_dask_address(dask_address)
-    from dvcflow.core.resources import Resources
+        check_dask_address(dask_address)
     from dvcflow.engine.executor import close_session
-    from dvcflow.services.resources import resources_for, share
+    from dvcflow.services.resources import resources_for
 
     root = repository.find_repo_root(repo)
     try:
-        found: list[Resources] = []
-        _, stages, keep_link = _prepare(
-            root,
-            ephemeral,
-            announce,
-            selection,
-            sync,
-            keep_session=True,
-            before_connect=lambda root: found.append(
-                resources_for(root, selection, resources, dask_address=dask_address)
-            ),
-        )
-        planned = replace(found[0], share=found[0].share and keep_link)  # a temporary server shares nothing
-        share(planned, announce)
-        with collector_paused():
-            from dvcflow.flows.per_stage import per_stage_flow, task_runner
-
-            import_engine()
-
-        limit = jobs or (cpu_count() if dask_address is None else 10_000)
-        return _execute_exclusively(
+        _, stages, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
+        planned = resources_for(root, selection, resources, dask_address=dask_address)
+        return _run_engine_flow(
             root,
             announce,
-            per_stage_flow.with_options(task_runner=task_runner(limit, dask_address)),
+            planned,
             keep_link,
             debug,
-            jobs=limit,
+            cached_dag=False,
+            jobs=jobs or (cpu_count() if dask_address is None else 10_000),
+            dask_address=dask_address,
             keep_going=keep_going,
             retries=retries,
             show_metrics=show_metrics,
@@ -437,7 +443,6 @@ def run_per_stage(
             push=(() if selection.everything else stages) if sync.push else None,
             pull=sync.pull,
             allow_missing=sync.allow_missing,
-            resources=planned,
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran
@@ -512,7 +517,7 @@ def run_sweep(
     if metric is not None:
         _check_metric(root, metric)
     if dask_address is not None:
-        _check_dask_address(dask_address)
+        check_dask_address(dask_address)
     searching = None
     if search is not None:
         assert metric is not None  # checked with the flags
@@ -528,7 +533,7 @@ def run_sweep(
     # names each failure): they go to the UI only.
     if caller_flow_run() is None:  # a caller's flow keeps its own console
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    keep_link = _connect(root, ephemeral, announce)
+    keep_link = connect_run(root, ephemeral, announce)
     from dvcflow.flows.sweep import sweep_flow, trial_runner
 
     limit = min(jobs or (cpu_count() if dask_address is None else planned), planned)
@@ -549,7 +554,7 @@ def run_sweep(
     )
     try:
         with registered(sweep) as session_id:
-            record = _execute_exclusively(
+            record = execute_exclusively(
                 root,
                 announce,
                 sweep_flow.with_options(task_runner=trial_runner(limit, dask_address)),
