@@ -146,7 +146,7 @@ def test_dependency_writes_start_one_run_each_window_and_other_files_none(
             f"Deployment 'dvcflow pipeline/{name}' (on demand and on change), served from this process."
             in lines
         )
-        assert "Watching 2 inputs (count.py, data); changes within 2 s start one run." in lines
+        assert "Watching 2 inputs (count.py, data); changes less than 2 s apart start one run." in lines
         deployment = deployment_id(lines)
 
         # One new file in the dependency folder: one run, started within 15 s of the write.
@@ -268,7 +268,7 @@ def test_dvcflow_watch_beside_a_pool_deployment_queues_runs_and_ctrl_c_leaves_no
     assert details["concurrency_options"]["collision_strategy"] == "ENQUEUE"
 
     with watcher(repo, client_env, "--debounce", "1") as watch:
-        assert "changes within 1 s start one run" in watch.wait_for(watching, PATIENCE)[-1]
+        assert "changes less than 1 s apart start one run" in watch.wait_for(watching, PATIENCE)[-1]
         written = time.time()
         (repo / "data" / "b.csv").write_text("2\n")
         run = wait_for_runs(live_server, deployment, 1, RUN_WITHIN_S)[0]
@@ -548,6 +548,38 @@ def test_changes_within_the_window_are_one_flush_and_the_next_opens_another() ->
     debouncer.cancel()  # stopping: a window still open sends nothing
     assert not done.wait(1.0)
     assert len(flushed) == 2
+
+
+def test_a_slow_copy_is_one_flush_once_it_is_quiet_and_a_batch_never_quiet_is_flushed_at_max_wait() -> None:
+    """Each add restarts the wait: paths added 0.2 s apart for 1.2 s with a window of 0.5 s are one flush,
+    0.5 s after the last (a fixed window from the first would have sent a half-copied folder)."""
+    from dvcflow.services.watch import Debouncer
+
+    flushed: list[tuple[float, set[str]]] = []
+
+    def flush(paths: set[str]) -> None:
+        flushed.append((time.monotonic(), paths))
+
+    debouncer = Debouncer(0.5, flush)
+    for index in range(7):
+        debouncer.add({f"data/part{index}.csv"})
+        last = time.monotonic()
+        time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while not flushed and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert [paths for _, paths in flushed] == [{f"data/part{index}.csv" for index in range(7)}]
+    assert flushed[0][0] - last >= 0.45
+
+    flushed.clear()
+    endless = Debouncer(0.5, flush, max_wait=1.0)  # a file written to without end
+    started = time.monotonic()
+    while not flushed and time.monotonic() - started < 10:
+        endless.add({"data/log.csv"})
+        time.sleep(0.1)
+    endless.cancel()
+    assert flushed and flushed[0][0] - started < 3.0, flushed
 
 
 def test_runs_show_a_change_column_only_when_a_run_was_started_by_a_change(

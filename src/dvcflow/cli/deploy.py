@@ -12,8 +12,8 @@ DebounceOption = Annotated[
     float | None,
     typer.Option(
         "--debounce",
-        help="With --on-change: the first change opens a window of SECONDS; all changes in it start "
-        "one run (default 2).",
+        help="With --on-change: changes less than SECONDS apart start one run, once none came for "
+        "SECONDS (default 2).",
         metavar="SECONDS",
         show_default=False,
     ),

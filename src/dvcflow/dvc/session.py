@@ -111,6 +111,7 @@ class PipelineSession:
         self._stages: dict[str, Any] = {}
         self._lock_order = LockOrder()  # told the order by `select`; every dvc.lock write goes through it
         self._before_run: dict[str, list[tuple[Any, Any, Any]]] = {}  # stage → (dep/out, hash, meta)
+        self._read_deps: dict[str, list[tuple[str, object]]] = {}  # stage → its deps' hashes at `prepare`
         self._selected: dict[Selection, tuple[str, ...]] = {}  # `select`'s answers (DVC parses dvc.yaml)
         self._kept: dict[str, Any] = {}  # DVC's caches carried over its lock's resets (`_locked`)
         # DVC's read-write locks the stages hold (`_hold`): stage → (lock entry, read, written paths), and
@@ -424,10 +425,42 @@ class PipelineSession:
                         self._before_run.pop(name, None)
                         self._release(name)
                         return Prepared.RESTORED
+                # What the command is about to read: `record` refuses outputs made from other data.
+                self._read_deps[name] = self._dep_hashes(stage)
             except BaseException:
                 self.abandon(name)
                 raise
         return Prepared.READY
+
+    def _dep_hashes(self, stage: Any) -> list[tuple[str, object]]:
+        """Each dep's path and the hash DVC computes for it now (its state database answers for files it
+        hashed already), None when missing, an error's text when unreadable."""
+        hashes: list[tuple[str, object]] = []
+        for dep in stage.deps:
+            try:
+                value: object = dep.get_hash().value if dep.exists else None
+            except Exception as err:  # the command (or `record`) will say why
+                value = f"unreadable: {err}"
+            hashes.append((self._relative(dep.fs_path), value))
+        return hashes
+
+    def _check_deps_unchanged(self, name: str, stage: Any) -> None:
+        """`PipelineError` when a dep is not what the command was given to read (`prepare`): a file copied
+        into a dependency folder while the command ran. Recording would pair these outputs with data they
+        were not made from, and a later run would find the stage up to date."""
+        read = self._read_deps.pop(name, None)
+        if read is None:
+            return
+        changed = [
+            path
+            for (path, before), (_, now) in zip(read, self._dep_hashes(stage), strict=True)
+            if before != now
+        ]
+        if changed:
+            raise PipelineError(
+                f"stage '{name}': {', '.join(changed)} changed while its command ran; not recorded (its "
+                "outputs may come from the data as it was before), run it again"
+            )
 
     def _hold(self, name: str, stage: Any) -> None:
         """Take the read-write locks `dvc repro` holds on a stage while its command runs
@@ -564,6 +597,7 @@ class PipelineSession:
             self._kept = {key: value for key, value in self._kept.items() if key not in WORKSPACE_CACHES}
         try:
             with self._locked():
+                self._check_deps_unchanged(name, stage)
                 self._save_commit_dump(stage)
                 self._before_run.pop(name, None)
                 records = self._records(stage)
@@ -588,6 +622,7 @@ class PipelineSession:
         with self._mutex:
             for entry, hash_info, meta in self._before_run.pop(name, []):
                 entry.hash_info, entry.meta = hash_info, meta
+            self._read_deps.pop(name, None)
             self._release(name)
 
     def recorded_outputs(self, name: str) -> tuple[OutputRecord, ...]:

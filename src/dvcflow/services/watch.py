@@ -11,8 +11,9 @@ Provides:
 
 The three watchers:
 - files: inotify through watchfiles, over the repository; only the pipeline's inputs count (stage deps no
-  stage writes, params files, `.dvc`-tracked data: `core.changes.WatchList`). The first change opens a
-  window of `debounce` seconds; every change within it goes into one event;
+  stage writes, params files, `.dvc`-tracked data: `core.changes.WatchList`). Changes go into one event
+  once none came for `debounce` seconds (a slow copy is one event, sent when it is done), or at the
+  latest `max_wait_for(debounce)` after the first;
 - a remote branch (`--watch-branch`): `git ls-remote` every `BRANCH_POLL_S` seconds (a remote cannot
   tell us; nothing is fetched); a new commit is an event naming it. The files its run's checkout changes
   are no event of their own (they are as that commit has them: its run reproduces them);
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,8 @@ from dvcflow.core.errors import ConfigError, DvcflowError, UsageError
 from dvcflow.dvc.branch import RemoteBranch
 
 DEFAULT_DEBOUNCE_S = 2.0
+MAX_WAIT_WINDOWS = 30  # a batch that never goes quiet is flushed after this many windows...
+MAX_WAIT_MIN_S = 60.0  # ...and no sooner than this (`Debouncer.max_wait`)
 BRANCH_POLL_S = 10.0  # how often the remote branch is asked for its commit
 READY_MS = 500  # the file watcher says it is in place within this long after its watches are
 READY_WAIT_S = 60.0  # at most this long for that (a huge tree takes a while to add watches to)
@@ -117,38 +121,61 @@ def plan(root: Path, options: WatchOptions) -> WatchPlan:
 
 
 class Debouncer:
-    """Collects paths from the first one added until `window` seconds later, then hands them all to
-    `flush` at once (from a timer thread); the next path opens the next window."""
+    """Collects paths until nothing was added for `window` seconds (each add restarts the wait), then
+    hands them all to `flush` at once (from a timer thread); the next path opens the next batch. A slow
+    copy into a watched folder keeps adding paths, so its run starts once the copy is quiet, not on a
+    half-written file. `max_wait` (from the first path) bounds a batch that never goes quiet (a file
+    written to without end): it is flushed then anyway."""
 
-    def __init__(self, window: float, flush: Callable[[set[str]], None]) -> None:
+    def __init__(
+        self, window: float, flush: Callable[[set[str]], None], max_wait: float | None = None
+    ) -> None:
         self.window = window
+        self.max_wait = max(window, max_wait if max_wait is not None else max_wait_for(window))
         self.flush = flush
         self.lock = threading.Lock()
         self.pending: set[str] = set()
+        self.first: float | None = None  # when the batch's first path came (`time.monotonic`)
         self.timer: threading.Timer | None = None
+        self.generation = 0  # of the timer that may flush: a timer restarted or cancelled does nothing
 
     def add(self, paths: set[str]) -> None:
         if not paths:
             return
         with self.lock:
             self.pending |= paths
-            if self.timer is None:
-                self.timer = threading.Timer(self.window, self._fire)
-                self.timer.daemon = True
-                self.timer.start()
+            now = time.monotonic()
+            if self.first is None:
+                self.first = now
+            if self.timer is not None:
+                self.timer.cancel()
+            self.generation += 1
+            delay = max(0.0, min(self.window, self.first + self.max_wait - now))
+            self.timer = threading.Timer(delay, self._fire, args=(self.generation,))
+            self.timer.daemon = True
+            self.timer.start()
 
-    def _fire(self) -> None:
+    def _fire(self, generation: int) -> None:
         with self.lock:
-            paths, self.pending, self.timer = self.pending, set(), None
+            if generation != self.generation:  # restarted by a later add (or cancelled) meanwhile
+                return
+            paths, self.pending, self.timer, self.first = self.pending, set(), None, None
         if paths:
             self.flush(paths)
 
     def cancel(self) -> None:
-        """Stop: a window still open sends nothing."""
+        """Stop: a batch still open sends nothing."""
         with self.lock:
             if self.timer is not None:
                 self.timer.cancel()
-            self.pending, self.timer = set(), None
+            self.generation += 1
+            self.pending, self.timer, self.first = set(), None, None
+
+
+def max_wait_for(window: float) -> float:
+    """How long a batch that never goes quiet is held at most: `MAX_WAIT_WINDOWS` windows, at least
+    `MAX_WAIT_MIN_S`."""
+    return max(MAX_WAIT_MIN_S, MAX_WAIT_WINDOWS * window)
 
 
 class Watchers:

@@ -18,7 +18,7 @@ def _stamp() -> str:
 
 def watching_view(plan: WatchPlan) -> None:
     out.print(
-        f"Watching {plan.describe()}; changes within {plan.options.debounce:g} s start one run.",
+        f"Watching {plan.describe()}; changes less than {plan.options.debounce:g} s apart start one run.",
         soft_wrap=True,
     )
 
