@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -397,3 +397,61 @@ def test_a_repository_lock_held_by_another_dvc_process_fails_the_stage_in_one_li
     assert "Traceback" not in output
     assert "finished in state Failed" in result.stdout
     assert not (repo / "dvc.lock").exists()  # untouched by the failed stage
+
+
+CHANGES_ITS_DEP = (
+    "stages:\n  copy:\n    cmd: python copier.py\n    deps: [data.csv, copier.py]\n    outs: [out.txt]\n"
+)
+# The command reads data.csv, then the file changes before it ends (a slow copy into a watched folder).
+COPY_THEN_CHANGED = (
+    "import pathlib\n"
+    "pathlib.Path('out.txt').write_text(pathlib.Path('data.csv').read_text())\n"
+    "with open('data.csv', 'a') as data:\n"
+    "    data.write('written while the stage ran\\n')\n"
+)
+
+
+def test_a_dep_changed_while_its_command_ran_is_never_recorded(tmp_path: Path, repos: Repos) -> None:
+    from dvcflow.core.errors import PipelineError
+    from dvcflow.dvc.session import PipelineSession
+    from dvcflow.engine.executor import execute
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "data.csv").write_text("1\n")
+    (repo / "copier.py").write_text(COPY_THEN_CHANGED)
+    repos.tiny(repo, stages=CHANGES_ITS_DEP)
+    with PipelineSession(repo) as session, pytest.raises(PipelineError, match=r"data\.csv changed while"):
+        execute(session, "copy", force=False, check_changed=True, log=lambda _: None)
+    assert not (repo / "dvc.lock").exists()  # nothing recorded: the next run runs it again
+    status = dvc("status", "--json", cwd=repo, env=repos.env)
+    assert "copy" in json.loads(status.stdout), status.stdout
+
+
+def test_a_run_killed_while_waiting_for_resources_leaves_the_outputs(tmp_path: Path, repos: Repos) -> None:
+    """The resources are taken before `prepare` deletes the outputs: a wait that ends by Ctrl-C or a kill
+    (here: the holding raises) leaves the previous outputs and no DVC lock behind."""
+    import contextlib
+
+    from dvcflow.dvc.session import PipelineSession
+    from dvcflow.engine.executor import execute
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "data.csv").write_text("1\n")
+    (repo / "copier.py").write_text("import shutil\nshutil.copy('data.csv', 'out.txt')\n")
+    repos.tiny(repo, stages=CHANGES_ITS_DEP)
+    assert dvc("repro", cwd=repo, env=repos.env).returncode == 0
+    (repo / "data.csv").write_text("2\n")
+
+    @contextlib.contextmanager
+    def interrupted_wait() -> Iterator[dict[str, str]]:
+        raise KeyboardInterrupt
+        yield {}
+
+    with PipelineSession(repo) as session, pytest.raises(KeyboardInterrupt):
+        execute(
+            session, "copy", force=False, check_changed=True, log=lambda _: None, holding=interrupted_wait
+        )
+    assert (repo / "out.txt").read_text() == "1\n"
+    assert not json.loads((repo / ".dvc" / "tmp" / "rwlock").read_text() or "{}").get("write")

@@ -90,8 +90,9 @@ def execute(
     """Run stage `name` if it needs to (see the module doc); `PipelineError` when it fails. `pull` and
     `allow_missing` are `dvc repro --pull/--allow-missing`: a stage whose only change is missing data is
     skipped (`allow_missing`) or fetched from the remote (`pull`), as `Stage.reproduce` does. `holding`
-    is entered around the command only (the resources it declares: `dvcflow.api.limits`), and gives
-    variables for its environment (`CUDA_VISIBLE_DEVICES`)."""
+    (the resources it declares: `dvcflow.api.limits`) is entered before `prepare` touches the outputs and
+    left before `record`, for a stage DVC finds changed; it gives variables for the command's environment
+    (`CUDA_VISIBLE_DEVICES`)."""
     spec = session.spec(name)
     if check_changed and not force and (pull or allow_missing) and session.missing_data_only(name):
         if allow_missing:
@@ -105,28 +106,34 @@ def execute(
             return StageResult(name, Status.RAN, session.recorded_outputs(name))
         log(f"{_quoted(name)} didn't change, skipping")
         return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
-    prepared = session.prepare(name, force=force, check_changed=check_changed, pull=pull)
-    if prepared is Prepared.UP_TO_DATE:
-        log(f"{_quoted(name)} didn't change, skipping")
+    if holding is not None and check_changed and not force and not session.changed(name):
+        log(f"{_quoted(name)} didn't change, skipping")  # no wait for resources it would not use
         return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
-    if prepared is Prepared.RESTORED:
-        log(f"Stage '{name}' is cached - skipping run, checked out its outputs from the DVC cache")
-        return StageResult(name, Status.RESTORED, session.recorded_outputs(name))
-    log(f"Running stage '{name}':")
     held = contextlib.ExitStack()
     try:
+        # The resources first: their wait may be minutes, and a run killed meanwhile must leave the
+        # stage's outputs and DVC's locks as they were (`prepare` deletes the one and takes the other).
         extra_env = held.enter_context(holding()) if holding is not None else {}
-        if function is not None:
-            _call(function, spec.commands, spec.wdir, log)
-        else:
-            commands, cwd, env = session.command_env(name)
-            env.update(extra_env)
-            for command, shown in zip(commands, spec.commands, strict=True):
-                log(f"> {shown}")
-                _stream(name, command, shown, cwd, env, log)
-    except BaseException:
-        session.abandon(name)
-        raise
+        prepared = session.prepare(name, force=force, check_changed=check_changed, pull=pull)
+        if prepared is Prepared.UP_TO_DATE:
+            log(f"{_quoted(name)} didn't change, skipping")
+            return StageResult(name, Status.UP_TO_DATE, session.recorded_outputs(name))
+        if prepared is Prepared.RESTORED:
+            log(f"Stage '{name}' is cached - skipping run, checked out its outputs from the DVC cache")
+            return StageResult(name, Status.RESTORED, session.recorded_outputs(name))
+        log(f"Running stage '{name}':")
+        try:
+            if function is not None:
+                _call(function, spec.commands, spec.wdir, log)
+            else:
+                commands, cwd, env = session.command_env(name)
+                env.update(extra_env)
+                for command, shown in zip(commands, spec.commands, strict=True):
+                    log(f"> {shown}")
+                    _stream(name, command, shown, cwd, env, log)
+        except BaseException:
+            session.abandon(name)
+            raise
     finally:
         held.close()
     outputs = session.record(name)
