@@ -93,7 +93,16 @@ def test_constructing_a_pipeline_touches_nothing(tmp_path: Path) -> None:
         ({"per_stage": True, "cached_dag": True}, "per_stage and cached_dag exclude each other"),
         ({"downstream": True}, "--downstream needs a target"),
     ],
-    ids=["jobs", "keep-going", "dask", "params-file", "fail-once", "cached-dag-push", "both-ways", "selection"],
+    ids=[
+        "jobs",
+        "keep-going",
+        "dask",
+        "params-file",
+        "fail-once",
+        "cached-dag-push",
+        "both-ways",
+        "selection",
+    ],
 )
 def test_options_the_chosen_run_would_ignore_are_refused_before_anything_runs(
     tmp_path: Path, options: dict[str, Any], message: str
