@@ -56,6 +56,7 @@ SLICES: tuple[tuple[str, str, str], ...] = (
     ("settings and API connection", "dvcflow/api/execution.py", "_execute"),
     ("API choice, server health", "dvcflow/api/connect.py", ""),
     ("repository checks, server health", "dvcflow/services/launch.py", "_prepare"),
+    ("repository checks, server health", "dvcflow/services/launch.py", "connect_run"),
     ("run summary (render)", "dvcflow/cli/render/", ""),
     ("CLI parsing and the rest", "", ""),
 )

@@ -32,7 +32,7 @@ CACHE_DECIDES = "Prefect's cache decides"
 
 
 @flow(name=FLOW_NAME)
-def stage_dag_flow(
+def cached_dag_flow(
     repo_root: Path,
     params_path: Path | None,
     jobs: int = 4,

@@ -2,8 +2,10 @@
 run the flow under a watchdog, read it back as a `FlowRunRecord`.
 
 Provides one function per way of running (`run_repro`: one `dvc repro` task; `run_per_stage`: one task per
-stage, DVC's status decides; `run_cached_dag`: one task per stage, Prefect's cache decides), `plan_stages`
-and `run_sweep`. `dvcflow.services.pipeline.Pipeline` is their one caller; they never print.
+stage, DVC's status decides; `run_cached_dag`: one task per stage, Prefect's cache decides) and
+`plan_stages`; `dvcflow.services.pipeline.Pipeline` is their one caller; they never print. What every run
+shares (`connect_run`, `execute_exclusively`, `check_dask_address`) the sweep uses too
+(`dvcflow.services.sweep`).
 
 Inside a running Prefect flow (a user's flow calling `Pipeline.run`) the flow runs as a subflow of it, on
 the caller's Prefect API: nothing is connected or exported, no signal handler is installed, the process's
@@ -15,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
@@ -37,17 +39,30 @@ if TYPE_CHECKING:
     from dvcflow.core.resources import Resources
 
 
+class Hosting(TypedDict):
+    """How every run is hosted and reported, as the caller's `Pipeline` was made: `ephemeral` (Prefect's
+    temporary server), `debug` (tracebacks), `announce` (progress notes)."""
+
+    ephemeral: bool
+    debug: bool
+    announce: Callable[[str], None]
+
+
+class EngineOptions(TypedDict):
+    """How the stage engine runs the stages (`run_per_stage`, `run_cached_dag`): at most `jobs` at once
+    (None: the CPUs), `keep_going` after a failure, `retries` per stage, `resources` (how much there is)."""
+
+    jobs: int | None
+    keep_going: bool
+    retries: int
+    resources: Mapping[str, int] | None
+
+
 def _prepare(
-    repo: Path | None,
-    ephemeral: bool,
-    announce: Callable[[str], None],
-    selection: Selection = EVERYTHING,
-    sync: DataSync = NO_SYNC,
-    *,
-    keep_session: bool = False,
-) -> tuple[Path, tuple[str, ...], bool]:
-    """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), then
-    connect: bad input never becomes a flow run. Also the stages `dvc repro` will visit.
+    repo: Path | None, selection: Selection, sync: DataSync, *, keep_session: bool = False
+) -> tuple[Path, tuple[str, ...]]:
+    """Find the repo and check what DVC will read (params, targets, tracked sources, the remote), before
+    connecting: bad input never becomes a flow run. Also the stages `dvc repro` will visit.
 
     With `keep_session`, the checks read the repository through the run's DVC session (`open_session`),
     which the engine flow then goes on using; the caller closes it (`close_session`)."""
@@ -56,8 +71,7 @@ def _prepare(
     root = repository.find_repo_root(repo)
     repository.check_params_files(root)
     session = open_session(root) if keep_session else None
-    stages = targets.check_repro_inputs(root, selection, sync, session)
-    return root, stages, connect_run(root, ephemeral, announce)
+    return root, targets.check_repro_inputs(root, selection, sync, session)
 
 
 def _caller_api_url() -> str | None:
@@ -213,7 +227,8 @@ def run_repro(
     """One Prefect task runs `dvc repro` with the selection's arguments; DVC decides what is
     up to date. With `sync.push`, a `dvc push` task uploads the selected stages' outputs afterwards."""
     _check_retries(retries)
-    root, stages, keep_link = _prepare(repo, ephemeral, announce, selection, sync)
+    root, stages = _prepare(repo, selection, sync)
+    keep_link = connect_run(root, ephemeral, announce)
     repro_args = (*sync.repro_args(), *selection.dvc_args())
     open_ahead(root)  # the DVC child warmed up now shares the run lock's file, to hold the lock once taken
     commands.warm_up(["repro", *repro_args], root, metrics=show_metrics)  # overlaps Prefect's import
@@ -302,14 +317,10 @@ def run_cached_dag(
     repository.check_params_files(root)
     try:
         resolved = check_stage_inputs(root, params_path, selection)
-        planned = resources_for(root, selection, resources)
-        keep_link = connect_run(root, ephemeral, announce)
         return _run_engine_flow(
             root,
-            announce,
-            planned,
-            keep_link,
-            debug,
+            resources_for(root, selection, resources),
+            Hosting(ephemeral=ephemeral, debug=debug, announce=announce),
             cached_dag=True,
             jobs=jobs or cpu_count(),
             params_path=resolved,
@@ -323,10 +334,8 @@ def run_cached_dag(
 
 def _run_engine_flow(
     root: Path,
-    announce: Callable[[str], None],
     planned: Resources,
-    keep_link: bool,
-    debug: bool,
+    hosting: Hosting,
     *,
     cached_dag: bool,
     jobs: int,
@@ -334,23 +343,33 @@ def _run_engine_flow(
     **parameters: Any,
 ) -> FlowRunRecord:
     """The stage engine's flow (`cached_dag`: run-b's, else `--per-stage`'s) on a task runner of `jobs`
-    workers: the run's resources shared first, the engine imported with the collector paused."""
+    workers, once the input is checked: connected, the run's resources shared, the engine imported with
+    the collector paused."""
     from dvcflow.services.resources import share
 
+    announce, debug = hosting["announce"], hosting["debug"]
+    keep_link = connect_run(root, hosting["ephemeral"], announce)
     planned = replace(planned, share=planned.share and keep_link)  # a temporary server shares nothing
     share(planned, announce)
     with collector_paused():
         from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
+        flow: Any = per_stage_flow
         if cached_dag:
-            from dvcflow.flows.cached_dag import cached_dag_flow as flow
-        else:
-            flow = per_stage_flow
+            from dvcflow.flows.cached_dag import cached_dag_flow
+
+            flow = cached_dag_flow
         import_engine()
 
     runner = task_runner(jobs, dask_address)
     return execute_exclusively(
-        root, announce, flow.with_options(task_runner=runner), keep_link, debug, jobs=jobs, resources=planned,
+        root,
+        announce,
+        flow.with_options(task_runner=runner),
+        keep_link,
+        debug,
+        jobs=jobs,
+        resources=planned,
         **parameters,
     )
 
@@ -425,14 +444,11 @@ def run_per_stage(
 
     root = repository.find_repo_root(repo)
     try:
-        _, stages, keep_link = _prepare(root, ephemeral, announce, selection, sync, keep_session=True)
-        planned = resources_for(root, selection, resources, dask_address=dask_address)
+        _, stages = _prepare(root, selection, sync, keep_session=True)
         return _run_engine_flow(
             root,
-            announce,
-            planned,
-            keep_link,
-            debug,
+            resources_for(root, selection, resources, dask_address=dask_address),
+            Hosting(ephemeral=ephemeral, debug=debug, announce=announce),
             cached_dag=False,
             jobs=jobs or (cpu_count() if dask_address is None else 10_000),
             dask_address=dask_address,
@@ -446,199 +462,3 @@ def run_per_stage(
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran
-
-
-class SweepOptions(TypedDict, total=False):
-    """`run_sweep`'s (and `Pipeline.sweep`'s) keyword arguments for how the grid runs; defaults there."""
-
-    jobs: int | None
-    metric: str | None
-    maximize: bool
-    per_stage: bool
-    save: bool
-    max_trials: int
-    dask_address: str | None
-    search: str | None
-    trials: int | None
-    study: str | None
-    prune: str | None
-    seed: int | None
-    apply_best: bool
-
-
-def run_sweep(
-    repo: Path | None = None,
-    *,
-    set_params: Sequence[str],
-    jobs: int | None = None,
-    metric: str | None = None,
-    maximize: bool = True,
-    per_stage: bool = False,
-    save: bool = True,
-    max_trials: int = 100,
-    dask_address: str | None = None,
-    search: str | None = None,
-    trials: int | None = None,
-    study: str | None = None,
-    prune: str | None = None,
-    seed: int | None = None,
-    apply_best: bool = False,
-    ephemeral: bool = False,
-    debug: bool = False,
-    announce: Callable[[str], None] = lambda _: None,
-    on_progress: Callable[[SweepProgress], None] = lambda _: None,
-) -> SweepReport:
-    """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once (default:
-    the CPUs here; on a Dask cluster, every trial, the cluster deciding). With `search`, `trials` points
-    asked of an Optuna study as trials end (`dvcflow.engine.search`).
-
-    All input is checked before the first flow run; the workspace is never written to, unless
-    `apply_best` applies the best trial at the end (`dvc exp apply`).
-    """
-    import shutil
-    import tempfile
-
-    from dvcflow.dvc import experiments
-    from dvcflow.engine.trials import SweepReport, SweepSession, TrialSpec, pick_best, registered
-
-    if jobs is not None and jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {jobs}")
-    _check_search_flags(search, trials, study, prune, seed, metric, dask_address, apply_best, save)
-    root = repository.find_repo_root(repo)
-    repository.check_params_files(root)
-    baseline = experiments.git_baseline(root)
-    if search is None:
-        grid = experiments.expand_grid(root, set_params)
-        if len(grid) > max_trials:
-            raise UsageError(
-                f"{len(grid)} trials is more than --max-trials {max_trials}",
-                hint="fewer values, or raise --max-trials",
-            )
-    if metric is not None:
-        _check_metric(root, metric)
-    if dask_address is not None:
-        check_dask_address(dask_address)
-    searching = None
-    if search is not None:
-        assert metric is not None  # checked with the flags
-        searching = _search(root, set_params, search, trials, study, prune, seed, metric, maximize, jobs)
-        specs: tuple[TrialSpec, ...] = ()
-        planned = searching.trials
-        shown = [{param.label: param.text.partition("=")[2] for param in searching.plan.space}]
-    else:
-        specs = tuple(TrialSpec(index, overrides) for index, overrides in enumerate(grid, start=1))
-        planned = len(specs)
-        shown = [spec.values() for spec in specs]
-    # Trials' logs interleaved on the terminal say less than the progress bar and the final table (which
-    # names each failure): they go to the UI only.
-    if caller_flow_run() is None:  # a caller's flow keeps its own console
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
-    keep_link = connect_run(root, ephemeral, announce)
-    from dvcflow.flows.sweep import sweep_flow, trial_runner
-
-    limit = min(jobs or (cpu_count() if dask_address is None else planned), planned)
-    experiments.prune_workspaces(root)
-    scratch = Path(tempfile.mkdtemp(prefix="dvcflow-sweep-"))
-    sweep = SweepSession(
-        root,
-        baseline,
-        specs,
-        scratch,
-        experiments.cache_dir(root),
-        save=save,
-        per_stage=per_stage,
-        metric=metric,
-        maximize=maximize,
-        on_progress=on_progress,
-        search=searching,
-    )
-    try:
-        with registered(sweep) as session_id:
-            record = execute_exclusively(
-                root,
-                announce,
-                sweep_flow.with_options(task_runner=trial_runner(limit, dask_address)),
-                keep_link,
-                debug,
-                session_id=session_id,
-                grid=shown,
-                jobs=limit,
-            )
-    except KeyboardInterrupt:  # outside the flow's own handling: stop what runs, then leave
-        sweep.interrupt()
-        children.interrupt_commands()
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        experiments.prune_workspaces(root)
-    results = sweep.results()
-    chosen, best = pick_best(results, metric, maximize)
-    applied = None
-    if apply_best and best is not None and record.state != "Cancelled":
-        applied = results[best - 1].name
-        announce(f"Applying the best trial to the workspace: dvc exp apply {applied}")
-        experiments.apply_experiment(root, applied, on_line=lambda _: None)
-    return SweepReport(
-        record, results, sweep.varying, chosen, maximize, best, save,
-        notes=tuple(sweep.notes), search=sweep.summary, applied=applied,
-    )  # fmt: skip
-
-
-def _check_search_flags(
-    search: str | None,
-    trials: int | None,
-    study: str | None,
-    prune: str | None,
-    seed: int | None,
-    metric: str | None,
-    dask_address: str | None,
-    apply_best: bool,
-    save: bool,
-) -> None:
-    """The search's flags alone, before anything is read: each needs `--search`, which needs a metric."""
-    from dvcflow.engine.search import check_plan
-
-    if apply_best and not save:
-        raise UsageError("--apply-best needs the trials saved as experiments (not --no-save)")
-    if search is None:
-        given = {"--trials": trials, "--study": study, "--prune": prune, "--seed": seed}
-        for flag, value in given.items():
-            if value is not None:
-                raise UsageError(f"{flag} needs --search tpe|random|grid")
-        return
-    check_plan(search, trials, prune, study)
-    if metric is None:
-        raise UsageError(f"--search {search} needs --metric NAME (and --maximize or --minimize)")
-    if dask_address is not None:
-        raise UsageError("--search runs its trials on this machine: not with --dask-address")
-
-
-def _search(
-    root: Path,
-    set_params: Sequence[str],
-    strategy: str,
-    trials: int | None,
-    study: str | None,
-    prune: str | None,
-    seed: int | None,
-    metric: str,
-    maximize: bool,
-    jobs: int | None,
-) -> Any:
-    """The search space from `-S`, and its study (created, or loaded to resume it): a `Search`."""
-    from dvcflow.dvc.search_space import parse_search_space
-    from dvcflow.engine.search import Search, SearchPlan
-
-    space = parse_search_space(root, set_params, grid=strategy == "grid")
-    plan = SearchPlan(strategy, trials or 0, space, metric, maximize, study, prune, seed)
-    return Search(plan, root, jobs or cpu_count())
-
-
-def _check_metric(root: Path, metric: str) -> None:
-    """`--metric` must name a metric the pipeline reports; checked against the workspace's metrics
-    files when they exist (a fresh clone has none yet, and then the name is checked at the end)."""
-    from dvcflow.dvc.metrics_files import read_metrics
-
-    known = read_metrics(root).flat()
-    if known and metric not in known:
-        raise UsageError(f"--metric {metric}: the pipeline has no such metric (it has: {', '.join(known)})")

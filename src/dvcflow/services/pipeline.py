@@ -5,7 +5,8 @@ Prefect user for their own flows.
 Provides `Pipeline` with `plan`, `run`, `metrics`, `metrics_diff`, `metrics_history` and `sweep`. The
 keyword arguments are the command line's options under Python names; they become the values shared
 inside (`Selection`, whose flags are declared once as `SelectionFlags`; `DataSync`), and the work is done
-by `dvcflow.services.launch`. Nothing here prints: progress notes go to `announce`.
+by `dvcflow.services.launch` (`sweep`: `dvcflow.services.sweep`). Nothing here prints: progress notes go
+to `announce`.
 
 Inside a running flow, `run` and `sweep` run dvcflow's flow as a subflow of the caller's flow run (see
 docs/python-api.md for why); outside one they start a flow run exactly as `dvcflow run-a` does.
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from dvcflow.core.selection import SelectionFlags
     from dvcflow.engine.trials import SweepProgress, SweepReport
     from dvcflow.services.history import MetricsHistory
-    from dvcflow.services.launch import SweepOptions
+    from dvcflow.services.sweep import SweepOptions
 
 DEFAULT_REV = "HEAD"
 DEFAULT_HISTORY_RUNS = 10
@@ -155,33 +156,27 @@ class Pipeline:
             fail_once=fail_once,
             resources=resources,
         )
+        hosting = self._hosting()
+        engine: launch.EngineOptions = {
+            "jobs": jobs,
+            "keep_going": keep_going,
+            "retries": retries,
+            "resources": resources,
+        }
         if cached_dag:
+            params_path = Path(params_file) if params_file is not None else None
             record = launch.run_cached_dag(
-                self.repo,
-                params_path=Path(params_file) if params_file is not None else None,
-                selection=selection,
-                jobs=jobs,
-                keep_going=keep_going,
-                retries=retries,
-                resources=resources,
-                ephemeral=self.ephemeral,
-                debug=self.tracebacks,
-                announce=self.announce,
+                self.repo, params_path=params_path, selection=selection, **engine, **hosting
             )
         elif per_stage:
             record = launch.run_per_stage(
                 self.repo,
                 selection=selection,
-                jobs=jobs,
-                keep_going=keep_going,
-                retries=retries,
+                sync=sync,
                 dask_address=dask_address,
                 show_metrics=show_metrics,
-                sync=sync,
-                resources=resources,
-                ephemeral=self.ephemeral,
-                debug=self.tracebacks,
-                announce=self.announce,
+                **engine,
+                **hosting,
             )
         else:
             record = launch.run_repro(
@@ -191,9 +186,7 @@ class Pipeline:
                 retries=retries,
                 fail_once=fail_once,
                 show_metrics=show_metrics,
-                ephemeral=self.ephemeral,
-                debug=self.tracebacks,
-                announce=self.announce,
+                **hosting,
             )
         result = RunResult.from_record(record)
         if not result.completed:
@@ -231,7 +224,7 @@ class Pipeline:
         """Run every combination of the `set_params` values (`"train.C=0.1,1,10"`, as `dvc exp run -S`
         takes them), each trial a child flow run in a workspace of its own; the workspace is not touched.
 
-        `options` (`dvcflow.services.launch.SweepOptions`): `jobs` (trials at once, default the CPUs),
+        `options` (`dvcflow.services.sweep.SweepOptions`): `jobs` (trials at once, default the CPUs),
         `metric` (default: the first) and `maximize` (default True) pick the best trial, `per_stage`,
         `save` (default True: every completed trial becomes a DVC experiment), `max_trials` (default 100),
         `dask_address`. `on_progress` gets the counts whenever a trial starts or ends.
@@ -244,15 +237,18 @@ class Pipeline:
         the best trial to the workspace at the end (`dvc exp apply`). See docs/sweep.md.
 
         A failed trial is part of the report (`report.trials`, `report.exit_code`), not an exception."""
-        return launch.run_sweep(
+        from dvcflow.services.sweep import run_sweep
+
+        return run_sweep(
             self.repo,
             set_params=set_params,
-            ephemeral=self.ephemeral,
-            debug=self.tracebacks,
-            announce=self.announce,
             on_progress=on_progress or (lambda _: None),
+            **self._hosting(),
             **options,
         )
+
+    def _hosting(self) -> launch.Hosting:
+        return {"ephemeral": self.ephemeral, "debug": self.tracebacks, "announce": self.announce}
 
 
 def _check_run_options(
