@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from dvcflow.api import prefect_settings
-from dvcflow.core.settings import warm_enabled
+from dvcflow.core.settings import WARM_STARTER_MODULE, warm_enabled
 from dvcflow.proc import zygote
 
-MODULE = "dvcflow.cli.warm"  # `python -m` this; `dvcflow.server.control.WARM_STARTER_MODULE` says the same
+MODULE = WARM_STARTER_MODULE  # `python -m` this module (its name kept in `dvcflow.core.settings`)
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # dvcflow's code, fingerprinted
 UNSERVED = frozenset({"server"})
 # Options whose commands may ask for a password on the terminal (dvc push/pull over SSH/HTTP, git

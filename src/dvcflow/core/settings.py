@@ -131,6 +131,11 @@ def local_client_environment(config: ServerConfig) -> dict[str, str]:
     return {**config.client_environment(), **LOCAL_CLIENT_DEFAULTS}
 
 
+# The warm starter, run as `python -m` this (`dvcflow.cli.warm`): a name here, so that the server layer,
+# which launches and stops it beside the server, names no module of the CLI above it.
+WARM_STARTER_MODULE = "dvcflow.cli.warm"
+
+
 def warm_enabled(environ: Mapping[str, str]) -> bool:
     """Whether the warm starter is on (`DVCFLOW_WARM`): read by the console script (serve a command?)
     and by the server layer (launch a starter?)."""

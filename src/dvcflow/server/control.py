@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dvcflow.core.errors import ServerError
-from dvcflow.core.settings import ServerConfig, local_client_environment, warm_enabled
+from dvcflow.core.settings import WARM_STARTER_MODULE, ServerConfig, local_client_environment, warm_enabled
 from dvcflow.proc import children, zygote
 
 HEALTH_TIMEOUT_S = 90.0
-# The warm starter, run as `python -m` this: a name, not an import (the server layer sits below `cli`).
-WARM_STARTER_MODULE = "dvcflow.cli.warm"
 
 
 @dataclass(frozen=True)
