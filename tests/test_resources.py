@@ -155,6 +155,50 @@ def test_gpu_indices_are_held_machine_wide(tmp_path: Path, monkeypatch: pytest.M
     assert Grant(GPU1).environment() == {}  # on Dask: no indices, the worker's own environment
 
 
+def test_a_stage_waiting_for_gpus_keeps_none_of_them_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All or nothing: a stage that needs both GPUs while another run holds one must not sit on the other
+    (two such stages of runs that share no limits would each hold one and wait for ever)."""
+    import fcntl
+    import os
+    import tempfile
+    import threading
+    import time
+
+    from dvcflow.proc import gpus
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(gpus, "CLAIM_POLL_S", 0.05)
+    monkeypatch.setattr(gpus, "CLAIM_POLL_MAX_S", 0.1, raising=False)
+    other_run = gpus._lock_file(gpus._lock_folder(), "1")
+    fcntl.flock(other_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    got: list[tuple[str, ...]] = []
+
+    def stage() -> None:
+        with gpus.claimed(2, ("0", "1")) as both:
+            got.append(both)
+
+    waiting = threading.Thread(target=stage, daemon=True)
+    waiting.start()
+    time.sleep(0.3)  # its first passes are done
+    free_seen = 0
+    for _ in range(20):  # a few passes: "0" must be free between them, never held for the whole wait
+        probe = gpus._lock_file(gpus._lock_folder(), "0")
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free_seen += 1
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(probe)
+        time.sleep(0.05)
+    assert free_seen > 0 and not got
+    os.close(other_run)  # the other run ends: the waiting stage gets both
+    waiting.join(10)
+    assert got == [("0", "1")]
+
+
 def test_limits_are_taken_in_one_order_same_amounts_together() -> None:
     """Two runs never wait for each other in a circle: every run takes the machine's limits by name."""
     from dvcflow.api.limits import acquisitions

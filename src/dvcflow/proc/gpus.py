@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -49,7 +50,8 @@ def visible_gpus(environ: Mapping[str, str] | None = None) -> tuple[tuple[str, .
     return tuple(_LISTED.findall(listed.stdout)), "nvidia-smi -L"
 
 
-CLAIM_POLL_S = 0.2
+CLAIM_POLL_S = 0.2  # the first pause between two passes of `claimed`...
+CLAIM_POLL_MAX_S = 2.0  # ...growing to at most this (with jitter, so two waiting runs do not keep colliding)
 
 
 def _lock_folder() -> Path:
@@ -75,28 +77,49 @@ def claimed(count: int, devices: Sequence[str], preferred: Sequence[str] = ()) -
     """Hold `count` of `devices` for the block, `preferred` first, by an flock per device that every
     process on this machine takes: two dvcflow runs (each handing out indices within its own capacity)
     never give one device to two stages at once. Waits while fewer are free; the kernel frees a dead
-    process's locks."""
+    process's locks.
+
+    All or nothing: a pass that gets fewer than `count` gives back what it got before it sleeps (a
+    growing, jittered pause of at most `CLAIM_POLL_MAX_S`) and tries again, so two stages that each need
+    every device never hold one each and wait for the other's for ever."""
     folder = _lock_folder()
     order = [*dict.fromkeys([*preferred, *devices])]
     held: list[tuple[str, int]] = []
+    pause = CLAIM_POLL_S
     try:
         while True:
-            for device in order:
-                if len(held) == count:
-                    break
-                if any(device == taken for taken, _ in held):
-                    continue
-                handle = _lock_file(folder, device)
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    os.close(handle)
-                    continue
-                held.append((device, handle))
+            held = _one_pass(folder, order, count)
             if len(held) == count:
                 break
-            time.sleep(CLAIM_POLL_S)
+            _give_back(held)
+            held = []
+            time.sleep(pause * random.uniform(0.5, 1.0))
+            pause = min(pause * 2, CLAIM_POLL_MAX_S)
         yield tuple(device for device, _ in held)
     finally:
-        for _, handle in held:
-            os.close(handle)  # closing the last descriptor releases the flock
+        _give_back(held)
+
+
+def _one_pass(folder: Path, order: Sequence[str], count: int) -> list[tuple[str, int]]:
+    """The devices of `order` free now, locked, until there are `count`."""
+    held: list[tuple[str, int]] = []
+    try:
+        for device in order:
+            if len(held) == count:
+                break
+            handle = _lock_file(folder, device)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(handle)
+                continue
+            held.append((device, handle))
+    except BaseException:
+        _give_back(held)
+        raise
+    return held
+
+
+def _give_back(held: Sequence[tuple[str, int]]) -> None:
+    for _, handle in held:
+        os.close(handle)  # closing the last descriptor releases the flock
