@@ -6,7 +6,6 @@ import typer
 
 from dvcflow.cli.common import JsonOption, RepoOption
 from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption
-from dvcflow.dvc import repository
 
 DebounceOption = Annotated[
     float | None,
@@ -146,9 +145,10 @@ def watch_command(
     from dvcflow.cli.render.watch import change_line, problem_line, watching_view
     from dvcflow.services import deploy as library
     from dvcflow.services import watch
+    from dvcflow.services.pipeline import Pipeline
 
     options = watch.check_options(debounce=debounce, branch=watch_branch, imports_every=watch_imports)
-    watching = watch.plan(repository.find_repo_root(repo), options)
+    watching = watch.plan(Pipeline(repo).root, options)
     library.connect_lasting(watching.root, render.info)
     watch.watch_until_signalled(
         watching, on_watching=watching_view, on_change=change_line, on_problem=problem_line
@@ -177,9 +177,10 @@ def trigger(
     from dvcflow.cli import render
     from dvcflow.cli.render.deploy import triggered_view
     from dvcflow.services import deploy as library
+    from dvcflow.services.pipeline import Pipeline
 
     library.check_timeout(timeout)
-    library.connect_lasting(repository.find_repo_root(repo), render.info)
+    library.connect_lasting(Pipeline(repo).root, render.info)
     run = library.trigger(name, wait=wait, timeout=timeout, announce=render.info)
     triggered_view(run)
     raise typer.Exit(run.exit_code if wait else 0)
@@ -200,10 +201,11 @@ def runs(
     from dvcflow.cli import render
     from dvcflow.cli.render.deploy import runs_table
     from dvcflow.services import deploy as library
+    from dvcflow.services.pipeline import Pipeline
     from dvcflow.services.run_history import check_limit, recent_runs
 
     check_limit(limit)
-    root = repository.find_repo_root(repo)
+    root = Pipeline(repo).root
     library.connect_lasting(root, render.info)
     runs_table(recent_runs(None if all_repos else root, limit=limit), as_json=json_output)
 
@@ -252,10 +254,11 @@ def notify(
     from dvcflow.cli.render.deploy import notification_view, notifications_table
     from dvcflow.services import deploy as library
     from dvcflow.services import notify as notifications
+    from dvcflow.services.pipeline import Pipeline
 
     if list_ or remove is not None:
         notifications.check_list_or_remove(list_, remove, webhook=webhook, slack=slack, on=on, name=name)
-        library.connect_lasting(repository.find_repo_root(repo), render.info)
+        library.connect_lasting(Pipeline(repo).root, render.info)
         if list_:
             notifications_table(notifications.list_notifications(repo), as_json=json_output)
         else:

@@ -89,16 +89,10 @@ def start(
 @app.command()
 def stop(host: HostOption = None, port: PortOption = None, home: HomeOption = None) -> None:
     """Stop the server dvcflow started (by its recorded pid) and wait until it is gone."""
-    # A dvcflow command still running a flow run on it is told to end first, as a Ctrl-C would (its run is
-    # recorded Crashed while the server answers, it exits 130), and waited for up to 30 s (docs/server.md).
-    from dvcflow.api.crash import end_live_runs
     from dvcflow.cli import render
-    from dvcflow.server import control
+    from dvcflow.services.local_server import stop_server
 
-    config = _config(host, port, home)
-    if control.recorded_pid(config) is not None:
-        end_live_runs(config.api_url, announce=render.info)
-    pid = control.stop(config)
+    pid = stop_server(_config(host, port, home), announce=render.info)
     render.out.print("No dvcflow server was running." if pid is None else f"Stopped server (pid {pid}).")
 
 
