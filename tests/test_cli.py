@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -130,3 +131,31 @@ def test_help_imports_neither_markdown_nor_traceback_and_typer_still_gets_them(p
     )
     done = processes.python("-c", code, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+HEAVY = ("prefect", "dvc", "sklearn", "optuna")
+
+
+def test_help_imports_no_heavy_library(processes: Processes) -> None:
+    """Importing the CLI and its help (`dvcflow --help`, each command's) load none of Prefect, DVC,
+    scikit-learn or Optuna: the libraries a command imports only when it runs."""
+    code = (
+        "import sys\n"
+        "import dvcflow.cli.app\n"
+        "from typer.testing import CliRunner\n"
+        "from dvcflow.cli.app import app\n"
+        "for args in ([], *([name] for name in sys.argv[1:])):\n"
+        "    assert CliRunner().invoke(app, [*args, '--help']).exit_code == 0, args\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))\n"
+    )
+    commands = ("run-a", "run-b", "plan", "metrics", "sweep", "server", "deploy", "runs")
+    done = processes.python("-c", code, *commands, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    # The console command itself, served here (not by a warm starter): what `-X importtime` lists it imported.
+    env = {**os.environ, "DVCFLOW_WARM": "0"}
+    console = processes.python("-X", "importtime", "-m", "dvcflow", "--help", env=env, timeout=60)
+    assert console.returncode == 0, console.stderr
+    imported = {line.rpartition("|")[2].strip().split(".")[0] for line in console.stderr.splitlines()}
+    assert "typer" in imported
+    assert imported.isdisjoint(HEAVY), sorted(imported & set(HEAVY))
