@@ -116,6 +116,7 @@ def deploy(
         if watching is not None:
             watch_command(watching)
         return
+    _quiet_served_runs()
     library.serve(
         request,
         on_registered=lambda info: deployment_view(info, serving=True),
@@ -126,6 +127,20 @@ def deploy(
         on_problem=problem_line,
     )
     render.info("Stopped serving.")
+
+
+def _quiet_served_runs() -> None:
+    """This process serves until Ctrl-C: the served runs write their logs to the Prefect API, the terminal
+    gets one line per run start and end. A run waiting its turn (on-change runs queue) is no news either:
+    "1 scheduled runs skipped (at capacity)" at every poll would be (set on the logger too, for where
+    Prefect's logging was set up before: the warm starter)."""
+    import logging
+    import os
+
+    from dvcflow.core.settings import CONSOLE_LEVEL
+
+    os.environ.setdefault(CONSOLE_LEVEL, "CRITICAL")
+    logging.getLogger("prefect.runner").setLevel(logging.WARNING)
 
 
 def watch_command(

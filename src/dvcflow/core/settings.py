@@ -131,6 +131,10 @@ def local_client_environment(config: ServerConfig) -> dict[str, str]:
     return {**config.client_environment(), **LOCAL_CLIENT_DEFAULTS}
 
 
+# The level of Prefect's console log handler: CRITICAL where flow runs' logs go to the UI only (the sweep's
+# trials, a served deployment's runs), as the terminal shows a summary of them instead.
+CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+
 # The warm starter, run as `python -m` this (`dvcflow.cli.warm`): a name here, so that the server layer,
 # which launches and stops it beside the server, names no module of the CLI above it.
 WARM_STARTER_MODULE = "dvcflow.cli.warm"

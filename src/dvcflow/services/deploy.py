@@ -11,14 +11,17 @@ Provides:
 With `--on-change` (a `WatchOptions`), the deployment gets a trigger on dvcflow's change event and a
 concurrency of one, and `serve` runs the watchers of `dvcflow.services.watch` beside its runs.
 
+Over 500 lines on purpose: the life of one deployment, from its checked request through registering,
+serving (the runner, the watcher of its runs, pausing at stop) to a run triggered by hand, each step
+reading what the one before set up; the runs on another machine are `dvcflow.services.remote_runs`.
+
 The flow is `dvcflow.flows.deployed.deployed_pipeline_flow`; its runs carry the repository's tag
-(`runs.repo_tag`) from the deployment, so `dvcflow runs` and `dvcflow notify` see them.
+(`api.tags.repo_tag`) from the deployment, so `dvcflow runs` and `dvcflow notify` see them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +38,6 @@ POLL_S = 1.0  # how often the serving process looks at its deployment's runs
 RUNNER_POLL_S = 2.0  # how often it asks for runs to start (Prefect's default, 10 s, delays the Run button)
 TRIGGER_POLL_S = 1.0  # how often `trigger --wait` reads the run's state
 FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
-# Served flow runs write their logs to the Prefect API; the terminal gets one line per run start and end.
-QUIET_CONSOLE = {"PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "CRITICAL"}
 
 
 @dataclass(frozen=True)
@@ -356,16 +357,11 @@ def serve(
     started by hand meanwhile wait for the next `dvcflow deploy`.
 
     With `watching` (`--on-change`), its watchers run here too, from registration until serving stops
-    (`on_watching` once they watch, `on_change` per event sent, `on_problem` per failed check).
+    (`on_watching` once they watch, `on_change` per event sent, `on_problem` per failed check). The
+    process's console and logging are the caller's (`dvcflow deploy` quiets the served runs' logs).
     """
     import asyncio
-    import logging
 
-    for key, value in QUIET_CONSOLE.items():
-        os.environ.setdefault(key, value)
-    # Also where Prefect's logging was set up before (the warm starter): a run waiting its turn (on-change
-    # runs queue) is no news, "1 scheduled runs skipped (at capacity)" at every poll would be.
-    logging.getLogger("prefect.runner").setLevel(logging.WARNING)
     _check_cron(request.cron)
     from prefect.client.orchestration import get_client
     from prefect.runner import Runner

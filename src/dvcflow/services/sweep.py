@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from dvcflow.api.execution import caller_flow_run
 from dvcflow.core.errors import UsageError
 from dvcflow.core.resources import cpu_count
+from dvcflow.core.settings import CONSOLE_LEVEL
 from dvcflow.dvc import repository
 from dvcflow.proc import children
 from dvcflow.services.launch import check_dask_address, connect_run, execute_exclusively
 
 if TYPE_CHECKING:
     from dvcflow.engine.trials import SweepProgress, SweepReport
-
-CONSOLE_LEVEL = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
 
 
 class SweepOptions(TypedDict, total=False):
