@@ -1,4 +1,5 @@
-"""Option A: DVC owns the DAG; Prefect operates `dvc repro` (logs, retries, run history)."""
+"""DVC decides: DVC owns the DAG and what is up to date; Prefect operates `dvc repro` (logs, retries, run
+history)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ Standard library only at import: the client side runs on every command's path, `
   process group, as if the command's own process had been killed (the child watches its client too, for
   when the starter has died: the starter's death alone ends no command).
 
-One file of ~800 lines, over the usual ~500: both ends of one protocol (its messages, the `GO`
+One file of ~950 lines, over the usual ~500: both ends of one protocol (its messages, the `GO`
 handshake, which signals are held at the fork and which are forwarded) read best side by side.
 """
 
