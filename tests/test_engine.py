@@ -316,7 +316,7 @@ def test_sessions_in_threads_keep_the_process_in_its_directory(
 ) -> None:
     """Two repositories' sessions used at once (sweep trials with --per-stage, a threaded Dask worker): each
     DVC call and in-process function runs in its own repository, and the process's working directory is
-    the same afterwards (one lock, `dvcrepo.CWD_LOCK`, for every change of it)."""
+    the same afterwards (one lock, `dvc.repository.CWD_LOCK`, for every change of it)."""
     from dvcflow.engine.executor import close_session, execute, open_session
 
     stages = (

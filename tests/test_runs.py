@@ -1,4 +1,5 @@
-"""`dvcflow.runs`' own logic, without a server: which tags task runs inherit, the summary's order."""
+"""The run read-back's own logic (`dvcflow.api.execution`, `dvcflow.api.tags`), without a server: which tags
+task runs inherit, the summary's order."""
 
 from __future__ import annotations
 

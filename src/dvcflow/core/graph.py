@@ -3,7 +3,7 @@
 Provides:
 - `StageNode`: one stage (or `.dvc`-tracked data source) and the stages it depends on.
 - `StageGraph`: the nodes; `waves()` by Kahn's algorithm (`ValueError` on a cycle), `descendants()`.
-- `PipelineSnapshot`: the graph plus what `dvc status` said changed, filled by `dvcflow.dvcrepo`.
+- `PipelineSnapshot`: the graph plus what `dvc status` said changed, filled by `dvcflow.dvc.session`.
 - `Decision`, `PlannedStage`, `Plan` and `plan()`: which stages would be reproduced, and why
   (`PipelineError` on a cycle), restricted to the stages a `Selection` names, each with what it declares
   it needs (`dvcflow.core.resources.Demand`); `Plan.mermaid()`.
@@ -241,7 +241,7 @@ def plan(
 ) -> Plan:
     """Changed stages run, their descendants run if DVC says so, everything else is up to date.
 
-    `selected` (what `dvcrepo.selected_stages` returns) narrows the plan to those stages, as `dvc repro
+    `selected` (what `dvc.targets.selected_stages` returns) narrows the plan to those stages, as `dvc repro
     TARGETS` does: edges to stages outside it are dropped. With `force` every planned stage runs.
     `demands`: what stages declare they need (`dvcflow.core.resources.demands_for`), kept on each.
     """

@@ -2,7 +2,7 @@
 
 `dvcflow run-a`, `run-a --per-stage`, `run-b` and `plan` take the same arguments as `dvc repro`
 (targets, `-s`, `--downstream`, `--glob`, `--force`) and must pick the same stages for them. This module
-holds the arguments and checks that need no repository; `dvcrepo.selected_stages` asks DVC which
+holds the arguments and checks that need no repository; `dvc.targets.selected_stages` asks DVC which
 stages they name, with DVC's own collection and planning code, so the two can never disagree.
 
 Pure data: no DVC, no Prefect, cheap to import.

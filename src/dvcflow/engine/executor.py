@@ -38,7 +38,7 @@ def open_session(root: Path) -> PipelineSession:
     """The run's DVC session for `root` in this process, opened on first use: by the run's pre-flight
     checks (which the flow then reuses instead of loading DVC's index again), by the flow, or on a Dask
     worker. Closed by `close_session` when the run ends. The process's working directory is left as it
-    is: each DVC call moves into the repository for its duration (`dvcrepo.in_repository`)."""
+    is: each DVC call moves into the repository for its duration (`dvc.repository.in_repository`)."""
     with _sessions_lock:
         if root not in _sessions:
             _sessions[root] = PipelineSession(root)

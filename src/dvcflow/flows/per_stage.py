@@ -135,7 +135,7 @@ def finish(
         snapshot = metrics.result()
         task_runs.append(metrics.task_run_id)
     # Every task run is final now: the summary is built from this process's view of them rather than
-    # read back from the server, which records them from events a moment later (`runs.execute`).
+    # read back from the server, which records them from events a moment later (`api.execution.execute`).
     context = FlowRunContext.get()
     if context is not None and context.flow_run is not None:
         declare_task_runs(context.flow_run.id, task_runs)

@@ -60,7 +60,7 @@ _POLL_S = 0.05  # how often a process that is not our `Popen` is looked at while
 # threads started (a signal sent to dvcflow alone does not reach them).
 _RUNNING: set[subprocess.Popen[str]] = set()
 
-# Re-entrant: a SIGINT handler (`dvcflow.services.pipeline`) calls `interrupt_commands` in the main
+# Re-entrant: a SIGINT handler (`dvcflow.services.launch`) calls `interrupt_commands` in the main
 # thread, which may be inside `stream` holding this lock at that moment.
 _RUNNING_LOCK = threading.RLock()
 

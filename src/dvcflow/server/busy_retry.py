@@ -6,7 +6,7 @@ persister or task-run recorder storing the previous run's events. Prefect answer
 retries the same request after 2 s (then 4, 8 ...): measured, one no-op `run-a` in two right after a
 `run-b` of 50 stages took 4.4 s instead of 2.2 s (10 of 12 tries). Replaying the request here after a
 few milliseconds is what the client would do, sooner: the failed transaction was rolled back. Only on
-SQLite (`prefect_server.serve`): on PostgreSQL a 503 may follow a connection lost during a commit, where
+SQLite (`server.process.serve`): on PostgreSQL a 503 may follow a connection lost during a commit, where
 that does not hold. `/api/ready` answers 503 on purpose and is passed through.
 
 Only the response's start is held back (to see its status); a response that is not a 503 streams on as

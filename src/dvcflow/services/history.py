@@ -1,8 +1,8 @@
 """The metrics of past flow runs, read back from the Prefect API.
 
 Every `metrics summary` task publishes a table artifact under the repository's key
-(`metrics.artifact_key`); this module reads the newest ones back as plain records, including those
-published under the older path-based key (`metrics.legacy_artifact_key`).
+(`api.artifacts.artifact_key`); this module reads the newest ones back as plain records, including
+those published under the older path-based key (`api.artifacts.legacy_artifact_key`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Provides:
 - `list_notifications`, `remove_notification`.
 
 The automation reacts to the flow-run state events (`prefect.flow-run.Failed`, ...) of runs carrying the
-repository's tag (`runs.repo_tag`). The URL lives in a Prefect block (a `SecretStr`): the API and the
+repository's tag (`api.tags.repo_tag`). The URL lives in a Prefect block (a `SecretStr`): the API and the
 UI show it masked, and dvcflow prints it shortened (`redact`). The server's `triggers` and `actions`
 services do the work, whether or not any dvcflow process runs.
 """

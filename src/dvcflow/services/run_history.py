@@ -1,6 +1,6 @@
 """`dvcflow runs`: the recent flow runs of this repository (or of every repository), read from the API.
 
-A repository's runs are the ones carrying its tag (`runs.repo_tag`): every `run-*` run and every run
+A repository's runs are the ones carrying its tag (`api.tags.repo_tag`): every `run-*` run and every run
 of its deployments.
 """
 
