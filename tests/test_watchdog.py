@@ -78,3 +78,10 @@ def test_a_closed_pipe_without_done_crashes_the_runs_and_their_task_runs(api: Fa
     crashed = api.requests[3][1]
     assert isinstance(crashed, dict) and crashed["state"]["type"] == "CRASHED" and crashed["force"] is True
     assert {auth for _, _, auth in api.requests} == {"Basic dTpw"}  # base64 of u:p
+
+
+def test_a_watchdog_waits_for_a_gone_server_an_hour_at_most() -> None:
+    """A server gone for good must not leave a watchdog polling for a day (the next run marks the run)."""
+    from dvcflow.api.watchdog import PATIENCE_S
+
+    assert PATIENCE_S <= 3600

@@ -10,7 +10,9 @@ How it knows, in a daemon thread that costs nothing while it waits:
 - dvcflow's local server: a pidfd of the server process, readable the moment it exits (SIGKILL, `dvcflow
   server stop`);
 - any other API (`PREFECT_API_URL`, the server of another machine): its `/health`, every `CHECK_EVERY_S`,
-  lost after `MISSES` failures in a row (a refused or timed-out connection, not an HTTP answer).
+  lost after `MISSES` failures in a row (a refused connection, an unknown host, a reset: not an HTTP
+  answer). A check that times out is a busy server, not a lost one: it counts only once no check was
+  answered for `SILENT_S` (a machine gone from the network, whose packets are dropped).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import contextlib
 import os
 import select
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 
 CHECK_EVERY_S = 2.0
-MISSES = 3  # of a remote API's health checks in a row: lost within ~10 s (2 s apart, 2 s timeout each)
+MISSES = 3  # of a remote API's health checks in a row that fail at once: lost within ~6 s (2 s apart)
+HEALTH_TIMEOUT_S = 10.0  # for one check: a server busy with the run's own writes may take seconds
+SILENT_S = 120.0  # without an answer, checks timing out: then lost too (Prefect's client gives up sooner)
 
 
 @contextlib.contextmanager
@@ -71,20 +76,27 @@ def _watch_process(pid: object, done: threading.Event, on_lost: Callable[[str], 
 def _watch_health(api_url: object, done: threading.Event, on_lost: Callable[[str], None]) -> None:
     assert isinstance(api_url, str)
     misses = 0
+    answered = time.monotonic()
     while not done.wait(CHECK_EVERY_S):
-        reason = _unhealthy(api_url)
-        misses = misses + 1 if reason else 0
-        if reason and misses >= MISSES and not done.is_set():
-            on_lost(reason)
+        reason, slow = _unhealthy(api_url)
+        if reason is None:
+            misses, answered = 0, time.monotonic()
+            continue
+        misses = 0 if slow else misses + 1  # a timeout is no miss: the server may only be busy
+        silent = time.monotonic() - answered
+        if (misses >= MISSES or silent >= SILENT_S) and not done.is_set():
+            on_lost(reason if misses >= MISSES else f"no answer for {silent:.0f} s ({reason})")
             return
 
 
-def _unhealthy(api_url: str) -> str | None:
-    """Why the API does not answer, or None when it does (any HTTP answer is an answer)."""
+def _unhealthy(api_url: str) -> tuple[str | None, bool]:
+    """Why the API does not answer (None when it does: any HTTP answer is an answer), and whether it was
+    only slow (the check timed out)."""
     try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=CHECK_EVERY_S):
-            return None
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=HEALTH_TIMEOUT_S):
+            return None, False
     except urllib.error.HTTPError:
-        return None
+        return None, False
     except (urllib.error.URLError, OSError, ValueError) as err:
-        return str(getattr(err, "reason", err))
+        reason = getattr(err, "reason", err)
+        return str(reason), isinstance(reason, TimeoutError) or isinstance(err, TimeoutError)

@@ -30,8 +30,10 @@ from dvcflow.api.crash import crash_runs, http_post
 DONE = b"done\n"
 # Its API may be gone with the run (the server killed or stopped mid-run: the run then ended with exit 4):
 # the watchdog waits for it to be back (dvcflow's next command starts the local server again) and marks
-# the run Crashed then, polling a refused port at most every `MAX_DELAY_S`; bounded, the watchdog must end.
-PATIENCE_S = 24 * 3600.0
+# the run Crashed then, polling a refused port at most every `MAX_DELAY_S`; bounded, the watchdog must end:
+# after an hour it gives up (a server gone for good must not leave a process polling for a day), and the next
+# run of the repository marks the run Crashed instead (`crash.crash_orphaned_runs`).
+PATIENCE_S = 3600.0
 MAX_DELAY_S = 5.0
 
 
