@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # `import dvc` binds DVC's log handlers to the sys.stdout of that moment: import it before any
 # CliRunner swaps sys.stdout for a buffer that it closes afterwards.
@@ -209,6 +210,70 @@ def test_limits_are_taken_in_one_order_same_amounts_together() -> None:
         (["dvcflow:h:mem_gb"], 12),
         (["dvcflow:h:mutex:db", "dvcflow:h:mutex:licence", "dvcflow:h:tokens"], 1),
     ]
+
+
+@dataclass
+class FakeLimits:
+    """The Prefect client's global concurrency limit calls `ensure_limits` makes, on a dict."""
+
+    limits: dict[str, tuple[int, bool]]  # name → (limit, active)
+    updates: list[tuple[str, dict[str, object]]] = field(default_factory=list)
+
+    def __enter__(self) -> FakeLimits:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        pass
+
+    def read_global_concurrency_limit_by_name(self, name: str) -> object:
+        from types import SimpleNamespace
+
+        from prefect.exceptions import ObjectNotFound
+
+        if name not in self.limits:
+            raise ObjectNotFound(http_exc=Exception(name))
+        limit, active = self.limits[name]
+        return SimpleNamespace(limit=limit, active=active)
+
+    def create_global_concurrency_limit(self, create: Any) -> None:
+        self.limits[create.name] = (create.limit, True)
+
+    def update_global_concurrency_limit(self, name: str, update: Any) -> None:
+        changed = update.model_dump(exclude_unset=True)
+        self.updates.append((name, changed))
+        limit, active = self.limits[name]
+        self.limits[name] = (changed.get("limit", limit), changed.get("active", active))
+
+
+def test_a_run_with_another_capacity_keeps_the_machine_s_limit_and_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two runs with different --resource values must not set the shared limit in turn: the first run's
+    limit stays, the second says so; a stage needing more than the limit is refused before it waits for
+    ever; a limit switched off is switched on, its value kept."""
+    import prefect.client.orchestration
+
+    from dvcflow.api.limits import ensure_limits, limit_name
+
+    fake = FakeLimits({})
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda **_: fake)
+    said: list[str] = []
+    ensure_limits(Capacity((("gpu", 2),)), {"a": GPU1}, said.append)
+    gpu = limit_name("gpu")
+    assert fake.limits == {gpu: (2, True)} and said == []
+
+    ensure_limits(Capacity((("gpu", 4),)), {"a": GPU1}, said.append)
+    assert fake.limits == {gpu: (2, True)} and fake.updates == []
+    assert len(said) == 1 and f"{gpu} stays 2" in said[0] and "capacity is 4" in said[0], said
+
+    with pytest.raises(ConfigError, match="needs 3 of the machine's concurrency limit"):
+        ensure_limits(Capacity((("gpu", 4),)), {"big": Demand((("gpu", 3),))})
+
+    fake.limits[gpu] = (2, False)
+    said.clear()
+    ensure_limits(Capacity((("gpu", 2),)), {"a": GPU1}, said.append)
+    assert fake.limits == {gpu: (2, True)} and fake.updates == [(gpu, {"active": True})]
+    assert len(said) == 1 and "switched on" in said[0], said
 
 
 def test_resources_never_hold_back_up_to_date_stages() -> None:

@@ -2,7 +2,7 @@
 
 The scheduler keeps one run within its capacity (`dvcflow.engine.scheduler`). Two runs on one GPU box,
 each within its own capacity, would still put two stages on one GPU; so each stage that declares a demand
-also holds, around its command, a slot of a global concurrency limit per resource (`occupy=` the amount)
+also holds, while it runs, a slot of a global concurrency limit per resource (`occupy=` the amount)
 and per mutex group (a limit of 1). Every process that talks to the same server shares them, and they
 show on the UI's Concurrency page, with the task run that holds each slot.
 
@@ -11,10 +11,13 @@ the host id of `dvcflow.proc.liveness.host_id`), because what it counts (GPUs, m
 the host) belongs to the machine, not to one repository: two repositories on one box queue for its GPU
 too, and two boxes sharing a server do not wait for each other's.
 
-Each run writes its capacity to the server before its first stage (`ensure_limits`): a missing limit is
-created, one with another limit or switched off is set to the capacity. The limits are taken in one order
-(by name; `acquisitions`), so two runs never wait for each other in a circle. A slot is leased (60 s,
-renewed while the command runs): if the process dies, the server frees it.
+Each run creates the limits it takes before its first stage (`ensure_limits`), at its capacity. A limit that
+exists is the machine's: kept as it is (another run, or a person on the UI, set it), switched on if it was
+switched off; a run whose capacity differs says so and keeps it, rather than two runs with different
+`--resource` values setting it in turn. A run with a stage that needs more than the limit is refused before
+its first stage (it would wait for ever); change or delete the limit to change the machine's capacity. The
+limits are taken in one order (by name; `acquisitions`), so two runs never wait for each other in a circle.
+A slot is leased (60 s, renewed while the command runs): if the process dies, the server frees it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from uuid import UUID
 
+from dvcflow.core.errors import ConfigError
 from dvcflow.core.resources import Capacity, Demand
 
 PREFIX = "dvcflow"
@@ -60,15 +64,28 @@ def wanted_limits(capacity: Capacity, demands: Mapping[str, Demand]) -> dict[str
     return dict(sorted(wanted.items()))
 
 
+def most_taken(demands: Mapping[str, Demand]) -> dict[str, int]:
+    """Limit name → the most one stage takes of it at once."""
+    host = _host()
+    most: dict[str, int] = {}
+    for demand in demands.values():
+        for names, occupy in acquisitions(demand, host):
+            for name in names:
+                most[name] = max(most.get(name, 0), occupy)
+    return most
+
+
 def ensure_limits(
     capacity: Capacity, demands: Mapping[str, Demand], announce: Callable[[str], None] = lambda _: None
 ) -> None:
-    """Create each limit the run takes, or set it to the capacity (switched on); `announce` says which
-    changed."""
+    """Create each limit the run takes at its capacity; keep one that exists (switched on), `announce`
+    saying when it differs from this run's capacity. `ConfigError` when a stage needs more than an
+    existing limit (it would wait for ever)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+    most = most_taken(demands)
     with get_client(sync_client=True) as client:
         for name, limit in wanted_limits(capacity, demands).items():
             try:
@@ -79,11 +96,21 @@ def ensure_limits(
                         GlobalConcurrencyLimitCreate(name=name, limit=limit)
                     )
                 continue
-            if existing.limit != limit or not existing.active:
-                client.update_global_concurrency_limit(
-                    name, GlobalConcurrencyLimitUpdate(limit=limit, active=True)
+            if most.get(name, 0) > existing.limit:
+                raise ConfigError(
+                    f"a stage needs {most[name]} of the machine's concurrency limit {name}, which is "
+                    f"{existing.limit} (this run's capacity: {limit})",
+                    hint=f"if the machine has more: prefect gcl update {name} --limit {limit}",
                 )
-                announce(f"Concurrency limit {name}: {existing.limit} -> {limit} (this run's capacity)")
+            if not existing.active:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active=True))
+                announce(f"Concurrency limit {name} was switched off: switched on again ({existing.limit})")
+            if existing.limit != limit:
+                announce(
+                    f"Concurrency limit {name} stays {existing.limit}, the machine's as another run or the "
+                    f"UI set it; this run's capacity is {limit} (to change it: prefect gcl update {name} "
+                    f"--limit {limit})"
+                )
 
 
 def acquisitions(demand: Demand, host: str | None = None) -> list[tuple[list[str], int]]:
