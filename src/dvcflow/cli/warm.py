@@ -54,6 +54,7 @@ PRELOAD = (
     "dvcflow.flows.per_stage",
     "dvcflow.flows.cached_dag",
     "dvcflow.flows.sweep",
+    "dvcflow.services.sweep",
     "dvcflow.services.history",
     "dvcflow.services.deploy",
     "dvc.repo",
