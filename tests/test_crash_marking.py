@@ -64,3 +64,19 @@ def test_an_answer_that_is_not_a_list_crashes_nothing() -> None:
     api.runs = {"detail": "nope"}  # type: ignore[assignment]
     assert crash_runs(api.post, TAGS, lambda _run: "gone") == 0
     assert [path for path, _ in api.posted] == ["/flow_runs/filter"]
+
+
+def test_server_stop_tells_only_dvcflow_commands_to_end_never_its_own_lineage() -> None:
+    """`server stop` SIGINTs the commands running flow runs on the server: a user's own process (the
+    Python API) is not one of them, and neither is the process that runs `server stop` or any above it
+    (a test runner whose in-process run was left unfinished was interrupted by its own server's stop)."""
+    import os
+
+    from dvcflow.api.crash import _is_dvcflow_command
+    from dvcflow.proc.children import lineage
+
+    assert _is_dvcflow_command(["/venv/bin/python", "/venv/bin/dvcflow", "run-b"])
+    assert _is_dvcflow_command(["/venv/bin/python", "-m", "dvcflow.cli.warm", "/home", "42"])
+    assert not _is_dvcflow_command(["python", "nightly.py"])
+    assert not _is_dvcflow_command(None)
+    assert {os.getpid(), os.getppid()} <= lineage()

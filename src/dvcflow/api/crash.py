@@ -120,6 +120,7 @@ def end_live_runs(api_url: str, announce: Callable[[str], None], wait: float = S
 
     from dvcflow.api.tags import HOST_TAG, PID_TAG, tag_value
     from dvcflow.proc import liveness
+    from dvcflow.proc.children import command_line, lineage, running
 
     state = {"type": {"any_": UNFINISHED}}
     host = {"tags": {"all_": [f"{HOST_TAG}{liveness.host_id()}"]}, "state": state}
@@ -133,6 +134,14 @@ def end_live_runs(api_url: str, announce: Callable[[str], None], wait: float = S
         if token is None or not liveness.alive(token):
             continue
         pid = int(token.partition(".")[0])
+        if pid in lineage():  # this process, or one that started it (a script, a test runner): never
+            continue
+        if not _is_dvcflow_command(command_line(pid)):  # a user's own process (the Python API): theirs
+            announce(
+                f"Flow run {run.get('name')!r} is running on this server in a process that is not a "
+                f"dvcflow command (pid {pid}): stopping the server under it"
+            )
+            continue
         announce(
             f"A dvcflow command is running flow run {run.get('name')!r} on this server (pid {pid}): "
             "telling it to end (as Ctrl-C), then stopping the server"
@@ -143,16 +152,13 @@ def end_live_runs(api_url: str, announce: Callable[[str], None], wait: float = S
             continue
         told.append(pid)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and any(_running(pid) for pid in told):
+    # A command that ended but whose parent has not reaped it yet (a zombie) has ended: not waited for.
+    while time.monotonic() < deadline and any(running(pid) for pid in told):
         time.sleep(0.1)
     return len(told)
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _is_dvcflow_command(argv: list[str] | None) -> bool:
+    """A `dvcflow` console script, `python -m dvcflow ...`, or a child of the warm starter (whose command
+    line stays the starter's): the processes `server stop` may tell to end as a Ctrl-C would."""
+    return argv is not None and any("dvcflow" in part for part in argv[:3])

@@ -314,6 +314,14 @@ def command_line(pid: int) -> list[str] | None:
         return None
 
 
+def lineage() -> set[int]:
+    """This process and every process above it (the shell, a script, a test runner that started it)."""
+    import psutil
+
+    me = psutil.Process()
+    return {me.pid, *(parent.pid for parent in me.parents())}
+
+
 def leads_group(pid: int) -> bool:
     """Whether process `pid` leads a process group (its own, started with `process_group=0` or a new
     session)."""
