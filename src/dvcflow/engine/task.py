@@ -120,8 +120,9 @@ def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
     run on this machine holds one), and the environment that names them.
 
     The limits are released in a thread of their own while DVC records the outputs (a release is two
-    API calls and a thread's end, ~0.1-0.3 s); the launcher waits for it before the scheduler hands the
-    stage's resources to another (`_released`)."""
+    API calls: 0.06 s, up to 0.13 s, measured against a local server, per stage that holds resources);
+    the launcher waits for it before the scheduler hands the stage's resources to another (`_released`).
+    Outside a task run (nothing would wait for it) the release is done here."""
     from prefect.context import TaskRunContext
 
     logger = get_run_logger()
@@ -149,14 +150,18 @@ def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
         logger.info("Holding %s%s", grant.demand, f" ({shown})" if shown else "")
         yield environment
     finally:
-        release = threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(_release, held, logger),
-            name="dvcflow-release",
-            daemon=True,
-        )
-        release.start()
-        _releasing.setdefault(task_run, []).append(release)
+        if task_run is None:
+            _release(held, logger)
+        else:
+            release = threading.Thread(
+                target=contextvars.copy_context().run,
+                args=(_release_under_way, task_run, held, logger),
+                name="dvcflow-release",
+                daemon=True,
+            )
+            with _releasing_lock:
+                _releasing.setdefault(task_run, []).append(release)
+            release.start()
 
 
 def _release(held: contextlib.ExitStack, logger: Any) -> None:
@@ -166,12 +171,31 @@ def _release(held: contextlib.ExitStack, logger: Any) -> None:
         logger.warning("Could not release the concurrency limits (free again within %d s): %s", LEASE_S, exc)
 
 
-_releasing: dict[UUID | None, list[threading.Thread]] = {}  # task run → its limits' releases under way
+# Task run → its limits' releases still under way: each release removes itself when done, so this holds no
+# more than the stages just finished.
+_releasing: dict[UUID, list[threading.Thread]] = {}
+_releasing_lock = threading.Lock()
+
+
+def _release_under_way(task_run: UUID, held: contextlib.ExitStack, logger: Any) -> None:
+    try:
+        _release(held, logger)
+    finally:
+        with _releasing_lock:
+            under_way = _releasing.get(task_run, [])
+            if threading.current_thread() in under_way:
+                under_way.remove(threading.current_thread())
+            if not under_way:
+                _releasing.pop(task_run, None)
 
 
 def _released(task_run: UUID | None) -> None:
     """Wait until the task run's limits are back on the server (see `_holding`)."""
-    for release in _releasing.pop(task_run, []):
+    if task_run is None:
+        return
+    with _releasing_lock:
+        under_way = list(_releasing.get(task_run, ()))
+    for release in under_way:
         release.join()
 
 
