@@ -25,6 +25,7 @@ help:
 	@echo "make prefect-start  start dvcflow's local Prefect server (UI at http://127.0.0.1:4200)"
 	@echo "make bench          every benchmark in bench/, written to docs/benchmarks.md (BENCH_QUICK=1: fewer rounds)"
 	@echo "make docs           regenerate docs/cli.md from the CLI (make test fails while it is stale)"
+	@echo "                   and retake the Prefect UI screenshots in docs/figures/ (needs Chromium)"
 
 # The template database a first `dvcflow server start` copies (per user and Prefect version, in
 # ~/.cache/dvcflow): ~8 s once, 0.1 s after; a failure only means the first start migrates (~7 s).
@@ -83,8 +84,11 @@ prefect-stop: setup
 	$(BIN)/dvcflow server stop
 
 # docs/cli.md is generated from the Typer app; tests/test_docs.py fails `make test` when it is stale.
+# Then the Prefect UI screenshots in docs/figures/ are retaken against today's code, by Chromium headless
+# on a private server (~2 min; without Chromium, a one-line note and nothing else).
 docs: setup
 	$(BIN)/python scripts/gen_cli_docs.py
+	$(BIN)/python scripts/ui_screenshots.py
 
 bench: setup
 	$(BIN)/python bench/run.py
