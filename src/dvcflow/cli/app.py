@@ -101,7 +101,7 @@ def root(
 
 
 def _register() -> None:
-    from dvcflow.cli import deploy, metrics, plan, run, server, sweep
+    from dvcflow.cli import deploy, metrics, plan, remote, run, server, sweep
 
     app.command("run-a")(run.run_a)
     app.command("run-b")(run.run_b)
@@ -110,6 +110,7 @@ def _register() -> None:
     app.command("sweep")(sweep.sweep)
     app.add_typer(server.app, name="server")
     deploy.register(app)
+    remote.register(app)
     help_text.unwrap_commands(app)  # docstrings' paragraphs, not their source lines, in --help
 
 

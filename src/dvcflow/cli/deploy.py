@@ -63,8 +63,25 @@ def deploy(
         str | None,
         typer.Option(
             "--pool",
-            help="Register with this Prefect process work pool instead of serving; "
-            "`prefect worker start --pool NAME` runs it.",
+            help="Register with this Prefect work pool instead of serving; its workers (`prefect worker "
+            "start --pool NAME`, anywhere) run the pipeline at this commit from the git remote, data through "
+            "the DVC remote, and push the result as a DVC experiment (see `dvcflow fetch`).",
+            show_default=False,
+        ),
+    ] = None,
+    shared_disk: Annotated[
+        bool,
+        typer.Option(
+            "--shared-disk",
+            help="With --pool: workers see this repository at this path; they run it in place.",
+        ),
+    ] = False,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            help="With --pool of a docker or kubernetes pool: the image with dvcflow "
+            "(default dvcflow:VERSION).",
             show_default=False,
         ),
     ] = None,
@@ -110,9 +127,17 @@ def deploy(
         watch_imports=watch_imports,
     )
     watching = watch.plan(request.root, request.watch) if request.watch is not None else None
+    from dvcflow.services import remote_runs
+
+    from_git = remote_runs.check_pool_flags(request, shared_disk=shared_disk, image=image)
     library.connect_lasting(request.root, render.info)
     if request.pool is not None:
-        deployment_view(library.register_to_pool(request, announce=render.info), serving=False)
+        registered = (
+            remote_runs.register_from_git(from_git, announce=render.info)
+            if from_git is not None
+            else library.register_to_pool(request, announce=render.info)
+        )
+        deployment_view(registered, serving=False)
         if watching is not None:
             watch_command(watching)
         return

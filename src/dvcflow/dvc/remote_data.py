@@ -172,7 +172,16 @@ def save_experiment(root: Path, name: str, on_line: Callable[[str], None]) -> st
 def push_experiment(root: Path, name: str, git_remote: str, on_line: Callable[[str], None]) -> None:
     """`dvc exp push --force --no-cache REMOTE NAME`: the experiment's commit to the git remote (its data
     went with `dvc push`)."""
-    _dvc(root, ["exp", "push", "--force", "--no-cache", git_remote, name], on_line)
+    _dvc(
+        root,
+        ["exp", "push", "--force", "--no-cache", git_remote, name],
+        lambda line: _unless_cache_note(line, on_line),
+    )
+
+
+def _unless_cache_note(line: str, on_line: Callable[[str], None]) -> None:
+    if not line.startswith("To push cached outputs"):  # they were pushed: `dvc push` ran before
+        on_line(line)
 
 
 def fetch_experiment(

@@ -35,6 +35,7 @@ class RunRow:
     ui_link: str | None
     message: str | None = None
     change: str | None = None  # what changed, for a run an on-change trigger started
+    experiment: str | None = None  # the DVC experiment a run on another machine saved (`dvcflow fetch`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class RunRow:
             "ui_link": self.ui_link,
             "message": self.message,
             "change": self.change,
+            "experiment": self.experiment,
         }
 
 
@@ -70,7 +72,7 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
 
     from dvcflow.api.failures import state_message
     from dvcflow.api.links import flow_run_link
-    from dvcflow.api.tags import repo_tag
+    from dvcflow.api.tags import EXPERIMENT_TAG, repo_tag, tag_value
 
     begun = FlowRunFilter(
         state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED])),
@@ -106,6 +108,7 @@ def recent_runs(root: Path | None, *, limit: int) -> tuple[RunRow, ...]:
             ui_link=flow_run_link(run.id),
             message=state_message(run.state) if run.state and not run.state.is_completed() else None,
             change=_change(run.parameters),
+            experiment=tag_value(list(run.tags), EXPERIMENT_TAG),
         )
         for run in runs
     )

@@ -65,7 +65,17 @@ def runs_table(rows: tuple[RunRow, ...], *, as_json: bool) -> None:
         return
     table = Table()
     changes = any(row.change for row in rows)  # a column only when a run was started by a change
-    columns = ("Flow", "Run", "Deployment", *(("Change",) if changes else ()), "State", "Start", "Duration")
+    experiments = any(row.experiment for row in rows)  # ... or saved a DVC experiment elsewhere
+    columns = (
+        "Flow",
+        "Run",
+        "Deployment",
+        *(("Change",) if changes else ()),
+        "State",
+        *(("Experiment",) if experiments else ()),
+        "Start",
+        "Duration",
+    )
     for column in columns:
         table.add_column(
             column,
@@ -80,6 +90,7 @@ def runs_table(rows: tuple[RunRow, ...], *, as_json: bool) -> None:
             row.deployment or "",
             *((row.change or "",) if changes else ()),
             Text(row.state, style=STATE_STYLES.get(row.state, "")),
+            *((row.experiment or "",) if experiments else ()),
             row.start.astimezone().strftime("%m-%d %H:%M:%S") if row.start else "",
             seconds(row.seconds),
         )
