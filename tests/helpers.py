@@ -425,3 +425,99 @@ def most_at_once(spans: list[tuple[float, float]]) -> int:
         current += step
         most = max(most, current)
     return most
+
+
+# A `LocalCluster` of two worker processes, each working in a scratch folder of its own (HOME, DVCFLOW_CLONES
+# there), every stage command logging its working directory to CWD_LOG: Dask workers that do not share the
+# caller's disk. Arguments: port, scratch folder, log path; prints "ready". tests/test_dask_clones.py, bench/.
+DASK_SCRATCH_CLUSTER = """\
+import os, sys, time
+from distributed import Client, LocalCluster
+
+port, scratch, cwd_log = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, scheduler_port=port,
+                       dashboard_address=None)
+client = Client(cluster)
+for index, worker in enumerate(sorted(client.scheduler_info()["workers"])):
+    folder = os.path.join(scratch, f"worker-{index}")
+    os.makedirs(folder, exist_ok=True)
+
+    def place(folder=folder):
+        os.chdir(folder)
+        os.environ.update(HOME=folder, DVCFLOW_CLONES=os.path.join(folder, "clones"), CWD_LOG=cwd_log)
+
+    client.run(place, workers=[worker])
+print("ready", flush=True)
+time.sleep(1200)
+"""
+
+
+CLONE_STAGE_PY = """\
+import os, sys, time
+name, seconds = sys.argv[1], float(sys.argv[2])
+if os.environ.get("CWD_LOG"):
+    with open(os.environ["CWD_LOG"], "a") as log:
+        log.write(os.getcwd() + "\\n")
+time.sleep(seconds)
+with open(f"out/{name}.txt", "w") as out:
+    out.write(name + "\\n")
+"""
+CLONE_JOIN_PY = """\
+import os
+if os.environ.get("CWD_LOG"):
+    with open(os.environ["CWD_LOG"], "a") as log:
+        log.write(os.getcwd() + "\\n")
+parts = sorted(name for name in os.listdir("out") if name.startswith("b") and name.endswith(".txt"))
+with open("out/joined.txt", "w") as out:
+    out.write("".join(open(f"out/{name}").read() for name in parts))
+"""
+
+
+def make_clone_wide_repo(root: Path, env: dict[str, str], *, branches: int, sleep: float) -> Path:
+    """`branch` a `foreach` of independent stages sleeping `sleep` s, `join` after all: outputs that do not
+    depend on when or where they ran (so `dvc.lock` can be compared byte for byte). Committed; `out/` kept in
+    git, as a clone has only what git has. Used by `bench/bench_dask_clones.py` too."""
+    root.mkdir(parents=True)
+    (root / "stage.py").write_text(CLONE_STAGE_PY)
+    (root / "join.py").write_text(CLONE_JOIN_PY)
+    (root / "out").mkdir()
+    (root / "out" / ".gitkeep").write_text("")
+    items = [f"b{index}" for index in range(branches)]
+    spec = {
+        "stages": {
+            "branch": {
+                "foreach": items,
+                "do": {
+                    "cmd": f"python stage.py ${{item}} {sleep}",
+                    "deps": ["stage.py"],
+                    "outs": ["out/${item}.txt"],
+                },
+            },
+            "join": {
+                "cmd": "python join.py",
+                "deps": ["join.py", *(f"out/{item}.txt" for item in items)],
+                "outs": ["out/joined.txt"],
+            },
+        }
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
+    )
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "wide pipeline", env=env)
+    return root
+
+
+def with_clone_remotes(repo: Path, top: Path, env: dict[str, str]) -> None:
+    """A bare git remote with the pipeline pushed, a folder as the DVC default remote (committed, pushed)."""
+    origin = top / "origin.git"
+    origin.mkdir()
+    git(origin, "init", "-q", "--bare", "-b", "main", env=env)
+    (top / "store").mkdir()
+    git(repo, "remote", "add", "origin", str(origin), env=env)
+    added = dvc("remote", "add", "-d", "store", str(top / "store"), cwd=repo, env=env)
+    assert added.returncode == 0, added.stderr
+    git(repo, "commit", "-q", "-am", "the DVC remote", env=env)
+    git(repo, "push", "-q", "-u", "origin", "main", env=env)

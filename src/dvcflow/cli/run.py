@@ -90,6 +90,17 @@ DaskOption = Annotated[
         rich_help_panel="Per stage",
     ),
 ]
+SharedDiskOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--shared-disk/--no-shared-disk",
+        help="With --dask-address: the workers see this repository at this path (the fast path), or not: "
+        "each stage then runs in a clone of this commit, its data through the DVC remote "
+        "(default: ask them).",
+        show_default=False,
+        rich_help_panel="Per stage",
+    ),
+]
 RESOURCE_HELP = (
     "How much there is of a resource the stages declare, repeatable: --resource gpu=2 --resource "
     "mem_gb=32 (default: tool.dvcflow.capacity in pyproject.toml; GPUs: the machine's). "
@@ -147,6 +158,7 @@ def run_a(
     retries: RetriesOption = None,
     dry_run: DryRunOption = False,
     dask_address: DaskOption = None,
+    shared_disk: SharedDiskOption = None,
     resource: ResourceOption = None,
     ephemeral: EphemeralOption = False,
     json: JsonOption = False,
@@ -170,6 +182,7 @@ def run_a(
             "--dry-run": dry_run,
             "--dask-address": dask_address is not None,
             "--resource": bool(resource),
+            "--shared-disk": shared_disk is not None,
         },
     )
     capacity = _capacity(resource)
@@ -194,6 +207,7 @@ def run_a(
         resources=capacity,
         show_metrics=show_metrics,
         fail_once=fail_once,
+        **({"shared_disk": shared_disk} if shared_disk is not None else {}),
     )
 
 

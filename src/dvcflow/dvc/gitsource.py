@@ -319,6 +319,12 @@ def share_cache(root: Path, cache: Path) -> None:
     config.write()
 
 
+def reset(root: Path, commit: str) -> None:
+    """A reused worktree back at `commit`: its tracked files as committed (outputs and other ignored or
+    untracked files stay)."""
+    _git(root, "reset", "--quiet", "--hard", commit)
+
+
 def remove_checkout(root: Path) -> None:
     """Delete a run's worktree (the one `root` is in) and git's record of it; the clone stays."""
     top = Path(_git(root, "rev-parse", "--show-toplevel", check=False) or root)

@@ -21,6 +21,7 @@ from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from dvcflow.api.execution import declare_task_runs, untagged_tasks
+from dvcflow.core.clones import CloneSource
 from dvcflow.core.errors import PipelineError
 from dvcflow.core.graph import Plan, plan
 from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
@@ -162,12 +163,14 @@ def per_stage_flow(
     pull: bool = False,
     allow_missing: bool = False,
     resources: Resources = NO_RESOURCES,
+    clones: CloneSource | None = None,
 ) -> MetricsSnapshot | State[Any] | None:
     """Reproduce the DVC pipeline stage by stage, independent stages in parallel; with `push`, upload
     the outputs of those stages (all when empty) to the default DVC remote afterwards. `pull` and
     `allow_missing` as `dvc repro --pull/--allow-missing`: the run cache is pulled first, then each
     stage whose only change is missing data is fetched (or skipped) when its turn comes. `resources`:
-    what stages declare they need and the capacity (`dvcflow.core.resources`)."""
+    what stages declare they need and the capacity (`dvcflow.core.resources`). `clones`: on workers that
+    do not share this disk, each stage to reproduce runs in a clone of this commit (`engine.clone_task`)."""
     logger = get_run_logger()
     session = open_session(repo_root)
     try:
@@ -183,16 +186,28 @@ def per_stage_flow(
             len(stage_plan.up_to_date),
         )
         publish_dag(stage_plan, repo_root)
-        launcher = PrefectLauncher(
-            repo_root,
-            session,
-            retries=retries,
-            force=selection.force,
-            pull=pull,
-            allow_missing=allow_missing,
-            resources=resources,
-        )
+        cloned = None
+        launcher: PrefectLauncher
+        if clones is not None:
+            from dvcflow.engine.clone_task import CloneLauncher
+
+            dvc_push_task(repo_root)  # what the clones will pull: the sources and the outputs up to date
+            launcher = cloned = CloneLauncher(
+                repo_root, session, clones, order=selected, retries=retries, force=selection.force
+            )
+        else:
+            launcher = PrefectLauncher(
+                repo_root,
+                session,
+                retries=retries,
+                force=selection.force,
+                pull=pull,
+                allow_missing=allow_missing,
+                resources=resources,
+            )
         schedule(stage_plan, launcher, resources, jobs, keep_going)
+        if cloned is not None:
+            cloned.settle(logger.info)
         return finish(launcher.futures, session, show_metrics=show_metrics, push=push, retries=retries)
     finally:
         close_session(repo_root)

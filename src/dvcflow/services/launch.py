@@ -432,10 +432,13 @@ def run_per_stage(
     debug: bool = False,
     selection: Selection = EVERYTHING,
     announce: Callable[[str], None] = lambda _: None,
+    shared_disk: bool | None = None,
 ) -> FlowRunRecord:
     """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
     here; on a Dask cluster, as many as it takes). `resources`: the capacity of each resource the stages
-    declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`)."""
+    declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`). On Dask, `shared_disk`
+    (None: asked of the workers) says whether they run the stages in this repository or each in a clone
+    of this commit (`dvcflow.services.remote_stages`)."""
     _check_counts(jobs, retries)
     if dask_address is not None:
         check_dask_address(dask_address)
@@ -445,6 +448,11 @@ def run_per_stage(
     root = repository.find_repo_root(repo)
     try:
         _, stages = _prepare(root, selection, sync, keep_session=True)
+        clones = None
+        if dask_address is not None and shared_disk is not True:
+            from dvcflow.services.remote_stages import plan_clones
+
+            clones = plan_clones(root, dask_address, shared_disk, announce)
         return _run_engine_flow(
             root,
             resources_for(root, selection, resources, dask_address=dask_address),
@@ -459,6 +467,7 @@ def run_per_stage(
             push=(() if selection.everything else stages) if sync.push else None,
             pull=sync.pull,
             allow_missing=sync.allow_missing,
+            **({"clones": clones} if clones is not None else {}),
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran

@@ -112,6 +112,7 @@ class Pipeline:
         resources: Mapping[str, int] | None = None,
         show_metrics: bool = True,
         fail_once: bool = False,
+        shared_disk: bool | None = None,
         **flags: Unpack[SelectionFlags],
     ) -> RunResult:
         """Reproduce the pipeline as one Prefect flow run; its result, or `PipelineRunError` carrying it.
@@ -123,9 +124,11 @@ class Pipeline:
         How: by default one task runs `dvc repro` and DVC decides what is up to date. `per_stage=True`:
         one task per stage, independent stages in parallel (at most `jobs`, default the CPUs;
         `keep_going` finishes independent branches after a failure; `dask_address` runs them on a Dask
-        cluster). `cached_dag=True`: one task per stage too, but Prefect's cache decides what runs and
-        unchanged stages end Cached (`params_file`: the params file the run uses, one the pipeline
-        already reads). `retries`: retries of a failed stage command (or `dvc repro`).
+        cluster; workers that do not see this repository, asked or told by `shared_disk=False`, run each
+        stage in a clone of this commit, data through the DVC remote: docs/remote.md). `cached_dag=True`:
+        one task per stage too, but Prefect's cache decides what runs and unchanged stages end Cached
+        (`params_file`: the params file the run uses, one the pipeline already reads). `retries`: retries
+        of a failed stage command (or `dvc repro`).
 
         Resources (`per_stage` or `cached_dag`; docs/resources.md): stages declare what they need in
         `dvc.yaml` (`meta: {dvcflow: {resources: {gpu: 1}, mutex: [licence]}}`) or by glob in
@@ -156,6 +159,8 @@ class Pipeline:
             fail_once=fail_once,
             resources=resources,
         )
+        if shared_disk is not None and (dask_address is None or not per_stage):
+            raise UsageError("shared_disk applies to per_stage=True with a dask_address")
         hosting = self._hosting()
         engine: launch.EngineOptions = {
             "jobs": jobs,
@@ -175,6 +180,7 @@ class Pipeline:
                 sync=sync,
                 dask_address=dask_address,
                 show_metrics=show_metrics,
+                shared_disk=shared_disk,
                 **engine,
                 **hosting,
             )

@@ -1,0 +1,135 @@
+"""Stages on Dask workers that do not share the caller's disk (docs/remote.md): a real `LocalCluster` whose
+two worker processes each work in a scratch folder of their own (their clones there too); the git remote a
+bare repository, the DVC remote a folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import integration_fixture
+from tests.helpers import (
+    DASK_SCRATCH_CLUSTER,
+    dvc,
+    dvcflow,
+    free_port,
+    git,
+    make_chain_repo,
+    make_clone_wide_repo,
+    with_clone_remotes,
+)
+
+PATIENCE = 600
+
+
+@dataclass(frozen=True)
+class ScratchCluster:
+    address: str
+    scratch: Path
+    cwd_log: Path  # every stage command appends its working directory here
+
+
+@integration_fixture
+def scratch_cluster(tmp_path: Path, client_env: dict[str, str]) -> Iterator[ScratchCluster]:
+    """Two worker processes, each in a scratch folder of its own (its HOME and clones there), run by a
+    process of their own."""
+    port = free_port()
+    scratch, cwd_log = tmp_path / "scratch", tmp_path / "cwd.log"
+    scratch.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-c", DASK_SCRATCH_CLUSTER, str(port), str(scratch), str(cwd_log)],
+        cwd=scratch,
+        env=client_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield ScratchCluster(f"tcp://127.0.0.1:{port}", scratch, cwd_log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("shape", ["wide", "chain"])
+def test_stages_run_in_clones_and_dvc_lock_is_dvc_repro_s(
+    shape: str, tmp_path: Path, client_env: dict[str, str], scratch_cluster: ScratchCluster
+) -> None:
+    env = client_env
+    if shape == "wide":
+        repo = make_clone_wide_repo(tmp_path / "repo", env, branches=4, sleep=0.2)
+    else:
+        repo = make_chain_repo(tmp_path / "repo", env, stages=4)
+        (repo / "out" / ".gitkeep").write_text("")
+        git(repo, "add", "-A", env=env)
+        git(repo, "commit", "-q", "-m", "out/ in git", env=env)
+    with_clone_remotes(repo, tmp_path, env)
+    reference = tmp_path / "reference"
+    shutil.copytree(repo, reference, symlinks=True)
+    reproduced = dvc("repro", cwd=reference, env=env)
+    assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr
+
+    ran = dvcflow(
+        "run-a", "--per-stage", "--dask-address", scratch_cluster.address, "--no-shared-disk", "--json",
+        "--no-show-metrics", cwd=repo, env=env, timeout=PATIENCE,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    tasks = {task["name"]: task["state"] for task in json.loads(ran.stdout)["tasks"]}
+    assert {state for name, state in tasks.items() if name != "dvc push"} == {"Completed"}, tasks
+
+    assert (repo / "dvc.lock").read_text() == (reference / "dvc.lock").read_text()
+    status = dvc("status", "--json", cwd=repo, env=env)
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout + status.stderr
+    if shape == "wide":
+        assert (repo / "out" / "joined.txt").read_text() == "b0\nb1\nb2\nb3\n"
+        places = scratch_cluster.cwd_log.read_text().splitlines()
+        assert len(places) == 5  # four branches and the join, each once
+        for place in places:
+            assert Path(place).is_relative_to(scratch_cluster.scratch), place
+            assert not Path(place).is_relative_to(repo), place
+
+
+# Units: no process, no server.
+
+
+def test_workers_that_all_see_the_repository_run_the_stages_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvcflow.services import remote_stages
+
+    (tmp_path / ".dvc").mkdir()
+    seen: list[str] = []
+    monkeypatch.setattr(
+        remote_stages, "ask_workers", lambda *_: {"tcp://a": (True, True), "tcp://b": (True, True)}
+    )
+    assert remote_stages.plan_clones(tmp_path, "tcp://s:1", None, seen.append) is None
+    assert seen == ["Dask workers see this repository (2 of 2): stages run in it"]
+    assert not list((tmp_path / ".dvc" / "tmp").iterdir())  # the token file is gone
+
+
+def test_a_worker_without_dvcflow_is_one_error_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dvcflow.core.errors import ConfigError
+    from dvcflow.services import remote_stages
+
+    (tmp_path / ".dvc").mkdir()
+    answers = {"tcp://a:1": (True, False), "tcp://b:2": (False, False)}
+    monkeypatch.setattr(remote_stages, "ask_workers", lambda *_: answers)
+    with pytest.raises(ConfigError) as refused:
+        remote_stages.plan_clones(tmp_path, "tcp://s:1", None, lambda _: None)
+    assert refused.value.message == "1 of 2 Dask workers lack dvcflow: tcp://b:2"
+    assert refused.value.hint == "install it where the workers run: pip install 'dvcflow[dask]'"
