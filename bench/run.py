@@ -292,6 +292,40 @@ def _resources_section(render_only: bool, quick: bool, write: bool) -> None:
         DOC.write_text(text, encoding="utf-8")
 
 
+DASK_CLONES_BEGIN = "<!-- bench-dask-clones:begin (written by `make bench`) -->"
+DASK_CLONES_END = "<!-- bench-dask-clones:end -->"
+
+
+def _dask_clones_section(render_only: bool, quick: bool, write: bool) -> None:
+    """Dask workers without a shared disk (bench/bench_dask_clones.py): its rows under markers of its own."""
+    from bench.bench_dask_clones import rows
+
+    if render_only:
+        result = _newest("dask_clones")
+    else:
+        result = _bench("bench_dask_clones.py", "dask_clones", ["--repeat", "2" if quick else "5"])
+    section = "\n".join(
+        [
+            DASK_CLONES_BEGIN,
+            f"## Stages in clones on Dask workers (`bench/bench_dask_clones.py`, {result['when'][:8]})",
+            "",
+            "| what | measured | ratio: median (lowest-highest) | rounds | target |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *rows(result),
+            DASK_CLONES_END,
+        ]
+    )
+    print(section)
+    if write:
+        text = DOC.read_text(encoding="utf-8")
+        if DASK_CLONES_BEGIN in text and DASK_CLONES_END in text:
+            head, rest = text.split(DASK_CLONES_BEGIN, 1)
+            text = head + section + rest.split(DASK_CLONES_END, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        DOC.write_text(text, encoding="utf-8")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -331,6 +365,7 @@ def main() -> int:
         print(f"wrote {DOC.relative_to(PROJECT)}")
     _search_section(options.render_only, quick, write=not options.no_doc)
     _resources_section(options.render_only, quick, write=not options.no_doc)
+    _dask_clones_section(options.render_only, quick, write=not options.no_doc)
     return 0
 
 
