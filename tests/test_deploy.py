@@ -357,9 +357,7 @@ def test_a_prefect_worker_runs_a_triggered_run_of_a_pool_deployment(
 ) -> None:
     repo = make_tiny_repo(tmp_path / "repo", client_env)
     pool, name = unique("pool"), unique("pooled")
-    registered = dvcflow(
-        "deploy", "--pool", pool, "--shared-disk", "--name", name, cwd=repo, env=client_env
-    )
+    registered = dvcflow("deploy", "--pool", pool, "--shared-disk", "--name", name, cwd=repo, env=client_env)
     assert registered.returncode == 0, registered.stderr
     assert f"in work pool '{pool}'" in registered.stdout
     assert f"prefect worker start --pool {pool}" in registered.stdout

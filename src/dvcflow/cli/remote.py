@@ -5,7 +5,6 @@ from typing import Annotated
 import typer
 
 from dvcflow.cli.common import RepoOption
-from dvcflow.dvc import repository
 
 
 def fetch(
@@ -26,8 +25,9 @@ def fetch(
     from dvcflow.cli.render.remote import fetched_view
     from dvcflow.services import deploy as library
     from dvcflow.services import remote_runs
+    from dvcflow.services.pipeline import Pipeline
 
-    root = repository.find_repo_root(repo)
+    root = Pipeline(repo).root
     library.connect_lasting(root, render.info)
     fetched_view(remote_runs.fetch(root, run, pull=pull, on_line=render.info))
 

@@ -26,6 +26,7 @@ from prefect.states import Failed
 
 from dvcflow.api.execution import remember_task_run, untagged_tasks
 from dvcflow.core.errors import DvcflowError
+from dvcflow.core.resources import cpu_count
 from dvcflow.dvc import gitsource, remote_data
 from dvcflow.flows.deployed import FLOW_NAME
 
@@ -141,7 +142,7 @@ def _reproduce(root: Path, per_stage: bool, jobs: int | None, keep_going: bool) 
 
         return per_stage_flow.fn(
             root,
-            jobs=jobs or os.cpu_count() or 1,
+            jobs=jobs or cpu_count(),
             keep_going=keep_going,
             retries=1,
             show_metrics=True,

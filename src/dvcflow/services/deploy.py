@@ -171,7 +171,8 @@ def check_request(
     )
 
 
-def _check_cron(cron: str | None) -> None:
+def check_cron(cron: str | None) -> None:
+    """`--cron` checked as Prefect will read it, before anything is registered."""
     """Prefect's own cron validation; needs Prefect imported, so it runs after `connect`."""
     if cron is None:
         return
@@ -219,14 +220,17 @@ def _to_deployment(request: DeployRequest) -> Any:
     )
 
 
-def _info(deployment_id: Any, request: DeployRequest) -> DeploymentInfo:
+def deployment_info(
+    deployment_id: Any, request: DeployRequest, flow_name: str | None = None
+) -> DeploymentInfo:
+    """What `deploy` reports of a registered deployment (of the deployed flow unless `flow_name` says)."""
     from dvcflow.api.links import deployment_link
     from dvcflow.flows.deployed import FLOW_NAME
 
     return DeploymentInfo(
         id=str(deployment_id),
         name=request.name,
-        flow_name=FLOW_NAME,
+        flow_name=flow_name or FLOW_NAME,
         schedule=request.schedule,
         pool=request.pool,
         ui_link=deployment_link(deployment_id),
@@ -240,7 +244,7 @@ def register_to_pool(request: DeployRequest, *, announce: Callable[[str], None])
     from prefect.exceptions import ObjectNotFound
 
     assert request.pool is not None
-    _check_cron(request.cron)
+    check_cron(request.cron)
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(request.pool)
@@ -253,7 +257,7 @@ def register_to_pool(request: DeployRequest, *, announce: Callable[[str], None])
             client.create_work_pool(WorkPoolCreate(name=request.pool, type="process"))
             announce(f"Created the process work pool {request.pool!r}")
     deployment_id = _to_deployment(request).apply()
-    return _info(deployment_id, request)
+    return deployment_info(deployment_id, request)
 
 
 class _RunWatcher:
@@ -362,7 +366,7 @@ def serve(
     """
     import asyncio
 
-    _check_cron(request.cron)
+    check_cron(request.cron)
     from prefect.client.orchestration import get_client
     from prefect.runner import Runner
 
@@ -377,7 +381,7 @@ def serve(
         # whatever changed meanwhile anyway.
         _set_paused(client, deployment_id, True)
         _set_paused(client, deployment_id, False)
-    on_registered(_info(deployment_id, request))
+    on_registered(deployment_info(deployment_id, request))
     try:
         with _RunWatcher(deployment_id, on_run), _watchers(watching, on_watching, on_change, on_problem):
             asyncio.run(_run_until_signalled(runner))

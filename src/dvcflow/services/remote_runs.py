@@ -22,7 +22,7 @@ from dvcflow.core.errors import ConfigError, UsageError
 from dvcflow.dvc import gitsource, remote_data
 from dvcflow.dvc.gitsource import GitSource
 from dvcflow.dvc.remote_data import DvcRemote
-from dvcflow.services.deploy import DeploymentInfo, DeployRequest
+from dvcflow.services.deploy import DeploymentInfo, DeployRequest, check_cron, deployment_info
 
 DEFAULT_IMAGE = f"dvcflow:{__version__}"  # what `docker build -t dvcflow:VERSION .` names (Dockerfile)
 JOB_ENV = {"DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"}
@@ -81,19 +81,6 @@ def check_pool_flags(request: DeployRequest, *, shared_disk: bool, image: str | 
     return check_git_deploy(request, image=image)
 
 
-def _check_cron(cron: str | None) -> None:
-    if cron is None:
-        return
-    from prefect._internal.schemas.validators import validate_cron_string
-
-    try:
-        validate_cron_string(cron)
-    except ValueError as err:
-        raise UsageError(
-            f"--cron: {err}", hint="five fields: minute hour day month weekday, e.g. '0 3 * * *'"
-        ) from None
-
-
 def job_variables(template: dict[str, Any] | None, image: str | None) -> dict[str, Any]:
     """What the deployment sets in the pool's job template: `env` (never a secret: credentials come from
     the worker's or the job template's environment, docs/remote.md) and, for pools that run images
@@ -135,14 +122,13 @@ def register_from_git(plan: GitDeploy, *, announce: Callable[[str], None]) -> De
     """Push HEAD when the git remote lacks it, then register the deployment with the work pool."""
     from prefect.types.entrypoint import EntrypointType
 
-    from dvcflow.api.links import deployment_link
     from dvcflow.api.tags import repo_tag
     from dvcflow.flows.deployed import FLOW_NAME
     from dvcflow.flows.remote import CommitCheckout, git_pipeline_flow
 
     request, source = plan.request, plan.source
     assert request.pool is not None
-    _check_cron(request.cron)
+    check_cron(request.cron)
     template = _pool_template(request.pool)
     if template is not None:
         job_variables(template, plan.image)  # an --image the pool cannot use is refused before a push
@@ -172,14 +158,7 @@ def register_from_git(plan: GitDeploy, *, announce: Callable[[str], None]) -> De
     announce(
         f"Workers run commit {source.short} of {source.url}; data through DVC remote {plan.dvc_remote.name!r}"
     )
-    return DeploymentInfo(
-        id=str(deployment_id),
-        name=request.name,
-        flow_name=FLOW_NAME,
-        schedule=request.schedule,
-        pool=request.pool,
-        ui_link=deployment_link(deployment_id),
-    )
+    return deployment_info(deployment_id, request, FLOW_NAME)
 
 
 # --- back home -----------------------------------------------------------------------------------
