@@ -25,6 +25,7 @@ import pytest
 from tests.helpers import (
     PROJECT,
     base_env,
+    dask_cluster_process,
     dvcflow,
     free_port,
     git,
@@ -212,21 +213,8 @@ def dask_scheduler(tmp_path: Path, client_env: dict[str, str]) -> Iterator[str]:
         "print('ready', flush=True)\n"
         "time.sleep(600)\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=client_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with dask_cluster_process(script, port, tmp_path, client_env) as address:
+        yield address
 
 
 class Processes:

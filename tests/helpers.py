@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -521,3 +523,24 @@ def with_clone_remotes(repo: Path, top: Path, env: dict[str, str]) -> None:
     assert added.returncode == 0, added.stderr
     git(repo, "commit", "-q", "-am", "the DVC remote", env=env)
     git(repo, "push", "-q", "-u", "origin", "main", env=env)
+
+
+@contextmanager
+def dask_cluster_process(script: str, port: int, cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """A Dask cluster started by `script` in its own process (it prints `ready` once it listens on `port`):
+    its scheduler's address while the block runs; terminated after it."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield f"tcp://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=60)

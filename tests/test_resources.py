@@ -41,7 +41,7 @@ from dvcflow.core.resources import (
 from dvcflow.engine.scheduler import Action, Outcome, ResourcePool, run_stages
 from dvcflow.proc.gpus import visible_gpus
 from tests.conftest import Processes, Repos, integration_fixture
-from tests.helpers import dvcflow, free_port, most_at_once, stage_spans, timed_stage
+from tests.helpers import dask_cluster_process, dvcflow, free_port, most_at_once, stage_spans, timed_stage
 from tests.helpers import make_resource_repo as _make_repo
 
 GPU1 = Demand((("gpu", 1),))
@@ -649,21 +649,8 @@ def mixed_dask_cluster(tmp_path: Path, client_env: dict[str, str]) -> Iterator[s
     """A `LocalCluster` of two worker processes: `gpu-worker` started with resources GPU=1, `cpu-worker`
     with none; each sets DVCFLOW_TEST_WORKER for the commands it runs."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-c", DASK_CLUSTER.format(port=port)],
-        cwd=tmp_path,
-        env=client_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "ready"
-        yield f"tcp://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    with dask_cluster_process(DASK_CLUSTER.format(port=port), port, tmp_path, client_env) as address:
+        yield address
 
 
 def test_on_dask_gpu_stages_land_only_on_the_gpu_worker(
