@@ -224,103 +224,45 @@ def write_doc(section: str) -> None:
     DOC.write_text(text, encoding="utf-8")
 
 
-SEARCH_BEGIN = "<!-- bench-search:begin (written by `make bench`) -->"
-SEARCH_END = "<!-- bench-search:end -->"
+# Benchmarks whose rows stand under markers of their own: (result prefix, script, heading, full rounds).
+OWN_SECTIONS = (
+    ("search", "bench_search.py", "`dvcflow sweep --search` on Branin", 3),
+    ("resources", "bench_resources.py", "Stages that need a GPU", 5),
+    ("dask_clones", "bench_dask_clones.py", "Stages in clones on Dask workers", 5),
+)
 
 
-def _search_section(render_only: bool, quick: bool, write: bool) -> None:
-    """`dvcflow sweep --search` on Branin (bench/bench_search.py): its rows under markers of their own."""
-    from bench.bench_search import rows
+def _own_section(
+    prefix: str, script: str, heading: str, rounds: int, *, render_only: bool, quick: bool, write: bool
+) -> None:
+    """One benchmark's rows under `<!-- bench-PREFIX:begin -->` markers, rewritten in place (appended the
+    first time); its `rows(result)` formats them."""
+    import importlib
 
+    rows = importlib.import_module(f"bench.{script.removesuffix('.py')}").rows
+    begin = f"<!-- bench-{prefix.replace('_', '-')}:begin (written by `make bench`) -->"
+    end = f"<!-- bench-{prefix.replace('_', '-')}:end -->"
     if render_only:
-        result = _newest("search")
+        result = _newest(prefix)
     else:
-        result = _bench("bench_search.py", "search", ["--repeat", "2" if quick else "3"])
+        result = _bench(script, prefix, ["--repeat", "2" if quick else str(rounds)])
     section = "\n".join(
         [
-            SEARCH_BEGIN,
-            f"## `dvcflow sweep --search` on Branin (`bench/bench_search.py`, {result['when'][:8]})",
+            begin,
+            f"## {heading} (`bench/{script}`, {result['when'][:8]})",
             "",
             "| what | measured | ratio: median (lowest-highest) | rounds | target |",
             "| --- | ---: | ---: | ---: | ---: |",
             *rows(result),
-            SEARCH_END,
+            end,
         ]
     )
     print(section)
     if write:
         text = DOC.read_text(encoding="utf-8")
-        if SEARCH_BEGIN in text and SEARCH_END in text:
-            head, rest = text.split(SEARCH_BEGIN, 1)
-            text = head + section + rest.split(SEARCH_END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text, encoding="utf-8")
-
-
-RESOURCES_BEGIN = "<!-- bench-resources:begin (written by `make bench`) -->"
-RESOURCES_END = "<!-- bench-resources:end -->"
-
-
-def _resources_section(render_only: bool, quick: bool, write: bool) -> None:
-    """Resource-aware scheduling (bench/bench_resources.py): its rows under markers of their own."""
-    from bench.bench_resources import rows
-
-    if render_only:
-        result = _newest("resources")
-    else:
-        result = _bench("bench_resources.py", "resources", ["--repeat", "2" if quick else "5"])
-    section = "\n".join(
-        [
-            RESOURCES_BEGIN,
-            f"## Stages that need a GPU (`bench/bench_resources.py`, {result['when'][:8]})",
-            "",
-            "| what | measured | ratio: median (lowest-highest) | rounds | target |",
-            "| --- | ---: | ---: | ---: | ---: |",
-            *rows(result),
-            RESOURCES_END,
-        ]
-    )
-    print(section)
-    if write:
-        text = DOC.read_text(encoding="utf-8")
-        if RESOURCES_BEGIN in text and RESOURCES_END in text:
-            head, rest = text.split(RESOURCES_BEGIN, 1)
-            text = head + section + rest.split(RESOURCES_END, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text, encoding="utf-8")
-
-
-DASK_CLONES_BEGIN = "<!-- bench-dask-clones:begin (written by `make bench`) -->"
-DASK_CLONES_END = "<!-- bench-dask-clones:end -->"
-
-
-def _dask_clones_section(render_only: bool, quick: bool, write: bool) -> None:
-    """Dask workers without a shared disk (bench/bench_dask_clones.py): its rows under markers of its own."""
-    from bench.bench_dask_clones import rows
-
-    if render_only:
-        result = _newest("dask_clones")
-    else:
-        result = _bench("bench_dask_clones.py", "dask_clones", ["--repeat", "2" if quick else "5"])
-    section = "\n".join(
-        [
-            DASK_CLONES_BEGIN,
-            f"## Stages in clones on Dask workers (`bench/bench_dask_clones.py`, {result['when'][:8]})",
-            "",
-            "| what | measured | ratio: median (lowest-highest) | rounds | target |",
-            "| --- | ---: | ---: | ---: | ---: |",
-            *rows(result),
-            DASK_CLONES_END,
-        ]
-    )
-    print(section)
-    if write:
-        text = DOC.read_text(encoding="utf-8")
-        if DASK_CLONES_BEGIN in text and DASK_CLONES_END in text:
-            head, rest = text.split(DASK_CLONES_BEGIN, 1)
-            text = head + section + rest.split(DASK_CLONES_END, 1)[1]
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + section + rest.split(end, 1)[1]
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
         DOC.write_text(text, encoding="utf-8")
@@ -363,9 +305,16 @@ def main() -> int:
     if not options.no_doc:
         write_doc(section)
         print(f"wrote {DOC.relative_to(PROJECT)}")
-    _search_section(options.render_only, quick, write=not options.no_doc)
-    _resources_section(options.render_only, quick, write=not options.no_doc)
-    _dask_clones_section(options.render_only, quick, write=not options.no_doc)
+    for prefix, script, heading, full_rounds in OWN_SECTIONS:
+        _own_section(
+            prefix,
+            script,
+            heading,
+            full_rounds,
+            render_only=options.render_only,
+            quick=quick,
+            write=not options.no_doc,
+        )
     return 0
 
 
