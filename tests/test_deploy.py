@@ -108,10 +108,11 @@ class Served:
 
 
 @contextmanager
-def serving(repo: Path, env: dict[str, str], *args: str) -> Iterator[Served]:
+def serving(repo: Path, env: dict[str, str], *args: str, command: str = "deploy") -> Iterator[Served]:
+    """`dvcflow deploy ARGS` (or another long-running `command`) in its own process group, killed after."""
     marker = uuid.uuid4().hex
     process = subprocess.Popen(
-        [sys.executable, "-m", "dvcflow", "deploy", *args],
+        [sys.executable, "-m", "dvcflow", command, *args],
         cwd=repo,
         env={**env, "DVCFLOW_TEST_MARK": marker},
         stdout=subprocess.PIPE,

@@ -9,9 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -225,31 +223,6 @@ def test_dependency_writes_start_one_run_each_window_and_other_files_none(
         assert served.survivors() == []
 
 
-@contextmanager
-def watcher(repo: Path, env: dict[str, str], *args: str) -> Iterator[Served]:
-    """A `dvcflow watch` process in its own process group (as `serving` starts `deploy`)."""
-    marker = uuid.uuid4().hex
-    process = subprocess.Popen(
-        [sys.executable, "-m", "dvcflow", "watch", *args],
-        cwd=repo,
-        env={**env, "DVCFLOW_TEST_MARK": marker},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    served = Served(process, marker)
-    try:
-        yield served
-    finally:
-        if process.poll() is None:
-            import os
-            import signal
-
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-
-
 def test_dvcflow_watch_beside_a_pool_deployment_queues_runs_and_ctrl_c_leaves_nothing(
     tmp_path: Path, client_env: dict[str, str], live_server: LiveServer
 ) -> None:
@@ -267,7 +240,7 @@ def test_dvcflow_watch_beside_a_pool_deployment_queues_runs_and_ctrl_c_leaves_no
     assert details["global_concurrency_limit"]["limit"] == 1
     assert details["concurrency_options"]["collision_strategy"] == "ENQUEUE"
 
-    with watcher(repo, client_env, "--debounce", "1") as watch:
+    with serving(repo, client_env, "--debounce", "1", command="watch") as watch:
         assert "changes less than 1 s apart start one run" in watch.wait_for(watching, PATIENCE)[-1]
         written = time.time()
         (repo / "data" / "b.csv").write_text("2\n")
