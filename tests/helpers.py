@@ -544,3 +544,32 @@ def dask_cluster_process(script: str, port: int, cwd: Path, env: dict[str, str])
     finally:
         process.terminate()
         process.wait(timeout=60)
+
+
+@contextmanager
+def webdav_server(root: Path, **auth: object) -> Iterator[str]:
+    """A WebDAV server (wsgidav on cheroot) on a free loopback port, in a thread of this process, serving
+    `root`: its DVC remote URL (`.../store`) while the block runs. `auth` replaces the anonymous access
+    (e.g. `simple_dc=..., http_authenticator=...`)."""
+    import threading
+
+    from cheroot import wsgi
+    from wsgidav.wsgidav_app import WsgiDAVApp
+
+    (root / "store").mkdir(parents=True)
+    config: dict[str, object] = {
+        "provider_mapping": {"/": str(root)},
+        "simple_dc": {"user_mapping": {"*": True}},  # anonymous: loopback only
+        "verbose": 1,
+        "logging": {"enable": False},
+        **auth,
+    }
+    server = wsgi.Server(("127.0.0.1", 0), WsgiDAVApp(config))
+    server.prepare()
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        yield f"webdav://127.0.0.1:{server.bind_addr[1]}/store"
+    finally:
+        server.stop()
+        thread.join(timeout=10)

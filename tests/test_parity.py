@@ -19,7 +19,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 import yaml
 
 from tests.conftest import Processes, integration_fixture
-from tests.helpers import base_env, dvc, dvcflow, git, make_tiny_repo
+from tests.helpers import base_env, dvc, dvcflow, git, make_tiny_repo, webdav_server
 
 STEP_PY = """\
 import sys
@@ -177,28 +176,8 @@ def test_run_a_per_stage_runs_the_stages_dvc_repro_runs(
 @integration_fixture
 def webdav_url(tmp_path: Path) -> Iterator[str]:
     """A WebDAV server (wsgidav on cheroot) on a free loopback port, in a thread of this process."""
-    from cheroot import wsgi
-    from wsgidav.wsgidav_app import WsgiDAVApp
-
-    root = tmp_path / "webdav"
-    (root / "store").mkdir(parents=True)
-    app = WsgiDAVApp(
-        {
-            "provider_mapping": {"/": str(root)},
-            "simple_dc": {"user_mapping": {"*": True}},  # anonymous: loopback only
-            "verbose": 1,
-            "logging": {"enable": False},
-        }
-    )
-    server = wsgi.Server(("127.0.0.1", 0), app)
-    server.prepare()
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
-    try:
-        yield f"webdav://127.0.0.1:{server.bind_addr[1]}/store"
-    finally:
-        server.stop()
-        thread.join(timeout=10)
+    with webdav_server(tmp_path / "webdav") as url:
+        yield url
 
 
 @pytest.fixture(params=["directory", "webdav"])

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer, Processes, integration_fixture
-from tests.helpers import base_env, dvc, dvcflow, git, make_shaped_repo, make_tiny_repo
+from tests.helpers import base_env, dvc, dvcflow, git, make_shaped_repo, make_tiny_repo, webdav_server
 
 USER, PASSWORD = "worker", "s3cret"
 PATIENCE = 420  # a loaded 2-core machine: a worker's flow-run process imports Prefect and DVC, then clones
@@ -35,29 +34,12 @@ def unique(prefix: str) -> str:
 @integration_fixture
 def webdav(tmp_path: Path) -> Iterator[str]:
     """A WebDAV server (wsgidav on cheroot) on a free loopback port that wants USER/PASSWORD (basic auth)."""
-    from cheroot import wsgi
-    from wsgidav.wsgidav_app import WsgiDAVApp
-
-    root = tmp_path / "webdav"
-    (root / "store").mkdir(parents=True)
-    app = WsgiDAVApp(
-        {
-            "provider_mapping": {"/": str(root)},
-            "simple_dc": {"user_mapping": {"*": {USER: {"password": PASSWORD}}}},
-            "http_authenticator": {"accept_basic": True, "accept_digest": False, "default_to_digest": False},
-            "verbose": 1,
-            "logging": {"enable": False},
-        }
-    )
-    server = wsgi.Server(("127.0.0.1", 0), app)
-    server.prepare()
-    thread = threading.Thread(target=server.serve, daemon=True)
-    thread.start()
-    try:
-        yield f"webdav://127.0.0.1:{server.bind_addr[1]}/store"
-    finally:
-        server.stop()
-        thread.join(timeout=10)
+    auth = {
+        "simple_dc": {"user_mapping": {"*": {USER: {"password": PASSWORD}}}},
+        "http_authenticator": {"accept_basic": True, "accept_digest": False, "default_to_digest": False},
+    }
+    with webdav_server(tmp_path / "webdav", **auth) as url:
+        yield url
 
 
 def bare_remote(path: Path, env: dict[str, str]) -> Path:
