@@ -17,20 +17,16 @@ Prints medians and ratios; writes the samples to bench/results/resources-*.json 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from bench.timing import bench_server  # noqa: E402
+from bench.timing import bench_server, write_result  # noqa: E402
 from bench.timing import run_command as _run  # noqa: E402
 from tests.helpers import make_resource_repo, most_at_once, stage_spans, timed_stage  # noqa: E402
 
@@ -115,37 +111,22 @@ def main() -> None:
         )
     print(f"makespan ÷ ideal = {ratio:.2f} → target (≤ {TARGET}) {'met' if ratio <= TARGET else 'NOT met'}")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"resources-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "six gpu:1 stages on a capacity of 2: makespan ÷ ideal",
-                "when": stamp,
-                "repeat": options.repeat,
-                "stage_s": options.seconds,
-                "ideal_s": ideal,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_before": load_before,
-                    "load_after": load_after,
-                },
-                "versions": {name: metadata.version(name) for name in ("prefect", "dvc", "dvcflow")},
-                "makespan_s": makespans,
-                "command_s": walls,
-                "ratios": ratios,
-                "makespan_over_ideal": ratio,
-                "target": TARGET,
-                "target_met": ratio <= TARGET,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_result(
+        RESULTS,
+        "resources",
+        "six gpu:1 stages on a capacity of 2: makespan ÷ ideal",
+        repeat=options.repeat,
+        load_before=load_before,
+        load_after=load_after,
+        stage_s=options.seconds,
+        ideal_s=ideal,
+        makespan_s=makespans,
+        command_s=walls,
+        ratios=ratios,
+        makespan_over_ideal=ratio,
+        target=TARGET,
+        target_met=ratio <= TARGET,
     )
-    print(f"Wrote {out.relative_to(PROJECT)}")
 
 
 MIN_ROUNDS_FOR_A_CLAIM = 5  # as bench/run.py: fewer rounds are only indicative

@@ -12,22 +12,18 @@ Prints medians and ratios against the bare `dvc repro`; writes the samples to be
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import statistics
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from bench.timing import CpuUnder, bench_server  # noqa: E402
+from bench.timing import CpuUnder, bench_server, write_result  # noqa: E402
 from bench.timing import run_command as _run  # noqa: E402
 from tests.helpers import make_chain_repo  # noqa: E402
 
@@ -103,37 +99,22 @@ def main() -> None:
     met = ratio <= 1.0
     print(f"run-b / run-a = {ratio:.2f} → target (≤ 1.00) {'met' if met else 'NOT met'}")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"run_b-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "no-change run-b vs run-a vs dvc repro",
-                "when": stamp,
-                "repeat": options.repeat,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_before": load_before,
-                    "load_after": load_after,
-                },
-                "versions": {name: metadata.version(name) for name in ("prefect", "dvc", "dvcflow")},
-                "samples_s": samples,
-                "median_s": medians,
-                "cpu_samples_s": cpu,
-                "cpu_polled_samples_s": polled,
-                "cpu_median_s": cpu_medians,
-                "ratio_vs_dvc_repro": {name: value / baseline for name, value in medians.items()},
-                "run_b_over_run_a": ratio,
-                "target_met": met,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_result(
+        RESULTS,
+        "run_b",
+        "no-change run-b vs run-a vs dvc repro",
+        repeat=options.repeat,
+        load_before=load_before,
+        load_after=load_after,
+        samples_s=samples,
+        median_s=medians,
+        cpu_samples_s=cpu,
+        cpu_polled_samples_s=polled,
+        cpu_median_s=cpu_medians,
+        ratio_vs_dvc_repro={name: value / baseline for name, value in medians.items()},
+        run_b_over_run_a=ratio,
+        target_met=met,
     )
-    print(f"Wrote {out.relative_to(PROJECT)}")
 
 
 if __name__ == "__main__":

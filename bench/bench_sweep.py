@@ -15,18 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from bench.timing import CpuUnder, bench_server, run_command  # noqa: E402
+from bench.timing import CpuUnder, bench_server, run_command, write_result  # noqa: E402
 from tests.helpers import make_pipeline_repo  # noqa: E402
 
 RESULTS = PROJECT / "bench" / "results"
@@ -130,35 +127,20 @@ def main() -> None:
         )
     print(f"sweep / queue = {ratio:.2f} → target (≤ {TARGET}) {'met' if met else 'NOT met'}")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS / f"sweep-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": f"dvcflow sweep vs dvc exp run --queue + --run-all -j {JOBS}, train.C={VALUES}",
-                "when": stamp,
-                "repeat": options.repeat,
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "platform": platform.platform(),
-                    "python": platform.python_version(),
-                    "load_before": load_before,
-                    "load_after": load_after,
-                },
-                "versions": {name: metadata.version(name) for name in ("prefect", "dvc", "dvcflow")},
-                "samples_s": samples,
-                "cpu_s": cpu,
-                "cpu_polled_s": cpu_all,
-                "median_s": medians,
-                "sweep_over_queue": ratio,
-                "target_met": met,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_result(
+        RESULTS,
+        "sweep",
+        f"dvcflow sweep vs dvc exp run --queue + --run-all -j {JOBS}, train.C={VALUES}",
+        repeat=options.repeat,
+        load_before=load_before,
+        load_after=load_after,
+        samples_s=samples,
+        cpu_s=cpu,
+        cpu_polled_s=cpu_all,
+        median_s=medians,
+        sweep_over_queue=ratio,
+        target_met=met,
     )
-    print(f"Wrote {out.relative_to(PROJECT)}")
 
 
 if __name__ == "__main__":

@@ -134,3 +134,42 @@ def bench_server(name: str, *, keep: bool = False) -> Iterator[tuple[Path, dict[
         subprocess.run([*dvcflow, "server", "stop"], cwd=PROJECT, env=env, capture_output=True, timeout=120)
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_result(
+    results: Path,
+    prefix: str,
+    benchmark: str,
+    *,
+    repeat: int,
+    load_before: object,
+    load_after: object,
+    **fields: object,
+) -> Path:
+    """A benchmark's samples as `results/PREFIX-<UTC stamp>.json`, with the machine and versions they were
+    taken on (what bench/run.py reads back); says where."""
+    import json
+    import platform
+    from datetime import UTC, datetime
+    from importlib import metadata
+
+    results.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = results / f"{prefix}-{stamp}.json"
+    data = {
+        "benchmark": benchmark,
+        "when": stamp,
+        "repeat": repeat,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_before": load_before,
+            "load_after": load_after,
+        },
+        "versions": {name: metadata.version(name) for name in ("prefect", "dvc", "dvcflow")},
+        **fields,
+    }
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"Wrote {out.relative_to(results.parents[1])}")
+    return out
