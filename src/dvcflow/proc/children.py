@@ -14,7 +14,8 @@ module beside this one, which a Python child calls itself (`tie_to_parent`, see 
 and any other command runs under as a shim (`tethered`). `tether` keeps its own short copy of the
 escalation: it runs as a standalone program that cannot import this module. Nor must a killed run's child
 let the next run start beside it: `start` hands the run lock's descriptor down (`hand_down`), and the
-child keeps it open until its process group has ended (`tether.HOLD_FDS_ENV`).
+child keeps it open until its process group has ended (`tether.HOLD_FDS_ENV`). A child that prompts on
+the terminal from its background group is lent the terminal while it asks (`terminal`, beside this one).
 
 Nothing here knows what runs: a caller that talks with its child through marked lines takes them out
 of the output with the `aside` filter of `stream` (`dvcflow.dvc.commands`). psutil is imported only
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dvcflow.proc import tether
+from dvcflow.proc import terminal, tether
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ TAIL_LINES = 15  # of a command's output, kept for its error message
 
 INTERRUPT_GRACE_S = 10.0  # after SIGINT, how long `interrupt_commands` waits before SIGTERM
 TERM_WAIT_S = 5.0  # after SIGTERM, how long a child is given before SIGKILL
+# How a command that held the terminal ends when a Ctrl-C was typed there: killed by SIGINT, the shells'
+# 128 + 2, DVC's own code for KeyboardInterrupt.
+_ENDED_BY_CTRL_C = (-signal.SIGINT, 128 + signal.SIGINT, 252)
 _POLL_S = 0.05  # how often a process that is not our `Popen` is looked at while waiting for its end
 
 # The processes `stream` reads now, so a Ctrl-C caught in the main thread can stop those that worker
@@ -164,6 +168,8 @@ def stream(
         with _RUNNING_LOCK:
             _RUNNING.add(process)
             late = _INTERRUPTED.is_set()
+        terminal.watch(process.pid)  # it may prompt on the terminal (a password): lend it then
+        held_terminal = False
         try:
             if late:  # started after a Ctrl-C: stopped at once, as those running then were
                 _interrupt(process)
@@ -180,7 +186,10 @@ def stream(
         finally:
             with _RUNNING_LOCK:
                 _RUNNING.discard(process)
+            held_terminal = terminal.unwatch(process.pid)
         returncode = process.wait()
+    if held_terminal and returncode in _ENDED_BY_CTRL_C:  # typed at its prompt: dvcflow's Ctrl-C too
+        os.kill(os.getpid(), signal.SIGINT)
     return CommandResult(tuple(args), returncode, tuple(tail))
 
 
