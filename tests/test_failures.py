@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dvcflow.core.errors import MetricsError, PipelineError, StageCommandError
-from dvcflow.core.failures import exit_cause, retry_note, stage_failure
+from dvcflow.core.failures import NO_TERMINAL_NOTE, exit_cause, retry_note, stage_failure
 from dvcflow.core.metrics import MetricsSnapshot, require_metrics
 from dvcflow.core.records import StagesReport
 from dvcflow.dvc.commands import StageLog, failure
@@ -28,6 +28,20 @@ TRACEBACK = [
     "    ^^^^^^^^^^^^^^^",
     "json.decoder.JSONDecodeError: Expecting property name: line 1 column 2 (char 1)",
 ]
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        ["<string>:1: GetPassWarning: Can not control echo on the terminal.", "EOFError"],
+        ["fatal: could not read Username for 'https://example.com': No such device or address"],
+        ["ssh_askpass: exec(/usr/bin/ssh-askpass): No such file", "read_passphrase: can't open /dev/tty: x"],
+    ],
+)
+def test_a_prompt_without_a_terminal_says_how_to_give_it_one(said: list[str]) -> None:
+    message = stage_failure(said, "exit code 1")
+    assert message.endswith(f"(exit code 1; {NO_TERMINAL_NOTE})"), message
+    assert NO_TERMINAL_NOTE not in stage_failure(["EOFError"], "exit code 1")
 
 
 def test_a_failure_carries_the_stages_last_lines_that_say_something() -> None:

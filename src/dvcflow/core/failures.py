@@ -22,9 +22,28 @@ def last_lines(lines: Sequence[str], count: int = ERROR_LINES) -> tuple[str, ...
     return tuple(kept[-count:]) if count > 0 else ()
 
 
+# What a command prints when it wanted to prompt on a terminal and there was none: Python's `getpass`,
+# ssh's and git's prompts.
+_NO_TERMINAL = (
+    "Can not control echo on the terminal",
+    "in fallback_getpass",  # the traceback's frame, when the warning above scrolled out of the tail
+    "can't open /dev/tty",
+    "could not read Username",
+    "could not read Password",
+    "/dev/tty: No such device or address",
+)
+NO_TERMINAL_NOTE = (
+    "it wanted to prompt on a terminal and had none; a command served by dvcflow's warm starter has no "
+    "terminal: DVCFLOW_WARM=0 runs it with yours (docs/server.md)"
+)
+
+
 def stage_failure(lines: Sequence[str], cause: str) -> str:
     """`<the stage's last error lines> (<cause>)`, or the cause alone when the stage said nothing, e.g.
-    `Error: params.yaml: split.test_size: input should be less than 1 (got 1.5) (exit code 1)`."""
+    `Error: params.yaml: split.test_size: input should be less than 1 (got 1.5) (exit code 1)`; with
+    `NO_TERMINAL_NOTE` after the cause when the stage could not prompt for lack of a terminal."""
+    if any(marker in line for line in lines for marker in _NO_TERMINAL):
+        cause = f"{cause}; {NO_TERMINAL_NOTE}"
     shown = last_lines(lines)
     return "\n".join(shown) + f" ({cause})" if shown else cause
 
