@@ -143,6 +143,7 @@ def test_a_worker_elsewhere_runs_the_commit_and_the_result_comes_home_as_an_expe
     with_remotes(locked, bare_remote(tmp_path / "locked.git", env), "vault", webdav, env)
 
     pool, name, refused_name = unique("remote-pool"), unique("remote"), unique("no-password")
+    per_stage_name = unique("remote-per-stage")
     before = snapshot(caller)
     head = git(caller, "rev-parse", "HEAD", env=env).strip()
     deployed = dvcflow("deploy", "--pool", pool, "--name", name, cwd=caller, env=env, timeout=PATIENCE)
@@ -151,6 +152,18 @@ def test_a_worker_elsewhere_runs_the_commit_and_the_result_comes_home_as_an_expe
     assert f"in work pool '{pool}'" in deployed.stdout
     other = dvcflow("deploy", "--pool", pool, "--name", refused_name, cwd=locked, env=env, timeout=PATIENCE)
     assert other.returncode == 0, other.stdout + other.stderr
+    per_stage = dvcflow(
+        "deploy",
+        "--pool",
+        pool,
+        "--per-stage",
+        "--name",
+        per_stage_name,
+        cwd=caller,
+        env=env,
+        timeout=PATIENCE,
+    )
+    assert per_stage.returncode == 0, per_stage.stdout + per_stage.stderr
 
     worker = start_worker(processes, pool, tmp_path / "worker-home", live_server.api_url)
     try:
@@ -159,6 +172,12 @@ def test_a_worker_elsewhere_runs_the_commit_and_the_result_comes_home_as_an_expe
         )
         assert triggered.returncode == 0, triggered.stdout + triggered.stderr
         assert f"of 'dvcflow pipeline/{name}': Completed" in triggered.stdout
+        triggered = dvcflow(
+            "trigger", per_stage_name, "--wait", "--timeout", str(PATIENCE), cwd=caller, env=env,
+            timeout=PATIENCE + 60,
+        )  # fmt: skip
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+        assert f"of 'dvcflow pipeline/{per_stage_name}': Completed" in triggered.stdout
         refused = dvcflow(
             "trigger",
             refused_name,
@@ -204,6 +223,15 @@ def test_a_worker_elsewhere_runs_the_commit_and_the_result_comes_home_as_an_expe
     diff = dvcflow("metrics", "--diff", "--json", cwd=caller, env=env)
     assert diff.returncode == 0, diff.stdout + diff.stderr
     assert '"score"' in diff.stdout
+
+    # The same pipeline, a task per stage on the worker: the same record as `dvc repro`'s.
+    run = next(row for row in runs if row["deployment"] == per_stage_name)
+    assert (run["state"], run["experiment"]) == ("Completed", run["name"])
+    git(caller, "checkout", "-q", "--", ".", env=env)
+    fetched = dvcflow("fetch", run["name"], "--pull", cwd=caller, env=env, timeout=PATIENCE)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    assert (caller / "dvc.lock").read_text() == (reference / "dvc.lock").read_text()
+    assert (caller / "metrics.json").read_text() == (reference / "metrics.json").read_text()
 
 
 BAD_INPUT_LINES = {
