@@ -365,15 +365,21 @@ def make_chain_repo(root: Path, env: dict[str, str], stages: int = 50) -> Path:
 
 
 # A stage that records when it slept, which GPUs it was given and on which Dask worker it ran.
+# With DVCFLOW_TEST_SPANS set, each span is also appended to that file, with the stage's working directory:
+# a sweep trial's workspace is removed at its end (tests/test_sweep_resources.py).
 TIMED_STAGE_PY = """\
 import json, os, sys, time
 name, seconds = sys.argv[1], float(sys.argv[2])
 start = time.time()
 time.sleep(seconds)
 os.makedirs("out", exist_ok=True)
+span = {"start": start, "end": time.time(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "worker": os.environ.get("DVCFLOW_TEST_WORKER")}
 with open(f"out/{name}.json", "w") as f:
-    json.dump({"start": start, "end": time.time(), "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
-               "worker": os.environ.get("DVCFLOW_TEST_WORKER")}, f)
+    json.dump(span, f)
+if os.environ.get("DVCFLOW_TEST_SPANS"):
+    with open(os.environ["DVCFLOW_TEST_SPANS"], "a") as f:
+        f.write(json.dumps({"name": name, "cwd": os.getcwd(), **span}) + "\\n")
 """
 
 
@@ -415,6 +421,22 @@ def stage_spans(repo: Path) -> dict[str, dict[str, object]]:
     import json
 
     return {path.stem: json.loads(path.read_text()) for path in sorted((repo / "out").glob("*.json"))}
+
+
+def forget_machine_limit(env: dict[str, str], resource: str) -> None:
+    """Delete this machine's global concurrency limit for `resource` on the test's server: a run keeps an
+    existing limit (whatever capacity an earlier run gave it), so a test of the limit starts from none."""
+    import urllib.error
+    import urllib.request
+
+    from dvcflow.api.limits import limit_name
+
+    api = f"http://127.0.0.1:{env['DVCFLOW_PORT']}/api"
+    request = urllib.request.Request(f"{api}/v2/concurrency_limits/{limit_name(resource)}", method="DELETE")
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as err:
+        assert err.code == 404, err  # none yet: nothing to forget
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:

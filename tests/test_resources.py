@@ -41,7 +41,15 @@ from dvcflow.core.resources import (
 from dvcflow.engine.scheduler import Action, Outcome, ResourcePool, run_stages
 from dvcflow.proc.gpus import visible_gpus
 from tests.conftest import Processes, Repos, integration_fixture
-from tests.helpers import dask_cluster_process, dvcflow, free_port, most_at_once, stage_spans, timed_stage
+from tests.helpers import (
+    dask_cluster_process,
+    dvcflow,
+    forget_machine_limit,
+    free_port,
+    most_at_once,
+    stage_spans,
+    timed_stage,
+)
 from tests.helpers import make_resource_repo as _make_repo
 
 GPU1 = Demand((("gpu", 1),))
@@ -510,22 +518,6 @@ def test_a_mutex_group_never_overlaps_while_an_unrelated_stage_runs_beside(
     assert any(start < free[1] and free[0] < end for start, end in licensed), (free, licensed)
 
 
-def _forget_machine_limit(env: dict[str, str], resource: str) -> None:
-    """Delete this machine's global concurrency limit for `resource` on the test's server: a run keeps an
-    existing limit (whatever capacity an earlier run gave it), so a test of the limit starts from none."""
-    import urllib.error
-    import urllib.request
-
-    from dvcflow.api.limits import limit_name
-
-    api = f"http://127.0.0.1:{env['DVCFLOW_PORT']}/api"
-    request = urllib.request.Request(f"{api}/v2/concurrency_limits/{limit_name(resource)}", method="DELETE")
-    try:
-        urllib.request.urlopen(request, timeout=10).close()
-    except urllib.error.HTTPError as err:
-        assert err.code == 404, err  # none yet: nothing to forget
-
-
 def test_two_run_b_processes_on_one_server_queue_for_the_one_gpu(
     tmp_path: Path, client_env: dict[str, str], processes: Processes
 ) -> None:
@@ -536,7 +528,7 @@ def test_two_run_b_processes_on_one_server_queue_for_the_one_gpu(
         "train": {"foreach": ["a", "b"], "do": timed_stage("train-${item}", 2, {"resources": {"gpu": 1}})}
     }
     repos = [_make_repo(tmp_path / f"copy{i}", client_env, stages) for i in (1, 2)]
-    _forget_machine_limit(client_env, "gpu")  # an earlier test on this session's server left it at 2
+    forget_machine_limit(client_env, "gpu")  # an earlier test on this session's server left it at 2
     started = [
         processes.start(
             [sys.executable, "-m", "dvcflow", "run-b", "--resource", "gpu=1", "--jobs", "2"],

@@ -13,7 +13,8 @@ How much there is comes from `--resource NAME=AMOUNT` flags over `[tool.dvcflow.
 
 Provides:
 - `Demand` (one stage's needs), `Capacity` (what there is), `Grant` (what a running stage holds, with its
-  GPU indices), `Resources` (a run's capacity and demands, passed to the engine flows).
+  GPU indices), `Resources` (a run's capacity and demands, passed to the engine flows), `one_at_a_time`
+  (what a whole `dvc repro` of several stages holds: a sweep's trial).
 - `cpu_count` (the default `--jobs`), `capacity_from_flags`, `ResourceSettings.read` (the tables),
   `demands_for` (globs, then each stage's own `meta`, which wins), `resolve_capacity`, `check` (one-line
   errors before anything runs).
@@ -132,12 +133,15 @@ class Resources:
     """A run's resource plan, handed to the engine flows: each selected stage's demand (only those that
     declare one), the capacity, and how limits are enforced beyond this process: `share` holds a Prefect
     global concurrency limit per resource and mutex group around each command (`dvcflow.api.limits`);
-    `dask` turns the amounts into Dask worker resources instead (the cluster enforces them)."""
+    `dask` turns the amounts into Dask worker resources instead (the cluster enforces them). `pool`: the
+    key of a pool of free resources that several runs of this process take from (a sweep's trials:
+    `dvcflow.engine.scheduler.shared`); empty, the run counts its own."""
 
     demands: Mapping[str, Demand] = field(default_factory=dict)
     capacity: Capacity = NO_CAPACITY
     share: bool = True
     dask: bool = False
+    pool: str = ""
 
     @property
     def empty(self) -> bool:
@@ -148,6 +152,18 @@ class Resources:
 
 
 NO_RESOURCES = Resources(share=False)
+
+
+def one_at_a_time(demands: Iterable[Demand]) -> Demand:
+    """What a run of these stages one after another (one `dvc repro`) holds from its start to its end:
+    the most any one of them needs of each resource, and every mutex group any of them is in."""
+    most: dict[str, int] = {}
+    groups: dict[str, None] = {}
+    for demand in demands:
+        for name, amount in demand.resources:
+            most[name] = max(most.get(name, 0), amount)
+        groups.update(dict.fromkeys(demand.mutex))
+    return Demand(tuple(sorted(most.items())), tuple(sorted(groups)))
 
 
 def cpu_count() -> int:

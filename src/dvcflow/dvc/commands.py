@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +42,10 @@ _WarmKey = tuple[str, tuple[str, ...], bool]
 _warm: dict[_WarmKey, subprocess.Popen[str]] = {}
 
 
-def _spawn(args: Sequence[str], cwd: Path, *, metrics: bool, wait: bool) -> subprocess.Popen[str]:
-    env = dvc_environment()
+def _spawn(
+    args: Sequence[str], cwd: Path, *, metrics: bool, wait: bool, extra_env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    env = {**dvc_environment(), **(extra_env or {})}
     if metrics:
         env[METRICS_ENV] = "1"
     if wait:
@@ -79,10 +81,17 @@ def stream_dvc(args: Sequence[str], cwd: Path, on_line: Callable[[str], None]) -
 
 
 def _streamed(
-    args: Sequence[str], cwd: Path, on_line: Callable[[str], None], *, metrics: bool
+    args: Sequence[str],
+    cwd: Path,
+    on_line: Callable[[str], None],
+    *,
+    metrics: bool,
+    extra_env: Mapping[str, str] | None = None,
 ) -> tuple[CommandResult, str | None]:
-    """The command's result and the JSON of its metrics line, if it printed one."""
-    process = _claim(args, cwd, metrics) or _spawn(args, cwd, metrics=metrics, wait=False)
+    """The command's result and the JSON of its metrics line, if it printed one; `extra_env` on top of
+    DVC's environment (then not a warmed-up child, which has its own)."""
+    warm = None if extra_env else _claim(args, cwd, metrics)
+    process = warm or _spawn(args, cwd, metrics=metrics, wait=False, extra_env=extra_env)
     marked: list[str] = []
 
     def aside(raw: str) -> bool:
@@ -192,10 +201,18 @@ class ReproRun:
     metrics: MetricsFiles | None  # None: not asked for, the command failed, or DVC could not read them
 
 
-def repro(root: Path, args: Sequence[str], on_line: Callable[[str], None], *, metrics: bool) -> ReproRun:
+def repro(
+    root: Path,
+    args: Sequence[str],
+    on_line: Callable[[str], None],
+    *,
+    metrics: bool,
+    extra_env: Mapping[str, str] | None = None,
+) -> ReproRun:
     """`dvc ARGS` (a `repro`) streamed like `stream_dvc`; with `metrics`, the DVC process then reads the
-    metrics too, which spares the caller a second DVC start-up (~0.7 s) to open the repository again."""
+    metrics too, which spares the caller a second DVC start-up (~0.7 s) to open the repository again.
+    `extra_env`: for every stage's command too (a sweep trial's `CUDA_VISIBLE_DEVICES`)."""
     import json
 
-    result, shown = _streamed(args, root, on_line, metrics=metrics)
+    result, shown = _streamed(args, root, on_line, metrics=metrics, extra_env=extra_env)
     return ReproRun(result, json.loads(shown) if result.ok and shown else None)

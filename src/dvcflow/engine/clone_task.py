@@ -110,8 +110,11 @@ class CloneLauncher(PrefectLauncher):
         self.futures[stage.name] = future
         future.add_done_callback(partial(_report, self._finished, stage.name))
 
-    def next_finished(self) -> tuple[str, Outcome]:
-        name, outcome = super().next_finished()
+    def next_finished(self) -> tuple[str, Outcome] | None:
+        finished = super().next_finished()
+        if finished is None:
+            return None
+        name, outcome = finished
         if name in self._in_clones and outcome is Outcome.SUCCEEDED:
             result = self.futures[name].result()
             if isinstance(result, CloneResult):

@@ -40,7 +40,7 @@ from dvcflow.api.failures import failed, retry_unless
 from dvcflow.api.limits import LEASE_S
 from dvcflow.core.errors import DvcBusyError
 from dvcflow.core.graph import PlannedStage
-from dvcflow.core.resources import NO_GRANT, NO_RESOURCES, Grant, Resources, dask_resources
+from dvcflow.core.resources import NO_GRANT, NO_RESOURCES, Demand, Grant, Resources, dask_resources
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import StageResult, Status, execute, open_session
 from dvcflow.engine.plugins import StageFunction
@@ -97,7 +97,7 @@ def _run_stage(
             log=logger.info,
             pull=pull,
             allow_missing=allow_missing,
-            holding=None if grant.empty else partial(_holding, grant, share),
+            holding=None if grant.empty else partial(hold, grant, share),
         )
     except Exception as exc:  # the state says why in the stage's own words, not in Prefect's
         return failed(exc)
@@ -114,16 +114,22 @@ def _run_stage(
 
 
 @contextlib.contextmanager
-def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
-    """Around a stage's command: the machine's limits (with `share`; the wait is logged and counted in
-    the summary), its GPU indices held machine-wide (`proc.gpus.claimed`: the grant's, unless another
-    run on this machine holds one), and the environment that names them.
+def hold(grant: Grant, share: bool, *, aside: bool = True) -> Iterator[Mapping[str, str]]:
+    """Around a stage's command (or a sweep trial's whole `dvc repro`): the machine's limits (with
+    `share`; the wait is logged and counted in the summary), its GPU indices held machine-wide
+    (`proc.gpus.claimed`: the grant's, unless another run on this machine holds one), and the
+    environment that names them. An empty grant holds nothing.
 
     The limits are released in a thread of their own while DVC records the outputs (a release is two
     API calls: 0.06 s, up to 0.13 s, measured against a local server, per stage that holds resources);
     the launcher waits for it before the scheduler hands the stage's resources to another (`_released`).
-    Outside a task run (nothing would wait for it) the release is done here."""
+    Outside a task run, or without `aside` (a trial, which no launcher waits for), the release is done
+    here."""
     from prefect.context import TaskRunContext
+
+    if grant.empty:
+        yield {}
+        return
 
     logger = get_run_logger()
     environment = grant.environment()
@@ -150,7 +156,7 @@ def _holding(grant: Grant, share: bool) -> Iterator[Mapping[str, str]]:
         logger.info("Holding %s%s", grant.demand, f" ({shown})" if shown else "")
         yield environment
     finally:
-        if task_run is None:
+        if task_run is None or not aside:
             _release(held, logger)
         else:
             release = threading.Thread(
@@ -190,7 +196,7 @@ def _release_under_way(task_run: UUID, held: contextlib.ExitStack, logger: Any) 
 
 
 def _released(task_run: UUID | None) -> None:
-    """Wait until the task run's limits are back on the server (see `_holding`)."""
+    """Wait until the task run's limits are back on the server (see `hold`)."""
     if task_run is None:
         return
     with _releasing_lock:
@@ -265,7 +271,7 @@ class PrefectLauncher:
         self.resources = resources
         self.futures: dict[str, PrefectFuture[Any]] = {}
         self.keys: dict[str, str] = {}
-        self._finished: queue.Queue[str] = queue.Queue()
+        self._finished: queue.Queue[str] = queue.Queue()  # stage names; `_WOKEN` from `wake`
 
     def _options(self, stage: PlannedStage, action: Action) -> dict[str, Any]:
         spec = self.session.spec(stage.name)
@@ -319,18 +325,16 @@ class PrefectLauncher:
         future.add_done_callback(partial(_report_done, self._finished, stage.name))
 
     def _on_workers_with(self, grant: Grant) -> contextlib.AbstractContextManager[Any]:
-        """On Dask, the demand's amounts as the task's worker resources (`GPU`, `MEM_GB`): it lands only
-        on a worker started with `--resources GPU=...`, and the cluster counts them."""
-        amounts = dask_resources(grant.demand)
-        if not (self.resources.dask and amounts):
-            return contextlib.nullcontext()
-        from dask.base import annotate
+        return on_dask_workers_with(grant.demand) if self.resources.dask else contextlib.nullcontext()
 
-        return annotate(resources=amounts)
+    def wake(self) -> None:
+        self._finished.put(_WOKEN)
 
-    def next_finished(self) -> tuple[str, Outcome]:
+    def next_finished(self) -> tuple[str, Outcome] | None:
         try:
             name = self._finished.get()
+            if name == _WOKEN:
+                return None
             future = self.futures[name]
             future.wait()
         except KeyboardInterrupt:
@@ -343,6 +347,20 @@ class PrefectLauncher:
         if state.name == NOT_RUN_STATE:
             return name, Outcome.NOT_RUN
         return name, Outcome.SUCCEEDED if state.is_completed() else Outcome.FAILED
+
+
+_WOKEN = ""  # no stage's name: `next_finished` was woken, nothing finished
+
+
+def on_dask_workers_with(demand: Demand) -> contextlib.AbstractContextManager[Any]:
+    """Tasks submitted in the block land only on Dask workers started with the demand's amounts
+    (`--resources GPU=1`: `GPU`, `MEM_GB`), and the cluster counts them."""
+    amounts = dask_resources(demand)
+    if not amounts:
+        return contextlib.nullcontext()
+    from dask.base import annotate
+
+    return annotate(resources=amounts)
 
 
 def _retry_helps(_task: Any, _task_run: Any, state: Any) -> bool:

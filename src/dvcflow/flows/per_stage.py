@@ -29,7 +29,7 @@ from dvcflow.core.resources import NO_RESOURCES, Resources
 from dvcflow.core.selection import EVERYTHING, Selection
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import close_session, open_session
-from dvcflow.engine.scheduler import run_stages
+from dvcflow.engine.scheduler import run_stages, shared_pool
 from dvcflow.engine.task import (
     NOT_RUN_STATE,
     NOTHING_RAN_STATES,
@@ -62,7 +62,8 @@ def schedule(
     stage_plan: Plan, launcher: PrefectLauncher, resources: Resources, jobs: int, keep_going: bool
 ) -> None:
     """`run_stages` within the run's resources: this machine's capacity, or on Dask the cluster's (which
-    counts the amounts itself; mutex groups are still kept apart here)."""
+    counts the amounts itself; mutex groups are still kept apart here); what is free may be shared with
+    other runs of this process (`resources.pool`: a sweep's trials)."""
     if not resources.empty:
         get_run_logger().info(
             "Resources: %d stage(s) declare needs; capacity %s",
@@ -70,7 +71,8 @@ def schedule(
             "of the Dask workers" if resources.dask else resources.capacity,
         )
     capacity = None if resources.dask else resources.capacity
-    run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going, capacity=capacity)
+    pool = shared_pool(resources.pool)
+    run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going, capacity=capacity, pool=pool)
 
 
 def _names(names: list[str]) -> str:

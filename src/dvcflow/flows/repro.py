@@ -3,7 +3,9 @@ history)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +21,7 @@ from dvcflow.api.failures import failed, retry_unless
 from dvcflow.core.errors import DvcflowError, StageCommandError
 from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
 from dvcflow.core.records import ReproOutcome, StagesReport
+from dvcflow.core.resources import NO_GRANT, Grant
 from dvcflow.dvc import commands
 from dvcflow.dvc.metrics_files import read_metrics
 
@@ -64,10 +67,18 @@ def take_visited(task_run_id: object) -> StagesReport:
 
 @task(name="dvc repro", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)
 def dvc_repro_task(
-    repo_root: Path, *, fail_once: bool = False, args: tuple[str, ...] = (), with_metrics: bool = False
+    repo_root: Path,
+    *,
+    fail_once: bool = False,
+    args: tuple[str, ...] = (),
+    with_metrics: bool = False,
+    grant: Grant = NO_GRANT,
+    share: bool = False,
 ) -> MetricsSnapshot | State[Any] | None:
     """Run `dvc repro ARGS` in the repo root, every output line into this task's log; with
-    `with_metrics`, return the metrics that DVC process read afterwards (None if it could not)."""
+    `with_metrics`, return the metrics that DVC process read afterwards (None if it could not).
+    `grant`: what the whole `dvc repro` holds (a sweep's trial: `engine.task.hold`, with `share` the
+    machine's limits; its GPU indices in every stage's `CUDA_VISIBLE_DEVICES`)."""
     remember_task_run()
     if fail_once and task_run.run_count <= 1:
         raise RuntimeError(FAIL_ONCE_MESSAGE)  # Prefect's own retry of a raised error, as the tour shows
@@ -81,12 +92,25 @@ def dvc_repro_task(
         logger.info(line)
 
     try:
-        run = commands.repro(repo_root, ["repro", *args], on_line=on_line, metrics=with_metrics)
+        with _holding(grant, share) as environment:
+            run = commands.repro(
+                repo_root, ["repro", *args], on_line=on_line, metrics=with_metrics, extra_env=environment
+            )
     finally:
         _record(task_run.id, stages.report())
     if not run.result.ok:  # the failed stage's own words as the state's message (`api.failures`)
         return failed(commands.failure(run.result))
     return None if run.metrics is None else snapshot_of(run.metrics)
+
+
+def _holding(grant: Grant, share: bool) -> contextlib.AbstractContextManager[Mapping[str, str]]:
+    """`engine.task.hold` for a grant that holds something (imported only then: run-a holds nothing),
+    released when the command ends (no launcher waits for this task's release)."""
+    if grant.empty:
+        return contextlib.nullcontext({})
+    from dvcflow.engine.task import hold
+
+    return hold(grant, share, aside=False)
 
 
 @task(name="dvc push", retries=DEFAULT_RETRIES, retry_delay_seconds=RETRY_DELAY_S, cache_policy=NO_CACHE)

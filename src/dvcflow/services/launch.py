@@ -18,7 +18,6 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -349,8 +348,7 @@ def _run_engine_flow(
 
     announce, debug = hosting["announce"], hosting["debug"]
     keep_link = connect_run(root, hosting["ephemeral"], announce)
-    planned = replace(planned, share=planned.share and keep_link)  # a temporary server shares nothing
-    share(planned, announce)
+    planned = share(planned, keep_link, announce)
     with collector_paused():
         from dvcflow.flows.per_stage import per_stage_flow, task_runner
 

@@ -3,13 +3,14 @@ through the DVC adapter, the globs of the settings), the capacity (the caller's 
 the settings, the machine's GPUs, or a Dask cluster's workers), checked in one line each; then the
 machine's Prefect concurrency limits set to that capacity.
 
-`dvcflow.services.launch` calls `resources_for` after the repository's own checks and before the Prefect
-API is contacted, and `share` once it is. See docs/resources.md.
+`dvcflow.services.launch` and `dvcflow.services.sweep` call `resources_for` after the repository's own
+checks and before the Prefect API is contacted, and `share` once it is. See docs/resources.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +83,13 @@ def dask_capacity(address: str) -> Capacity:
     )
 
 
-def share(resources: Resources, announce: Callable[[str], None]) -> None:
+def share(resources: Resources, linked: bool, announce: Callable[[str], None]) -> Resources:
     """The machine's Prefect concurrency limits, one per resource and mutex group the run takes, set to
-    its capacity (`dvcflow.api.limits`); nothing when the run shares none."""
+    its capacity (`dvcflow.api.limits`); nothing when the run shares none, or when its API is not one
+    that outlives it (`linked` False: Prefect's temporary server). The resources as the run shares them."""
+    resources = replace(resources, share=resources.share and linked)
     if resources.share and not resources.empty:
         from dvcflow.api.limits import ensure_limits
 
         ensure_limits(resources.capacity, resources.demands, announce)
+    return resources
