@@ -230,6 +230,7 @@ OWN_SECTIONS = (
     ("resources", "bench_resources.py", "Stages that need a GPU", 5),
     ("dask_clones", "bench_dask_clones.py", "Stages in clones on Dask workers", 5),
 )
+QUICK_ARGS = {"search": ["--prune-rounds", "2", "--e2e-seeds", "2"]}  # besides `--repeat 2`
 
 
 def _own_section(
@@ -245,7 +246,8 @@ def _own_section(
     if render_only:
         result = _newest(prefix)
     else:
-        result = _bench(script, prefix, ["--repeat", "2" if quick else str(rounds)])
+        args = ["--repeat", "2", *QUICK_ARGS.get(prefix, [])] if quick else ["--repeat", str(rounds)]
+        result = _bench(script, prefix, args)
     section = "\n".join(
         [
             begin,

@@ -3,7 +3,9 @@
 End to end on real git+DVC repositories and the session's Prefect server: a Branin pipeline (its metric
 a known function of two params, computed by a stage command), a resumed study, a pruned search, and every
 bad input. TPE against random search is compared at the Optuna level, with the same objective and
-dvcflow's own `Search` (5 seeds x 2 samplers x 16 trials as real trials would take ~20 minutes here).
+dvcflow's own `Search`: 5 seeds x 2 samplers x 16 real trials are too slow for the suite, so
+bench/bench_search.py runs them, and times the pruned search against the same sweep unpruned (speed is
+measured in benchmarks, never asserted here).
 """
 
 from __future__ import annotations
@@ -120,6 +122,16 @@ def make_train_repo(root: Path, env: dict[str, str]) -> Path:
 
 
 SPACE = ["-S", "branin.x1=interval(-5,10)", "-S", "branin.x2=interval(0,15)"]
+# The pruning sweep of the train pipeline, without its `--prune` (bench/bench_search.py times it both ways).
+PRUNE_SWEEP = [
+    "sweep", "--search", "grid", "--jobs", "2", "--seed", "1",
+    "-S", "train.lr=choice(0.3,0.31,0.29,0.32,0.9,1.0)", "--metric", "loss", "--minimize",
+]  # fmt: skip
+
+
+def train_loss(lr: float, step: int) -> float:
+    """The loss TRAIN_PY logs at `step`."""
+    return 10 * (lr - 0.3) ** 2 + 1 / (step + 1)
 
 
 def study_trials(repo: Path, name: str) -> list[dict[str, object]]:
@@ -266,11 +278,7 @@ def test_pruned_trials_stop_before_the_last_step_and_are_kept_as_experiments(
     markers.mkdir()
     env = {**client_env, "SWEEP_TEST_MARKERS": str(markers)}
 
-    result = dvcflow(
-        "sweep", "--search", "grid", "--jobs", "2", "--seed", "1",
-        "-S", "train.lr=choice(0.3,0.31,0.29,0.32,0.9,1.0)", "--metric", "loss", "--minimize",
-        "--prune", "median", "--json", cwd=repo, env=env, timeout=900,
-    )  # fmt: skip
+    result = dvcflow(*PRUNE_SWEEP, "--prune", "median", "--json", cwd=repo, env=env, timeout=900)
 
     assert result.returncode == 0, result.stdout + result.stderr
     rows = sweep_json(result)["trials"]
@@ -279,10 +287,15 @@ def test_pruned_trials_stop_before_the_last_step_and_are_kept_as_experiments(
     completed = [row for row in rows if row["state"] == "Completed"]
     assert pruned and completed, rows
     last_step = {float(path.name): int(path.read_text()) for path in markers.iterdir()}
-    for row in pruned:  # stopped while it ran: fewer than 20 steps written
+    for row in pruned:  # stopped while it ran: fewer than 20 steps written; the last one reported kept
         assert last_step[float(row["train.lr"])] < 19, (row, last_step)
+        step = row["pruned_at_step"]
+        assert isinstance(step, int) and step <= last_step[float(row["train.lr"])], (row, last_step)
+        assert row["loss"] is None  # --json keeps data: the value reported is pruned_value
+        assert row["pruned_value"] == pytest.approx(train_loss(float(row["train.lr"]), step))
     for row in completed:
         assert last_step[float(row["train.lr"])] == 19
+        assert row["pruned_at_step"] is None and row["pruned_value"] is None
     assert sum(last_step.values()) < 6 * 19
     assert {row["train.lr"] for row in pruned} >= {"0.9", "1.0"}  # the bad ones show at once
     saved = experiments(repo, client_env)  # pruned trials too, with the steps they logged
@@ -425,3 +438,40 @@ def test_the_summary_has_the_best_params_the_objective_and_the_importances() -> 
     assert "## Best" in text and "| branin.x1 |" in text
     assert text.count("| Complete |") == 8
     assert "## Importance of each param" in text and "| branin.x2 |" in text
+
+
+def test_a_pruned_trial_shows_the_value_it_last_reported_and_the_step_it_was_stopped_at(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table (terminal and artifact) says `0.97 (pruned at step 1)` instead of "—"; `--json` keeps the
+    metric empty (the trial never wrote it) and carries the step and the value as data."""
+    import io
+
+    from rich.console import Console
+
+    from dvcflow.cli.render import sweep as render
+    from dvcflow.core.records import FlowRunRecord
+    from dvcflow.engine.trials import SweepReport, TrialResult, table_rows
+
+    trials = (
+        TrialResult(1, "s-1", {"train.lr": "0.3"}, "Completed", 4.0, {"loss": 0.05}, number=0, steps=20),
+        TrialResult(2, "s-2", {"train.lr": "0.9"}, "Pruned", 1.0, {}, number=1, steps=2, pruned_at=(1, 0.97)),
+    )
+    run = FlowRunRecord("id", "s", "dvcflow sweep", "Completed", 5.0, (), None)
+    report = SweepReport(run, trials, ("train.lr",), "loss", False, 1, True, search="# Search")
+
+    assert [row["loss"] for row in table_rows(trials, ("train.lr",), 1, "loss")] == [
+        0.05,
+        "0.97 (pruned at step 1)",
+    ]  # the artifact's rows
+    piped = io.StringIO()
+    monkeypatch.setattr(render, "out", Console(file=piped, width=120, no_color=True))
+    render.sweep_summary(report)
+    assert re.search(r"│ +0\.9 │ 0\.97 \(pruned at step 1\) │ Pruned", piped.getvalue()), piped.getvalue()
+    capsys.readouterr()
+    render.sweep_json(report)
+    rows = json.loads(capsys.readouterr().out)["trials"]
+    assert [(r["loss"], r["pruned_at_step"], r["pruned_value"]) for r in rows] == [
+        (0.05, None, None),
+        (None, 1, 0.97),
+    ]

@@ -100,6 +100,7 @@ class TrialResult:
     message: str | None = None
     number: int | None = None  # a search's trial number in its study
     steps: int | None = None  # a search's steps of the metric seen while it ran
+    pruned_at: tuple[int, float] | None = None  # a pruned trial's last step reported, and its value
 
     @property
     def completed(self) -> bool:
@@ -332,17 +333,30 @@ def pick_best(
     return chosen, best_trial(trials, chosen, maximize) if chosen else None
 
 
+def _pruned_text(trial: TrialResult) -> str | None:
+    """What a pruned trial shows for the metric it never wrote: its last value reported and the step it
+    was stopped at (`12.3 (pruned at step 4)`); None for any other trial."""
+    if trial.state != PRUNED or trial.pruned_at is None:
+        return None
+    step, value = trial.pruned_at
+    return f"{value:.6g} (pruned at step {step})"
+
+
 def table_rows(
-    trials: tuple[TrialResult, ...], varying: tuple[str, ...], best: int | None
+    trials: tuple[TrialResult, ...], varying: tuple[str, ...], best: int | None, metric: str | None = None
 ) -> list[dict[str, Scalar]]:
-    """One row per trial: the Prefect artifact's table, and the data of `--json`."""
+    """One row per trial: the Prefect artifact's table, and the data of `--json`. With `metric` (a table
+    for people), a pruned trial's empty cell of it says what the trial reported (`_pruned_text`)."""
     rows: list[dict[str, Scalar]] = []
     for trial in trials:
         row: dict[str, Scalar] = {"trial": trial.index, "name": trial.name}
         row.update({label: trial.values.get(label) for label in varying})
         row.update({name: trial.metrics.get(name) for name in metric_names(trials)})
+        if metric in row and row[metric] is None and (text := _pruned_text(trial)) is not None:
+            row[metric] = text
         if trial.number is not None:  # a search's trial: its number in the study, the steps it logged
-            row.update(study_trial=trial.number, steps=trial.steps)
+            step, value = trial.pruned_at or (None, None)
+            row.update(study_trial=trial.number, steps=trial.steps, pruned_at_step=step, pruned_value=value)
         row.update(state=trial.state, seconds=round(trial.seconds, 2), best=trial.index == best)
         rows.append(row)
     return rows

@@ -181,12 +181,14 @@ def trial_task(trial: TrialJob, session_id: str | None = None) -> TrialResult:
         )
     seconds = time.monotonic() - start
     steps = len(watcher.steps) if watcher is not None else None
+    last = watcher.steps[-1] if watcher is not None and watcher.pruned_at is not None else None
     if state.is_completed():
         value = cast(dict[str, Any], state.result())
         ended = PRUNED if state.name == PRUNED else COMPLETED
         result = TrialResult(
             spec.index, trial.name, spec.values(), ended, seconds, value["metrics"], value["experiment"],
             message=state.message if ended == PRUNED else None, number=number, steps=steps,
+            pruned_at=last if ended == PRUNED else None,
         )  # fmt: skip
         if sweep is not None and sweep.search is not None:
             _check_search_trial(sweep, result)
@@ -247,7 +249,7 @@ def _publish(session_id: str, repo_root: Path) -> None:
             get_run_logger().warning("Could not publish the search summary: %s", exc)
     trials = sweep.results()
     metric, best = pick_best(trials, sweep.metric, sweep.maximize)
-    rows = table_rows(trials, sweep.varying, best)
+    rows = table_rows(trials, sweep.varying, best, metric)
     ranked = f"best by {metric} ({'max' if sweep.maximize else 'min'})" if metric else "no metric"
     try:
         create_table_artifact(

@@ -115,11 +115,12 @@ def sweep_summary(report: SweepReport) -> None:
         table.add_column(f"{name} {BEST_MARK}" if name == report.metric else name, justify="right")
     table.add_column("State")
     table.add_column("Duration", justify="right")
-    for row, trial in zip(table_rows(report.trials, report.varying, report.best), report.trials, strict=True):
+    rows = table_rows(report.trials, report.varying, report.best, report.metric)  # a pruned trial's text
+    for row, trial in zip(rows, report.trials, strict=True):
         mark = f" {BEST_MARK}" if row["best"] else ""
         cells = [f"{trial.index}{mark}", trial.name or "—"]
         cells += [short(trial.values.get(label, "")) for label in report.varying]
-        cells += [display_value(trial.metrics.get(name)) for name in names]
+        cells += [display_value(row[name]) for name in names]
         table.add_row(
             *cells,
             Text(trial.state, style=STATE_STYLES.get(trial.state, "")),
