@@ -4,7 +4,8 @@ written back into the caller's workspace (docs/remote.md).
 Worker side, `run_in_clone`: a worktree of this worker's clone at the caller's commit (`gitsource.checkout`),
 reused by later stages of that commit on this worker (one slot per stage running at once), with the caller's
 current `dvc.lock` in it; the stage's missing dependencies pulled from the DVC remote; `dvc repro
---single-item STAGE`; `dvc push STAGE`; its `dvc.lock` entry and its uncached outputs sent back.
+--single-item STAGE`; `dvc push STAGE`; its `dvc.lock` entry and its uncached outputs sent back. A sweep's
+trial in a clone starts from the same worktree (`prepared_clone`: the caller's `dvc.lock`, the credentials).
 
 Caller side: `write_lock` (the entries into `dvc.lock` in `dvc repro`'s order, so the file is what `dvc repro`
 writes) and `bring_outputs` (the uncached outputs written, the cached ones pulled: `dvc pull STAGES`).
@@ -55,6 +56,23 @@ def worktree_slot(source: CloneSource) -> Iterator[Path]:
     raise PipelineError(f"more than {SLOTS} stages of one commit at once on this worker")
 
 
+@contextlib.contextmanager
+def prepared_clone(
+    source: CloneSource, lock_text: str | None, environ: Mapping[str, str] | None = None
+) -> Iterator[Path]:
+    """A `worktree_slot` of `source` with the caller's `dvc.lock` (`lock_text`; None: none) and the DVC
+    remote's credentials from `environ` (default: this process's): what a stage or a sweep trial starts
+    from on a worker that does not see the caller's disk."""
+    with worktree_slot(source) as root:
+        lock = root / LOCK_FILE
+        if lock_text is None:
+            lock.unlink(missing_ok=True)
+        else:
+            lock.write_text(lock_text, encoding="utf-8")
+        remote_data.apply_credentials(root, os.environ if environ is None else environ)
+        yield root
+
+
 def run_in_clone(
     source: CloneSource,
     stage: str,
@@ -77,13 +95,7 @@ def run_in_clone(
         seconds[name] = round(now - started, 3)
         started = now
 
-    with worktree_slot(source) as root:
-        lock = root / LOCK_FILE
-        if lock_text is None:
-            lock.unlink(missing_ok=True)
-        else:
-            lock.write_text(lock_text, encoding="utf-8")
-        remote_data.apply_credentials(root, os.environ if environ is None else environ)
+    with prepared_clone(source, lock_text, environ) as root:
         lap("checkout")
         missing = [dep for dep in deps if not (root / dep).exists()]
         if missing:

@@ -2,7 +2,8 @@
 not share this disk (docs/remote.md).
 
 Caller side: `default_remote` (the committed default remote a worker will use; a `ConfigError` without one),
-`fetch_experiment` (`dvc exp pull` + `dvc exp apply`, then `dvc pull` if asked).
+`fetch_experiment` (`dvc exp pull` + `dvc exp apply`, then `dvc pull` if asked), `pull_experiments` (a sweep's
+trials saved on workers, home).
 Worker side: `apply_credentials` (a remote's settings from `DVCFLOW_REMOTE_<REMOTE>_<OPTION>` variables into
 the clone's `.dvc/config.local`), `check_access` (the remote answers this worker, or the run fails saying
 why, before any stage), `save_experiment` and `push_experiment` (`dvc exp save` / `dvc exp push`).
@@ -14,7 +15,7 @@ import contextlib
 import fcntl
 import re
 import subprocess
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +185,14 @@ def _unless_cache_note(line: str, on_line: Callable[[str], None]) -> None:
         on_line(line)
 
 
+def pull_experiments(root: Path, git_remote: str, names: Sequence[str], *, cache: bool) -> None:
+    """`dvc exp pull --force REMOTE NAMES` (with `cache`, their data from the DVC remote too): experiments
+    pushed by workers into this repository's `refs/exps`, where `dvc exp show` lists them."""
+    # not its lines: with --force, DVC says "No experiments to pull" for one it did fetch
+    no_cache = [] if cache else ["--no-cache"]
+    _dvc(root, ["exp", "pull", "--force", *no_cache, git_remote, *names], lambda _: None)
+
+
 def fetch_experiment(
     root: Path, git_remote: str, name: str, *, pull: bool, on_line: Callable[[str], None]
 ) -> None:
@@ -193,9 +202,7 @@ def fetch_experiment(
     brings them."""
     from dvcflow.dvc.commands import failure, stream_dvc
 
-    cache = [] if pull else ["--no-cache"]
-    # not its lines: with --force, DVC says "No experiments to pull" for one it did fetch
-    _dvc(root, ["exp", "pull", "--force", *cache, git_remote, name], lambda _: None)
+    pull_experiments(root, git_remote, [name], cache=pull)
     result = stream_dvc(["exp", "apply", name], cwd=root, on_line=on_line if pull else lambda _: None)
     if not result.ok and (pull or not any(_CHECKOUT_FAILED in line for line in result.tail)):
         raise failure(result)

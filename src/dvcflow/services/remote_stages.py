@@ -1,5 +1,6 @@
-"""`run-a --per-stage --dask-address`: do the Dask workers share this disk? If not, the stages run in clones
-(`dvcflow.engine.clone_task`), and this checks, before any flow run, what the clones need (docs/remote.md).
+"""`run-a --per-stage --dask-address` and `sweep --dask-address`: do the Dask workers share this disk? If
+not, the stages (or trials) run in clones (`dvcflow.engine.clone_task`, `dvcflow.flows.sweep`), and this
+checks, before any flow run, what the clones need (docs/remote.md).
 
 `plan_clones` asks every worker, in one round trip, whether it has dvcflow (one error line if one lacks it)
 and whether it reads a token file just written into this repository (all do: a shared disk, the fast path,
@@ -41,10 +42,14 @@ def ask_workers(address: str, token_path: Path, token: str) -> dict[str, tuple[b
 
 
 def plan_clones(
-    root: Path, address: str, shared_disk: bool | None, announce: Callable[[str], None]
+    root: Path,
+    address: str,
+    shared_disk: bool | None,
+    announce: Callable[[str], None],
+    unit: str = "stage",
 ) -> CloneSource | None:
-    """None when the stages run in this repository (the workers see it, or `shared_disk=True`); else the
-    commit their clones run, checked and on the git remote."""
+    """None when the stages (`unit`s) run in this repository (the workers see it, or `shared_disk=True`);
+    else the commit their clones run, checked and on the git remote."""
     token_path = root / ".dvc" / "tmp" / f"dvcflow-shared-disk-{uuid.uuid4().hex}"
     token = uuid.uuid4().hex
     token_path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +73,10 @@ def plan_clones(
     if shared_disk is None:
         shared_disk = seeing == len(workers)
         announce(
-            f"Dask workers see this repository ({seeing} of {len(workers)}): stages run in it"
+            f"Dask workers see this repository ({seeing} of {len(workers)}): {unit}s run in it"
             if shared_disk
             else f"{len(workers) - seeing} of {len(workers)} Dask workers do not see this repository: "
-            "each stage runs in a clone of this commit, its data through the DVC remote"
+            f"each {unit} runs in a clone of this commit, its data through the DVC remote"
         )
     if shared_disk:
         return None
