@@ -352,6 +352,8 @@ def test_an_image_pool_gets_the_commit_s_pull_step_the_image_and_the_env(
         "per_stage": False,
         "jobs": None,
         "keep_going": False,
+        "targets": None,
+        "resources": None,
     }
     assert deployment.job_variables == {
         "env": {"DVC_NO_ANALYTICS": "1", "PYTHONUNBUFFERED": "1"},

@@ -27,6 +27,8 @@ def deployed_pipeline_flow(
     jobs: int | None = None,
     keep_going: bool = False,
     change: dict[str, Any] | None = None,
+    targets: list[str] | None = None,
+    resources: dict[str, int] | None = None,
 ) -> MetricsSnapshot | Any:
     """Reproduce this repository's DVC pipeline; DVC decides what is out of date.
 
@@ -39,6 +41,9 @@ def deployed_pipeline_flow(
         change: What changed, set by the deployment's on-change trigger from its
             `dvcflow.repository.changed` event (empty for other runs): changed files, the commit a
             watched branch moved to (checked out first), or imports with a newer version (updated first).
+        targets: The stages to reproduce, as `dvc repro TARGETS` takes them (empty: the whole pipeline).
+        resources: With per_stage: how much there is of each resource the stages declare, e.g.
+            {"gpu": 2} (empty: `[tool.dvcflow.capacity]`, GPUs: this machine's; docs/resources.md).
     """
     from dvcflow.api.crash import crash_orphaned_runs
     from dvcflow.core.errors import UsageError
@@ -57,15 +62,57 @@ def deployed_pipeline_flow(
             from dvcflow.flows.changes import apply_change
 
             apply_change(root, change)
-        if per_stage:
-            from dvcflow.flows.per_stage import per_stage_flow
+        return reproduce(root, per_stage, jobs, keep_going, targets, resources)
 
-            return per_stage_flow.fn(
-                root, jobs=jobs or cpu_count(), keep_going=keep_going, retries=1, show_metrics=True
-            )
+
+def reproduce(
+    root: Path,
+    per_stage: bool,
+    jobs: int | None,
+    keep_going: bool,
+    targets: list[str] | None,
+    resources: dict[str, int] | None,
+    *,
+    pull: bool = False,
+    push: tuple[str, ...] | None = None,
+) -> Any:
+    """A deployed run's pipeline, in this flow run: `run-a [TARGETS]` (`--pull`/`--push` with `pull` and
+    `push`), or with `per_stage` a task per stage within this machine's resources (what the stages declare,
+    the capacity from `resources`, the settings and this machine's GPUs, shared through its Prefect
+    concurrency limits)."""
+    from dvcflow.core.errors import UsageError
+    from dvcflow.core.selection import Selection
+
+    selection = Selection(targets=tuple(targets or ()))
+    if push is not None and not selection.everything:  # the stages the targets select, not all of them
+        from dvcflow.dvc.targets import selected_stages
+
+        push = selected_stages(root, selection)
+    if not per_stage:
+        if resources:
+            raise UsageError("resources apply to per_stage runs: each stage holds what it declares")
         from dvcflow.flows.repro import dvc_pipeline_flow
 
-        return dvc_pipeline_flow.fn(root, fail_once=False, show_metrics=True)
+        repro_args = (*(("--pull",) if pull else ()), *selection.dvc_args())
+        return dvc_pipeline_flow.fn(
+            root, fail_once=False, show_metrics=True, repro_args=repro_args, push=push
+        )
+    from dvcflow.engine.resources import resources_for, share
+    from dvcflow.flows.per_stage import per_stage_flow
+
+    logger = get_run_logger()
+    planned = share(resources_for(root, selection, resources), True, logger.info)
+    return per_stage_flow.fn(
+        root,
+        jobs=jobs or cpu_count(),
+        keep_going=keep_going,
+        retries=1,
+        show_metrics=True,
+        selection=selection,
+        resources=planned,
+        pull=pull,
+        push=push,
+    )
 
 
 def check_repo_root(repo_root: str, registered: str | None, tags: list[str]) -> Path:

@@ -26,9 +26,8 @@ from prefect.states import Failed
 
 from dvcflow.api.execution import remember_task_run, untagged_tasks
 from dvcflow.core.errors import DvcflowError
-from dvcflow.core.resources import cpu_count
 from dvcflow.dvc import gitsource, remote_data
-from dvcflow.flows.deployed import FLOW_NAME
+from dvcflow.flows.deployed import FLOW_NAME, reproduce
 
 ENTRYPOINT = "dvcflow.flows.remote.git_pipeline_flow"
 STEP = "dvcflow.flows.remote.checkout_step"
@@ -88,6 +87,8 @@ def git_pipeline_flow(
     per_stage: bool = False,
     jobs: int | None = None,
     keep_going: bool = False,
+    targets: list[str] | None = None,
+    resources: dict[str, int] | None = None,
 ) -> Any:
     """Reproduce the DVC pipeline of `repository` at `commit` on this worker; DVC decides what is out of
     date; the result comes back as a DVC experiment named after this flow run.
@@ -99,6 +100,9 @@ def git_pipeline_flow(
         per_stage: One task per DVC stage, independent stages in parallel (like `run-a --per-stage`).
         jobs: With per_stage: stages reproducing at once (empty: the CPUs of the machine).
         keep_going: With per_stage: after a failure, finish the independent branches.
+        targets: The stages to reproduce, as `dvc repro TARGETS` takes them (empty: the whole pipeline).
+        resources: With per_stage: how much there is of each resource the stages declare, e.g.
+            {"gpu": 2} (empty: `[tool.dvcflow.capacity]`, GPUs: this worker's; docs/resources.md).
     """
     from prefect.context import FlowRunContext
 
@@ -118,7 +122,8 @@ def git_pipeline_flow(
             logger.error(reason)
             return Failed(message=reason)
         logger.info("Commit %s of %s in %s; DVC remote %r", commit[:9], repository, root, remote.name)
-        outcome = _reproduce(root, per_stage, jobs, keep_going)
+        # `run-a --pull --push`: what the stages need comes from the DVC remote, what they wrote goes back
+        outcome = reproduce(root, per_stage, jobs, keep_going, targets, resources, pull=True, push=())
         if isinstance(outcome, State):  # the pipeline failed: nothing to save
             return outcome
         name = remote_data.experiment_name(run.name if run is not None else "dvcflow-run")
@@ -132,26 +137,6 @@ def git_pipeline_flow(
         return outcome
     finally:
         gitsource.remove_checkout(root)
-
-
-def _reproduce(root: Path, per_stage: bool, jobs: int | None, keep_going: bool) -> Any:
-    """`run-a --pull --push`, or `--per-stage`: what the selected stages need comes from the DVC remote,
-    what they wrote goes back to it."""
-    if per_stage:
-        from dvcflow.flows.per_stage import per_stage_flow
-
-        return per_stage_flow.fn(
-            root,
-            jobs=jobs or cpu_count(),
-            keep_going=keep_going,
-            retries=1,
-            show_metrics=True,
-            pull=True,
-            push=(),
-        )
-    from dvcflow.flows.repro import dvc_pipeline_flow
-
-    return dvc_pipeline_flow.fn(root, fail_once=False, show_metrics=True, repro_args=("--pull",), push=())
 
 
 def _tag(run: Any, experiment: str) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,16 +53,24 @@ class DeployRequest:
     keep_going: bool = False
     pool: str | None = None
     watch: WatchOptions | None = None  # --on-change
+    targets: tuple[str, ...] = ()
+    resources: tuple[tuple[str, int], ...] = ()  # --resource: the capacity, with --per-stage
+
+    @property
+    def run_parameters(self) -> dict[str, Any]:
+        """How each run reproduces the pipeline: the parameters both deployed flows take."""
+        return {
+            "per_stage": self.per_stage,
+            "jobs": self.jobs,
+            "keep_going": self.keep_going,
+            "targets": list(self.targets) or None,
+            "resources": dict(self.resources) or None,
+        }
 
     @property
     def parameters(self) -> dict[str, Any]:
         """The deployment's default parameters; a custom run may override all but the repository."""
-        return {
-            "repo_root": str(self.root),
-            "per_stage": self.per_stage,
-            "jobs": self.jobs,
-            "keep_going": self.keep_going,
-        }
+        return {"repo_root": str(self.root), **self.run_parameters}
 
     @property
     def schedule(self) -> str:
@@ -144,8 +152,10 @@ def check_request(
     debounce: float | None = None,
     watch_branch: str | None = None,
     watch_imports: float | None = None,
+    targets: Sequence[str] = (),
+    resources: Mapping[str, int] | None = None,
 ) -> DeployRequest:
-    """Refuse contradictions and nonsense before Prefect is contacted."""
+    """Refuse contradictions and nonsense before Prefect is contacted: unknown targets included."""
     if cron is not None and interval is not None:
         raise UsageError("--cron and --interval exclude each other: give one schedule")
     if interval is not None and not interval > 0:
@@ -154,6 +164,8 @@ def check_request(
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
     if (jobs is not None or keep_going) and not per_stage:
         raise UsageError(f"{'--jobs' if jobs is not None else '--keep-going'} needs --per-stage")
+    if resources and not per_stage:
+        raise UsageError("--resource needs --per-stage: each stage holds what it declares")
     if pool is not None and not pool.strip():
         raise UsageError("--pool needs a work pool name")
     watch = check_options(debounce=debounce, branch=watch_branch, imports_every=watch_imports)
@@ -166,8 +178,23 @@ def check_request(
     chosen = name if name is not None else root.name
     if not chosen or "/" in chosen or "%" in chosen:
         raise UsageError(f"--name must be non-empty and contain no '/' or '%', got {chosen!r}")
+    if targets:
+        from dvcflow.core.selection import Selection
+        from dvcflow.dvc.targets import selected_stages
+
+        selected_stages(root, Selection(targets=tuple(targets)))  # an unknown target: one line, now
     return DeployRequest(
-        root, chosen, cron, interval, per_stage, jobs, keep_going, pool, watch if on_change else None
+        root,
+        chosen,
+        cron,
+        interval,
+        per_stage,
+        jobs,
+        keep_going,
+        pool,
+        watch if on_change else None,
+        tuple(targets),
+        tuple(sorted((resources or {}).items())),
     )
 
 

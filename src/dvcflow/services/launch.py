@@ -307,9 +307,9 @@ def run_cached_dag(
 ) -> FlowRunRecord:
     """Prefect owns the stage DAG and its cache decides what runs, on any DVC repository; unchanged
     stages end Cached, and DVC agrees with the result. `resources`: the capacity of each resource the
-    stages declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`)."""
+    stages declare (over `[tool.dvcflow.capacity]`; see `dvcflow.engine.resources`)."""
     from dvcflow.engine.executor import close_session
-    from dvcflow.services.resources import resources_for
+    from dvcflow.engine.resources import resources_for
 
     _check_counts(jobs, retries)
     root = repository.find_repo_root(repo)
@@ -344,7 +344,7 @@ def _run_engine_flow(
     """The stage engine's flow (`cached_dag`: run-b's, else `--per-stage`'s) on a task runner of `jobs`
     workers, once the input is checked: connected, the run's resources shared, the engine imported with
     the collector paused."""
-    from dvcflow.services.resources import share
+    from dvcflow.engine.resources import share
 
     announce, debug = hosting["announce"], hosting["debug"]
     keep_link = connect_run(root, hosting["ephemeral"], announce)
@@ -434,14 +434,14 @@ def run_per_stage(
 ) -> FlowRunRecord:
     """One Prefect task per DVC stage of `selection`, at most `jobs` running at once (default: the CPUs
     here; on a Dask cluster, as many as it takes). `resources`: the capacity of each resource the stages
-    declare (over `[tool.dvcflow.capacity]`; see `dvcflow.services.resources`). On Dask, `shared_disk`
+    declare (over `[tool.dvcflow.capacity]`; see `dvcflow.engine.resources`). On Dask, `shared_disk`
     (None: asked of the workers) says whether they run the stages in this repository or each in a clone
     of this commit (`dvcflow.services.remote_stages`)."""
     _check_counts(jobs, retries)
     if dask_address is not None:
         check_dask_address(dask_address)
     from dvcflow.engine.executor import close_session
-    from dvcflow.services.resources import resources_for
+    from dvcflow.engine.resources import resources_for
 
     root = repository.find_repo_root(repo)
     try:

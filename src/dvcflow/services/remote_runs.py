@@ -39,14 +39,11 @@ class GitDeploy:
 
     @property
     def parameters(self) -> dict[str, Any]:
-        request = self.request
         return {
             "repository": self.source.url,
             "commit": self.source.commit,
             "subdir": self.source.subdir,
-            "per_stage": request.per_stage,
-            "jobs": request.jobs,
-            "keep_going": request.keep_going,
+            **self.request.run_parameters,
         }
 
 
