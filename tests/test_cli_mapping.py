@@ -67,6 +67,8 @@ SWEEP = {
     "prune": None,
     "seed": None,
     "apply_best": False,
+    "resources": None,
+    "shared_disk": None,
     "on_progress": mock.ANY,
 }
 DONE = FlowRunRecord("id", "name", "flow", "Completed", 0.0, (), None)
@@ -182,13 +184,20 @@ CASES: list[tuple[list[str], Call]] = [
             "5",
             "--dask-address",
             "tcp://h:1",
+            "--no-shared-disk",
             "--ephemeral",
         ],
         sweep(
-            "a=1", save=False, max_trials=5, dask_address="tcp://h:1", hosted={**HOSTED, "ephemeral": True}
+            "a=1",
+            save=False,
+            max_trials=5,
+            dask_address="tcp://h:1",
+            shared_disk=False,
+            hosted={**HOSTED, "ephemeral": True},
         ),
     ),
     (["--debug", "sweep", "-S", "a=1"], sweep("a=1", hosted={**HOSTED, "tracebacks": True})),
+    (["sweep", "-S", "a=1,2", "--resource", "GPU=2"], sweep("a=1,2", resources={"gpu": 2})),
     (
         [
             "sweep",

@@ -25,6 +25,7 @@ from tests.helpers import (
     make_clone_wide_repo,
     with_clone_remotes,
 )
+from tests.test_sweep import SCORE_PY, experiments, make_third_party_repo, tree_digest
 
 PATIENCE = 600
 
@@ -104,7 +105,75 @@ def test_stages_run_in_clones_and_dvc_lock_is_dvc_repro_s(
             assert not Path(place).is_relative_to(repo), place
 
 
+CWD_LOGGER = """\
+import os
+if os.environ.get("CWD_LOG"):
+    with open(os.environ["CWD_LOG"], "a") as log:
+        log.write(os.getcwd() + "\\n")
+"""
+
+
+@pytest.mark.timeout(600)
+def test_a_sweep_on_workers_without_the_disk_brings_its_experiments_home(
+    tmp_path: Path, client_env: dict[str, str], scratch_cluster: ScratchCluster
+) -> None:
+    """Each trial in a worker's clone: `dvc exp show` here lists both experiments with the metrics a local
+    `dvc exp run -S` gives; no stage ran in this repository, which did not change."""
+    env = client_env
+    repo = make_third_party_repo(tmp_path / "repo", env)
+    sweep = ["sweep", "-S", "conf/hp.yaml:scale=1,2", "--dask-address", scratch_cluster.address]
+    refused = dvcflow(*sweep, "--no-shared-disk", cwd=repo, env=env)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert [line for line in refused.stderr.splitlines() if line.startswith("Error:")] == [
+        "Error: no git remote: a worker on another machine clones the repository from one"
+    ], refused.stderr
+    with_clone_remotes(repo, tmp_path, env)
+    (repo / "score.py").write_text(CWD_LOGGER + SCORE_PY)  # each stage says where it ran
+    git(repo, "commit", "-q", "-am", "score.py logs where it runs", env=env)  # not on the git remote
+    reference = tmp_path / "reference"
+    shutil.copytree(repo, reference, symlinks=True)
+    for scale in (1, 2):
+        ran = dvc("exp", "run", "-S", f"conf/hp.yaml:scale={scale}", "--name", f"local-{scale}",
+                  cwd=reference, env=env)  # fmt: skip
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+    local = {data["params"]["conf/hp.yaml"]["data"]["scale"]: data["metrics"]  # type: ignore[index]
+             for data in experiments(reference, env).values()}  # fmt: skip
+    before, head = tree_digest(repo), git(repo, "rev-parse", "HEAD", env=env).strip()
+
+    swept = dvcflow(*sweep, "--no-shared-disk", "--json", cwd=repo, env=env, timeout=PATIENCE)
+
+    assert swept.returncode == 0, swept.stdout + swept.stderr
+    pushed = f"Pushed {head[:9]} to origin as refs/dvcflow/deploy/dask-{head[:12]} (no branch moved)"
+    assert pushed in swept.stderr, swept.stderr
+    trials = json.loads(swept.stdout)["trials"]
+    assert [(trial["conf/hp.yaml:scale"], trial["total"], trial["state"]) for trial in trials] == [
+        ("1", 4, "Completed"), ("2", 7, "Completed"),
+    ]  # fmt: skip
+    saved = experiments(repo, env)  # pulled home: listed here as a local sweep's trials are
+    assert set(saved) == {trial["name"] for trial in trials}
+    for data in saved.values():
+        assert data["metrics"] == local[data["params"]["conf/hp.yaml"]["data"]["scale"]]  # type: ignore[index]
+    refs = git(repo, "for-each-ref", "--format=%(refname)", "refs/exps", env=env).splitlines()
+    assert sorted(ref.rsplit("/", 1)[-1] for ref in refs) == sorted(saved)
+    assert all(ref.startswith(f"refs/exps/{head[:2]}/{head[2:]}/") for ref in refs), refs
+    assert tree_digest(repo) == before and git(repo, "rev-parse", "HEAD", env=env).strip() == head
+    places = scratch_cluster.cwd_log.read_text().splitlines()
+    assert len(places) == 4  # score@a and score@bb of each trial, each once
+    for place in places:
+        assert Path(place).is_relative_to(scratch_cluster.scratch), place
+        assert not Path(place).is_relative_to(repo), place
+
+
 # Units: no process, no server.
+
+
+def test_shared_disk_without_a_dask_address_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    from dvcflow.core.errors import UsageError
+    from dvcflow.services.sweep import run_sweep
+
+    with pytest.raises(UsageError) as refused:
+        run_sweep(tmp_path / "nowhere", set_params=["train.C=1,2"], shared_disk=False)
+    assert refused.value.message == "--shared-disk needs --dask-address"
 
 
 def test_workers_that_all_see_the_repository_run_the_stages_in_it(

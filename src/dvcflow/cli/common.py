@@ -41,6 +41,37 @@ def debug_requested() -> bool:
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
+# run-a --per-stage and sweep, with --dask-address (`dvcflow.services.remote_stages`)
+SharedDiskOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--shared-disk/--no-shared-disk",
+        help="With --dask-address: the workers see this repository at this path (the fast path), or not: "
+        "each stage (or sweep trial) then runs in a clone of this commit, its data through the DVC remote "
+        "(default: ask them).",
+        show_default=False,
+    ),
+]
+
+RESOURCE_HELP = (
+    "How much there is of a resource the stages declare, repeatable: --resource gpu=2 --resource "
+    "mem_gb=32 (default: tool.dvcflow.capacity in pyproject.toml; GPUs: the machine's). "
+    "See docs/resources.md."
+)
+# run-b and sweep (run-a's is in its "Per stage" panel: `dvcflow.cli.run`)
+ResourceOption = Annotated[
+    list[str] | None,
+    typer.Option("--resource", metavar="NAME=AMOUNT", help=RESOURCE_HELP, show_default=False),
+]
+
+
+def capacity_from(values: list[str] | None) -> dict[str, int] | None:
+    """The `--resource NAME=AMOUNT` flags as a capacity (None without any); a bad one is a one-line
+    usage error."""
+    from dvcflow.core.resources import capacity_from_flags
+
+    return capacity_from_flags(values) if values else None
+
 
 # `dvc repro`'s selection arguments, declared once for run-a, run-b and plan (`selection_options`; see
 # `dvcflow.core.selection`).

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dvcflow.cli.common import EphemeralOption, JsonOption, RepoOption, debug_requested, selection_options
+from dvcflow.cli.common import (
+    RESOURCE_HELP,
+    EphemeralOption,
+    JsonOption,
+    RepoOption,
+    ResourceOption,
+    SharedDiskOption,
+    capacity_from,
+    debug_requested,
+    selection_options,
+)
 
 if TYPE_CHECKING:
     from dvcflow.core.selection import Selection
@@ -90,23 +100,7 @@ DaskOption = Annotated[
         rich_help_panel="Per stage",
     ),
 ]
-SharedDiskOption = Annotated[
-    bool | None,
-    typer.Option(
-        "--shared-disk/--no-shared-disk",
-        help="With --dask-address: the workers see this repository at this path (the fast path), or not: "
-        "each stage then runs in a clone of this commit, its data through the DVC remote "
-        "(default: ask them).",
-        show_default=False,
-        rich_help_panel="Per stage",
-    ),
-]
-RESOURCE_HELP = (
-    "How much there is of a resource the stages declare, repeatable: --resource gpu=2 --resource "
-    "mem_gb=32 (default: tool.dvcflow.capacity in pyproject.toml; GPUs: the machine's). "
-    "See docs/resources.md."
-)
-ResourceOption = Annotated[
+PerStageResourceOption = Annotated[
     list[str] | None,
     typer.Option(
         "--resource",
@@ -116,16 +110,6 @@ ResourceOption = Annotated[
         rich_help_panel="Per stage",
     ),
 ]
-RunBResourceOption = Annotated[
-    list[str] | None,
-    typer.Option("--resource", metavar="NAME=AMOUNT", help=RESOURCE_HELP, show_default=False),
-]
-
-
-def _capacity(values: list[str] | None) -> dict[str, int] | None:
-    from dvcflow.core.resources import capacity_from_flags
-
-    return capacity_from_flags(values) if values else None
 
 
 def _check_flags(per_stage: bool, fail_once: bool, per_stage_flags: dict[str, bool]) -> None:
@@ -159,7 +143,7 @@ def run_a(
     dry_run: DryRunOption = False,
     dask_address: DaskOption = None,
     shared_disk: SharedDiskOption = None,
-    resource: ResourceOption = None,
+    resource: PerStageResourceOption = None,
     ephemeral: EphemeralOption = False,
     json: JsonOption = False,
 ) -> None:
@@ -185,7 +169,7 @@ def run_a(
             "--shared-disk": shared_disk is not None,
         },
     )
-    capacity = _capacity(resource)
+    capacity = capacity_from(resource)
     pipeline = Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested())
     if dry_run:
         from dvcflow.cli.render.plan import plan_view
@@ -232,7 +216,7 @@ def run_b(
         bool, typer.Option("--keep-going", help="After a failure, finish the independent branches.")
     ] = False,
     retries: Annotated[int, typer.Option("--retries", help="Retries per stage.")] = 1,
-    resource: RunBResourceOption = None,
+    resource: ResourceOption = None,
     ephemeral: EphemeralOption = False,
     json: JsonOption = False,
 ) -> None:
@@ -246,7 +230,7 @@ def run_b(
     from dvcflow.cli import render
     from dvcflow.services.pipeline import Pipeline
 
-    capacity = _capacity(resource)
+    capacity = capacity_from(resource)
     _run_and_show(
         Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested()),
         selection,

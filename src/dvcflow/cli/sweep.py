@@ -4,7 +4,15 @@ from typing import Annotated
 
 import typer
 
-from dvcflow.cli.common import EphemeralOption, JsonOption, RepoOption, debug_requested
+from dvcflow.cli.common import (
+    EphemeralOption,
+    JsonOption,
+    RepoOption,
+    ResourceOption,
+    SharedDiskOption,
+    capacity_from,
+    debug_requested,
+)
 
 DEFAULT_MAX_TRIALS = 100
 
@@ -47,11 +55,12 @@ def sweep(
         str | None,
         typer.Option(
             "--dask-address",
-            help="Run the trials on this Dask scheduler (tcp://HOST:PORT); its workers must see the "
-            "repository at the same path.",
+            help="Run the trials on this Dask scheduler (tcp://HOST:PORT); workers that do not see this "
+            "repository run each trial in a clone of this commit (docs/remote.md).",
             show_default=False,
         ),
     ] = None,
+    shared_disk: SharedDiskOption = None,
     search: Annotated[
         str | None,
         typer.Option(
@@ -94,6 +103,7 @@ def sweep(
         bool,
         typer.Option("--apply-best", help="At the end, `dvc exp apply` the best trial to the workspace."),
     ] = False,
+    resource: ResourceOption = None,
     json: JsonOption = False,
     ephemeral: EphemeralOption = False,
 ) -> None:
@@ -104,11 +114,14 @@ def sweep(
     Example: dvcflow sweep -S train.C=0.1,1,10 -S split.test_size=0.2,0.3 --jobs 2 --metric accuracy
 
     Search: dvcflow sweep --search tpe --trials 16 -S 'train.C=tag(log, interval(0.01,100))' --metric accuracy
+
+    Stages that declare a GPU (docs/resources.md): dvcflow sweep -S train.seed=1,2,3 --resource gpu=2
     """
     from dvcflow.cli import render
     from dvcflow.cli.render.sweep import SweepProgressView, sweep_json, sweep_summary
     from dvcflow.services.pipeline import Pipeline
 
+    capacity = capacity_from(resource)
     pipeline = Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested())
     with SweepProgressView(enabled=not json) as progress:
         report = pipeline.sweep(
@@ -126,6 +139,8 @@ def sweep(
             prune=prune,
             seed=seed,
             apply_best=apply_best,
+            shared_disk=shared_disk,
+            resources=capacity,
             on_progress=progress.update,
         )
     if json:

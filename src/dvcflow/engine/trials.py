@@ -6,7 +6,11 @@ Provides:
 - `SweepSession`: the one mutable object of a sweep (results, progress, the Ctrl-C event), found by the
   parent flow through `session(id)`, since a Prefect flow parameter must be plain JSON.
 - `TrialJob`: all a trial needs, as plain data, since it may run in another process (a Dask worker); it
-  learns of a Ctrl-C from a mark in the sweep's scratch folder (`mark_cancelled`).
+  learns of a Ctrl-C from a mark in the sweep's scratch folder (`mark_cancelled`). On workers that do not
+  see this disk (`clone`), it runs in a clone of the caller's commit instead (docs/remote.md).
+- Resources (docs/resources.md): a trial that is one `dvc repro` starts only when what its stages need
+  one at a time fits what is free, and holds it to its end (`SweepSession.room`, `TrialJob.grant`);
+  per-stage trials take each stage's from one pool the trials share (`Resources.pool`).
 - `best_trial` and `table_rows`: the best trial by a metric, and the trial table (CLI and artifact).
 
 A grid sweep knows its trials up front; a search (`--search`, `dvcflow.engine.search`) asks its study
@@ -26,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dvcflow.core.clones import CloneSource
 from dvcflow.core.metrics import Scalar
 from dvcflow.core.records import FlowRunRecord
+from dvcflow.core.resources import NO_DEMAND, NO_GRANT, NO_RESOURCES, Grant, Resources, one_at_a_time
 from dvcflow.dvc.experiments import Override
+from dvcflow.engine.scheduler import ResourcePool, shared
 
 if TYPE_CHECKING:
     from dvcflow.engine.search import Search
@@ -50,7 +57,8 @@ class TrialSpec:
 
 @dataclass(frozen=True)
 class TrialJob:
-    """One trial to run: plain data, so that a Dask worker (which sees the same paths) can run it."""
+    """One trial to run: plain data, so that a Dask worker can run it: in the caller's paths (a shared
+    disk), or, with `clone`, in a clone of the caller's commit with the caller's `dvc.lock` (`lock`)."""
 
     root: Path  # the user's repository
     baseline: str  # the commit the trial starts from
@@ -60,10 +68,17 @@ class TrialJob:
     name: str  # the trial's flow run name, and its experiment's name when saved
     save: bool
     per_stage: bool
+    clone: CloneSource | None = None  # the worker does not see `root`: the commit its clone runs
+    lock: str | None = None  # with `clone`: the caller's `dvc.lock` as it stands (None: none)
+    resources: Resources = NO_RESOURCES  # the sweep's: its stages' demands, the capacity, the shared pool
+    grant: Grant = NO_GRANT  # what a trial that is one `dvc repro` holds while it runs
 
     @property
     def cancelled(self) -> bool:
-        """The sweep was interrupted: its scratch folder is marked, or already removed."""
+        """The sweep was interrupted: its scratch folder is marked, or already removed. Never known in a
+        clone (the folder is on the caller's disk): such a trial runs to its end."""
+        if self.clone is not None:
+            return False
         return (self.scratch / CANCEL_MARK).exists() or not self.scratch.is_dir()
 
     @property
@@ -143,10 +158,21 @@ class SweepSession:
         maximize: bool,
         on_progress: Callable[[SweepProgress], None] = lambda _: None,
         search: Search | None = None,
+        clone: CloneSource | None = None,
+        lock: str | None = None,
+        resources: Resources = NO_RESOURCES,
     ) -> None:
         self.root, self.baseline, self.trials, self.scratch = root, baseline, list(trials), scratch
         self.cache = cache
+        self.clone, self.lock = clone, lock  # trials in clones of this commit (`TrialJob.clone`)
         self.save, self.per_stage = save, per_stage
+        # What is free, shared by the trials; a trial that is one `dvc repro` holds what its stages need
+        # one at a time, from its start to its end (per stage, each stage takes its own).
+        self.resources = dataclasses.replace(resources, pool="" if resources.empty else uuid.uuid4().hex)
+        self.pool = ResourcePool(None if resources.dask else resources.capacity)
+        self.needs = one_at_a_time(resources.demands.values())  # what a trial needs of one Dask worker
+        self.holds = NO_DEMAND if per_stage else self.needs
+        self._grants: dict[int, Grant] = {}
         self.metric, self.maximize = metric, maximize
         self.search = search
         if search is None:
@@ -183,6 +209,10 @@ class SweepSession:
     def number(self, index: int) -> int | None:
         return self._numbers.get(index)
 
+    def room(self) -> bool:
+        """Whether what a trial holds fits what is free now (always, when it holds nothing)."""
+        return self.pool.fits(self.holds)
+
     def unstarted(self) -> list[int]:
         """A grid's trials not started (a search asks for none it does not start)."""
         with self._lock:
@@ -202,14 +232,20 @@ class SweepSession:
         spec = self.trials[index - 1]
         name = f"{self.run_name}-{index}"
         return TrialJob(
-            self.root, self.baseline, self.scratch, self.cache, spec, name, self.save, self.per_stage
-        )
+            self.root, self.baseline, self.scratch, self.cache, spec, name, self.save, self.per_stage,
+            self.clone, self.lock, self.resources, self._grants.get(index, NO_GRANT),
+        )  # fmt: skip
 
     def interrupt(self) -> None:
         """Ctrl-C: trials not yet saved stop (see `TrialJob.cancelled`)."""
         mark_cancelled(self.scratch)
 
     def started(self, index: int) -> None:
+        """The trial starts: it takes what it holds (`room` said it fits)."""
+        if not self.holds.empty:
+            grant = self.pool.take(self.holds)
+            assert grant is not None, "started without room"
+            self._grants[index] = grant
         with self._lock:
             self._running.add(index)
         self._report()
@@ -224,6 +260,9 @@ class SweepSession:
             if outcome == "complete" and value is None:
                 outcome = "fail"
             self.search.tell(number, outcome, value, result.name)
+        grant = self._grants.pop(result.index, None)
+        if grant is not None:
+            self.pool.give(grant)
         with self._lock:
             self._running.discard(result.index)
             self._results[result.index] = result
@@ -260,7 +299,8 @@ def registered(session: SweepSession) -> Iterator[str]:
     key = uuid.uuid4().hex
     _SESSIONS[key] = session
     try:
-        yield key
+        with shared(session.pool, session.resources.pool):
+            yield key
     finally:
         del _SESSIONS[key]
 

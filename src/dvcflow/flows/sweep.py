@@ -8,11 +8,17 @@ whatever happens.
 With `--search` (`dvcflow.engine.search`), the parent asks the study for the next point as each trial
 ends, and a watcher reads the running trial's metric per step: a trial the pruner stops ends Pruned,
 kept as an experiment of what it did so far.
+
+On Dask workers that do not see this disk (`TrialJob.clone`), the parent first pushes the data the
+trials will pull (`dvc push`); a trial runs in the worker's clone of this commit (`_trial_in_clone`),
+saves its experiment there and pushes it to the git remote; the parent pulls the experiments home at
+the end (`dvc exp pull`), so `dvc exp show` lists them as a local sweep's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -28,11 +34,13 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from dvcflow.api.artifacts import artifact_key
 from dvcflow.api.failures import state_message
+from dvcflow.core.clones import CloneSource
 from dvcflow.core.errors import PipelineError
 from dvcflow.core.metrics import MetricsSnapshot, Scalar
 from dvcflow.core.resources import cpu_count
-from dvcflow.dvc import experiments
+from dvcflow.dvc import experiments, remote_data
 from dvcflow.engine.search import StepWatcher
+from dvcflow.engine.task import on_dask_workers_with
 from dvcflow.engine.trials import (
     CANCELLED,
     COMPLETED,
@@ -46,7 +54,7 @@ from dvcflow.engine.trials import (
     session,
     table_rows,
 )
-from dvcflow.flows.repro import dvc_repro_task, take_visited
+from dvcflow.flows.repro import dvc_push_task, dvc_repro_task, take_visited
 from dvcflow.proc import children
 
 SWEEP_FLOW_NAME = "dvcflow sweep"
@@ -60,31 +68,50 @@ class TrialCancelled(Exception):
     """The sweep was interrupted while this trial ran."""
 
 
+def _set_params(root: Path, trial: TrialJob, where: str) -> None:
+    """The trial's `-S` values written as `dvc exp run -S` writes them; its log says where and which."""
+    experiments.apply_params(root, trial.spec.overrides)
+    logger = get_run_logger()
+    logger.info("%s: %s", where, root)
+    logger.info("Params: %s", ", ".join(override.text for override in trial.spec.overrides))
+
+
 @task(name="workspace", cache_policy=NO_CACHE)
 def workspace_task(trial: TrialJob) -> experiments.Workspace:
     """A worktree of the baseline with the workspace's changes and this trial's params."""
     folder = trial.scratch / f"trial-{trial.spec.index}"
     workspace = experiments.create_workspace(trial.root, folder, trial.baseline, trial.cache)
-    experiments.apply_params(workspace.root, trial.spec.overrides)
-    logger = get_run_logger()
-    logger.info("Workspace: %s", workspace.root)
-    logger.info("Params: %s", ", ".join(override.text for override in trial.spec.overrides))
+    _set_params(workspace.root, trial, "Workspace")
     return workspace
 
 
-def reproduce_trial(workspace: Path, *, per_stage: bool) -> MetricsSnapshot | None:
-    """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow. Returns the
-    metrics when the `dvc repro` process could read them (it has DVC loaded already)."""
-    if not per_stage:
-        repro = dvc_repro_task.with_options(retries=0)(workspace, with_metrics=True, return_state=True)
+@task(name="workspace", cache_policy=NO_CACHE)
+def clone_params_task(root: Path, trial: TrialJob) -> None:
+    """This trial's params in its clone (which the trial flow holds while it runs), said in the UI."""
+    assert trial.clone is not None
+    _set_params(root, trial, f"Clone of {trial.clone.commit[:9]} on {socket.gethostname()}")
+
+
+def reproduce_trial(workspace: Path, trial: TrialJob, *, pull: bool = False) -> MetricsSnapshot | None:
+    """The seam: `dvc repro` as run-a runs it (one task), or the per-stage flow as a subflow; `pull` as
+    `dvc repro --pull`. Returns the metrics when the `dvc repro` process could read them (it has DVC
+    loaded already). The `dvc repro` holds the trial's grant (the machine's limits, its GPU indices in
+    `CUDA_VISIBLE_DEVICES`); per stage, each stage takes its own from the sweep's shared pool."""
+    if not trial.per_stage:
+        args = ("--pull",) if pull else ()
+        repro = dvc_repro_task.with_options(retries=0)(
+            workspace, args=args, with_metrics=True, grant=trial.grant, share=trial.resources.share,
+            return_state=True,
+        )  # fmt: skip
         take_visited(repro.state_details.task_run_id)  # only run-a reports them; not kept for nobody
         return cast("MetricsSnapshot | None", repro.result())  # raises the task's error
     from dvcflow.flows.per_stage import per_stage_flow, task_runner
 
     jobs = max(1, cpu_count() // 2)
     state = per_stage_flow.with_options(task_runner=task_runner(jobs, None))(
-        repo_root=workspace, jobs=jobs, keep_going=False, retries=0, show_metrics=False, return_state=True
-    )
+        repo_root=workspace, jobs=jobs, keep_going=False, retries=0, show_metrics=False, pull=pull,
+        resources=trial.resources, return_state=True,
+    )  # fmt: skip
     if not state.is_completed():
         raise PipelineError(state.message or "the per-stage flow did not complete")
     return None
@@ -129,13 +156,40 @@ def _keep_pruned(trial: TrialJob, workspace: experiments.Workspace) -> State[Any
     )
 
 
+@task(name="dvc exp push", cache_policy=NO_CACHE)
+def push_experiment_task(root: Path, name: str) -> None:
+    """A trial's experiment from its clone to the git remote the worker cloned (its data went by `dvc
+    push`), for the caller to pull."""
+    remote_data.push_experiment(root, name, "origin", get_run_logger().info)
+
+
+def _trial_in_clone(trial: TrialJob, source: CloneSource) -> dict[str, Any]:
+    """The trial on a worker that does not see the caller's disk: in this worker's worktree of the
+    caller's commit with the caller's `dvc.lock` (kept for the next trial or stage of the commit), what it
+    needs pulled from the DVC remote, what it wrote pushed, then saved as an experiment (as a local
+    trial is) and pushed to the git remote for the caller to pull."""
+    from dvcflow.dvc.clone_stage import prepared_clone
+
+    with prepared_clone(source, trial.lock) as root:
+        clone_params_task(root, trial)
+        shown = reproduce_trial(root, trial, pull=True)
+        dvc_push_task(root)
+        metrics = trial_metrics_task(root, shown)
+        rev = save_task(root, trial.name) if trial.save else None
+        if rev is not None:
+            push_experiment_task(root, trial.name)
+    return {"metrics": metrics, "experiment": rev}
+
+
 @flow(name=TRIAL_FLOW_NAME, validate_parameters=False)  # built by the sweep itself
 def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] | State[Any]:
     """One trial of a sweep, in its own workspace; `params` shows its values in the UI."""
+    if trial.clone is not None:
+        return _trial_in_clone(trial, trial.clone)
     workspace: experiments.Workspace | None = None
     try:
         workspace = workspace_task(trial)
-        shown = reproduce_trial(workspace.root, per_stage=trial.per_stage)
+        shown = reproduce_trial(workspace.root, trial)
         metrics = trial_metrics_task(workspace.root, shown)
         if trial.cancelled:
             raise TrialCancelled
@@ -234,6 +288,20 @@ def _ended(sweep: SweepSession, index: int, future: PrefectFuture[TrialResult]) 
     sweep.finished(TrialResult(index, "", spec.values(), FAILED, 0.0, message=state_message(state)))
 
 
+@task(name="dvc exp pull", cache_policy=NO_CACHE)
+def pull_experiments_task(repo_root: Path, git_remote: str, names: list[str]) -> None:
+    """The experiments the trials saved in clones, from the git remote (their data from the DVC remote)."""
+    get_run_logger().info("Running: dvc exp pull %s %s", git_remote, " ".join(names))
+    remote_data.pull_experiments(repo_root, git_remote, names, cache=True)
+
+
+def _bring_home(sweep: SweepSession) -> None:
+    """Trials run in clones: their experiments into this repository, where `dvc exp show` lists them."""
+    names = [trial.name for trial in sweep.results() if trial.experiment is not None]
+    if sweep.clone is not None and names:
+        pull_experiments_task(sweep.root, sweep.clone.url, names)
+
+
 def _publish(session_id: str, repo_root: Path) -> None:
     """The trial table as a Prefect artifact on the sweep's flow run; for a search also its summary."""
     sweep = session(session_id)
@@ -282,12 +350,15 @@ def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], job
     logger.info("%d trials, %d at once, in %s", sweep.planned, jobs, sweep.scratch)
     running: dict[PrefectFuture[TrialResult], int] = {}
     searching = session_id if sweep.search is not None else None
+    if sweep.clone is not None:
+        dvc_push_task(repo_root)  # what the clones will pull: the sources and the outputs up to date
     try:
         while True:
-            while len(running) < jobs and (index := sweep.next_trial()) is not None:
+            while len(running) < jobs and sweep.room() and (index := sweep.next_trial()) is not None:
                 sweep.started(index)
                 task = trial_task.with_options(task_run_name=f"trial {index}")
-                running[task.submit(sweep.job(index), searching)] = index
+                with on_dask_workers_with(sweep.needs) if sweep.resources.dask else contextlib.nullcontext():
+                    running[task.submit(sweep.job(index), searching)] = index
             if not running:
                 break
             done = next(as_completed(list(running)))
@@ -304,8 +375,10 @@ def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], job
         finished, _ = wait(list(running), timeout=CANCEL_GRACE_S)
         for future in finished:
             _ended(sweep, running[future], future)
+        _bring_home(sweep)
         _publish(session_id, repo_root)
         return Cancelled(message="interrupted (Ctrl-C): running trials cancelled")
+    _bring_home(sweep)
     _publish(session_id, repo_root)
     trials = sweep.results()
     if sweep.stopped is not None:

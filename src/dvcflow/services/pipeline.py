@@ -233,7 +233,10 @@ class Pipeline:
         `options` (`dvcflow.services.sweep.SweepOptions`): `jobs` (trials at once, default the CPUs),
         `metric` (default: the first) and `maximize` (default True) pick the best trial, `per_stage`,
         `save` (default True: every completed trial becomes a DVC experiment), `max_trials` (default 100),
-        `dask_address`. `on_progress` gets the counts whenever a trial starts or ends.
+        `dask_address` (workers that do not see this repository, asked or told by `shared_disk=False`, run
+        each trial in a clone of this commit; its experiment comes home: docs/remote.md), `resources`
+        (how much there is, as for `run`: trials queue for what their stages declare, docs/resources.md).
+        `on_progress` gets the counts whenever a trial starts or ends.
 
         A search instead of a grid: `search="tpe"|"random"|"grid"` asks an Optuna study for `trials`
         points, each as a trial ends; `set_params` then take Hydra's sweep forms (`"train.C=tag(log,

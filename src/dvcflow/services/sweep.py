@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from dvcflow.api.execution import caller_flow_run
 from dvcflow.core.errors import UsageError
-from dvcflow.core.resources import cpu_count
+from dvcflow.core.resources import Resources, cpu_count
+from dvcflow.core.selection import EVERYTHING
 from dvcflow.core.settings import CONSOLE_LEVEL
 from dvcflow.dvc import repository
+from dvcflow.engine.resources import resources_for, share
 from dvcflow.proc import children
 from dvcflow.services.launch import check_dask_address, connect_run, execute_exclusively
 
@@ -41,6 +43,8 @@ class SweepOptions(TypedDict, total=False):
     prune: str | None
     seed: int | None
     apply_best: bool
+    shared_disk: bool | None
+    resources: Mapping[str, int] | None
 
 
 def run_sweep(
@@ -60,6 +64,8 @@ def run_sweep(
     prune: str | None = None,
     seed: int | None = None,
     apply_best: bool = False,
+    shared_disk: bool | None = None,
+    resources: Mapping[str, int] | None = None,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
@@ -67,7 +73,11 @@ def run_sweep(
 ) -> SweepReport:
     """`dvcflow sweep`: every trial of the `-S` grid as a child flow run, at most `jobs` at once (default:
     the CPUs here; on a Dask cluster, every trial, the cluster deciding). With `search`, `trials` points
-    asked of an Optuna study as trials end (`dvcflow.engine.search`).
+    asked of an Optuna study as trials end (`dvcflow.engine.search`). On Dask, `shared_disk` (None: asked
+    of the workers) says whether they run the trials in this repository's worktrees or each in a clone of
+    this commit, its experiment pulled home (`dvcflow.services.remote_stages`, docs/remote.md).
+    `resources`: the capacity of each resource the stages declare, as for `run-a --per-stage`; trials
+    queue for it as stages do (docs/resources.md).
 
     All input is checked before the first flow run; the workspace is never written to, unless
     `apply_best` applies the best trial at the end (`dvc exp apply`).
@@ -80,6 +90,8 @@ def run_sweep(
 
     if jobs is not None and jobs < 1:
         raise UsageError(f"--jobs must be at least 1, got {jobs}")
+    if shared_disk is not None and dask_address is None:
+        raise UsageError("--shared-disk needs --dask-address")
     _check_search_flags(search, trials, study, prune, seed, metric, dask_address, apply_best, save)
     root = repository.find_repo_root(repo)
     repository.check_params_files(root)
@@ -93,8 +105,16 @@ def run_sweep(
             )
     if metric is not None:
         _check_metric(root, metric)
+    clone, lock = None, None
     if dask_address is not None:
         check_dask_address(dask_address)
+        if shared_disk is not True:
+            from dvcflow.dvc.clone_stage import lock_text
+            from dvcflow.services.remote_stages import plan_clones
+
+            clone = plan_clones(root, dask_address, shared_disk, announce, unit="trial")
+            lock = lock_text(root, (), ()) if clone is not None else None
+    declared = _resources(root, resources, dask_address)
     searching = None
     if search is not None:
         assert metric is not None  # checked with the flags
@@ -108,6 +128,7 @@ def run_sweep(
         shown = [spec.values() for spec in specs]
     with _trial_logs_off_the_console():  # from before Prefect sets up its logging
         keep_link = connect_run(root, ephemeral, announce)
+        declared = share(declared, keep_link, announce)
         from dvcflow.flows.sweep import sweep_flow, trial_runner
 
         limit = min(jobs or (cpu_count() if dask_address is None else planned), planned)
@@ -125,6 +146,9 @@ def run_sweep(
             maximize=maximize,
             on_progress=on_progress,
             search=searching,
+            clone=clone,
+            lock=lock,
+            resources=declared,
         )
         try:
             with registered(sweep) as session_id:
@@ -206,6 +230,17 @@ def _search(
     space = parse_search_space(root, set_params, grid=strategy == "grid")
     plan = SearchPlan(strategy, trials or 0, space, metric, maximize, study, prune, seed)
     return Search(plan, root, jobs or cpu_count())
+
+
+def _resources(root: Path, capacity: Mapping[str, int] | None, dask_address: str | None) -> Resources:
+    """What the stages declare and how much there is, checked before any trial (one line each), read
+    through a DVC session of the repository that is closed again: the trials open their own."""
+    from dvcflow.engine.executor import close_session
+
+    try:
+        return resources_for(root, EVERYTHING, capacity, dask_address=dask_address)
+    finally:
+        close_session(root)
 
 
 def _check_metric(root: Path, metric: str) -> None:
