@@ -428,3 +428,26 @@ def test_bad_input_is_one_error_line_and_registers_nothing(
         live_server, "POST", "/deployments/filter", {"deployments": {"name": {"any_": ["bad-cron"]}}}
     )
     assert deployments == []
+
+
+def test_a_deployment_runs_its_targets_per_stage_within_the_resources_its_stages_declare(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """`deploy TARGETS --per-stage --resource gpu=1 -j 3`: a run reproduces the targets (and what they
+    depend on) and nothing else, and its `gpu: 1` stages never overlap, whoever starts the run."""
+    from tests.helpers import forget_machine_limit, make_resource_repo, most_at_once, stage_spans, timed_stage
+
+    forget_machine_limit(client_env, "gpu")  # an earlier test's limit would be kept
+    stages = {f"g{index}": timed_stage(f"g{index}", 0.5, {"resources": {"gpu": 1}}) for index in range(3)}
+    stages["other"] = timed_stage("other", 0.1)
+    repo = make_resource_repo(tmp_path / "repo", client_env, stages)
+    name = unique("gpus")
+    args = ("g0", "g1", "g2", "--per-stage", "-j", "3", "--resource", "gpu=1", "--name", name)
+    with serving(repo, client_env, *args) as served:
+        served.wait_for(lambda seen: any("Serving; Ctrl-C stops." in line for line in seen), PATIENCE)
+        triggered = dvcflow("trigger", name, "--wait", cwd=repo, env=client_env, timeout=PATIENCE)
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+    spans = stage_spans(repo)
+    assert sorted(spans) == ["g0", "g1", "g2"]  # the targets; `other` was not asked for
+    assert most_at_once([(span["start"], span["end"]) for span in spans.values()]) == 1
+    assert {span["gpus"] for span in spans.values()} == {"0"}  # the one GPU's index, in turn

@@ -88,6 +88,14 @@ CASES = {
         ["watch", "--watch-branch", ""],
         "Error: --watch-branch needs a branch name, got ''",
     ),
+    "resource-without-per-stage": (
+        ["deploy", "--resource", "gpu=1"],
+        "Error: --resource needs --per-stage: each stage holds what it declares",
+    ),
+    "resource-not-a-number": (
+        ["deploy", "--per-stage", "--resource", "gpu=abc"],
+        "Error: --resource gpu=abc: the amount must be a whole number, got 'abc'",
+    ),
 }
 
 
@@ -196,6 +204,8 @@ DEPLOY = {
     "debounce": None,
     "watch_branch": None,
     "watch_imports": None,
+    "targets": (),
+    "resources": None,
 }
 NOTIFY = {"webhook": None, "slack": None, "on": None, "name": None}
 MAPPING: list[tuple[list[str], str, dict[str, Any]]] = [
@@ -212,6 +222,11 @@ MAPPING: list[tuple[list[str], str, dict[str, Any]]] = [
         {**DEPLOY, "per_stage": True, "jobs": 2, "keep_going": True},
     ),
     (["deploy", "--pool", "p"], "dvcflow.services.deploy.check_request", {**DEPLOY, "pool": "p"}),
+    (
+        ["deploy", "train", "evaluate", "--per-stage", "--resource", "gpu=2"],
+        "dvcflow.services.deploy.check_request",
+        {**DEPLOY, "targets": ("train", "evaluate"), "per_stage": True, "resources": {"gpu": 2}},
+    ),
     (
         ["deploy", "--on-change", "--debounce", "5", "--watch-branch", "main", "--watch-imports", "600"],
         "dvcflow.services.deploy.check_request",

@@ -4,8 +4,8 @@ from typing import Annotated
 
 import typer
 
-from dvcflow.cli.common import JsonOption, RepoOption
-from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption
+from dvcflow.cli.common import JsonOption, RepoOption, capacity_from
+from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption, PerStageResourceOption
 
 DebounceOption = Annotated[
     float | None,
@@ -46,6 +46,13 @@ NameOption = Annotated[
 
 
 def deploy(
+    targets: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Stages to reproduce, as `dvc repro TARGETS` takes them (default: the whole pipeline).",
+            show_default=False,
+        ),
+    ] = None,
     repo: RepoOption = None,
     name: NameOption = None,
     cron: Annotated[
@@ -59,6 +66,7 @@ def deploy(
     per_stage: PerStageOption = False,
     jobs: JobsOption = None,
     keep_going: KeepGoingOption = False,
+    resource: PerStageResourceOption = None,
     pool: Annotated[
         str | None,
         typer.Option(
@@ -104,7 +112,7 @@ def deploy(
     `dvcflow trigger NAME`, and with --on-change when its inputs change. Without --cron/--interval it
     runs on demand only.
 
-    Example: dvcflow deploy --cron '0 3 * * *'; dvcflow deploy --on-change --watch-branch main
+    Example: dvcflow deploy --cron '0 3 * * *'; dvcflow deploy train --per-stage --resource gpu=2 --pool gpus
     """
     from dvcflow.cli import render
     from dvcflow.cli.render.deploy import deployment_view, run_event
@@ -125,6 +133,8 @@ def deploy(
         debounce=debounce,
         watch_branch=watch_branch,
         watch_imports=watch_imports,
+        targets=tuple(targets or ()),
+        resources=capacity_from(resource),
     )
     watching = watch.plan(request.root, request.watch) if request.watch is not None else None
     from dvcflow.services import remote_runs
