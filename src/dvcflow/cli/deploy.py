@@ -4,7 +4,7 @@ from typing import Annotated
 
 import typer
 
-from dvcflow.cli.common import JsonOption, RepoOption, capacity_from
+from dvcflow.cli.common import JsonOption, RepoOption, TargetsArgument, capacity_from
 from dvcflow.cli.run import JobsOption, KeepGoingOption, PerStageOption, PerStageResourceOption
 
 DebounceOption = Annotated[
@@ -46,13 +46,7 @@ NameOption = Annotated[
 
 
 def deploy(
-    targets: Annotated[
-        list[str] | None,
-        typer.Argument(
-            help="Stages to reproduce, as `dvc repro TARGETS` takes them (default: the whole pipeline).",
-            show_default=False,
-        ),
-    ] = None,
+    targets: TargetsArgument = None,
     repo: RepoOption = None,
     name: NameOption = None,
     cron: Annotated[
