@@ -51,6 +51,7 @@ RUN_B = {
     "keep_going": False,
     "retries": 1,
     "resources": None,
+    "dask_address": None,
 }
 PER_STAGE = {**RUN_A, "per_stage": True}
 SWEEP = {
@@ -149,6 +150,10 @@ CASES: list[tuple[list[str], Call]] = [
     (["run-b", "--params", "p.yaml"], run_b(params_file=Path("p.yaml"))),
     (["run-b", "--force"], run_b(force=True)),
     (["run-b", "--resource", "GPU=1"], run_b(resources={"gpu": 1})),
+    (
+        ["run-b", "--dask-address", "tcp://h:1", "--no-shared-disk"],
+        run_b(dask_address="tcp://h:1", shared_disk=False),
+    ),
     (["run-b", "train", "-s", "-f"], run_b("train", single_item=True, force=True)),
     (
         ["run-b", "t*", "--glob", "--downstream", "-j", "2", "--keep-going", "--retries", "0"],

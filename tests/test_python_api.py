@@ -86,7 +86,7 @@ def test_constructing_a_pipeline_touches_nothing(tmp_path: Path) -> None:
     [
         ({"jobs": 2}, "jobs needs per_stage=True or cached_dag=True"),
         ({"keep_going": True}, "keep_going needs per_stage=True or cached_dag=True"),
-        ({"dask_address": "tcp://h:1"}, "dask_address needs per_stage=True"),
+        ({"dask_address": "tcp://h:1"}, "dask_address needs per_stage=True or cached_dag=True"),
         ({"params_file": "p.yaml", "per_stage": True}, "params_file needs cached_dag=True"),
         ({"per_stage": True, "fail_once": True}, "fail_once fails the single `dvc repro` task"),
         ({"cached_dag": True, "push": True}, "push does not apply with cached_dag=True"),

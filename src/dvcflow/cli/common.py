@@ -41,7 +41,7 @@ def debug_requested() -> bool:
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of tables.")]
-# run-a --per-stage and sweep, with --dask-address (`dvcflow.services.remote_stages`)
+# run-a --per-stage, run-b and sweep, with --dask-address (`dvcflow.services.remote_stages`)
 SharedDiskOption = Annotated[
     bool | None,
     typer.Option(

@@ -122,6 +122,14 @@ def _check_flags(per_stage: bool, fail_once: bool, per_stage_flags: dict[str, bo
         raise UsageError(f"{given[0]} needs --per-stage")
 
 
+def _check_shared_disk(dask_address: str | None, shared_disk: bool | None) -> None:
+    """`--shared-disk/--no-shared-disk` answers a question only `--dask-address` asks."""
+    from dvcflow.core.errors import UsageError
+
+    if shared_disk is not None and dask_address is None:
+        raise UsageError(f"--{'' if shared_disk else 'no-'}shared-disk needs --dask-address")
+
+
 @selection_options
 def run_a(
     selection: "Selection",
@@ -169,6 +177,7 @@ def run_a(
             "--shared-disk": shared_disk is not None,
         },
     )
+    _check_shared_disk(dask_address, shared_disk)
     capacity = capacity_from(resource)
     pipeline = Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested())
     if dry_run:
@@ -217,19 +226,24 @@ def run_b(
     ] = False,
     retries: Annotated[int, typer.Option("--retries", help="Retries per stage.")] = 1,
     resource: ResourceOption = None,
+    dask_address: DaskOption = None,
+    shared_disk: SharedDiskOption = None,
     ephemeral: EphemeralOption = False,
     json: JsonOption = False,
 ) -> None:
     """Option B on any DVC repository: Prefect owns the stage DAG; unchanged stages end Cached.
 
     Each stage runs its `cmd` (or the in-process function registered in [tool.dvcflow.stages]) and is
-    recorded through DVC, so `dvc status` is clean afterwards.
+    recorded through DVC, so `dvc status` is clean afterwards. With --dask-address, the stages run on a
+    Dask cluster (in clones of this commit where the workers do not see this repository); the cache
+    decides here either way.
 
     Example: dvcflow run-b --params params.yaml; dvcflow run-b train --force
     """
     from dvcflow.cli import render
     from dvcflow.services.pipeline import Pipeline
 
+    _check_shared_disk(dask_address, shared_disk)
     capacity = capacity_from(resource)
     _run_and_show(
         Pipeline(repo, ephemeral=ephemeral, announce=render.info, tracebacks=debug_requested()),
@@ -241,6 +255,8 @@ def run_b(
         keep_going=keep_going,
         retries=retries,
         resources=capacity,
+        dask_address=dask_address,
+        **({"shared_disk": shared_disk} if shared_disk is not None else {}),
     )
 
 

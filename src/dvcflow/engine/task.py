@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from prefect import allow_failure, get_run_logger
@@ -46,6 +46,9 @@ from dvcflow.engine.executor import StageResult, Status, execute, open_session
 from dvcflow.engine.plugins import StageFunction
 from dvcflow.engine.scheduler import Action, Outcome
 from dvcflow.proc import children
+
+if TYPE_CHECKING:
+    from dvcflow.engine.cache import DvcCachePolicy, Verdict
 
 RETRY_DELAY_S = 2
 UP_TO_DATE_STATE = "UpToDate"  # a Completed state: DVC had nothing to do
@@ -287,17 +290,23 @@ class PrefectLauncher:
         if self.name_runs_after_stages:
             options["task_run_name"] = stage.name
         if self.by_cache and action is Action.RUN:
-            from dvcflow.engine.cache import policy_for, verdict
-
-            upstream = {up: self.keys[up] for up in stage.upstream if up in self.keys}
-            policy = policy_for(self.root, self.session.fingerprint(stage.name), upstream)
-            self.keys[stage.name] = policy.key
-            assert self.store is not None
-            decision = verdict(self.store, policy, self.session, stage.name, force=self.force)
-            if decision.note:
-                get_run_logger().info("%s", decision.note)
+            policy, decision = self.cache_verdict(stage)
             options.update(cache_policy=policy, persist_result=True, refresh_cache=decision.refresh)
         return options
+
+    def cache_verdict(self, stage: PlannedStage) -> tuple[DvcCachePolicy, Verdict]:
+        """The stage's cache key (from DVC's view of it now, and its upstream stages' keys; remembered for
+        the stages below) and whether its stored result, if any, may be trusted (`engine.cache.verdict`)."""
+        from dvcflow.engine.cache import policy_for, verdict
+
+        upstream = {up: self.keys[up] for up in stage.upstream if up in self.keys}
+        policy = policy_for(self.root, self.session.fingerprint(stage.name), upstream)
+        self.keys[stage.name] = policy.key
+        assert self.store is not None
+        decision = verdict(self.store, policy, self.session, stage.name, force=self.force)
+        if decision.note:
+            get_run_logger().info("%s", decision.note)
+        return policy, decision
 
     def launch(
         self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...], grant: Grant
@@ -321,8 +330,12 @@ class PrefectLauncher:
             )
         if not grant.empty:
             note_wait(future.task_run_id, grant.waited)  # the wait for this run's own capacity
-        self.futures[stage.name] = future
-        future.add_done_callback(partial(_report_done, self._finished, stage.name))
+        self.track(stage.name, future)
+
+    def track(self, name: str, future: PrefectFuture[Any]) -> None:
+        """The stage's task, submitted: `next_finished` reports it when it ends."""
+        self.futures[name] = future
+        future.add_done_callback(partial(_report_done, self._finished, name))
 
     def _on_workers_with(self, grant: Grant) -> contextlib.AbstractContextManager[Any]:
         return on_dask_workers_with(grant.demand) if self.resources.dask else contextlib.nullcontext()

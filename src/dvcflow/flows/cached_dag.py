@@ -6,7 +6,8 @@ answers first (`DvcCachePolicy`, keyed on DVC's hashes): an unchanged stage whos
 `dvc repro` would run do (`UpToDate`, `Restored` or `Completed`). Stages a repository registers in
 `[tool.dvcflow.stages]` run as in-process Python functions. `.dvc` data sources are verified by DVC in the
 flow itself, not as tasks. Afterwards DVC agrees: outputs in its cache, `dvc.lock` as `dvc repro` writes
-it, `dvc status` clean.
+it, `dvc status` clean. On a Dask cluster the cache's verdict is still taken in this flow; the stages run on
+the workers, in this repository or, where they do not see it, in clones (`engine.cached_clones`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.results import ResultStore, get_result_store
 
+from dvcflow.core.clones import CloneSource
 from dvcflow.core.graph import PipelineSnapshot, StageKind, plan
 from dvcflow.core.metrics import MetricsSnapshot
 from dvcflow.core.resources import NO_RESOURCES, Resources
@@ -26,6 +28,7 @@ from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.plugins import load_registry
 from dvcflow.engine.task import PrefectLauncher, stage_task
 from dvcflow.flows.per_stage import finish, publish_dag, schedule
+from dvcflow.flows.repro import dvc_push_task
 
 FLOW_NAME = "Prefect owned stage DAG"
 CACHE_DECIDES = "Prefect's cache decides"
@@ -40,10 +43,13 @@ def cached_dag_flow(
     retries: int = 1,
     selection: Selection = EVERYTHING,
     resources: Resources = NO_RESOURCES,
+    clones: CloneSource | None = None,
 ) -> MetricsSnapshot | State[Any] | None:
     """Run the selected stages; an unchanged stage with intact outputs ends `Cached` (`UpToDate` the
     first time, when only DVC's record says so). `resources`: what stages declare they need and the
-    capacity (`dvcflow.core.resources`)."""
+    capacity (`dvcflow.core.resources`). `clones`: on Dask workers that do not share this disk, the
+    stages the cache cannot vouch for run in clones of this commit (`engine.cached_clones`; there a
+    stage runs its `cmd`, never an in-process function)."""
     logger = get_run_logger()
     logger.info("Params: %s", params_path or "none (no stage reads params.yaml)")
     session = open_session(repo_root)
@@ -60,18 +66,36 @@ def cached_dag_flow(
         publish_dag(stage_plan, repo_root)
         store = get_result_store().update_for_task(stage_task.with_options(persist_result=True))
         assert isinstance(store, ResultStore)  # a sync flow gets the sync variant
-        launcher = PrefectLauncher(
-            repo_root,
-            session,
-            retries=retries,
-            force=selection.force,
-            by_cache=True,
-            store=store,
-            functions=load_registry(repo_root),
-            name_runs_after_stages=False,
-            resources=resources,
-        )
+        cloned = None
+        launcher: PrefectLauncher
+        if clones is not None:
+            from dvcflow.engine.cached_clones import CachedCloneLauncher
+
+            dvc_push_task(repo_root)  # what the clones will pull: the sources and the outputs up to date
+            launcher = cloned = CachedCloneLauncher(
+                repo_root,
+                session,
+                clones,
+                order=selected,
+                store=store,
+                retries=retries,
+                force=selection.force,
+            )
+        else:
+            launcher = PrefectLauncher(
+                repo_root,
+                session,
+                retries=retries,
+                force=selection.force,
+                by_cache=True,
+                store=store,
+                functions=load_registry(repo_root),
+                name_runs_after_stages=False,
+                resources=resources,
+            )
         schedule(stage_plan, launcher, resources, jobs, keep_going)
+        if cloned is not None:
+            cloned.settle(logger.info)
         return finish(launcher.futures, session, show_metrics=True, counts=False)
     finally:
         close_session(repo_root)

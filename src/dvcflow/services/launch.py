@@ -2,7 +2,8 @@
 run the flow under a watchdog, read it back as a `FlowRunRecord`.
 
 Provides one function per way of running (`run_repro`: one `dvc repro` task; `run_per_stage`: one task per
-stage, DVC's status decides; `run_cached_dag`: one task per stage, Prefect's cache decides) and
+stage, DVC's status decides; `run_cached_dag`: one task per stage, Prefect's cache decides; the last two on
+a Dask cluster too, in this repository or in clones of this commit) and
 `plan_stages`; `dvcflow.services.pipeline.Pipeline` is their one caller; they never print. What every run
 shares (`connect_run`, `execute_exclusively`, `check_dask_address`) the sweep uses too
 (`dvcflow.services.sweep`).
@@ -34,6 +35,7 @@ from dvcflow.proc.gcpause import collector_paused
 from dvcflow.proc.runlock import exclusive_run, open_ahead
 
 if TYPE_CHECKING:
+    from dvcflow.core.clones import CloneSource
     from dvcflow.core.graph import Plan
     from dvcflow.core.resources import Resources
 
@@ -301,31 +303,39 @@ def run_cached_dag(
     keep_going: bool = False,
     retries: int = 1,
     resources: Mapping[str, int] | None = None,
+    dask_address: str | None = None,
+    shared_disk: bool | None = None,
     ephemeral: bool = False,
     debug: bool = False,
     announce: Callable[[str], None] = lambda _: None,
 ) -> FlowRunRecord:
     """Prefect owns the stage DAG and its cache decides what runs, on any DVC repository; unchanged
     stages end Cached, and DVC agrees with the result. `resources`: the capacity of each resource the
-    stages declare (over `[tool.dvcflow.capacity]`; see `dvcflow.engine.resources`)."""
+    stages declare (over `[tool.dvcflow.capacity]`; see `dvcflow.engine.resources`). On Dask, as
+    `run_per_stage`; the cache's verdict is taken here either way."""
     from dvcflow.engine.executor import close_session
     from dvcflow.engine.resources import resources_for
 
     _check_counts(jobs, retries)
+    if dask_address is not None:
+        check_dask_address(dask_address)
     root = repository.find_repo_root(repo)
     repository.check_params_files(root)
     try:
         resolved = check_stage_inputs(root, params_path, selection)
+        clones = _clones(root, dask_address, shared_disk, announce)
         return _run_engine_flow(
             root,
-            resources_for(root, selection, resources),
+            resources_for(root, selection, resources, dask_address=dask_address),
             Hosting(ephemeral=ephemeral, debug=debug, announce=announce),
             cached_dag=True,
-            jobs=jobs or cpu_count(),
+            jobs=_engine_jobs(jobs, dask_address),
+            dask_address=dask_address,
             params_path=resolved,
             keep_going=keep_going,
             retries=retries,
             selection=selection,
+            **({"clones": clones} if clones is not None else {}),
         )
     finally:
         close_session(root)  # the flow closed it, unless it never ran
@@ -392,6 +402,26 @@ def _check_counts(jobs: int | None, retries: int) -> None:
     _check_retries(retries)
 
 
+DASK_JOBS = 10_000  # on a Dask cluster the stages queue there, for its workers' threads
+
+
+def _engine_jobs(jobs: int | None, dask_address: str | None) -> int:
+    """Stages submitted at once: `jobs`, else the CPUs here, or on Dask as many as are ready."""
+    return jobs or (cpu_count() if dask_address is None else DASK_JOBS)
+
+
+def _clones(
+    root: Path, dask_address: str | None, shared_disk: bool | None, announce: Callable[[str], None]
+) -> CloneSource | None:
+    """Where a Dask run's stages find the code when the workers do not share this disk (asked of them
+    unless `shared_disk` says); None to run them in this repository (`services.remote_stages`)."""
+    if dask_address is None or shared_disk is True:
+        return None
+    from dvcflow.services.remote_stages import plan_clones
+
+    return plan_clones(root, dask_address, shared_disk, announce)
+
+
 def check_dask_address(address: str) -> None:
     """Fail in a second, before any flow run, when no Dask scheduler listens there."""
     import importlib.util
@@ -446,17 +476,13 @@ def run_per_stage(
     root = repository.find_repo_root(repo)
     try:
         _, stages = _prepare(root, selection, sync, keep_session=True)
-        clones = None
-        if dask_address is not None and shared_disk is not True:
-            from dvcflow.services.remote_stages import plan_clones
-
-            clones = plan_clones(root, dask_address, shared_disk, announce)
+        clones = _clones(root, dask_address, shared_disk, announce)
         return _run_engine_flow(
             root,
             resources_for(root, selection, resources, dask_address=dask_address),
             Hosting(ephemeral=ephemeral, debug=debug, announce=announce),
             cached_dag=False,
-            jobs=jobs or (cpu_count() if dask_address is None else 10_000),
+            jobs=_engine_jobs(jobs, dask_address),
             dask_address=dask_address,
             keep_going=keep_going,
             retries=retries,

@@ -127,8 +127,9 @@ class Pipeline:
         cluster; workers that do not see this repository, asked or told by `shared_disk=False`, run each
         stage in a clone of this commit, data through the DVC remote: docs/remote.md). `cached_dag=True`:
         one task per stage too, but Prefect's cache decides what runs and unchanged stages end Cached
-        (`params_file`: the params file the run uses, one the pipeline already reads). `retries`: retries
-        of a failed stage command (or `dvc repro`).
+        (`params_file`: the params file the run uses, one the pipeline already reads; `dask_address` and
+        `shared_disk` as with `per_stage`, the cache's verdict still taken in this process). `retries`:
+        retries of a failed stage command (or `dvc repro`).
 
         Resources (`per_stage` or `cached_dag`; docs/resources.md): stages declare what they need in
         `dvc.yaml` (`meta: {dvcflow: {resources: {gpu: 1}, mutex: [licence]}}`) or by glob in
@@ -159,8 +160,8 @@ class Pipeline:
             fail_once=fail_once,
             resources=resources,
         )
-        if shared_disk is not None and (dask_address is None or not per_stage):
-            raise UsageError("shared_disk applies to per_stage=True with a dask_address")
+        if shared_disk is not None and dask_address is None:
+            raise UsageError("shared_disk applies with a dask_address")
         hosting = self._hosting()
         engine: launch.EngineOptions = {
             "jobs": jobs,
@@ -171,7 +172,13 @@ class Pipeline:
         if cached_dag:
             params_path = Path(params_file) if params_file is not None else None
             record = launch.run_cached_dag(
-                self.repo, params_path=params_path, selection=selection, **engine, **hosting
+                self.repo,
+                params_path=params_path,
+                selection=selection,
+                dask_address=dask_address,
+                shared_disk=shared_disk,
+                **engine,
+                **hosting,
             )
         elif per_stage:
             record = launch.run_per_stage(
@@ -283,7 +290,6 @@ def _check_run_options(
             "pull": sync.pull,
             "allow_missing": sync.allow_missing,
             "push": sync.push,
-            "dask_address": dask_address is not None,
             "fail_once": fail_once,
             "show_metrics=False": not show_metrics,
         }
@@ -298,4 +304,4 @@ def _check_run_options(
             name = "jobs" if jobs is not None else "keep_going" if keep_going else "resources"
             raise UsageError(f"{name} needs per_stage=True or cached_dag=True")
         if dask_address is not None:
-            raise UsageError("dask_address needs per_stage=True")
+            raise UsageError("dask_address needs per_stage=True or cached_dag=True")

@@ -1,6 +1,7 @@
-"""`run-a --per-stage --dask-address` and `sweep --dask-address`: do the Dask workers share this disk? If
-not, the stages (or trials) run in clones (`dvcflow.engine.clone_task`, `dvcflow.flows.sweep`), and this
-checks, before any flow run, what the clones need (docs/remote.md).
+"""`run-a --per-stage --dask-address`, `run-b --dask-address` and `sweep --dask-address`: do the Dask workers
+share this disk? If not, the stages (or trials) run in clones (`dvcflow.engine.clone_task`,
+`dvcflow.engine.cached_clones`, `dvcflow.flows.sweep`), and this checks, before any flow run, what the
+clones need (docs/remote.md).
 
 `plan_clones` asks every worker, in one round trip, whether it has dvcflow (one error line if one lacks it)
 and whether it reads a token file just written into this repository (all do: a shared disk, the fast path,
