@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import integration_fixture
 from tests.helpers import (
+    CLONE_JOIN_PY,
+    CLONE_STAGE_PY,
     DASK_SCRATCH_CLUSTER,
     dvc,
     dvcflow,
@@ -93,9 +95,7 @@ def test_stages_run_in_clones_and_dvc_lock_is_dvc_repro_s(
     tasks = {task["name"]: task["state"] for task in json.loads(ran.stdout)["tasks"]}
     assert {state for name, state in tasks.items() if name != "dvc push"} == {"Completed"}, tasks
 
-    assert (repo / "dvc.lock").read_text() == (reference / "dvc.lock").read_text()
-    status = dvc("status", "--json", cwd=repo, env=env)
-    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout + status.stderr
+    assert_as_dvc_repro(repo, reference, ".", env)
     if shape == "wide":
         assert (repo / "out" / "joined.txt").read_text() == "b0\nb1\nb2\nb3\n"
         places = scratch_cluster.cwd_log.read_text().splitlines()
@@ -103,6 +103,31 @@ def test_stages_run_in_clones_and_dvc_lock_is_dvc_repro_s(
         for place in places:
             assert Path(place).is_relative_to(scratch_cluster.scratch), place
             assert not Path(place).is_relative_to(repo), place
+
+
+def assert_as_dvc_repro(
+    top: Path, reference: Path, subdir: str, env: dict[str, str], locks: tuple[str, ...] = ("dvc.lock",)
+) -> None:
+    """The caller's git work tree `top` (its DVC root at `subdir`) after a run in clones is what a local `dvc
+    repro` left in `reference`: the `dvc.lock` files byte for byte, `dvc status` clean, the same `git status`
+    and `.gitignore` files (the outputs in git's ignore lists, in `dvc repro`'s order)."""
+    for lock in locks:
+        assert (top / subdir / lock).read_text() == (reference / subdir / lock).read_text(), lock
+    status = dvc("status", "--json", cwd=top / subdir, env=env)
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout + status.stderr
+    shown = [
+        git(tree, "status", "--porcelain", "--untracked-files=all", env=env) for tree in (top, reference)
+    ]
+    assert shown[0] == shown[1], shown
+    ignores = [
+        {
+            path.relative_to(tree): path.read_text()
+            for path in tree.rglob(".gitignore")
+            if ".git" not in path.parts
+        }
+        for tree in (top, reference)
+    ]
+    assert ignores[0] == ignores[1], ignores
 
 
 CWD_LOGGER = """\
@@ -164,6 +189,122 @@ def test_a_sweep_on_workers_without_the_disk_brings_its_experiments_home(
         assert not Path(place).is_relative_to(repo), place
 
 
+TALLY_PY = """\
+import json, os, pathlib
+if os.environ.get("CWD_LOG"):
+    with open(os.environ["CWD_LOG"], "a") as log:
+        log.write(os.getcwd() + "\\n")
+text = pathlib.Path("../out/fetch.txt").read_text()
+pathlib.Path("../out/tally.txt").write_text(text * 2)
+json.dump({"lines": text.count("\\n")}, open("../tally.json", "w"))
+"""
+
+ROOT_DVC_YAML = """\
+stages:
+  branch:
+    foreach: [b0, b1]
+    do:
+      cmd: python stage.py ${item} 0.1
+      deps: [stage.py]
+      outs:
+        - out/${item}.txt
+  join:
+    cmd: python join.py
+    deps: [join.py, out/b0.txt, out/b1.txt, sub/out/tally.txt]
+    outs: [out/joined.txt]
+"""
+
+NESTED_DVC_YAML = """\
+stages:
+  fetch:
+    cmd: python ../stage.py fetch 0.1
+    deps:
+      - ../stage.py
+      - ../out/b0.txt
+    outs:
+      - out/fetch.txt
+  tally:
+    wdir: work
+    cmd: python tally.py
+    deps:
+      - tally.py
+      - ../out/fetch.txt
+    outs:
+      - ../out/tally.txt
+    metrics:
+      - ../tally.json:
+          cache: false
+"""
+
+
+def make_nested_repo(top: Path, env: dict[str, str], subdir: str) -> Path:
+    """The wide pipeline (2 branches and a join) whose join also depends on two stages of `sub/dvc.yaml`
+    (one in `sub/`, one with `wdir: work`, an uncached metrics file; `fetch` depends on a root stage's
+    output), with the DVC root at `subdir` of the git work tree ("." : the same). Committed; the DVC root."""
+    root = top / subdir
+    root.mkdir(parents=True)
+    git(top, "init", "-q", "-b", "main", env=env)
+    init = dvc("init", "-q", *(["--subdir"] if subdir != "." else []), cwd=root, env=env)
+    assert init.returncode == 0, init.stderr
+    (root / "stage.py").write_text(CLONE_STAGE_PY)
+    (root / "join.py").write_text(CLONE_JOIN_PY)
+    for folder in ("out", "sub/out"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / ".gitkeep").write_text("")
+    (root / "sub/work").mkdir()
+    (root / "sub/work/tally.py").write_text(TALLY_PY)
+    (root / "sub/dvc.yaml").write_text(NESTED_DVC_YAML)
+    (root / "dvc.yaml").write_text(ROOT_DVC_YAML)
+    git(top, "add", "-A", env=env)
+    git(top, "commit", "-q", "-m", "a pipeline in two dvc.yaml files", env=env)
+    return root
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("subdir", [".", "proj"], ids=["nested-dvc-yaml", "dvc-root-in-a-git-subfolder"])
+def test_stages_of_a_nested_dvc_yaml_run_in_clones_and_write_their_own_dvc_lock(
+    subdir: str, tmp_path: Path, client_env: dict[str, str], scratch_cluster: ScratchCluster
+) -> None:
+    """Stages of `sub/dvc.yaml` (one with a `wdir`) between root stages, the DVC root the git work tree's
+    or a folder of it: each lock file (`sub/dvc.lock` too) is `dvc repro`'s, then again after a commit
+    changes a `sub/dvc.yaml` stage, which runs in a new worktree with the lock files left uncommitted."""
+    env = client_env
+    top, reference = tmp_path / "top", tmp_path / "reference"
+    repo = make_nested_repo(top, env, subdir)
+    with_clone_remotes(repo, tmp_path, env)
+    shutil.copytree(top, reference, symlinks=True)
+    run = ["run-a", "--per-stage", "--dask-address", scratch_cluster.address, "--no-shared-disk", "--json",
+           "--no-show-metrics"]  # fmt: skip
+
+    stages = ["branch@b0", "branch@b1", "sub/dvc.yaml:fetch", "sub/dvc.yaml:tally", "join"]
+    for second, commands_so_far in ((False, 5), (True, 7)):  # all 5 stages; then tally (changed), the join
+        if second:
+            for tree in (top, reference):  # tally writes 3 copies now: tally and the join run again
+                tally = tree / subdir / "sub/work/tally.py"
+                tally.write_text(tally.read_text().replace("text * 2", "text * 3"))
+                git(tree, "commit", "-q", "-am", "tally x3", env=env)
+        reproduced = dvc("repro", cwd=reference / subdir, env=env)
+        assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr
+
+        ran = dvcflow(*run, cwd=repo, env=env, timeout=PATIENCE)
+
+        assert ran.returncode == 0, ran.stdout + ran.stderr
+        tasks = {
+            task["name"]: task["state"] for task in json.loads(ran.stdout)["tasks"] if task["name"] in stages
+        }
+        assert tasks == {
+            name: "UpToDate" if second and index < 3 else "Completed" for index, name in enumerate(stages)
+        }, tasks
+        assert_as_dvc_repro(top, reference, subdir, env, locks=("dvc.lock", "sub/dvc.lock"))
+        for output in ("out/joined.txt", "sub/out/fetch.txt", "sub/out/tally.txt", "sub/tally.json"):
+            assert (repo / output).read_bytes() == (reference / subdir / output).read_bytes(), output
+        places = scratch_cluster.cwd_log.read_text().splitlines()
+        assert len(places) == commands_so_far, places  # each stage that ran, once
+        for place in places:
+            assert Path(place).is_relative_to(scratch_cluster.scratch), place
+            assert not Path(place).is_relative_to(top), place
+
+
 # Units: no process, no server.
 
 
@@ -202,3 +343,34 @@ def test_a_worker_without_dvcflow_is_one_error_line(tmp_path: Path, monkeypatch:
         remote_stages.plan_clones(tmp_path, "tcp://s:1", None, lambda _: None)
     assert refused.value.message == "1 of 2 Dask workers lack dvcflow: tcp://b:2"
     assert refused.value.hint == "install it where the workers run: pip install 'dvcflow[dask]'"
+
+
+def test_entries_go_to_their_own_dvc_lock_in_dvc_repro_s_order(tmp_path: Path) -> None:
+    """Stages of two `dvc.yaml` files, finished in any order: each entry in its own file, new ones after
+    those already there in `dvc repro`'s order; what a clone starts from is the same, written nowhere, and
+    names the lock file the caller lacks (a reused worktree then drops its own)."""
+    import yaml
+
+    from dvcflow.core.clones import CloneResult
+    from dvcflow.dvc.clone_stage import lock_text, write_lock
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  old:\n    cmd: echo old\n")
+    finished = [
+        CloneResult("join", "dvc.lock", "join", {"cmd": "join"}),
+        CloneResult("sub/dvc.yaml:tally", "sub/dvc.lock", "tally", {"cmd": "tally"}),
+        CloneResult("branch@b0", "dvc.lock", "branch@b0", {"cmd": "b0"}),
+        CloneResult("sub/dvc.yaml:fetch", "sub/dvc.lock", "fetch", {"cmd": "fetch"}),
+    ]
+    order = ["branch@b0", "sub/dvc.yaml:fetch", "sub/dvc.yaml:tally", "join"]
+
+    texts = json.loads(lock_text(tmp_path, finished, order, ["dvc.lock", "sub/dvc.lock", "other/dvc.lock"]))
+
+    assert not (tmp_path / "sub" / "dvc.lock").exists()
+    assert texts["other/dvc.lock"] is None
+    assert list(yaml.safe_load(texts["dvc.lock"])["stages"]) == ["old", "branch@b0", "join"]
+    sub = yaml.safe_load(texts["sub/dvc.lock"])["stages"]
+    assert list(sub.items()) == [("fetch", {"cmd": "fetch"}), ("tally", {"cmd": "tally"})]
+    write_lock(tmp_path, finished, order)
+    assert (tmp_path / "dvc.lock").read_text() == texts["dvc.lock"]
+    assert (tmp_path / "sub" / "dvc.lock").read_text() == texts["sub/dvc.lock"]

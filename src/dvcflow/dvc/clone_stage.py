@@ -3,18 +3,25 @@ written back into the caller's workspace (docs/remote.md).
 
 Worker side, `run_in_clone`: a worktree of this worker's clone at the caller's commit (`gitsource.checkout`),
 reused by later stages of that commit on this worker (one slot per stage running at once), with the caller's
-current `dvc.lock` in it; the stage's missing dependencies pulled from the DVC remote; `dvc repro
---single-item STAGE`; `dvc push STAGE`; its `dvc.lock` entry and its uncached outputs sent back. A sweep's
-trial in a clone starts from the same worktree (`prepared_clone`: the caller's `dvc.lock`, the credentials).
+current `dvc.lock` files in it; the stage's missing dependencies pulled from the DVC remote; `dvc repro
+--single-item STAGE`; `dvc push STAGE`; its entry in its `dvc.lock` and its uncached outputs sent back. A
+sweep's trial in a clone starts from the same worktree (`prepared_clone`: the caller's `dvc.lock` files, the
+credentials).
 
-Caller side: `write_lock` (the entries into `dvc.lock` in `dvc repro`'s order, so the file is what `dvc repro`
-writes) and `bring_outputs` (the uncached outputs written, the cached ones pulled: `dvc pull STAGES`).
+Every `dvc.lock` of the pipeline travels, not only the root's: a stage of `sub/dvc.yaml` writes its entry in
+`sub/dvc.lock`, and a stage's dependency made by a stage of another `dvc.yaml` is found (and pulled) by that
+stage's entry in its own lock file. So the lock files are the pipeline files a caller may leave uncommitted.
+
+Caller side: `write_lock` (the entries into their `dvc.lock` files in `dvc repro`'s order, so each file is
+what `dvc repro` writes) and `bring_outputs` (the uncached outputs written, the cached ones pulled: `dvc
+pull STAGES`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import time
@@ -26,7 +33,6 @@ from dvcflow.core.clones import CloneResult, CloneSource
 from dvcflow.core.errors import PipelineError
 from dvcflow.dvc import gitsource, remote_data, repository
 
-LOCK_FILE = "dvc.lock"
 SLOTS = 64  # worktrees of one commit on one worker: more stages than this at once wait for one
 
 
@@ -58,17 +64,18 @@ def worktree_slot(source: CloneSource) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def prepared_clone(
-    source: CloneSource, lock_text: str | None, environ: Mapping[str, str] | None = None
+    source: CloneSource, locks: str | None, environ: Mapping[str, str] | None = None
 ) -> Iterator[Path]:
-    """A `worktree_slot` of `source` with the caller's `dvc.lock` (`lock_text`; None: none) and the DVC
-    remote's credentials from `environ` (default: this process's): what a stage or a sweep trial starts
-    from on a worker that does not see the caller's disk."""
+    """A `worktree_slot` of `source` with the caller's `dvc.lock` files (`locks`, from `lock_text`; None:
+    the worktree's own) and the DVC remote's credentials from `environ` (default: this process's): what a
+    stage or a sweep trial starts from on a worker that does not see the caller's disk."""
     with worktree_slot(source) as root:
-        lock = root / LOCK_FILE
-        if lock_text is None:
-            lock.unlink(missing_ok=True)
-        else:
-            lock.write_text(lock_text, encoding="utf-8")
+        texts: dict[str, str | None] = json.loads(locks) if locks is not None else {}
+        for relative, text in texts.items():
+            if text is None:  # the caller has none: neither has the clone (an earlier stage's stays else)
+                (root / relative).unlink(missing_ok=True)
+            else:
+                (root / relative).write_text(text, encoding="utf-8")
         remote_data.apply_credentials(root, os.environ if environ is None else environ)
         yield root
 
@@ -77,15 +84,15 @@ def run_in_clone(
     source: CloneSource,
     stage: str,
     deps: Sequence[str],
-    lock_text: str | None,
+    locks: str | None,
     *,
     force: bool,
     log: Callable[[str], None],
     environ: Mapping[str, str] | None = None,
 ) -> CloneResult:
-    """Reproduce `stage` in a worktree at the caller's commit, with `lock_text` as its `dvc.lock` and its
-    dependencies (`deps`, paths from the DVC root) pulled from the DVC remote when missing; push its
-    outputs; its entry and uncached outputs."""
+    """Reproduce `stage` in a worktree at the caller's commit, with `locks` as its `dvc.lock` files
+    (`lock_text`) and its dependencies (`deps`, paths from the DVC root) pulled from the DVC remote when
+    missing; push its outputs; its entry and uncached outputs."""
     seconds: dict[str, float] = {}
     started = time.monotonic()
 
@@ -95,7 +102,7 @@ def run_in_clone(
         seconds[name] = round(now - started, 3)
         started = now
 
-    with prepared_clone(source, lock_text, environ) as root:
+    with prepared_clone(source, locks, environ) as root:
         lap("checkout")
         missing = [dep for dep in deps if not (root / dep).exists()]
         if missing:
@@ -106,8 +113,8 @@ def run_in_clone(
         lap("run")
         _dvc(root, ["push", stage], log)
         lap("push")
-        entry, uncached = _recorded(root, stage)
-    return CloneResult(stage, entry, uncached, bool(ran), socket.gethostname(), seconds)
+        lock, key, entry, uncached = _recorded(root, stage)
+    return CloneResult(stage, lock, key, entry, uncached, bool(ran), socket.gethostname(), seconds)
 
 
 def _noting(ran: list[str], log: Callable[[str], None]) -> Callable[[str], None]:
@@ -127,79 +134,135 @@ def _dvc(root: Path, args: list[str], log: Callable[[str], None]) -> None:
         raise failure(result)
 
 
-def _recorded(root: Path, stage: str) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The stage's `dvc.lock` entry and its outputs DVC does not cache (they do not travel by `dvc push`)."""
+def _recorded(root: Path, stage: str) -> tuple[str, str, dict[str, Any], dict[str, bytes]]:
+    """Where the stage's entry is (its lock file from the DVC root, its key there), the entry, and the
+    stage's outputs DVC does not cache (they do not travel by `dvc push`)."""
     import yaml
+    from dvc.stage import PipelineStage
 
-    entries = (yaml.safe_load((root / LOCK_FILE).read_text(encoding="utf-8")) or {}).get("stages") or {}
-    if stage not in entries:
-        raise PipelineError(f"stage {stage!r} has no entry in {LOCK_FILE} after it ran (a nested dvc.yaml?)")
     repo: Any = repository.open_repo(root)
     try:
         with repository.in_repository(root):
             (found,) = repo.stage.collect(stage)
+            if not isinstance(found, PipelineStage):
+                raise PipelineError(f"stage {stage!r} is no dvc.yaml stage: it has no dvc.lock entry to send")
+            lock_path = Path(found.dvcfile._lockfile.path)
+            lock, key = Path(os.path.relpath(lock_path, repo.root_dir)).as_posix(), found.name
             paths = [Path(out.fs_path) for out in found.outs if not out.use_cache]
     finally:
         repo.close()
+    entries = (yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    if key not in entries:
+        raise PipelineError(f"stage {stage!r} has no entry in {lock} after it ran")
     uncached = {path.relative_to(root).as_posix(): path.read_bytes() for path in paths if path.is_file()}
-    return dict(entries[stage]), uncached
+    return lock, key, dict(entries[key]), uncached
 
 
 # --- the caller's side ---------------------------------------------------------------------------
 
 
 def write_lock(root: Path, results: Sequence[CloneResult], order: Sequence[str]) -> None:
-    """The stages' entries into `root`'s `dvc.lock` as `dvc repro` writes them: entries already in the file
-    keep their place, new ones follow in `order` (`dvc repro`'s), whatever order the stages finished in."""
+    """The stages' entries into `root`'s `dvc.lock` files (each its own: `sub/dvc.lock` for a stage of
+    `sub/dvc.yaml`) as `dvc repro` writes them: entries already in a file keep their place, new ones follow
+    in `order` (`dvc repro`'s, stages as it names them), whatever order the stages finished in."""
+    from dvcflow.dvc.lockfile import write_entries
+
+    by_file: dict[str, list[tuple[int, CloneResult]]] = {}
+    for place, result in enumerate(_in_order(results, order)):
+        by_file.setdefault(result.lock, []).append((place, result))
+    for lock, written in by_file.items():
+        write_entries(
+            str(root / lock),
+            {result.key: result.entry for _, result in written},
+            {result.key: place for place, result in written},
+        )
+
+
+def _in_order(results: Sequence[CloneResult], order: Sequence[str]) -> list[CloneResult]:
+    """`results` in `order` (`dvc repro`'s), not in the order the stages finished."""
+    place = {name: index for index, name in enumerate(order)}
+    return sorted(results, key=lambda result: place.get(result.stage, len(place)))
+
+
+def bring_outputs(
+    root: Path, results: Sequence[CloneResult], order: Sequence[str], log: Callable[[str], None]
+) -> None:
+    """The stages' outputs into `root`: uncached ones written as the clones sent them, cached ones pulled
+    from the DVC remote (`dvc pull STAGES`, after `write_lock`), and each in git's ignore list as `dvc
+    repro` puts it there (DVC does when it saves an output, which happened in the clone; `dvc pull` does
+    not), in `order` (`dvc repro`'s), so a `.gitignore` that several stages write is the same file."""
     if not results:
         return
-    from dvc.utils.serialize import modify_yaml
-
-    path = root / LOCK_FILE
-    with modify_yaml(str(path)) as data:
-        if not data:
-            data.update({"schema": "2.0"})
-        entries = data.get("stages") or {}
-        known = {key: position for position, key in enumerate(entries)}
-        position = {name: index for index, name in enumerate(order)}
-        for result in results:
-            entries[result.stage] = result.entry
-        rank = {key: known.get(key, len(known) + position.get(key, len(entries))) for key in entries}
-        data["stages"] = {key: entries[key] for key in sorted(entries, key=rank.__getitem__)}
-
-
-def bring_outputs(root: Path, results: Sequence[CloneResult], log: Callable[[str], None]) -> None:
-    """The stages' outputs into `root`: uncached ones written as the clones sent them, cached ones pulled
-    from the DVC remote (`dvc pull STAGES`, after `write_lock`)."""
-    for result in results:
+    ranked = _in_order(results, order)
+    for result in ranked:
         for relative, content in result.uncached.items():
             target = root / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(content)
-    if results:
-        _dvc(root, ["pull", *(result.stage for result in results)], log)
+    _dvc(root, ["pull", *(result.stage for result in ranked)], log)
+    repo: Any = repository.open_repo(root)
+    try:
+        with repository.in_repository(root):
+            for result in ranked:
+                for stage in repo.stage.collect(result.stage):
+                    stage.ignore_outs()
+    finally:
+        repo.close()
 
 
-def lock_text(root: Path, results: Sequence[CloneResult], order: Sequence[str]) -> str | None:
-    """What `root`'s `dvc.lock` would hold with these entries written (`write_lock`), without writing it:
-    what a stage's clone starts from. None without a lock file and entries."""
+def lock_text(
+    root: Path,
+    results: Sequence[CloneResult],
+    order: Sequence[str],
+    files: Sequence[str] | None = None,
+) -> str:
+    """What `root`'s `dvc.lock` files (`files`, from the DVC root; default: `lock_files(root)`) would hold
+    with these entries written (`write_lock`), without writing them: what a stage's (or a trial's) clone
+    starts from (`prepared_clone`). One text, as the single `dvc.lock` was (a stage task's and a sweep
+    trial's parameter): JSON, lock file → its text, null for one the caller lacks (the clone drops it)."""
     import shutil
     import tempfile
 
-    path = root / LOCK_FILE
+    paths = sorted({*(lock_files(root) if files is None else files), *(result.lock for result in results)})
+
+    def read(folder: Path) -> str:
+        return json.dumps({path: _text(folder / path) for path in paths})
+
     if not results:
-        return path.read_text(encoding="utf-8") if path.is_file() else None
+        return read(root)
     with tempfile.TemporaryDirectory(prefix="dvcflow-lock-") as scratch:
-        if path.is_file():
-            shutil.copy2(path, Path(scratch) / LOCK_FILE)
+        for path in paths:
+            (Path(scratch) / path).parent.mkdir(parents=True, exist_ok=True)
+            if (root / path).is_file():
+                shutil.copy2(root / path, Path(scratch) / path)
         write_lock(Path(scratch), results, order)
-        return (Path(scratch) / LOCK_FILE).read_text(encoding="utf-8")
+        return read(Path(scratch))
+
+
+def _text(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def lock_files(root: Path) -> tuple[str, ...]:
+    """The pipeline's `dvc.lock` files, from the DVC root: DVC's own, one beside each `dvc.yaml`."""
+    from dvc.stage import PipelineStage
+
+    repo: Any = repository.open_repo(root)
+    try:
+        paths = {
+            Path(os.path.relpath(stage.dvcfile._lockfile.path, repo.root_dir)).as_posix()
+            for stage in repo.index.stages
+            if isinstance(stage, PipelineStage)
+        }
+    finally:
+        repo.close()
+    return tuple(sorted(paths))
 
 
 def check_clone_source(root: Path) -> gitsource.GitSource:
     """What clones of the caller will run: HEAD on the git remote, no uncommitted change to the pipeline's
-    files but `dvc.lock` (which travels with each stage), a DVC default remote."""
-    files = gitsource.pipeline_files(root) - {LOCK_FILE}
+    files but its `dvc.lock` files (which travel with each stage), a DVC default remote."""
+    files = gitsource.pipeline_files(root) - set(lock_files(root))
     source = gitsource.check_source(root, files)
     remote_data.default_remote(root)
     return source

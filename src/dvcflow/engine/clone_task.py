@@ -2,10 +2,10 @@
 (`dvcflow.dvc.clone_stage`), its data through the DVC remote, and its `dvc.lock` entry comes back.
 
 `CloneLauncher` is the scheduler's `StageLauncher` for such a run: a stage to reproduce becomes a
-`clone_stage_task` on the cluster, with the caller's `dvc.lock` as it stands with the entries of the stages
-finished so far (an upstream stage's outputs are found by those entries in the DVC remote); the rest (up to
-date, not run) are the engine's usual tasks, which touch no disk. `settle` then writes the entries into the
-caller's `dvc.lock` in `dvc repro`'s order and brings the outputs here.
+`clone_stage_task` on the cluster, with the caller's `dvc.lock` files as they stand with the entries of the
+stages finished so far (an upstream stage's outputs are found by those entries in the DVC remote); the rest
+(up to date, not run) are the engine's usual tasks, which touch no disk. `settle` then writes the entries into
+the caller's `dvc.lock` files in `dvc repro`'s order and brings the outputs here.
 """
 
 from __future__ import annotations
@@ -35,14 +35,14 @@ from dvcflow.proc import children
 
 @task(name="stage in a clone", cache_policy=NO_CACHE, retry_delay_seconds=RETRY_DELAY_S)
 def clone_stage_task(
-    source: CloneSource, stage: str, deps: tuple[str, ...], lock_text: str | None, force: bool = False
+    source: CloneSource, stage: str, deps: tuple[str, ...], locks: str | None, force: bool = False
 ) -> CloneResult | State[Any]:
     """`stage` reproduced in a clone of `source` on this worker; its `dvc.lock` entry and uncached outputs."""
     remember_task_run()
     logger = get_run_logger()
     logger.info("Reproducing %s in a clone at %s", stage, source.commit[:9])
     try:
-        result = clone_stage.run_in_clone(source, stage, deps, lock_text, force=force, log=logger.info)
+        result = clone_stage.run_in_clone(source, stage, deps, locks, force=force, log=logger.info)
     except Exception as exc:  # the state says why in the stage's own words
         return failed(exc)
     logger.info(
@@ -79,6 +79,7 @@ class CloneLauncher(PrefectLauncher):
         super().__init__(root, session, retries=retries, force=force)
         self.source = source
         self.order = tuple(order)
+        self.lock_files = clone_stage.lock_files(root)  # every stage's clone gets them all, as they stand
         self.results: list[CloneResult] = []
         self._in_clones: set[str] = set()
 
@@ -89,7 +90,7 @@ class CloneLauncher(PrefectLauncher):
             super().launch(stage, action, reason, edges, grant)
             return
         spec = self.session.spec(stage.name)
-        lock = clone_stage.lock_text(self.root, self.results, self.order)
+        locks = clone_stage.lock_text(self.root, self.results, self.order, self.lock_files)
         options: dict[str, Any] = {
             "name": stage.name,
             "task_run_name": stage.name,
@@ -101,7 +102,7 @@ class CloneLauncher(PrefectLauncher):
                 self.source,
                 stage.name,
                 spec.deps,
-                lock,
+                locks,
                 self.force,
                 wait_for=[allow_failure(self.futures[up]) for up in edges],
                 return_state=False,
@@ -122,7 +123,7 @@ class CloneLauncher(PrefectLauncher):
         return name, outcome
 
     def settle(self, log: Callable[[str], None]) -> None:
-        """The finished stages' entries into the caller's `dvc.lock` (in `dvc repro`'s order), their
+        """The finished stages' entries into the caller's `dvc.lock` files (in `dvc repro`'s order), their
         outputs into the caller's workspace (uncached ones as sent, cached ones by `dvc pull`)."""
         clone_stage.write_lock(self.root, self.results, self.order)
-        clone_stage.bring_outputs(self.root, self.results, log)
+        clone_stage.bring_outputs(self.root, self.results, self.order, log)
