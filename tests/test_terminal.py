@@ -10,6 +10,7 @@ import re
 import select
 import shutil
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,12 +68,13 @@ class Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
-    def finish(self, deadline: float) -> int:
+    def finish(self, deadline: float, *, close: bool = True) -> int:
         self.read_until(r"(?!x)x", deadline)  # everything until it ends
         try:
             return self.process.wait(timeout=max(1.0, deadline - time.monotonic()))
         finally:
-            os.close(self.master)
+            if close:
+                os.close(self.master)
 
 
 @integration_fixture
@@ -119,15 +121,20 @@ def test_a_stage_prompt_gets_the_terminal_and_hides_what_is_typed(
     assert status.stdout.strip() == "{}", status.stdout + status.stderr
 
 
+@pytest.mark.parametrize("command", ["run-b", "run-a"])
+@pytest.mark.parametrize("after", [0.0, 0.8], ids=["at-once", "after-a-while"])
 def test_ctrl_c_at_a_stage_prompt_stops_the_run(
-    tmp_path: Path, client_env: dict[str, str], processes: Processes
+    command: str, after: float, tmp_path: Path, client_env: dict[str, str], processes: Processes
 ) -> None:
+    """At once: the prompting stage still holds the terminal, the Ctrl-C is its own, and dvcflow is told.
+    After a while: the terminal is dvcflow's again while the prompt waits, so the Ctrl-C is dvcflow's."""
     env = cold(client_env)
     repo = make_tiny_repo(tmp_path / "repo", env, GETPASS_STAGE)
     deadline = time.monotonic() + PATIENCE
-    terminal = Terminal(processes, [sys.executable, "-m", "dvcflow", "run-b"], repo, env)
+    terminal = Terminal(processes, [sys.executable, "-m", "dvcflow", command], repo, env)
     assert terminal.read_until(PROMPT, deadline), terminal.output
-    terminal.type("\x03")  # the terminal's Ctrl-C, to its foreground group: the prompting stage
+    time.sleep(after)  # a person reading the prompt
+    terminal.type("\x03")  # the terminal's Ctrl-C, to its foreground group
     code = terminal.finish(deadline)
     assert code == 130, terminal.output
     assert not (repo / "secret.txt").exists()
@@ -172,3 +179,25 @@ def test_run_a_pull_asks_for_the_remotes_password_on_the_terminal(
     assert PASSWORD not in terminal.output
     assert (repo / "data.txt").read_text() == "tracked by DVC, kept on the remote\n"
     assert (repo / "count.txt").read_text().strip() == "35"
+
+
+def test_the_terminal_s_modes_come_back_after_a_command_that_changed_them(
+    tmp_path: Path, client_env: dict[str, str], processes: Processes
+) -> None:
+    """A prompt killed with the echo off (or a stage that turns it off and ends) must not leave the user's
+    shell without echo."""
+    env = cold(client_env)
+    stage = "stages:\n  mute:\n    cmd: stty -echo < /dev/tty && echo muted > mute.txt\n"
+    stage += "    outs: [mute.txt]\n"
+    repo = make_tiny_repo(tmp_path / "repo", env, stage)
+    deadline = time.monotonic() + PATIENCE
+    terminal = Terminal(processes, [sys.executable, "-m", "dvcflow", "run-b"], repo, env)
+    modes = termios.tcgetattr(terminal.master)
+    assert modes[3] & termios.ECHO
+    code = terminal.finish(deadline, close=False)
+    try:
+        assert code == 0, terminal.output
+        assert (repo / "mute.txt").read_text() == "muted\n"  # it ran, the terminal lent to it
+        assert termios.tcgetattr(terminal.master)[3] & termios.ECHO, "the echo stayed off"
+    finally:
+        os.close(terminal.master)

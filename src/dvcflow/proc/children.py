@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,8 +57,9 @@ TAIL_LINES = 15  # of a command's output, kept for its error message
 INTERRUPT_GRACE_S = 10.0  # after SIGINT, how long `interrupt_commands` waits before SIGTERM
 TERM_WAIT_S = 5.0  # after SIGTERM, how long a child is given before SIGKILL
 # How a command that held the terminal ends when a Ctrl-C was typed there: killed by SIGINT, the shells'
-# 128 + 2, DVC's own code for KeyboardInterrupt.
+# 128 + 2, DVC's own code for KeyboardInterrupt, or DVC's last line for a stage command the Ctrl-C ended.
 _ENDED_BY_CTRL_C = (-signal.SIGINT, 128 + signal.SIGINT, 252)
+_STAGE_ENDED_BY_CTRL_C = re.compile(r"exited with (-2|130)$")
 _POLL_S = 0.05  # how often a process that is not our `Popen` is looked at while waiting for its end
 
 # The processes `stream` reads now, so a Ctrl-C caught in the main thread can stop those that worker
@@ -188,9 +190,13 @@ def stream(
                 _RUNNING.discard(process)
             held_terminal = terminal.unwatch(process.pid)
         returncode = process.wait()
-    if held_terminal and returncode in _ENDED_BY_CTRL_C:  # typed at its prompt: dvcflow's Ctrl-C too
-        os.kill(os.getpid(), signal.SIGINT)
+    if held_terminal and not _INTERRUPTED.is_set() and _ended_by_ctrl_c(returncode, tail):
+        os.kill(os.getpid(), signal.SIGINT)  # typed at its prompt, where dvcflow did not get it
     return CommandResult(tuple(args), returncode, tuple(tail))
+
+
+def _ended_by_ctrl_c(returncode: int, tail: deque[str]) -> bool:
+    return returncode in _ENDED_BY_CTRL_C or any(_STAGE_ENDED_BY_CTRL_C.search(line) for line in tail)
 
 
 # ------------------------------------------------------------------------------------------- stopping
@@ -271,11 +277,13 @@ def stop_then_kill(process: subprocess.Popen[Any] | int, steps: Sequence[tuple[i
 
 
 def _send(pid: int, signum: int) -> None:
+    """`signum`, then SIGCONT, as a shell's `kill` does: a stopped process (one waiting for the terminal,
+    `terminal`) would not act on it until continued."""
+    send = os.killpg if leads_group(pid) else os.kill
     with contextlib.suppress(ProcessLookupError):
-        if leads_group(pid):
-            os.killpg(pid, signum)
-        else:
-            os.kill(pid, signum)
+        send(pid, signum)
+        if signum != signal.SIGKILL:
+            send(pid, signal.SIGCONT)
 
 
 def _ended(process: subprocess.Popen[Any] | int, timeout: float) -> bool:
