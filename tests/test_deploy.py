@@ -451,3 +451,19 @@ def test_a_deployment_runs_its_targets_per_stage_within_the_resources_its_stages
     assert sorted(spans) == ["g0", "g1", "g2"]  # the targets; `other` was not asked for
     assert most_at_once([(span["start"], span["end"]) for span in spans.values()]) == 1
     assert {span["gpus"] for span in spans.values()} == {"0"}  # the one GPU's index, in turn
+
+
+def test_a_deployment_whose_resource_flags_no_stage_fits_in_is_refused(
+    tmp_path: Path, client_env: dict[str, str]
+) -> None:
+    """The flags win over every machine's settings and GPUs: a stage needing more would fail every run."""
+    from tests.helpers import make_resource_repo, timed_stage
+
+    stages = {"big": timed_stage("big", 0.1, {"resources": {"gpu": 2}}), "small": timed_stage("small", 0.1)}
+    repo = make_resource_repo(tmp_path / "repo", client_env, stages)
+    refused = dvcflow("deploy", "--per-stage", "--resource", "gpu=1", cwd=repo, env=client_env)
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines()[0] == (
+        "Error: stage 'big' needs gpu=2, more than the whole capacity (gpu=1, from --resource)"
+    )
+    assert "Deployment" not in refused.stdout

@@ -33,8 +33,9 @@ _NO_TERMINAL = (
     "/dev/tty: No such device or address",
 )
 NO_TERMINAL_NOTE = (
-    "it wanted to prompt on a terminal and had none; a command served by dvcflow's warm starter has no "
-    "terminal: DVCFLOW_WARM=0 runs it with yours (docs/server.md)"
+    "it wanted to prompt on a terminal and had none: give it credentials that need no prompt, or, at a "
+    "terminal, run the command with DVCFLOW_WARM=0 (a command dvcflow's warm starter serves has no terminal; "
+    "docs/server.md)"
 )
 
 

@@ -20,6 +20,7 @@ from dvcflow.core.errors import ConfigError, UsageError
 from dvcflow.core.resources import (
     GPU,
     Capacity,
+    Demand,
     Resources,
     ResourceSettings,
     capacity_from_mapping,
@@ -62,6 +63,28 @@ def resources_for(
     resolved = resolve_capacity(flags, settings, visible_gpus, need_gpus=need_gpus)
     check(demands, resolved)
     return Resources(demands, resolved)
+
+
+def check_given_capacity(root: Path, selection: Selection, capacity: Mapping[str, int]) -> None:
+    """What `capacity` (a deployment's `--resource` flags) gives, checked here against what the selected
+    stages declare: the flags win over any machine's settings and GPUs, so a stage that needs more than
+    they give would fail every run wherever it runs. The rest of the capacity is the running machine's."""
+    from dvcflow.engine.executor import close_session, open_session
+
+    flags = capacity_from_mapping(capacity, "resources")
+    settings = ResourceSettings.read(root)
+    session = open_session(root)
+    try:
+        selected = session.select(selection)
+        demands = demands_for(selected, session.declarations(selected), settings)
+    finally:
+        close_session(root)
+    given = {
+        stage: Demand(tuple((name, amount) for name, amount in demand.resources if name in flags))
+        for stage, demand in demands.items()
+    }
+    sources = tuple((name, "--resource") for name in flags)
+    check(given, Capacity(tuple(sorted(flags.items())), sources=sources))
 
 
 def dask_capacity(address: str) -> Capacity:

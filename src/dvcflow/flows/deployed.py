@@ -97,11 +97,16 @@ def reproduce(
         return dvc_pipeline_flow.fn(
             root, fail_once=False, show_metrics=True, repro_args=repro_args, push=push
         )
+    from dvcflow.engine.executor import close_session
     from dvcflow.engine.resources import resources_for, share
     from dvcflow.flows.per_stage import per_stage_flow
 
     logger = get_run_logger()
-    planned = share(resources_for(root, selection, resources), True, logger.info)
+    try:
+        planned = share(resources_for(root, selection, resources), True, logger.info)
+    except BaseException:
+        close_session(root)  # the flow below would have closed it
+        raise
     return per_stage_flow.fn(
         root,
         jobs=jobs or cpu_count(),

@@ -123,7 +123,11 @@ def git_pipeline_flow(
             return Failed(message=reason)
         logger.info("Commit %s of %s in %s; DVC remote %r", commit[:9], repository, root, remote.name)
         # `run-a --pull --push`: what the stages need comes from the DVC remote, what they wrote goes back
-        outcome = reproduce(root, per_stage, jobs, keep_going, targets, resources, pull=True, push=())
+        try:
+            outcome = reproduce(root, per_stage, jobs, keep_going, targets, resources, pull=True, push=())
+        except DvcflowError as err:  # bad resources or targets for this worker: why, not a traceback
+            logger.error(err.message)
+            return Failed(message=err.message)
         if isinstance(outcome, State):  # the pipeline failed: nothing to save
             return outcome
         name = remote_data.experiment_name(run.name if run is not None else "dvcflow-run")

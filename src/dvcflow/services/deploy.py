@@ -178,11 +178,16 @@ def check_request(
     chosen = name if name is not None else root.name
     if not chosen or "/" in chosen or "%" in chosen:
         raise UsageError(f"--name must be non-empty and contain no '/' or '%', got {chosen!r}")
-    if targets:
+    if targets or resources:
         from dvcflow.core.selection import Selection
         from dvcflow.dvc.targets import selected_stages
 
-        selected_stages(root, Selection(targets=tuple(targets)))  # an unknown target: one line, now
+        selection = Selection(targets=tuple(targets))
+        selected_stages(root, selection)  # an unknown target: one line, now
+        if resources:
+            from dvcflow.engine.resources import check_given_capacity
+
+            check_given_capacity(root, selection, resources)  # every run would fail on it
     return DeployRequest(
         root,
         chosen,
