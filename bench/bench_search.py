@@ -351,6 +351,12 @@ def _span(values: list[float], digits: str = ".2f") -> str:
     return f"{statistics.median(values):{digits}} ({min(values):{digits}}-{max(values):{digits}})"
 
 
+def _ratio(tpe: float, random: float) -> str:
+    """TPE's median regret ÷ random's, as the table shows it; random search may hit the optimum (its
+    regret rounds to 0), and then there is no ratio to show."""
+    return f"{tpe / random:.2f}" if random else ("— (both 0)" if not tpe else "— (random's is 0)")
+
+
 def rows(result: dict[str, Any]) -> list[str]:
     """bench/run.py's table rows for this benchmark's result."""
     trials: dict[str, Any] = result["trials"]
@@ -398,8 +404,8 @@ def rows(result: dict[str, Any]) -> list[str]:
             f"| Branin, {e2e['trials']} real trials `-j {e2e['jobs']}`: best regret of `dvcflow sweep "
             f"--search tpe` ÷ `--search random`, median of {n} seeds (lowest-highest) "
             f"| {_span(regrets['tpe'], '.3g')} ÷ {_span(regrets['random'], '.3g')} "
-            f"| {medians['tpe'] / medians['random']:.2f} — {_verdict(n, medians['tpe'] < medians['random'])} "
-            f"| {n} seeds | < 1 |"
+            f"| {_ratio(medians['tpe'], medians['random'])} — "
+            f"{_verdict(n, medians['tpe'] < medians['random'])} | {n} seeds | < 1 |"
         )
     return lines
 

@@ -475,3 +475,16 @@ def test_a_pruned_trial_shows_the_value_it_last_reported_and_the_step_it_was_sto
         (0.05, None, None),
         (None, 1, 0.97),
     ]
+
+
+def test_the_benchmark_table_survives_random_search_hitting_the_optimum() -> None:
+    """bench/bench_search.py's row divides TPE's median regret by random's, which is 0 when random search
+    lands on the optimum (regrets are rounded to 6 places): a row without a ratio, not a ZeroDivisionError."""
+    from bench.bench_search import rows
+
+    trials = {"tpe_trials": [12] * 5, "grid_trials": 256, "target_met": True, "tpe_median": 12, "share": 0.05}
+    e2e = {"trials": 16, "jobs": 2, "regrets": {"tpe": [0.1] * 5, "random": [0.0] * 5}}
+    cases = (({"tpe": 0.1, "random": 0.0}, "— (random's is 0)"), ({"tpe": 0.1, "random": 0.2}, "0.50"))
+    for medians, shown in cases:
+        (row,) = rows({"trials": trials, "e2e": {**e2e, "median_regret": medians}})[1:]
+        assert f"| {shown} — " in row, row
