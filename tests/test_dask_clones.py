@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
-from tests.conftest import integration_fixture
+from tests.conftest import Processes, integration_fixture
 from tests.helpers import (
     CLONE_JOIN_PY,
     CLONE_STAGE_PY,
@@ -187,6 +190,64 @@ def test_a_sweep_on_workers_without_the_disk_brings_its_experiments_home(
     for place in places:
         assert Path(place).is_relative_to(scratch_cluster.scratch), place
         assert not Path(place).is_relative_to(repo), place
+
+
+PID_LOGGER = """\
+import os
+if os.environ.get("CWD_LOG"):
+    with open(os.environ["CWD_LOG"], "a") as log:
+        log.write(f"{os.getcwd()} {os.getpid()}\\n")
+"""
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_on_a_sweep_in_clones_ends_cancelled_stops_the_workers_trials_and_says_how_to_pull(
+    tmp_path: Path, client_env: dict[str, str], scratch_cluster: ScratchCluster, processes: Processes
+) -> None:
+    """Trial 1 (no sleep) completes in its clone and pushes its experiment; trial 2 sleeps in its stage on
+    the other worker. Ctrl-C: the sweep ends Cancelled (130) with its table, trial 2's stage command on the
+    worker is stopped (not left to run to its end), and the command the sweep prints brings trial 1 home."""
+    env = client_env
+    repo = make_third_party_repo(tmp_path / "repo", env)
+    with_clone_remotes(repo, tmp_path, env)
+    (repo / "score.py").write_text(PID_LOGGER + SCORE_PY)  # each stage says where it runs, and its pid
+    git(repo, "commit", "-q", "-am", "score.py logs its pid", env=env)
+    origin = tmp_path / "origin.git"
+    sweep = processes.start(
+        [sys.executable, "-m", "dvcflow", "sweep", "-S", "conf/hp.yaml:sleep=0,120", "--jobs", "2", "--json",
+         "--dask-address", scratch_cluster.address, "--no-shared-disk"],
+        cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + PATIENCE
+    log = scratch_cluster.cwd_log
+    while sweep.poll() is None and not (  # trial 1 pushed; trial 2 sleeps in `score@a`
+        git(origin, "for-each-ref", "refs/exps", env=env).strip()
+        and log.exists()
+        and len(log.read_text().splitlines()) >= 3
+    ):
+        assert time.monotonic() < deadline, "the trials never got there"
+        time.sleep(0.2)
+    assert sweep.poll() is None, sweep.communicate()
+    sleeping = [int(line.rsplit(" ", 1)[1]) for line in log.read_text().splitlines()]
+    sweep.send_signal(signal.SIGINT)
+    stdout, stderr = sweep.communicate(timeout=120)
+
+    assert sweep.returncode == 130, stdout + stderr
+    report = json.loads(stdout)
+    assert report["flow_run"]["state"] == "Cancelled", report
+    trials = report["trials"]
+    assert [(trial["conf/hp.yaml:sleep"], trial["state"]) for trial in trials] == [
+        ("0", "Completed"), ("120", "Cancelled"),
+    ], trials  # fmt: skip
+    for pid in sleeping:  # trial 2's stage command was stopped on its worker
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
+    done = trials[0]["name"]
+    notes = [note for note in report["notes"] if "dvc exp pull" in note]
+    assert len(notes) == 1 and notes[0].endswith(f"dvc exp pull {origin} {done}"), report["notes"]
+    assert experiments(repo, env) == {}  # nothing ran here after the Ctrl-C
+    pulled = dvc("exp", "pull", str(origin), done, cwd=repo, env=env)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    assert set(experiments(repo, env)) == {done}
 
 
 TALLY_PY = """\

@@ -357,6 +357,53 @@ def test_the_best_trial_is_the_completed_one_with_the_best_metric_first_of_equal
     assert [row["best"] for row in rows] == [False, False, True, False, False]
 
 
+def test_a_metric_named_like_a_fixed_column_shows_its_own_value_in_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Metrics `state`, `best` and `seconds` (a pipeline may name them so) are the trial's values on the
+    terminal, not the table rows' fixed columns of those names; the best trial is still marked."""
+    import io
+
+    from rich.console import Console
+
+    from dvcflow.cli.render import sweep as render
+    from dvcflow.core.records import FlowRunRecord
+    from dvcflow.engine.trials import SweepReport
+
+    trials = (
+        TrialResult(1, "t-1", {"train.C": "1"}, "Completed", 1.0, {"state": 11, "best": 12, "seconds": 13}),
+        TrialResult(2, "t-2", {"train.C": "2"}, "Completed", 1.0, {"state": 21}),
+    )
+    run = FlowRunRecord("id", "s", "dvcflow sweep", "Completed", 5.0, (), None)
+    report = SweepReport(run, trials, ("train.C",), "state", True, 2, True)
+    piped = io.StringIO()
+    monkeypatch.setattr(render, "out", Console(file=piped, width=160, no_color=True))
+
+    render.sweep_summary(report)
+
+    shown = piped.getvalue()
+    assert re.search(r"│ +1 │ t-1 +│ +1 │ +11 │ +12 │ +13 │ Completed", shown), shown
+    assert re.search(r"│ +2 ★ │ t-2 +│ +2 │ +21 │ +— │ +— │ Completed", shown), shown
+
+
+def test_a_trial_started_without_room_is_an_error_even_without_asserts(tmp_path: Path) -> None:
+    """`SweepSession.started` checks what the trial takes with a real error (`python -O` drops asserts)."""
+    from dvcflow.core.resources import Capacity, Demand, Resources
+    from dvcflow.engine.trials import SweepSession
+
+    gpu = Demand((("gpu", 1),))
+    resources = Resources({"train": gpu}, Capacity((("gpu", 1),), ("0",)))
+    specs = (TrialSpec(1, ()), TrialSpec(2, ()))
+    sweep = SweepSession(
+        tmp_path, "0" * 40, specs, tmp_path, tmp_path, save=False, per_stage=False, metric=None,
+        maximize=True, resources=resources,
+    )  # fmt: skip
+    sweep.started(1)
+    assert not sweep.room()
+    with pytest.raises(RuntimeError, match="trial 2 started while what it holds"):
+        sweep.started(2)
+
+
 def test_the_grid_is_dvcs_cross_product_and_only_varying_params_are_columns(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("train:\n  C: 1.0\n  seed: 1\nsplit:\n  test_size: 0.2\n")
     (tmp_path / "conf").mkdir()

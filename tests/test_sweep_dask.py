@@ -108,3 +108,48 @@ def test_a_trial_learns_of_ctrl_c_from_its_scratch_folder_wherever_it_runs(tmp_p
     scratch.rmdir()
     assert job.cancelled
     mark_cancelled(scratch)  # the folder is gone: nothing to mark, no error
+
+
+def test_a_trial_in_a_clone_learns_of_ctrl_c_from_the_cluster_and_stops_its_commands(
+    tmp_path: Path, dask_scheduler: str
+) -> None:
+    """A trial in a clone does not see the scratch folder: the sweep's Dask event tells it, and the trial's
+    watcher stops the command it runs on the worker (a real `sleep 60`, in a folder of its own)."""
+    from distributed import Client
+
+    from dvcflow.core.clones import CloneSource
+    from dvcflow.engine.trials import announce_cancel
+
+    event = f"test-sweep-cancelled-{tmp_path.name}"
+    folder = tmp_path / "clone"
+    folder.mkdir()
+    job = TrialJob(
+        tmp_path, "0" * 40, tmp_path / "elsewhere", tmp_path / "cache", TrialSpec(1, ()), "t-1", True, False,
+        clone=CloneSource("file:///nowhere.git", "0" * 40), cancel_event=event,
+    )  # fmt: skip
+
+    def asked(job: TrialJob) -> bool:  # on the worker, as `trial_task` asks
+        return job.cancelled
+
+    def trial(job: TrialJob, folder: Path) -> tuple[bool, int, float]:  # on the worker, as a trial runs
+        import os
+        import time
+
+        from dvcflow.flows.sweep import _stopped_when_cancelled
+        from dvcflow.proc import children
+
+        started = time.monotonic()
+        with _stopped_when_cancelled(job, folder):
+            code, _ = children.stream_process(["sleep", "60"], folder, dict(os.environ), lambda _: None)
+        return job.cancelled, code, time.monotonic() - started
+
+    with Client(dask_scheduler, timeout=30) as client:
+        assert client.submit(asked, job, pure=False).result(timeout=30) is False
+        running = client.submit(trial, job, folder, pure=False)
+        time.sleep(1.5)  # the command runs
+        assert not running.done()
+        announce_cancel(dask_scheduler, event)
+        cancelled, code, seconds = running.result(timeout=30)
+        assert client.submit(asked, job, pure=False).result(timeout=30) is True
+    assert cancelled and code != 0 and seconds < 15, (cancelled, code, seconds)
+    assert not job.cancelled  # here, outside a worker, there is no client to ask: not a guess

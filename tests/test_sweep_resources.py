@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # `import dvc` binds DVC's log handlers to the sys.stdout of that moment: import it before any
@@ -25,7 +27,7 @@ from dvcflow.cli.app import app
 from dvcflow.core.graph import PipelineSnapshot, Plan, PlannedStage, StageGraph, StageNode, plan
 from dvcflow.core.resources import Capacity, Demand, Grant, one_at_a_time
 from dvcflow.engine.scheduler import Action, Outcome, ResourcePool, run_stages
-from tests.conftest import Repos
+from tests.conftest import Repos, integration_fixture
 from tests.helpers import dvcflow, forget_machine_limit, git, make_resource_repo, most_at_once, timed_stage
 
 GPU1 = Demand((("gpu", 1),))
@@ -102,6 +104,46 @@ def test_a_whole_dvc_repro_holds_what_its_stages_need_one_at_a_time() -> None:
     ]
     assert one_at_a_time(demands) == Demand((("gpu", 2), ("mem_gb", 12)), ("db", "licence"))
     assert one_at_a_time([]).empty
+
+
+def test_per_stage_trials_on_dask_share_what_their_worker_reserved_and_hold_their_mutex_groups(
+    tmp_path: Path,
+) -> None:
+    """On Dask the sweep's pool is out of the workers' reach: a per-stage trial schedules its stages against
+    what its task reserved on its worker (two `gpu: 1` stages of one trial never at once on a `GPU=1`
+    worker), and holds its stages' mutex groups in the sweep for its whole run."""
+    from dvcflow.core.resources import Resources
+    from dvcflow.engine.trials import SweepSession, TrialSpec
+
+    demands = {"a-prep": Demand(mutex=("licence",)), "a-train": GPU1, "a-eval": GPU1}
+    resources = Resources(demands, share=False, dask=True)
+    specs = (TrialSpec(1, ()), TrialSpec(2, ()))
+    sweep = SweepSession(
+        tmp_path, "0" * 40, specs, tmp_path, tmp_path, save=False, per_stage=True, metric=None,
+        maximize=True, resources=resources, dask_address="tcp://127.0.0.1:1",
+    )  # fmt: skip
+    assert sweep.room()
+    sweep.started(1)
+    assert not sweep.room()  # trial 1 holds the mutex group: trial 2 waits in the sweep
+    job = sweep.job(1)
+    assert job.cancel_event == sweep.cancel_event != ""
+    inside = job.stage_resources
+    assert (inside.capacity.amounts, inside.dask, inside.pool) == ((("gpu", 1),), False, "")
+    graph = StageGraph(
+        (StageNode("a-prep"), StageNode("a-train", ("a-prep",)), StageNode("a-eval", ("a-prep",)))
+    )
+    snapshot = PipelineSnapshot(graph, dict.fromkeys(("a-prep", "a-train", "a-eval"), "changed"))
+    launcher = TimedLauncher(0.2)
+    outcomes = run_stages(
+        plan(snapshot, demands=inside.demands), launcher, jobs=3, keep_going=False, capacity=inside.capacity
+    )
+    assert set(outcomes.values()) == {Outcome.SUCCEEDED}
+    assert most_at_once([launcher.spans["a-train"], launcher.spans["a-eval"]]) == 1
+    local = SweepSession(
+        tmp_path, "0" * 40, specs, tmp_path, tmp_path, save=False, per_stage=True, metric=None,
+        maximize=True, resources=Resources(demands),
+    )  # fmt: skip
+    assert local.job(1).stage_resources == local.resources  # here, the pool the trials share
 
 
 # Real sweeps
@@ -218,3 +260,34 @@ def test_bad_resource_input_to_a_sweep_is_one_line_before_any_trial(tmp_path: Pa
             assert len(lines) == 1 and lines[0].startswith(f"Error: {message}"), result.output
     assert len(git(repo, "worktree", "list", env=repos.env).splitlines()) == 1  # no trial's workspace
     assert not (repo / "out").exists() and not (repo / ".dvc" / "tmp" / "dvcflow-studies").exists()
+
+
+@integration_fixture
+def mute_port() -> Iterator[int]:
+    """A local TCP port that takes connections and never answers: no Dask scheduler, yet one to connect to."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield server.getsockname()[1]
+
+
+def test_bad_resource_input_to_a_sweep_in_clones_is_refused_before_the_workers_are_asked(
+    tmp_path: Path, repos: Repos, mute_port: int
+) -> None:
+    """The local check comes before `plan_clones`, which asks the Dask workers and may push a ref to the
+    git remote: here the workers would never answer, and the line comes at once."""
+    repo = _sweep_repo(tmp_path / "bad", repos.env)
+    address = f"tcp://127.0.0.1:{mute_port}"
+    started = time.monotonic()
+
+    result = CliRunner().invoke(
+        app,
+        ["sweep", "-S", "seed=1,2", "--resource", "gpu=1", "--dask-address", address, "--no-shared-disk",
+         "--repo", str(repo)],
+        env=repos.env,
+    )  # fmt: skip
+
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --resource does not apply with --dask-address")
+    assert time.monotonic() - started < 10

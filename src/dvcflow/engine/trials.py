@@ -7,10 +7,13 @@ Provides:
   parent flow through `session(id)`, since a Prefect flow parameter must be plain JSON.
 - `TrialJob`: all a trial needs, as plain data, since it may run in another process (a Dask worker); it
   learns of a Ctrl-C from a mark in the sweep's scratch folder (`mark_cancelled`). On workers that do not
-  see this disk (`clone`), it runs in a clone of the caller's commit instead (docs/remote.md).
+  see this disk (`clone`), it runs in a clone of the caller's commit instead (docs/remote.md), and learns
+  of a Ctrl-C from a Dask event of the sweep's (`announce_cancel`), the mark's twin on the cluster.
 - Resources (docs/resources.md): a trial that is one `dvc repro` starts only when what its stages need
   one at a time fits what is free, and holds it to its end (`SweepSession.room`, `TrialJob.grant`);
-  per-stage trials take each stage's from one pool the trials share (`Resources.pool`).
+  per-stage trials take each stage's from one pool the trials share (`Resources.pool`), except on Dask,
+  where a trial holds the whole of it and its stages share what its worker reserved for it
+  (`TrialJob.stage_resources`).
 - `best_trial` and `table_rows`: the best trial by a metric, and the trial table (CLI and artifact).
 
 A grid sweep knows its trials up front; a search (`--search`, `dvcflow.engine.search`) asks its study
@@ -28,12 +31,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dvcflow.core.clones import CloneSource
 from dvcflow.core.metrics import Scalar
 from dvcflow.core.records import FlowRunRecord
-from dvcflow.core.resources import NO_DEMAND, NO_GRANT, NO_RESOURCES, Grant, Resources, one_at_a_time
+from dvcflow.core.resources import (
+    NO_DEMAND,
+    NO_GRANT,
+    NO_RESOURCES,
+    Capacity,
+    Grant,
+    Resources,
+    one_at_a_time,
+)
 from dvcflow.dvc.experiments import Override
 from dvcflow.engine.scheduler import ResourcePool, shared
 
@@ -44,6 +55,7 @@ COMPLETED, FAILED, CANCELLED, NOT_RUN = "Completed", "Failed", "Cancelled", "Not
 PRUNED = "Pruned"  # a search stopped it early (`--prune`); kept as an experiment
 ENDED_WELL = (COMPLETED, PRUNED)
 CANCEL_MARK = "cancelled"  # a file in the scratch folder: the sweep was interrupted
+DASK_TIMEOUT_S = 10  # to reach the Dask scheduler when a Ctrl-C is announced there
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,8 @@ class TrialSpec:
 @dataclass(frozen=True)
 class TrialJob:
     """One trial to run: plain data, so that a Dask worker can run it: in the caller's paths (a shared
-    disk), or, with `clone`, in a clone of the caller's commit with the caller's `dvc.lock` (`lock`)."""
+    disk), or, with `clone`, in a clone of the caller's commit with the caller's `dvc.lock` files
+    (`lock`)."""
 
     root: Path  # the user's repository
     baseline: str  # the commit the trial starts from
@@ -69,17 +82,31 @@ class TrialJob:
     save: bool
     per_stage: bool
     clone: CloneSource | None = None  # the worker does not see `root`: the commit its clone runs
-    lock: str | None = None  # with `clone`: the caller's `dvc.lock` as it stands (None: none)
+    # With `clone`: every lock file of the pipeline as it stands here, as one JSON text (lock file → its
+    # text, None for one the caller lacks: `dvc.clone_stage.lock_text`); None: the clone's own.
+    lock: str | None = None
     resources: Resources = NO_RESOURCES  # the sweep's: its stages' demands, the capacity, the shared pool
-    grant: Grant = NO_GRANT  # what a trial that is one `dvc repro` holds while it runs
+    grant: Grant = NO_GRANT  # what the trial holds while it runs (see `SweepSession.holds`)
+    cancel_event: str = ""  # on Dask: the sweep's event that says it was interrupted (`announce_cancel`)
 
     @property
     def cancelled(self) -> bool:
-        """The sweep was interrupted: its scratch folder is marked, or already removed. Never known in a
-        clone (the folder is on the caller's disk): such a trial runs to its end."""
-        if self.clone is not None:
-            return False
-        return (self.scratch / CANCEL_MARK).exists() or not self.scratch.is_dir()
+        """The sweep was interrupted: its scratch folder is marked, or already removed; in a clone, where
+        that folder is on another machine's disk, the sweep's Dask event is set (`announce_cancel`)."""
+        if self.clone is None:
+            return (self.scratch / CANCEL_MARK).exists() or not self.scratch.is_dir()
+        return bool(self.cancel_event) and _announced(self.cancel_event)
+
+    @property
+    def stage_resources(self) -> Resources:
+        """What a per-stage trial's stages are scheduled against: the sweep's (their pool shared with the
+        other trials, in the sweep's process); on Dask, what the trial's task reserved on its worker (its
+        stages' needs one at a time), so two `gpu: 1` stages of one trial never run at once on a `GPU=1`
+        worker. Mutex groups across trials the sweep keeps apart: such a trial holds them whole."""
+        if not self.resources.dask:
+            return self.resources
+        reserved = Capacity(one_at_a_time(self.resources.demands.values()).resources)
+        return dataclasses.replace(self.resources, capacity=reserved, dask=False, pool="")
 
     @property
     def folder(self) -> Path:
@@ -98,9 +125,41 @@ def mark_pruned(scratch: Path, index: int) -> None:
 
 
 def mark_cancelled(scratch: Path) -> None:
-    """Tell every trial of the sweep, in this process or on a worker, that it was interrupted."""
+    """Tell every trial of the sweep that sees this disk, in this process or on a worker, that it was
+    interrupted."""
     with contextlib.suppress(OSError):  # the folder is already gone: that says the same
         (scratch / CANCEL_MARK).touch()
+
+
+def announce_cancel(address: str, event: str) -> None:
+    """Tell every trial of the sweep on the Dask cluster at `address`, in a clone on a machine that does
+    not see the scratch folder too, that it was interrupted: the mark's twin, a `distributed.Event` the
+    trials ask for (`TrialJob.cancelled`). It stays set on the scheduler (a name and a flag), so that a
+    trial that starts late still sees it. Raises `OSError` when the scheduler cannot be reached."""
+    from distributed import Client
+
+    connect: Any = Client
+    with connect(address, timeout=DASK_TIMEOUT_S, set_as_default=False) as client:
+        _dask_event(event, client).set()
+
+
+def _announced(event: str) -> bool:
+    """Whether the sweep's Dask event is set, asked from a trial on a worker (through its client); False
+    where there is no worker to ask through, or its scheduler is gone (nobody left to say so)."""
+    from distributed import get_client
+
+    try:
+        return bool(_dask_event(event, get_client()).is_set())
+    except (ValueError, OSError):  # no worker here; the scheduler is unreachable (TimeoutError included)
+        return False
+
+
+def _dask_event(name: str, client: Any) -> Any:
+    """`distributed.Event` (untyped) by its name, through `client`."""
+    from distributed import Event
+
+    event: Any = Event
+    return event(name, client=client)
 
 
 @dataclass(frozen=True)
@@ -161,6 +220,7 @@ class SweepSession:
         clone: CloneSource | None = None,
         lock: str | None = None,
         resources: Resources = NO_RESOURCES,
+        dask_address: str | None = None,
     ) -> None:
         self.root, self.baseline, self.trials, self.scratch = root, baseline, list(trials), scratch
         self.cache = cache
@@ -171,7 +231,13 @@ class SweepSession:
         self.resources = dataclasses.replace(resources, pool="" if resources.empty else uuid.uuid4().hex)
         self.pool = ResourcePool(None if resources.dask else resources.capacity)
         self.needs = one_at_a_time(resources.demands.values())  # what a trial needs of one Dask worker
-        self.holds = NO_DEMAND if per_stage else self.needs
+        # Per stage here, each stage takes its own from the pool; on Dask the trial's worker reserves the
+        # amounts (`TrialJob.stage_resources`) and the trial holds the mutex groups here, for its whole run.
+        self.holds = NO_DEMAND if per_stage and not resources.dask else self.needs
+        # On Dask, how the trials on the cluster learn of a Ctrl-C (`announce_cancel`).
+        self.dask_address = dask_address
+        self.cancel_event = f"dvcflow-sweep-cancelled-{uuid.uuid4().hex}" if dask_address else ""
+        self._interrupted = False
         self._grants: dict[int, Grant] = {}
         self.metric, self.maximize = metric, maximize
         self.search = search
@@ -233,18 +299,28 @@ class SweepSession:
         name = f"{self.run_name}-{index}"
         return TrialJob(
             self.root, self.baseline, self.scratch, self.cache, spec, name, self.save, self.per_stage,
-            self.clone, self.lock, self.resources, self._grants.get(index, NO_GRANT),
+            self.clone, self.lock, self.resources, self._grants.get(index, NO_GRANT), self.cancel_event,
         )  # fmt: skip
 
     def interrupt(self) -> None:
-        """Ctrl-C: trials not yet saved stop (see `TrialJob.cancelled`)."""
+        """Ctrl-C: trials not yet saved stop (see `TrialJob.cancelled`), wherever they run; once."""
+        with self._lock:
+            if self._interrupted:
+                return
+            self._interrupted = True
         mark_cancelled(self.scratch)
+        if self.dask_address is not None:
+            try:
+                announce_cancel(self.dask_address, self.cancel_event)
+            except OSError as err:  # TimeoutError included
+                self.note(f"could not tell the trials on the Dask cluster of the Ctrl-C ({err}): they run on")
 
     def started(self, index: int) -> None:
         """The trial starts: it takes what it holds (`room` said it fits)."""
         if not self.holds.empty:
             grant = self.pool.take(self.holds)
-            assert grant is not None, "started without room"
+            if grant is None:  # a caller's bug, even under `python -O`
+                raise RuntimeError(f"trial {index} started while what it holds ({self.holds}) is taken")
             self._grants[index] = grant
         with self._lock:
             self._running.add(index)
@@ -382,18 +458,26 @@ def _pruned_text(trial: TrialResult) -> str | None:
     return f"{value:.6g} (pruned at step {step})"
 
 
+def metric_cell(trial: TrialResult, name: str, metric: str | None = None) -> Scalar:
+    """A trial's value of the metric `name`; with `metric` (a table for people), a pruned trial's empty
+    cell of that one says what the trial reported instead (`_pruned_text`)."""
+    value = trial.metrics.get(name)
+    if value is None and name == metric and (text := _pruned_text(trial)) is not None:
+        return text
+    return value
+
+
 def table_rows(
     trials: tuple[TrialResult, ...], varying: tuple[str, ...], best: int | None, metric: str | None = None
 ) -> list[dict[str, Scalar]]:
     """One row per trial: the Prefect artifact's table, and the data of `--json`. With `metric` (a table
-    for people), a pruned trial's empty cell of it says what the trial reported (`_pruned_text`)."""
+    for people), a pruned trial's empty cell of it says what the trial reported (`metric_cell`). A metric
+    named like a fixed column (`state`, `best`, ...) is overwritten here: read cells with `metric_cell`."""
     rows: list[dict[str, Scalar]] = []
     for trial in trials:
         row: dict[str, Scalar] = {"trial": trial.index, "name": trial.name}
         row.update({label: trial.values.get(label) for label in varying})
-        row.update({name: trial.metrics.get(name) for name in metric_names(trials)})
-        if metric in row and row[metric] is None and (text := _pruned_text(trial)) is not None:
-            row[metric] = text
+        row.update({name: metric_cell(trial, name, metric) for name in metric_names(trials)})
         if trial.number is not None:  # a search's trial: its number in the study, the steps it logged
             step, value = trial.pruned_at or (None, None)
             row.update(study_trial=trial.number, steps=trial.steps, pruned_at_step=step, pruned_value=value)

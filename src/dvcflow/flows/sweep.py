@@ -13,13 +13,22 @@ On Dask workers that do not see this disk (`TrialJob.clone`), the parent first p
 trials will pull (`dvc push`); a trial runs in the worker's clone of this commit (`_trial_in_clone`),
 saves its experiment there and pushes it to the git remote; the parent pulls the experiments home at
 the end (`dvc exp pull`), so `dvc exp show` lists them as a local sweep's.
+
+Ctrl-C: the parent marks the sweep cancelled (`SweepSession.interrupt`) and stops the commands of this
+process; a trial on a Dask worker, which that does not reach, stops its own (`_stopped_when_cancelled`).
+After a Ctrl-C nothing new runs here (`children.stream` stops a late command at once): the experiments
+of trials that completed in clones stay on the git remote, and the sweep says how to pull them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import shlex
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,6 +71,7 @@ TRIAL_FLOW_NAME = "sweep trial"
 ARTIFACT_PREFIX = "dvcflow-sweep"
 SEARCH_ARTIFACT_PREFIX = "dvcflow-search"
 CANCEL_GRACE_S = 30.0  # after Ctrl-C: how long the trials get to stop and clean up
+CANCEL_POLL_S = 0.5  # how often a trial on a Dask worker asks whether the sweep was interrupted
 
 
 class TrialCancelled(Exception):
@@ -110,7 +120,7 @@ def reproduce_trial(workspace: Path, trial: TrialJob, *, pull: bool = False) -> 
     jobs = max(1, cpu_count() // 2)
     state = per_stage_flow.with_options(task_runner=task_runner(jobs, None))(
         repo_root=workspace, jobs=jobs, keep_going=False, retries=0, show_metrics=False, pull=pull,
-        resources=trial.resources, return_state=True,
+        resources=trial.stage_resources, return_state=True,
     )  # fmt: skip
     if not state.is_completed():
         raise PipelineError(state.message or "the per-stage flow did not complete")
@@ -170,30 +180,63 @@ def _trial_in_clone(trial: TrialJob, source: CloneSource) -> dict[str, Any]:
     trial is) and pushed to the git remote for the caller to pull."""
     from dvcflow.dvc.clone_stage import prepared_clone
 
-    with prepared_clone(source, trial.lock) as root:
+    with prepared_clone(source, trial.lock) as root, _stopped_when_cancelled(trial, root):
         clone_params_task(root, trial)
         shown = reproduce_trial(root, trial, pull=True)
         dvc_push_task(root)
         metrics = trial_metrics_task(root, shown)
+        if trial.cancelled:
+            raise TrialCancelled
         rev = save_task(root, trial.name) if trial.save else None
         if rev is not None:
             push_experiment_task(root, trial.name)
     return {"metrics": metrics, "experiment": rev}
 
 
+@contextlib.contextmanager
+def _stopped_when_cancelled(trial: TrialJob, folder: Path) -> Iterator[None]:
+    """A trial on a Dask worker runs in another process than the sweep's, which a Ctrl-C's
+    `interrupt_commands` does not reach: while the block runs, ask every `CANCEL_POLL_S` whether the sweep
+    was interrupted (`TrialJob.cancelled`, as a local trial asks before its save) and, once it was, stop
+    what runs in `folder` as the pruner stops a trial (`children.stop_commands_in`), at every poll from
+    then on, so that a command started after stops too. Nothing to do off Dask (`cancel_event` empty)."""
+    if not trial.cancel_event:
+        yield
+        return
+    where, done = folder.resolve(), threading.Event()
+
+    def watch() -> None:
+        while not done.wait(CANCEL_POLL_S):
+            if trial.cancelled:
+                children.stop_commands_in(where)
+
+    # Its context: the worker's, through which the trial's Dask client is found (`TrialJob.cancelled`).
+    watcher = threading.Thread(
+        target=contextvars.copy_context().run, args=(watch,), name="dvcflow-trial-cancel", daemon=True
+    )
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 @flow(name=TRIAL_FLOW_NAME, validate_parameters=False)  # built by the sweep itself
 def sweep_trial_flow(trial: TrialJob, params: dict[str, str]) -> dict[str, Any] | State[Any]:
-    """One trial of a sweep, in its own workspace; `params` shows its values in the UI."""
-    if trial.clone is not None:
-        return _trial_in_clone(trial, trial.clone)
+    """One trial of a sweep, in its own workspace; `params` shows its values in the UI. A trial the sweep
+    cancelled ends Cancelled, in a clone too, and is never saved."""
     workspace: experiments.Workspace | None = None
     try:
-        workspace = workspace_task(trial)
-        shown = reproduce_trial(workspace.root, trial)
-        metrics = trial_metrics_task(workspace.root, shown)
-        if trial.cancelled:
-            raise TrialCancelled
-        rev = save_task(workspace.root, trial.name) if trial.save else None
+        if trial.clone is not None:
+            return _trial_in_clone(trial, trial.clone)
+        with _stopped_when_cancelled(trial, trial.folder):
+            workspace = workspace_task(trial)
+            shown = reproduce_trial(workspace.root, trial)
+            metrics = trial_metrics_task(workspace.root, shown)
+            if trial.cancelled:
+                raise TrialCancelled
+            rev = save_task(workspace.root, trial.name) if trial.save else None
         return {"metrics": metrics, "experiment": rev}
     except Exception:
         if trial.cancelled:
@@ -295,11 +338,19 @@ def pull_experiments_task(repo_root: Path, git_remote: str, names: list[str]) ->
     remote_data.pull_experiments(repo_root, git_remote, names, cache=True)
 
 
-def _bring_home(sweep: SweepSession) -> None:
-    """Trials run in clones: their experiments into this repository, where `dvc exp show` lists them."""
+def _bring_home(sweep: SweepSession, *, interrupted: bool = False) -> None:
+    """Trials run in clones: their experiments into this repository, where `dvc exp show` lists them.
+    After a Ctrl-C no command runs any more (`children.stream` stops it at once), so the sweep says the
+    command that pulls them instead (a note, shown at the end)."""
     names = [trial.name for trial in sweep.results() if trial.experiment is not None]
-    if sweep.clone is not None and names:
+    if sweep.clone is None or not names:
+        return
+    if not interrupted:
         pull_experiments_task(sweep.root, sweep.clone.url, names)
+        return
+    command = shlex.join(["dvc", "exp", "pull", sweep.clone.url, *names])
+    sweep.note(f"interrupted: the completed trials' experiments stay on the git remote; pull them: {command}")
+    get_run_logger().warning(sweep.notes[-1])
 
 
 def _publish(session_id: str, repo_root: Path) -> None:
@@ -375,7 +426,7 @@ def sweep_flow(repo_root: Path, session_id: str, grid: list[dict[str, str]], job
         finished, _ = wait(list(running), timeout=CANCEL_GRACE_S)
         for future in finished:
             _ended(sweep, running[future], future)
-        _bring_home(sweep)
+        _bring_home(sweep, interrupted=True)
         _publish(session_id, repo_root)
         return Cancelled(message="interrupted (Ctrl-C): running trials cancelled")
     _bring_home(sweep)

@@ -108,13 +108,14 @@ def run_sweep(
     clone, lock = None, None
     if dask_address is not None:
         check_dask_address(dask_address)
-        if shared_disk is not True:
-            from dvcflow.dvc.clone_stage import lock_text
-            from dvcflow.services.remote_stages import plan_clones
-
-            clone = plan_clones(root, dask_address, shared_disk, announce, unit="trial")
-            lock = lock_text(root, (), ()) if clone is not None else None
+    # Before `plan_clones`, which may push a ref to the git remote: bad input changes nothing.
     declared = _resources(root, resources, dask_address)
+    if dask_address is not None and shared_disk is not True:
+        from dvcflow.dvc.clone_stage import lock_text
+        from dvcflow.services.remote_stages import plan_clones
+
+        clone = plan_clones(root, dask_address, shared_disk, announce, unit="trial")
+        lock = lock_text(root, (), ()) if clone is not None else None
     searching = None
     if search is not None:
         assert metric is not None  # checked with the flags
@@ -149,6 +150,7 @@ def run_sweep(
             clone=clone,
             lock=lock,
             resources=declared,
+            dask_address=dask_address,
         )
         try:
             with registered(sweep) as session_id:

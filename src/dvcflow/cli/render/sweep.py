@@ -15,7 +15,7 @@ from rich.text import Text
 from dvcflow.cli.render import STATE_STYLES, as_json, err, out, seconds
 from dvcflow.cli.render.metrics import display_value
 from dvcflow.cli.render.runs import verdict
-from dvcflow.engine.trials import SweepProgress, SweepReport, metric_names, table_rows
+from dvcflow.engine.trials import SweepProgress, SweepReport, metric_cell, metric_names, table_rows
 
 BEST_MARK = "★"
 LIVE_ROWS = 8  # the trials ended last, in the live table
@@ -115,17 +115,17 @@ def sweep_summary(report: SweepReport) -> None:
         table.add_column(f"{name} {BEST_MARK}" if name == report.metric else name, justify="right")
     table.add_column("State")
     table.add_column("Duration", justify="right")
-    rows = table_rows(report.trials, report.varying, report.best, report.metric)  # a pruned trial's text
-    for row, trial in zip(rows, report.trials, strict=True):
-        mark = f" {BEST_MARK}" if row["best"] else ""
-        cells = [f"{trial.index}{mark}", trial.name or "—"]
+    for trial in report.trials:
+        marked = trial.index == report.best
+        cells = [f"{trial.index}{f' {BEST_MARK}' if marked else ''}", trial.name or "—"]
         cells += [short(trial.values.get(label, "")) for label in report.varying]
-        cells += [display_value(row[name]) for name in names]
+        # From the trial itself, not from `table_rows`, whose fixed columns a metric may be named like.
+        cells += [display_value(metric_cell(trial, name, report.metric)) for name in names]
         table.add_row(
             *cells,
             Text(trial.state, style=STATE_STYLES.get(trial.state, "")),
             seconds(trial.seconds) if trial.seconds else "—",
-            style="bold" if row["best"] else "",
+            style="bold" if marked else "",
         )
     out.print(table)
     for trial in report.trials:
