@@ -568,6 +568,14 @@ def dask_cluster_process(script: str, port: int, cwd: Path, env: dict[str, str])
         process.wait(timeout=60)
 
 
+def basic_auth(user: str, password: str) -> dict[str, object]:
+    """`webdav_server`'s settings for one user with a password (basic auth), instead of anonymous access."""
+    return {
+        "simple_dc": {"user_mapping": {"*": {user: {"password": password}}}},
+        "http_authenticator": {"accept_basic": True, "accept_digest": False, "default_to_digest": False},
+    }
+
+
 @contextmanager
 def webdav_server(root: Path, **auth: object) -> Iterator[str]:
     """A WebDAV server (wsgidav on cheroot) on a free loopback port, in a thread of this process, serving

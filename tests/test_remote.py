@@ -21,7 +21,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import LiveServer, Processes, integration_fixture
-from tests.helpers import base_env, dvc, dvcflow, git, make_shaped_repo, make_tiny_repo, webdav_server
+from tests.helpers import (
+    base_env,
+    basic_auth,
+    dvc,
+    dvcflow,
+    git,
+    make_shaped_repo,
+    make_tiny_repo,
+    webdav_server,
+)
 
 USER, PASSWORD = "worker", "s3cret"
 PATIENCE = 420  # a loaded 2-core machine: a worker's flow-run process imports Prefect and DVC, then clones
@@ -34,11 +43,7 @@ def unique(prefix: str) -> str:
 @integration_fixture
 def webdav(tmp_path: Path) -> Iterator[str]:
     """A WebDAV server (wsgidav on cheroot) on a free loopback port that wants USER/PASSWORD (basic auth)."""
-    auth = {
-        "simple_dc": {"user_mapping": {"*": {USER: {"password": PASSWORD}}}},
-        "http_authenticator": {"accept_basic": True, "accept_digest": False, "default_to_digest": False},
-    }
-    with webdav_server(tmp_path / "webdav", **auth) as url:
+    with webdav_server(tmp_path / "webdav", **basic_auth(USER, PASSWORD)) as url:
         yield url
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Processes, integration_fixture
-from tests.helpers import dvc, git, make_tiny_repo, webdav_server
+from tests.helpers import basic_auth, dvc, git, make_tiny_repo, webdav_server
 
 USER, PASSWORD = "someone", "open-sesame"
 PATIENCE = 120  # seconds for a whole run on a loaded 2-core machine
@@ -79,11 +79,7 @@ class Terminal:
 
 @integration_fixture
 def webdav_with_password(tmp_path: Path) -> Iterator[str]:
-    auth = {
-        "simple_dc": {"user_mapping": {"*": {USER: {"password": PASSWORD}}}},
-        "http_authenticator": {"accept_basic": True, "accept_digest": False, "default_to_digest": False},
-    }
-    with webdav_server(tmp_path / "webdav", **auth) as url:
+    with webdav_server(tmp_path / "webdav", **basic_auth(USER, PASSWORD)) as url:
         yield url
 
 
