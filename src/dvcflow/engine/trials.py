@@ -150,7 +150,7 @@ def _announced(event: str) -> bool:
 
     try:
         return bool(_dask_event(event, get_client()).is_set())
-    except (ValueError, OSError):  # no worker here; the scheduler is unreachable (TimeoutError included)
+    except Exception:  # no worker here, the scheduler unreachable, a closing client: ask again next time
         return False
 
 

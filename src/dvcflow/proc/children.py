@@ -56,10 +56,11 @@ TAIL_LINES = 15  # of a command's output, kept for its error message
 
 INTERRUPT_GRACE_S = 10.0  # after SIGINT, how long `interrupt_commands` waits before SIGTERM
 TERM_WAIT_S = 5.0  # after SIGTERM, how long a child is given before SIGKILL
-# How a command that held the terminal ends when a Ctrl-C was typed there: killed by SIGINT, the shells'
-# 128 + 2, DVC's own code for KeyboardInterrupt, or DVC's last line for a stage command the Ctrl-C ended.
-_ENDED_BY_CTRL_C = (-signal.SIGINT, 128 + signal.SIGINT, 252)
-_STAGE_ENDED_BY_CTRL_C = re.compile(r"exited with (-2|130)$")
+# How a command that held the terminal ends when a Ctrl-C was typed there: killed by SIGINT, DVC's own code
+# for KeyboardInterrupt, or DVC's last line for a stage command SIGINT killed. Not 130: a command may exit
+# with it on its own, and its failure must not pass for a Ctrl-C.
+_ENDED_BY_CTRL_C = (-signal.SIGINT, 252)
+_STAGE_ENDED_BY_CTRL_C = re.compile(r"exited with -2$")
 _POLL_S = 0.05  # how often a process that is not our `Popen` is looked at while waiting for its end
 
 # The processes `stream` reads now, so a Ctrl-C caught in the main thread can stop those that worker

@@ -46,6 +46,7 @@ _WATCHER: list[threading.Thread] = []
 @dataclass
 class _Watched:
     modes: list[Any] | None = None  # the terminal's modes before this group was first lent it
+    left: list[Any] | None = None  # the modes as it left them, the last time it gave the terminal back
     lent_at: float | None = None  # while it holds the terminal: when it was continued
     was_lent: bool = False
 
@@ -74,8 +75,8 @@ def unwatch(leader: int) -> bool:
         held = watched.lent_at is not None
         if held:
             _give_back(watched)
-        if watched.modes is not None and not any(other.lent_at is not None for other in _WATCHED.values()):
-            _restore_modes(watched.modes)
+        if watched.modes is not None:
+            _restore_modes(watched)
         return watched.was_lent
 
 
@@ -137,14 +138,18 @@ def _continue(group: int, watched: _Watched) -> None:
 def _give_back(watched: _Watched) -> None:
     """The terminal to dvcflow's group again (called with `_LOCK` held, from any thread)."""
     watched.lent_at = None
-    with _ttou_blocked(), contextlib.suppress(OSError):
+    with _ttou_blocked(), contextlib.suppress(OSError, termios.error):
+        watched.left = termios.tcgetattr(_TTY[0])
         os.tcsetpgrp(_TTY[0], os.getpgrp())
 
 
-def _restore_modes(modes: list[Any]) -> None:
+def _restore_modes(watched: _Watched) -> None:
+    """The modes from before `watched` was first lent the terminal, if they are still as it left them:
+    another prompt that changed them since (its echo off while it reads a password) keeps its own."""
     with _ttou_blocked(), contextlib.suppress(OSError, termios.error):
-        if termios.tcgetattr(_TTY[0]) != modes:
-            termios.tcsetattr(_TTY[0], termios.TCSANOW, modes)
+        now, before = termios.tcgetattr(_TTY[0]), watched.modes
+        if before is not None and now != before and now == watched.left:
+            termios.tcsetattr(_TTY[0], termios.TCSANOW, before)
 
 
 def _give_back_at_exit() -> None:
