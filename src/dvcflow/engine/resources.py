@@ -69,16 +69,16 @@ def check_given_capacity(root: Path, selection: Selection, capacity: Mapping[str
     """What `capacity` (a deployment's `--resource` flags) gives, checked here against what the selected
     stages declare: the flags win over any machine's settings and GPUs, so a stage that needs more than
     they give would fail every run wherever it runs. The rest of the capacity is the running machine's."""
-    from dvcflow.engine.executor import close_session, open_session
+    from dvcflow.dvc.session import PipelineSession
 
     flags = capacity_from_mapping(capacity, "resources")
     settings = ResourceSettings.read(root)
-    session = open_session(root)
+    session = PipelineSession(root)  # its own: a run of this repository in this process keeps its session
     try:
         selected = session.select(selection)
         demands = demands_for(selected, session.declarations(selected), settings)
     finally:
-        close_session(root)
+        session.close()
     given = {
         stage: Demand(tuple((name, amount) for name, amount in demand.resources if name in flags))
         for stage, demand in demands.items()
