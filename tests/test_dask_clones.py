@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -435,3 +436,56 @@ def test_entries_go_to_their_own_dvc_lock_in_dvc_repro_s_order(tmp_path: Path) -
     write_lock(tmp_path, finished, order)
     assert (tmp_path / "dvc.lock").read_text() == texts["dvc.lock"]
     assert (tmp_path / "sub" / "dvc.lock").read_text() == texts["sub/dvc.lock"]
+
+
+def test_a_stage_in_a_clone_is_submitted_to_a_worker_with_what_it_declares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`CloneLauncher` submits a stage to reproduce inside the Dask annotation of its grant, as the
+    in-place launcher does, so a `gpu: 1` stage lands only on a worker started with `--resources GPU=1`
+    (the clone task was submitted without it, to any worker)."""
+    from types import SimpleNamespace
+
+    import dask
+
+    from dvcflow.core.clones import CloneSource
+    from dvcflow.core.graph import Decision, PlannedStage
+    from dvcflow.core.resources import Demand, Grant, Resources
+    from dvcflow.dvc import clone_stage
+    from dvcflow.engine import clone_task
+    from dvcflow.engine.scheduler import Action
+
+    annotations: list[dict[str, object]] = []
+
+    class Submitted:
+        task_run_id = None
+
+        def add_done_callback(self, _callback: object) -> None:
+            pass
+
+    class FakeTask:
+        def with_options(self, **_options: object) -> FakeTask:
+            return self
+
+        def submit(self, *_args: object, **_kwargs: object) -> Submitted:
+            annotations.append(dict(dask.get_annotations()))
+            return Submitted()
+
+    monkeypatch.setattr(clone_task, "clone_stage_task", FakeTask())
+    monkeypatch.setattr(clone_stage, "sent_files", lambda _root: ("dvc.lock",))
+    monkeypatch.setattr(clone_stage, "lock_text", lambda *_args: "{}")
+    session: Any = SimpleNamespace(spec=lambda _name: SimpleNamespace(deps=()))
+    demand = Demand(resources=(("gpu", 1),))
+    launcher = clone_task.CloneLauncher(
+        tmp_path,
+        session,
+        CloneSource("url", "0" * 40, "."),
+        order=["train"],
+        retries=0,
+        resources=Resources(demands={"train": demand}, dask=True),
+    )
+    stage = PlannedStage("train", 1, Decision.CHANGED, "changed", (), demand=demand)
+
+    launcher.launch(stage, Action.RUN, "changed", (), Grant(demand))
+
+    assert annotations == [{"resources": {"GPU": 1}}]

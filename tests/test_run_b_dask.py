@@ -112,3 +112,105 @@ def test_run_b_s_dask_flags_are_checked_before_anything_runs(
     result = CliRunner().invoke(app, ["run-b", *args, "--repo", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert [line for line in result.output.splitlines() if line.startswith("Error:")] == [message]
+
+
+def make_data_source_repo(root: Path, env: dict[str, str]) -> Path:
+    """A `.dvc` data source, `data/raw.txt` (`dvc add`, committed), feeding stage `prep` (out/p.txt)."""
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "raw.txt").write_text("old\n")
+    git(root, "init", "-q", "-b", "main", env=env)
+    for args in (["init", "-q"], ["add", "-q", "data/raw.txt"]):
+        done = dvc(*args, cwd=root, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    stage = {
+        "cmd": "mkdir -p out && cp data/raw.txt out/p.txt",
+        "deps": ["data/raw.txt"],
+        "outs": ["out/p.txt"],
+    }
+    (root / "dvc.yaml").write_text(json.dumps({"stages": {"prep": stage}}))
+    git(root, "add", "-A", env=env)
+    git(root, "commit", "-q", "-m", "a data source and a stage", env=env)
+    return root
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("command", [["run-b"], ["run-a", "--per-stage"]], ids=["run-b", "run-a"])
+def test_a_data_source_changed_since_the_last_run_reaches_the_clones(
+    command: list[str], tmp_path: Path, client_env: dict[str, str], scratch_cluster: ScratchCluster
+) -> None:
+    """The caller verifies a changed `.dvc` source and records its new hash in `data/raw.txt.dvc`: the
+    clones get that file with the lock files, so `prep` runs there on the new data (it was UpToDate on the
+    old data, its output stale, exit 0)."""
+    env = client_env
+    repo = make_data_source_repo(tmp_path / "repo", env)
+    with_clone_remotes(repo, tmp_path, env)
+    pushed = dvc("push", "-q", cwd=repo, env=env)
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    dask = ["--dask-address", scratch_cluster.address, "--no-shared-disk", "--json"]
+    first = dvcflow(*command, *dask, cwd=repo, env=env, timeout=PATIENCE)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert (repo / "out" / "p.txt").read_text() == "old\n"
+
+    (repo / "data" / "raw.txt").write_text("new\n")  # no `dvc add`: the run verifies it
+    again = dvcflow(*command, *dask, cwd=repo, env=env, timeout=PATIENCE)
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    states = {task["name"]: task["state"] for task in json.loads(again.stdout)["tasks"]}
+    assert states["prep"] == "Completed", states
+    assert (repo / "out" / "p.txt").read_text() == "new\n"
+    status = dvc("status", "--json", cwd=repo, env=env)
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, status.stdout + status.stderr
+
+    # --force: the data source is still the caller's to verify, never a clone's (which lacks its data)
+    forced = dvcflow(*command, *dask, "--force", cwd=repo, env=env, timeout=PATIENCE)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert (repo / "out" / "p.txt").read_text() == "new\n"
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["no-record-here", "trusted-record"])
+def test_on_dask_the_cache_verdict_is_taken_in_the_caller_only(
+    recorded: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shared-disk run-b on Dask: a worker's task engine would answer from its own storage, whose record the
+    caller's verdict never checked (Cached with an output missing). With no record here the stage is
+    submitted with `refresh_cache=True` (it was False); with a trusted one it is the cached-state task."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from dvcflow.core.graph import Decision, PlannedStage
+    from dvcflow.core.resources import NO_GRANT, Resources
+    from dvcflow.engine import task as engine_task
+    from dvcflow.engine.cache import Verdict
+    from dvcflow.engine.scheduler import Action
+
+    submitted: list[tuple[str, dict[str, Any]]] = []
+
+    class FakeTask:
+        def __init__(self, name: str, options: dict[str, Any] | None = None) -> None:
+            self.name, self.options = name, options or {}
+
+        def with_options(self, **options: Any) -> FakeTask:
+            return FakeTask(self.name, options)
+
+        def submit(self, *_args: object, **_kwargs: object) -> Any:
+            submitted.append((self.name, self.options))
+            return SimpleNamespace(task_run_id=None, add_done_callback=lambda _callback: None)
+
+    monkeypatch.setattr(engine_task, "stage_task", FakeTask("stage_task"))
+    monkeypatch.setattr(engine_task, "cached_stage_task", FakeTask("cached_stage_task"))
+    session: Any = SimpleNamespace(spec=lambda _name: SimpleNamespace(deps=(), outs=()))
+    store: Any = SimpleNamespace(exists=lambda _key: recorded)
+    launcher = engine_task.PrefectLauncher(
+        tmp_path, session, retries=0, by_cache=True, store=store, resources=Resources(dask=True)
+    )
+    policy = SimpleNamespace(key="k")
+    monkeypatch.setattr(launcher, "cache_verdict", lambda _stage: (policy, Verdict(False, None)))
+    stage = PlannedStage("s", 1, Decision.CHANGED, "changed", ())
+
+    launcher.launch(stage, Action.RUN, "changed", (), NO_GRANT)
+
+    ((name, options),) = submitted
+    if recorded:
+        assert name == "cached_stage_task"
+    else:
+        assert name == "stage_task" and options["refresh_cache"] is True, options

@@ -3,14 +3,17 @@ written back into the caller's workspace (docs/remote.md).
 
 Worker side, `run_in_clone`: a worktree of this worker's clone at the caller's commit (`gitsource.checkout`),
 reused by later stages of that commit on this worker (one slot per stage running at once), with the caller's
-current `dvc.lock` files in it; the stage's missing dependencies pulled from the DVC remote; `dvc repro
---single-item STAGE`; `dvc push STAGE`; its entry in its `dvc.lock` and its uncached outputs sent back. A
-sweep's trial in a clone starts from the same worktree (`prepared_clone`: the caller's `dvc.lock` files, the
-credentials).
+current `dvc.lock` and `.dvc` files in it; the stage's missing dependencies pulled from the DVC remote; `dvc
+repro --single-item STAGE`; `dvc push STAGE`; its entry in its `dvc.lock` and its uncached outputs sent back.
+A sweep's trial in a clone starts from the same worktree (`prepared_clone`: the caller's `dvc.lock` and
+`.dvc` files, the credentials).
 
 Every `dvc.lock` of the pipeline travels, not only the root's: a stage of `sub/dvc.yaml` writes its entry in
 `sub/dvc.lock`, and a stage's dependency made by a stage of another `dvc.yaml` is found (and pulled) by that
-stage's entry in its own lock file. So the lock files are the pipeline files a caller may leave uncommitted.
+stage's entry in its own lock file. Every `.dvc` file travels too: the caller verifies a changed data source
+itself (`dvc add`'s step) and records its new hash there; with the committed `.dvc` file a clone would pull
+the old data and find the stages below up to date. So these files (`sent_files`) are the pipeline files a
+caller may leave uncommitted.
 
 Caller side: `write_lock` (the entries into their `dvc.lock` files in `dvc repro`'s order, so each file is
 what `dvc repro` writes) and `bring_outputs` (the uncached outputs written, the cached ones pulled: `dvc
@@ -66,9 +69,9 @@ def worktree_slot(source: CloneSource) -> Iterator[Path]:
 def prepared_clone(
     source: CloneSource, locks: str | None, environ: Mapping[str, str] | None = None
 ) -> Iterator[Path]:
-    """A `worktree_slot` of `source` with the caller's `dvc.lock` files (`locks`, from `lock_text`; None:
-    the worktree's own) and the DVC remote's credentials from `environ` (default: this process's): what a
-    stage or a sweep trial starts from on a worker that does not see the caller's disk."""
+    """A `worktree_slot` of `source` with the caller's `dvc.lock` and `.dvc` files (`locks`, from
+    `lock_text`; None: the worktree's own) and the DVC remote's credentials from `environ` (default: this
+    process's): what a stage or a sweep trial starts from on a worker that does not see the caller's disk."""
     with worktree_slot(source) as root:
         texts: dict[str, str | None] = json.loads(locks) if locks is not None else {}
         for relative, text in texts.items():
@@ -90,8 +93,8 @@ def run_in_clone(
     log: Callable[[str], None],
     environ: Mapping[str, str] | None = None,
 ) -> CloneResult:
-    """Reproduce `stage` in a worktree at the caller's commit, with `locks` as its `dvc.lock` files
-    (`lock_text`) and its dependencies (`deps`, paths from the DVC root) pulled from the DVC remote when
+    """Reproduce `stage` in a worktree at the caller's commit, with `locks` as its `dvc.lock` and `.dvc`
+    files (`lock_text`) and its dependencies (`deps`, paths from the DVC root) pulled from the DVC remote when
     missing; push its outputs; its entry and uncached outputs."""
     seconds: dict[str, float] = {}
     started = time.monotonic()
@@ -104,7 +107,7 @@ def run_in_clone(
 
     with prepared_clone(source, locks, environ) as root:
         lap("checkout")
-        missing = [dep for dep in deps if not (root / dep).exists()]
+        missing = _to_pull(root, deps)
         if missing:
             _dvc(root, ["pull", *missing], log)
         lap("pull")
@@ -115,6 +118,33 @@ def run_in_clone(
         lap("push")
         lock, key, entry, uncached = _recorded(root, stage)
     return CloneResult(stage, lock, key, entry, uncached, bool(ran), socket.gethostname(), seconds)
+
+
+def _to_pull(root: Path, deps: Sequence[str]) -> list[str]:
+    """The stage's dependencies (from the DVC root) to pull: those not in the worktree, and those DVC
+    tracks whose content is not what the caller's `dvc.lock` or `.dvc` files say. The worktree is reused:
+    a file an earlier stage or run pulled or wrote there stays, and `dvc repro --single-item` would take an
+    old version of it, matching the old entry, for up to date (a `.dvc` source the caller verified since)."""
+    from dvc.exceptions import OutputNotFoundError
+
+    absent = [dep for dep in deps if not (root / dep).exists()]
+    present = [dep for dep in deps if dep not in absent]
+    if not present:
+        return absent
+    stale: list[str] = []
+    repo: Any = repository.open_repo(root)
+    try:
+        with repository.in_repository(root):
+            for dep in present:
+                try:
+                    outs = repo.find_outs_by_path(str(root / dep), strict=False, recursive=True)
+                except OutputNotFoundError:  # in git: the checkout put the commit's version there
+                    continue
+                if any(out.use_cache and out.changed_checksum() for out in outs):
+                    stale.append(dep)
+    finally:
+        repo.close()
+    return absent + stale
 
 
 def _noting(ran: list[str], log: Callable[[str], None]) -> Callable[[str], None]:
@@ -216,14 +246,15 @@ def lock_text(
     order: Sequence[str],
     files: Sequence[str] | None = None,
 ) -> str:
-    """What `root`'s `dvc.lock` files (`files`, from the DVC root; default: `lock_files(root)`) would hold
-    with these entries written (`write_lock`), without writing them: what a stage's (or a trial's) clone
-    starts from (`prepared_clone`). One text, as the single `dvc.lock` was (a stage task's and a sweep
-    trial's parameter): JSON, lock file → its text, null for one the caller lacks (the clone drops it)."""
+    """What `root`'s `dvc.lock` and `.dvc` files (`files`, from the DVC root; default: `sent_files(root)`)
+    would hold with these entries written (`write_lock`), without writing them: what a stage's (or a
+    trial's) clone starts from (`prepared_clone`). One text, as the single `dvc.lock` was (a stage task's
+    and a sweep trial's parameter): JSON, file → its text, null for one the caller lacks (the clone drops
+    it)."""
     import shutil
     import tempfile
 
-    paths = sorted({*(lock_files(root) if files is None else files), *(result.lock for result in results)})
+    paths = sorted({*(sent_files(root) if files is None else files), *(result.lock for result in results)})
 
     def read(folder: Path) -> str:
         return json.dumps({path: _text(folder / path) for path in paths})
@@ -243,16 +274,21 @@ def _text(path: Path) -> str | None:
     return path.read_text(encoding="utf-8") if path.is_file() else None
 
 
-def lock_files(root: Path) -> tuple[str, ...]:
-    """The pipeline's `dvc.lock` files, from the DVC root: DVC's own, one beside each `dvc.yaml`."""
+def sent_files(root: Path) -> tuple[str, ...]:
+    """The pipeline files each clone gets as the caller has them (see the module doc), from the DVC root:
+    its `dvc.lock` files (DVC's own, one beside each `dvc.yaml`) and its `.dvc` files."""
     from dvc.stage import PipelineStage
 
     repo: Any = repository.open_repo(root)
     try:
         paths = {
-            Path(os.path.relpath(stage.dvcfile._lockfile.path, repo.root_dir)).as_posix()
+            Path(
+                os.path.relpath(
+                    stage.dvcfile._lockfile.path if isinstance(stage, PipelineStage) else stage.dvcfile.path,
+                    repo.root_dir,
+                )
+            ).as_posix()
             for stage in repo.index.stages
-            if isinstance(stage, PipelineStage)
         }
     finally:
         repo.close()
@@ -261,8 +297,9 @@ def lock_files(root: Path) -> tuple[str, ...]:
 
 def check_clone_source(root: Path) -> gitsource.GitSource:
     """What clones of the caller will run: HEAD on the git remote, no uncommitted change to the pipeline's
-    files but its `dvc.lock` files (which travel with each stage), a DVC default remote."""
-    files = gitsource.pipeline_files(root) - set(lock_files(root))
+    files but its `dvc.lock` and `.dvc` files (which travel with each stage: `sent_files`), a DVC default
+    remote."""
+    files = gitsource.pipeline_files(root) - set(sent_files(root))
     source = gitsource.check_source(root, files)
     remote_data.default_remote(root)
     return source

@@ -15,32 +15,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
-from prefect import allow_failure, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import State
 from prefect.results import ResultStore
-from prefect.states import Completed
 
-from dvcflow.api.execution import remember_task_run, untagged_tasks
 from dvcflow.core.clones import CloneSource
 from dvcflow.core.graph import PlannedStage
-from dvcflow.core.resources import Grant
-from dvcflow.core.results import CACHED
+from dvcflow.core.resources import NO_RESOURCES, Grant, Resources
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.cache import policy_for
 from dvcflow.engine.clone_task import CloneLauncher
 from dvcflow.engine.executor import StageResult, Status
 from dvcflow.engine.scheduler import Action
-
-
-@task(name="stage", cache_policy=NO_CACHE)
-def cached_stage_task(stage: str) -> State[Any]:
-    """The verdict taken in the caller, as the stage's final state (touches no disk)."""
-    remember_task_run()
-    get_run_logger().info("Stage '%s': Prefect's cache has it, its outputs as recorded, DVC agreeing", stage)
-    return Completed(name=CACHED, message="Prefect's cache had it; DVC agrees it is up to date")
 
 
 class CachedCloneLauncher(CloneLauncher):
@@ -56,8 +41,11 @@ class CachedCloneLauncher(CloneLauncher):
         store: ResultStore,
         retries: int,
         force: bool = False,
+        resources: Resources = NO_RESOURCES,
     ) -> None:
-        super().__init__(root, session, source, order=order, retries=retries, force=force)
+        super().__init__(
+            root, session, source, order=order, retries=retries, force=force, resources=resources
+        )
         self.store = self.records = store  # `records`: the same store, never None here
         self._to_run: dict[str, PlannedStage] = {}  # the stages launched to run, upstream ones first
 
@@ -67,13 +55,7 @@ class CachedCloneLauncher(CloneLauncher):
         if action is Action.RUN:
             self._to_run[stage.name] = stage
             if self._vouched(stage):
-                with untagged_tasks():
-                    future = cached_stage_task.with_options(name=stage.name).submit(
-                        stage.name,
-                        wait_for=[allow_failure(self.futures[up]) for up in edges],
-                        return_state=False,
-                    )
-                self.track(stage.name, future)
+                self.launch_cached(stage, edges)
                 return
         super().launch(stage, action, reason, edges, grant)
 
@@ -81,8 +63,7 @@ class CachedCloneLauncher(CloneLauncher):
         """A stored result trusted now, for a stage none of whose upstream stages went to a clone."""
         if any(up in self._in_clones for up in stage.upstream):
             return False
-        policy, decision = self.cache_verdict(stage)
-        return not decision.refresh and self.records.exists(policy.key)
+        return self.trusted(self.cache_verdict(stage))
 
     def settle(self, log: Callable[[str], None]) -> None:
         """`CloneLauncher.settle`, then the stages that came back stored for the next run's verdict."""

@@ -3,16 +3,15 @@
 
 `CloneLauncher` is the scheduler's `StageLauncher` for such a run: a stage to reproduce becomes a
 `clone_stage_task` on the cluster, with the caller's `dvc.lock` files as they stand with the entries of the
-stages finished so far (an upstream stage's outputs are found by those entries in the DVC remote); the rest
-(up to date, not run) are the engine's usual tasks, which touch no disk. `settle` then writes the entries into
-the caller's `dvc.lock` files in `dvc repro`'s order and brings the outputs here.
+stages finished so far (an upstream stage's outputs are found by those entries in the DVC remote) and its
+`.dvc` files (a data source the flow verified has its new hash only there); the rest (up to date, not run)
+are the engine's usual tasks, which touch no disk. `settle` then writes the entries into the caller's
+`dvc.lock` files in `dvc repro`'s order and brings the outputs here.
 """
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,8 @@ from prefect.states import Completed
 from dvcflow.api.execution import remember_task_run, untagged_tasks
 from dvcflow.api.failures import failed
 from dvcflow.core.clones import CloneResult, CloneSource
-from dvcflow.core.graph import PlannedStage
-from dvcflow.core.resources import Grant
+from dvcflow.core.graph import PlannedStage, StageKind
+from dvcflow.core.resources import NO_RESOURCES, Grant, Resources
 from dvcflow.dvc import clone_stage
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.scheduler import Action, Outcome
@@ -55,10 +54,6 @@ def clone_stage_task(
     return Completed(message=f"reproduced in a clone on {result.host}", data=result)
 
 
-def _report(finished: queue.Queue[str], name: str, _: object) -> None:
-    finished.put(name)
-
-
 def _unless_interrupted(_task: Any, _task_run: Any, _state: Any) -> bool:
     return not children.interrupted()
 
@@ -75,29 +70,34 @@ class CloneLauncher(PrefectLauncher):
         order: Sequence[str],
         retries: int,
         force: bool = False,
+        resources: Resources = NO_RESOURCES,
     ) -> None:
-        super().__init__(root, session, retries=retries, force=force)
+        super().__init__(root, session, retries=retries, force=force, resources=resources)
         self.source = source
         self.order = tuple(order)
-        self.lock_files = clone_stage.lock_files(root)  # every stage's clone gets them all, as they stand
+        self.sent_files = clone_stage.sent_files(root)  # every stage's clone gets them all, as they stand
         self.results: list[CloneResult] = []
         self._in_clones: set[str] = set()
 
     def launch(
         self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...], grant: Grant
     ) -> None:
+        if action is Action.RUN and stage.kind is StageKind.DATA_SOURCE:
+            # The flow verified it here (`flows.per_stage.verify_sources`): a clone lacks its data, and its
+            # `.dvc` file travels to the stages below. Only `--force` plans it to run.
+            action, reason = Action.MARK_UP_TO_DATE, "verified by DVC in the flow"
         if action is not Action.RUN:
             super().launch(stage, action, reason, edges, grant)
             return
         spec = self.session.spec(stage.name)
-        locks = clone_stage.lock_text(self.root, self.results, self.order, self.lock_files)
+        locks = clone_stage.lock_text(self.root, self.results, self.order, self.sent_files)
         options: dict[str, Any] = {
             "name": stage.name,
             "task_run_name": stage.name,
             "retries": self.retries,
             "retry_condition_fn": _unless_interrupted,
         }
-        with untagged_tasks():
+        with untagged_tasks(), self._on_workers_with(grant):  # on a worker with what the stage declares
             future = clone_stage_task.with_options(**options).submit(
                 self.source,
                 stage.name,
@@ -108,8 +108,7 @@ class CloneLauncher(PrefectLauncher):
                 return_state=False,
             )
         self._in_clones.add(stage.name)
-        self.futures[stage.name] = future
-        future.add_done_callback(partial(_report, self._finished, stage.name))
+        self.track(stage.name, future)
 
     def next_finished(self) -> tuple[str, Outcome] | None:
         finished = super().next_finished()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from prefect import allow_failure, get_run_logger
+from prefect import allow_failure, get_run_logger, task
 from prefect.assets import Asset
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
@@ -41,6 +41,7 @@ from dvcflow.api.limits import LEASE_S
 from dvcflow.core.errors import DvcBusyError
 from dvcflow.core.graph import PlannedStage
 from dvcflow.core.resources import NO_GRANT, NO_RESOURCES, Demand, Grant, Resources, dask_resources
+from dvcflow.core.results import CACHED
 from dvcflow.dvc.session import PipelineSession
 from dvcflow.engine.executor import StageResult, Status, execute, open_session
 from dvcflow.engine.plugins import StageFunction
@@ -219,6 +220,14 @@ stage_task: MaterializingTask[Any, Any] = MaterializingTask(
 )
 
 
+@task(name="stage", cache_policy=NO_CACHE)
+def cached_stage_task(stage: str) -> State[Any]:
+    """The cache verdict taken in the caller, as the stage's final state (touches no disk)."""
+    remember_task_run()
+    get_run_logger().info("Stage '%s': Prefect's cache has it, its outputs as recorded, DVC agreeing", stage)
+    return Completed(name=CACHED, message="Prefect's cache had it; DVC agrees it is up to date")
+
+
 def asset_key(root: Path, path: str) -> str | None:
     """`file:///abs/path` of a stage's file; None for paths Prefect cannot name (spaces, `%`, ...)."""
     key = f"file://{(root / path).as_posix()}"
@@ -276,7 +285,9 @@ class PrefectLauncher:
         self.keys: dict[str, str] = {}
         self._finished: queue.Queue[str] = queue.Queue()  # stage names; `_WOKEN` from `wake`
 
-    def _options(self, stage: PlannedStage, action: Action) -> dict[str, Any]:
+    def _options(
+        self, stage: PlannedStage, action: Action, cache: tuple[DvcCachePolicy, Verdict] | None
+    ) -> dict[str, Any]:
         spec = self.session.spec(stage.name)
         outs = [key for path in spec.outs if (key := asset_key(self.root, path))]
         deps = [key for path in spec.deps if (key := asset_key(self.root, path))]
@@ -289,9 +300,12 @@ class PrefectLauncher:
         }
         if self.name_runs_after_stages:
             options["task_run_name"] = stage.name
-        if self.by_cache and action is Action.RUN:
-            policy, decision = self.cache_verdict(stage)
-            options.update(cache_policy=policy, persist_result=True, refresh_cache=decision.refresh)
+        if cache is not None:
+            policy, decision = cache
+            # On Dask the worker's task engine would look the key up in its own storage, which may hold a
+            # record this verdict never checked: there it always recomputes (`launch` took the verdict).
+            refresh = decision.refresh or self.resources.dask
+            options.update(cache_policy=policy, persist_result=True, refresh_cache=refresh)
         return options
 
     def cache_verdict(self, stage: PlannedStage) -> tuple[DvcCachePolicy, Verdict]:
@@ -308,10 +322,29 @@ class PrefectLauncher:
             get_run_logger().info("%s", decision.note)
         return policy, decision
 
+    def trusted(self, cache: tuple[DvcCachePolicy, Verdict]) -> bool:
+        """The verdict trusts a record this caller's store holds: the stage is `Cached`."""
+        policy, decision = cache
+        assert self.store is not None
+        return not decision.refresh and self.store.exists(policy.key)
+
+    def launch_cached(self, stage: PlannedStage, edges: tuple[str, ...]) -> None:
+        """The stage ends `Cached` by the verdict taken here; its task only reports it (touches no disk,
+        asks no store: a worker's own storage never answers)."""
+        with untagged_tasks():
+            future = cached_stage_task.with_options(name=stage.name).submit(
+                stage.name, wait_for=[allow_failure(self.futures[up]) for up in edges], return_state=False
+            )
+        self.track(stage.name, future)
+
     def launch(
         self, stage: PlannedStage, action: Action, reason: str, edges: tuple[str, ...], grant: Grant
     ) -> None:
-        task_for_stage = stage_task.with_options(**self._options(stage, action))
+        cache = self.cache_verdict(stage) if self.by_cache and action is Action.RUN else None
+        if cache is not None and self.resources.dask and self.trusted(cache):
+            self.launch_cached(stage, edges)  # on Dask the verdict is taken here only (see `_options`)
+            return
+        task_for_stage = stage_task.with_options(**self._options(stage, action, cache))
         with untagged_tasks(), self._on_workers_with(grant):
             future = task_for_stage.submit(
                 self.root,

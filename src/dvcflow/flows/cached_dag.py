@@ -27,7 +27,7 @@ from dvcflow.core.selection import EVERYTHING, Selection
 from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.plugins import load_registry
 from dvcflow.engine.task import PrefectLauncher, stage_task
-from dvcflow.flows.per_stage import finish, publish_dag, schedule
+from dvcflow.flows.per_stage import finish, publish_dag, schedule, verify_sources
 from dvcflow.flows.repro import dvc_push_task
 
 FLOW_NAME = "Prefect owned stage DAG"
@@ -55,10 +55,8 @@ def cached_dag_flow(
     session = open_session(repo_root)
     try:
         selected = session.select(selection)
+        verify_sources(session, selected)
         graph = session.snapshot(with_status=False).graph
-        for name in selected:
-            if graph[name].kind is StageKind.DATA_SOURCE and session.reproduce_by_dvc(name, force=False):
-                logger.info("Data source %s changed: DVC verified it and recorded its new hash", name)
         stages = [name for name in selected if graph[name].kind is StageKind.STAGE]
         stage_plan = plan(
             PipelineSnapshot(graph, dict.fromkeys(stages, CACHE_DECIDES)), stages, demands=resources.demands
@@ -80,6 +78,7 @@ def cached_dag_flow(
                 store=store,
                 retries=retries,
                 force=selection.force,
+                resources=resources,
             )
         else:
             launcher = PrefectLauncher(

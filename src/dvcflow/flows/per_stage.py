@@ -23,7 +23,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from dvcflow.api.execution import declare_task_runs, untagged_tasks
 from dvcflow.core.clones import CloneSource
 from dvcflow.core.errors import PipelineError
-from dvcflow.core.graph import Plan, plan
+from dvcflow.core.graph import Plan, StageKind, plan
 from dvcflow.core.metrics import MetricsSnapshot, snapshot_of
 from dvcflow.core.resources import NO_RESOURCES, Resources
 from dvcflow.core.selection import EVERYTHING, Selection
@@ -73,6 +73,17 @@ def schedule(
     capacity = None if resources.dask else resources.capacity
     pool = shared_pool(resources.pool)
     run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going, capacity=capacity, pool=pool)
+
+
+def verify_sources(session: PipelineSession, selected: tuple[str, ...]) -> None:
+    """The selected `.dvc` data sources verified by DVC here, in the flow (their new hashes recorded in
+    their `.dvc` files), before anything is pushed or planned: stages in clones get those files as they
+    are then (`dvc.clone_stage.sent_files`), and a worker that does not see this disk could not verify
+    them."""
+    graph = session.snapshot(with_status=False).graph
+    for name in selected:
+        if graph[name].kind is StageKind.DATA_SOURCE and session.reproduce_by_dvc(name, force=False):
+            get_run_logger().info("Data source %s changed: DVC verified it and recorded its new hash", name)
 
 
 def _names(names: list[str]) -> str:
@@ -172,13 +183,16 @@ def per_stage_flow(
     `allow_missing` as `dvc repro --pull/--allow-missing`: the run cache is pulled first, then each
     stage whose only change is missing data is fetched (or skipped) when its turn comes. `resources`:
     what stages declare they need and the capacity (`dvcflow.core.resources`). `clones`: on workers that
-    do not share this disk, each stage to reproduce runs in a clone of this commit (`engine.clone_task`)."""
+    do not share this disk, each stage to reproduce runs in a clone of this commit (`engine.clone_task`),
+    and the `.dvc` data sources are verified here first (`verify_sources`)."""
     logger = get_run_logger()
     session = open_session(repo_root)
     try:
         if pull:
             session.pull_run_cache(logger.warning)
         selected = session.select(selection)
+        if clones is not None:
+            verify_sources(session, selected)
         stage_plan = plan(session.snapshot(), selected, force=selection.force, demands=resources.demands)
         logger.info(
             "%d stages in %d waves; %d to reproduce, %d up to date (by dvc status)",
@@ -195,7 +209,13 @@ def per_stage_flow(
 
             dvc_push_task(repo_root)  # what the clones will pull: the sources and the outputs up to date
             launcher = cloned = CloneLauncher(
-                repo_root, session, clones, order=selected, retries=retries, force=selection.force
+                repo_root,
+                session,
+                clones,
+                order=selected,
+                retries=retries,
+                force=selection.force,
+                resources=resources,
             )
         else:
             launcher = PrefectLauncher(
