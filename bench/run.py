@@ -251,7 +251,7 @@ def _own_section(
     section = "\n".join(
         [
             begin,
-            f"## {heading} (`bench/{script}`, {result['when'][:8]})",
+            f"## {heading} (`bench/{script}`, {result['when'].replace('-', '')[:8]})",
             "",
             "| what | measured | ratio: median (lowest-highest) | rounds | target |",
             "| --- | ---: | ---: | ---: | ---: |",
