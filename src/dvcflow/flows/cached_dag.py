@@ -26,9 +26,8 @@ from dvcflow.core.resources import NO_RESOURCES, Resources
 from dvcflow.core.selection import EVERYTHING, Selection
 from dvcflow.engine.executor import close_session, open_session
 from dvcflow.engine.plugins import load_registry
-from dvcflow.engine.task import PrefectLauncher, stage_task
-from dvcflow.flows.per_stage import finish, publish_dag, schedule, verify_sources
-from dvcflow.flows.repro import dvc_push_task
+from dvcflow.engine.task import stage_task
+from dvcflow.flows.per_stage import finish, publish_dag, run_plan, verify_sources
 
 FLOW_NAME = "Prefect owned stage DAG"
 CACHE_DECIDES = "Prefect's cache decides"
@@ -64,37 +63,11 @@ def cached_dag_flow(
         publish_dag(stage_plan, repo_root)
         store = get_result_store().update_for_task(stage_task.with_options(persist_result=True))
         assert isinstance(store, ResultStore)  # a sync flow gets the sync variant
-        cloned = None
-        launcher: PrefectLauncher
-        if clones is not None:
-            from dvcflow.engine.cached_clones import CachedCloneLauncher
-
-            dvc_push_task(repo_root)  # what the clones will pull: the sources and the outputs up to date
-            launcher = cloned = CachedCloneLauncher(
-                repo_root,
-                session,
-                clones,
-                order=selected,
-                store=store,
-                retries=retries,
-                force=selection.force,
-                resources=resources,
-            )
-        else:
-            launcher = PrefectLauncher(
-                repo_root,
-                session,
-                retries=retries,
-                force=selection.force,
-                by_cache=True,
-                store=store,
-                functions=load_registry(repo_root),
-                name_runs_after_stages=False,
-                resources=resources,
-            )
-        schedule(stage_plan, launcher, resources, jobs, keep_going)
-        if cloned is not None:
-            cloned.settle(logger.info)
+        launcher = run_plan(
+            stage_plan, repo_root, session, selection, selected, resources, jobs=jobs, keep_going=keep_going,
+            retries=retries, clones=clones, store=store, by_cache=True, functions=load_registry(repo_root),
+            name_runs_after_stages=False,
+        )  # fmt: skip
         return finish(launcher.futures, session, show_metrics=True, counts=False)
     finally:
         close_session(repo_root)

@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
+from prefect.results import ResultStore
 from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -73,6 +74,50 @@ def schedule(
     capacity = None if resources.dask else resources.capacity
     pool = shared_pool(resources.pool)
     run_stages(stage_plan, launcher, jobs=jobs, keep_going=keep_going, capacity=capacity, pool=pool)
+
+
+def run_plan(
+    stage_plan: Plan,
+    repo_root: Path,
+    session: PipelineSession,
+    selection: Selection,
+    selected: tuple[str, ...],
+    resources: Resources,
+    *,
+    jobs: int,
+    keep_going: bool,
+    retries: int,
+    clones: CloneSource | None,
+    store: ResultStore | None = None,
+    **in_place: Any,
+) -> PrefectLauncher:
+    """The plan's stages run (`schedule`), in place (`PrefectLauncher`, with `in_place`'s options) or, with
+    `clones`, each to reproduce in a clone of this commit: what the clones will pull is pushed first, and
+    their `dvc.lock` entries are settled here afterwards. With `store` (run-b), Prefect's cache answers
+    first, in clones too. The launcher, whose futures the flow then finishes."""
+    launcher: PrefectLauncher
+    if clones is None:
+        launcher = PrefectLauncher(
+            repo_root, session, retries=retries, force=selection.force, resources=resources, store=store,
+            **in_place,
+        )  # fmt: skip
+        schedule(stage_plan, launcher, resources, jobs, keep_going)
+        return launcher
+    from dvcflow.engine.cached_clones import CachedCloneLauncher
+    from dvcflow.engine.clone_task import CloneLauncher
+
+    dvc_push_task(repo_root)  # what the clones will pull: the sources and the outputs up to date
+    options: dict[str, Any] = {
+        "order": selected, "retries": retries, "force": selection.force, "resources": resources
+    }  # fmt: skip
+    cloned = (
+        CloneLauncher(repo_root, session, clones, **options)
+        if store is None
+        else CachedCloneLauncher(repo_root, session, clones, store=store, **options)
+    )
+    schedule(stage_plan, cloned, resources, jobs, keep_going)
+    cloned.settle(get_run_logger().info)
+    return cloned
 
 
 def verify_sources(session: PipelineSession, selected: tuple[str, ...]) -> None:
@@ -202,34 +247,10 @@ def per_stage_flow(
             len(stage_plan.up_to_date),
         )
         publish_dag(stage_plan, repo_root)
-        cloned = None
-        launcher: PrefectLauncher
-        if clones is not None:
-            from dvcflow.engine.clone_task import CloneLauncher
-
-            dvc_push_task(repo_root)  # what the clones will pull: the sources and the outputs up to date
-            launcher = cloned = CloneLauncher(
-                repo_root,
-                session,
-                clones,
-                order=selected,
-                retries=retries,
-                force=selection.force,
-                resources=resources,
-            )
-        else:
-            launcher = PrefectLauncher(
-                repo_root,
-                session,
-                retries=retries,
-                force=selection.force,
-                pull=pull,
-                allow_missing=allow_missing,
-                resources=resources,
-            )
-        schedule(stage_plan, launcher, resources, jobs, keep_going)
-        if cloned is not None:
-            cloned.settle(logger.info)
+        launcher = run_plan(
+            stage_plan, repo_root, session, selection, selected, resources, jobs=jobs, keep_going=keep_going,
+            retries=retries, clones=clones, pull=pull, allow_missing=allow_missing,
+        )  # fmt: skip
         return finish(launcher.futures, session, show_metrics=show_metrics, push=push, retries=retries)
     finally:
         close_session(repo_root)
