@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -195,6 +195,37 @@ with open("out/joined.json", "w") as f:
 """
 
 
+def _init_wide(
+    root: Path,
+    env: dict[str, str],
+    items: Sequence[object],
+    cmd: str,
+    script: str,
+    branch_out: str,
+    joined: str,
+) -> None:
+    """The wide pipelines' `dvc.yaml` (`branch`: a `foreach` of `cmd` over `items`, each writing
+    `branch_out` with its item; `join` after all of them, writing `joined`), in a new git+DVC repository."""
+    spec = {
+        "stages": {
+            "branch": {
+                "foreach": items,
+                "do": {"cmd": cmd, "deps": [script], "outs": [branch_out.format("${item}")]},
+            },
+            "join": {
+                "cmd": "python join.py",
+                "deps": ["join.py", *(branch_out.format(item) for item in items)],
+                "outs": [joined],
+            },
+        }
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    git(root, "init", "-q", "-b", "main", env=env)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
+    )
+
+
 def make_wide_repo(root: Path, env: dict[str, str], *, branches: int, sleep: float) -> Path:
     """`branch` is a `foreach` of K independent sleeping stages; `join` depends on all of them.
 
@@ -204,29 +235,8 @@ def make_wide_repo(root: Path, env: dict[str, str], *, branches: int, sleep: flo
     (root / "branch.py").write_text(BRANCH_PY)
     (root / "join.py").write_text(JOIN_PY)
     (root / "out").mkdir()
-    items = list(range(branches))
-    spec = {
-        "stages": {
-            "branch": {
-                "foreach": items,
-                "do": {
-                    "cmd": f"python branch.py ${{item}} {sleep}",
-                    "deps": ["branch.py"],
-                    "outs": ["out/branch-${item}.json"],
-                },
-            },
-            "join": {
-                "cmd": "python join.py",
-                "deps": ["join.py", *(f"out/branch-{i}.json" for i in items)],
-                "outs": ["out/joined.json"],
-            },
-        }
-    }
-    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    git(root, "init", "-q", "-b", "main", env=env)
-    subprocess.run(
-        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
-    )
+    _init_wide(root, env, list(range(branches)), f"python branch.py ${{item}} {sleep}", "branch.py",
+               "out/branch-{}.json", "out/joined.json")  # fmt: skip
     return root
 
 
@@ -506,29 +516,8 @@ def make_clone_wide_repo(root: Path, env: dict[str, str], *, branches: int, slee
     (root / "join.py").write_text(CLONE_JOIN_PY)
     (root / "out").mkdir()
     (root / "out" / ".gitkeep").write_text("")
-    items = [f"b{index}" for index in range(branches)]
-    spec = {
-        "stages": {
-            "branch": {
-                "foreach": items,
-                "do": {
-                    "cmd": f"python stage.py ${{item}} {sleep}",
-                    "deps": ["stage.py"],
-                    "outs": ["out/${item}.txt"],
-                },
-            },
-            "join": {
-                "cmd": "python join.py",
-                "deps": ["join.py", *(f"out/{item}.txt" for item in items)],
-                "outs": ["out/joined.txt"],
-            },
-        }
-    }
-    (root / "dvc.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    git(root, "init", "-q", "-b", "main", env=env)
-    subprocess.run(
-        [sys.executable, "-m", "dvc", "init", "-q"], cwd=root, env=env, check=True, capture_output=True
-    )
+    _init_wide(root, env, [f"b{index}" for index in range(branches)], f"python stage.py ${{item}} {sleep}",
+               "stage.py", "out/{}.txt", "out/joined.txt")  # fmt: skip
     git(root, "add", "-A", env=env)
     git(root, "commit", "-q", "-m", "wide pipeline", env=env)
     return root
