@@ -22,22 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import urllib.request
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from bench.timing import bench_server, paired_ratios, rotated, spread  # noqa: E402
+from bench.timing import bench_server, paired_ratios, rotated, spread, write_result  # noqa: E402
 from bench.timing import run_command as _run  # noqa: E402
 from tests.helpers import (  # noqa: E402
     DASK_SCRATCH_CLUSTER,
@@ -136,40 +133,33 @@ def main() -> None:
         step: _median([account.get(step, 0.0) for account in accounts])
         for step in ("checkout", "pull", "run", "push")
     }
-    report_out = {
-        "benchmark": "dask-clones",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "load_before": load_before,
-            "load_after": os.getloadavg(),
-        },
-        "versions": {name: metadata.version(name) for name in ("dvc", "prefect", "dvcflow", "distributed")},
-        "branches": BRANCHES,
-        "branch_sleep_s": options.sleep,
-        "workers": 2,
-        "repeat": options.repeat,
-        "order": "rotated: each command first in turn",
-        "samples_s": {label: [round(v, 3) for v in values] for label, values in samples.items()},
-        "medians_s": {label: _median(values) for label, values in samples.items()},
-        "paired_ratios": ratios,
-        "ratios": {label: spread(values) for label, values in ratios.items()},
-        "per_stage_median_s": per_stage,
-        "per_stage_transfer_s": spread(transfer) if transfer else {},
-        "caller_dvc_push_s": spread(caller["dvc push before"]) if caller["dvc push before"] else {},
-    }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"dask_clones-{options.sleep:g}s-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.write_text(json.dumps(report_out, indent=2) + "\n")
+    ratio_rows = {label: spread(values) for label, values in ratios.items()}
+    transfer_row = spread(transfer) if transfer else {}
+    write_result(
+        RESULTS,
+        f"dask_clones-{options.sleep:g}s",
+        "dask-clones",
+        repeat=options.repeat,
+        load_before=load_before,
+        load_after=os.getloadavg(),
+        branches=BRANCHES,
+        branch_sleep_s=options.sleep,
+        workers=2,
+        order="rotated: each command first in turn",
+        samples_s={label: [round(v, 3) for v in values] for label, values in samples.items()},
+        medians_s={label: _median(values) for label, values in samples.items()},
+        paired_ratios=ratios,
+        ratios=ratio_rows,
+        per_stage_median_s=per_stage,
+        per_stage_transfer_s=transfer_row,
+        caller_dvc_push_s=spread(caller["dvc push before"]) if caller["dvc push before"] else {},
+    )
     for label, values in samples.items():
         print(f"{label:<12} {_median(values):7.2f} s  (samples {', '.join(f'{v:.2f}' for v in values)})")
-    for label, row in report_out["ratios"].items():
+    for label, row in ratio_rows.items():
         print(f"{label}: median {row['median']:.2f} ({row['min']:.2f}-{row['max']:.2f}, {row['n']} rounds)")
     print(f"per stage in a clone (median s): {per_stage}")
-    print(f"transfer per stage (checkout+pull+push): {report_out['per_stage_transfer_s']}")
-    print(f"wrote {out.relative_to(PROJECT)}")
+    print(f"transfer per stage (checkout+pull+push): {transfer_row}")
 
 
 def rows(result: dict[str, Any]) -> list[str]:
